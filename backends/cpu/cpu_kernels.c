@@ -1,0 +1,1 @@
+/* placeholder during bring-up */ typedef int mhub_placeholder_unit;

@@ -1,0 +1,148 @@
+/* backend.h - the compute interface.
+ *
+ * A backend is a struct of function pointers plus its own context, in the
+ * style of ggml's backends: model and engine code call only this table, so
+ * one model file serves every backend. Pointers passed to the kernels are
+ * backend memory (from ops->alloc). Work is issued in order on the
+ * backend's stream; the CPU backend simply runs it at once, an
+ * asynchronous backend returns before the work ends and `synchronize`
+ * waits for it.
+ *
+ * Conventions shared by every kernel:
+ *   - matrices are row-major; a "rows x cols" activation is rows = tokens;
+ *   - compute is f32 (16-bit storage is converted with ops->cast);
+ *   - kernels that produce a PARAMETER gradient accumulate (+=) into it, so
+ *     micro-batches add up; kernels that produce an ACTIVATION gradient
+ *     overwrite their output;
+ *   - sizes are int64_t element counts; 0 is allowed and does nothing;
+ *   - a NULL pointer with a non-zero size, or a negative size, returns
+ *     MHUB_ERR_INVALID_ARG with a message naming the kernel and argument. */
+#ifndef MHUB_BACKEND_H
+#define MHUB_BACKEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mhub/dtype.h"
+#include "mhub/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct mhub_backend mhub_backend;
+
+typedef enum mhub_copy_kind {
+    MHUB_COPY_HOST_TO_DEVICE,
+    MHUB_COPY_DEVICE_TO_HOST,
+    MHUB_COPY_DEVICE_TO_DEVICE
+} mhub_copy_kind;
+
+typedef struct mhub_backend_ops {
+    /* ---- memory ---- */
+    /* Zero-filled allocation of `bytes` (64-byte aligned). bytes == 0 gives
+     * a valid non-NULL pointer that must still be freed. */
+    mhub_status (*alloc)(mhub_backend *be, size_t bytes, void **out);
+    void (*free)(mhub_backend *be, void *ptr);
+    mhub_status (*memset_zero)(mhub_backend *be, void *ptr, size_t bytes);
+    mhub_status (*copy)(mhub_backend *be, void *dst, const void *src,
+                        size_t bytes, mhub_copy_kind kind);
+    /* Wait until all work issued so far has finished. */
+    mhub_status (*synchronize)(mhub_backend *be);
+
+    /* ---- dense algebra ---- */
+    /* C[M,N] = alpha * op(A)[M,K] . op(B)[K,N] + beta * C, row-major;
+     * op(X) = X^T when transX. lda/ldb/ldc are row strides of the stored
+     * matrices (A stored as M x K, or K x M when transA). */
+    mhub_status (*gemm)(mhub_backend *be, bool trans_a, bool trans_b,
+                        int64_t m, int64_t n, int64_t k, float alpha,
+                        const float *a, int64_t lda, const float *b, int64_t ldb,
+                        float beta, float *c, int64_t ldc);
+
+    /* ---- layer kernels, each forward next to its backward ---- */
+    /* out[r, c] += bias[c] */
+    mhub_status (*bias_add)(mhub_backend *be, float *out, const float *bias,
+                            int64_t rows, int64_t cols);
+    /* dbias[c] += sum_r dout[r, c] */
+    mhub_status (*bias_backward)(mhub_backend *be, float *dbias, const float *dout,
+                                 int64_t rows, int64_t cols);
+    /* GELU, tanh approximation (GPT-2's): out = gelu(in); out may be in. */
+    mhub_status (*gelu_forward)(mhub_backend *be, float *out, const float *in, int64_t n);
+    /* din = dout * gelu'(in); din may alias dout. */
+    mhub_status (*gelu_backward)(mhub_backend *be, float *din, const float *in,
+                                 const float *dout, int64_t n);
+    /* Row-wise softmax of logits[rows, classes] into probs, and the
+     * per-row loss -log(probs[r, target[r]]) into losses[rows].
+     * A target outside [0, classes) is MHUB_ERR_INVALID_ARG. */
+    mhub_status (*softmax_xent_forward)(mhub_backend *be, float *probs, float *losses,
+                                        const float *logits, const int32_t *targets,
+                                        int64_t rows, int64_t classes);
+    /* dlogits = (probs - onehot(target)) * dloss, where dloss is the
+     * gradient of the objective with respect to each row's loss (1/rows
+     * for a mean over this batch). */
+    mhub_status (*softmax_xent_backward)(mhub_backend *be, float *dlogits,
+                                         const float *probs, const int32_t *targets,
+                                         int64_t rows, int64_t classes, float dloss);
+
+    /* ---- elementwise utilities ---- */
+    /* Convert n elements between dtypes (RNE to 16-bit; NaN/Inf kept). */
+    mhub_status (*cast)(mhub_backend *be, void *dst, mhub_dtype dst_dtype,
+                        const void *src, mhub_dtype src_dtype, int64_t n);
+    /* x *= alpha */
+    mhub_status (*scale)(mhub_backend *be, float *x, int64_t n, float alpha);
+    /* y += alpha * x */
+    mhub_status (*axpy)(mhub_backend *be, float *y, const float *x, int64_t n, float alpha);
+    /* *out = sum of x[i]^2 in double precision (NaN/Inf propagate). */
+    mhub_status (*sum_squares)(mhub_backend *be, const float *x, int64_t n, double *out);
+    /* dst[i] = mean + std * N(0,1) drawn from the counter-based RNG at
+     * (seed, stream, offset + i): independent of how the range is split. */
+    mhub_status (*fill_normal)(mhub_backend *be, float *dst, int64_t n, uint64_t seed,
+                               uint64_t stream, uint64_t offset, float mean, float std);
+    /* dst[i] = lo + (hi - lo) * U[0,1) at (seed, stream, offset + i). */
+    mhub_status (*fill_uniform)(mhub_backend *be, float *dst, int64_t n, uint64_t seed,
+                                uint64_t stream, uint64_t offset, float lo, float hi);
+
+    /* ---- optimizer updates on f32 parameters ---- */
+    /* SGD: g' = grad + wd * param; if momentum_buf: buf = momentum*buf + g',
+     * g' = buf; param -= lr * g'. momentum_buf may be NULL when momentum==0. */
+    mhub_status (*sgd_step)(mhub_backend *be, float *param, const float *grad,
+                            float *momentum_buf, int64_t n, float lr,
+                            float momentum, float weight_decay);
+    /* AdamW (decoupled weight decay), bias-corrected with step t >= 1. */
+    mhub_status (*adamw_step)(mhub_backend *be, float *param, const float *grad,
+                              float *m, float *v, int64_t n, float lr, float beta1,
+                              float beta2, float eps, float weight_decay, int64_t t);
+
+    /* Release the backend and its context. */
+    void (*destroy)(mhub_backend *be);
+} mhub_backend_ops;
+
+struct mhub_backend {
+    const char *name;             /* "cpu", "cuda" */
+    const mhub_backend_ops *ops;
+    void *ctx;                    /* the backend's own state */
+};
+
+/* Free a backend made by any backend's create function. NULL is fine. */
+void mhub_backend_free(mhub_backend *be);
+
+/* ---- the CPU backend (backends/cpu) ---- */
+typedef struct mhub_cpu_options {
+    /* OpenBLAS threads for this process; 0 = automatic: 1 when several
+     * ranks share the node (MPI local size > 1), else all cores. The
+     * environment variable MHUB_BLAS_THREADS overrides automatic. */
+    int blas_threads;
+    /* Ranks on this node, to pick the automatic thread count; 0 = 1. */
+    int local_ranks;
+} mhub_cpu_options;
+
+/* opts may be NULL for defaults. */
+mhub_status mhub_cpu_backend_create(const mhub_cpu_options *opts, mhub_backend **out);
+/* BLAS threads the CPU backend configured (for the progress line). */
+int mhub_cpu_backend_threads(const mhub_backend *be);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,17 @@
+/* mhub.h - everything public in one include. */
+#ifndef MHUB_MHUB_H
+#define MHUB_MHUB_H
+
+#include "mhub/status.h"
+#include "mhub/dtype.h"
+#include "mhub/tensor.h"
+#include "mhub/backend.h"
+#include "mhub/comm.h"
+#include "mhub/rng.h"
+#include "mhub/parallel.h"
+#include "mhub/module.h"
+#include "mhub/optim.h"
+#include "mhub/synthetic.h"
+#include "mhub/mlp.h"
+
+#endif

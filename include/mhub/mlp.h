@@ -1,0 +1,68 @@
+/* mlp.h - a multi-layer perceptron: Linear-GELU-...-Linear + softmax
+ * cross-entropy, forward and backward on the backend interface.
+ *
+ * Parameters, in order of use (PyTorch's nn.Linear layout, y = x W^T + b):
+ *   layers.<i>.weight  [out_i, in_i]
+ *   layers.<i>.bias    [out_i]
+ * Weights start N(0, 1/in_i) (std = 1/sqrt(fan_in)); biases start at zero.
+ * Activation buffers are sized once for `max_rows` rows; forward and
+ * backward allocate nothing. */
+#ifndef MHUB_MLP_H
+#define MHUB_MLP_H
+
+#include <stdint.h>
+
+#include "mhub/backend.h"
+#include "mhub/module.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MHUB_MLP_MAX_HIDDEN 16
+
+typedef struct mhub_mlp_config {
+    int inputs;                        /* features per sample */
+    int hidden[MHUB_MLP_MAX_HIDDEN];   /* widths of the hidden layers */
+    int num_hidden;                    /* 0 gives logistic regression */
+    int classes;
+} mhub_mlp_config;
+
+typedef struct mhub_mlp mhub_mlp;
+
+/* Build the model. With be == NULL the model is meta: parameters have
+ * shapes and no storage (for inspection; forward is an error). Otherwise
+ * parameters are allocated on `be` and initialised from `seed`. */
+mhub_status mhub_mlp_create(const mhub_mlp_config *cfg, mhub_backend *be, int64_t max_rows,
+                            uint64_t seed, mhub_mlp **out);
+void mhub_mlp_free(mhub_mlp *m);
+
+mhub_param_list *mhub_mlp_params(mhub_mlp *m);
+const mhub_mlp_config *mhub_mlp_config_of(const mhub_mlp *m);
+
+/* Forward on rows samples: x[rows, inputs] and y[rows] in backend memory.
+ * *mean_loss (may be NULL) receives the mean cross-entropy over the rows. */
+mhub_status mhub_mlp_forward(mhub_mlp *m, const float *x, const int32_t *y, int64_t rows,
+                             float *mean_loss);
+
+/* Backward of the last forward. Each row's loss is weighted by
+ * `loss_weight` (1/rows for the mean of this batch; 1/global_batch when
+ * micro-batches or ranks share one objective). Parameter gradients
+ * ACCUMULATE into param->grad, so zero them between steps. The grad-ready
+ * callback, if set, fires once per parameter when its gradient is final. */
+mhub_status mhub_mlp_backward(mhub_mlp *m, float loss_weight);
+
+void mhub_mlp_set_grad_ready(mhub_mlp *m, mhub_grad_ready_fn fn, void *user);
+
+/* Correct predictions (argmax of the last forward's logits vs y) among
+ * its rows. */
+mhub_status mhub_mlp_count_correct(mhub_mlp *m, int64_t *correct);
+
+/* FLOPs of one forward+backward on `rows` rows (2 per multiply-add; the
+ * backward is twice the forward's GEMMs). */
+double mhub_mlp_flops_per_step(const mhub_mlp_config *cfg, int64_t rows);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

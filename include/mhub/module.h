@@ -1,0 +1,85 @@
+/* module.h - named parameters: the list that data-parallel engines wrap.
+ *
+ * A model owns an mhub_param_list. Each parameter has a full dotted name
+ * ("layers.0.weight"), its value tensor and its gradient tensor. Engines
+ * (DDP, FSDP) may re-point `grad` (and `value`) at slots of their own
+ * contiguous buffers, so model code reads param->grad.data at use time and
+ * never caches it.
+ *
+ * Initial values come from the counter-based RNG with the parameter's
+ * stream = mhub_rng_stream_id(name): element i of "layers.0.weight" has the
+ * same value on any number of ranks. */
+#ifndef MHUB_MODULE_H
+#define MHUB_MODULE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "mhub/tensor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MHUB_NAME_MAX 96
+
+typedef enum mhub_init_kind {
+    MHUB_INIT_ZEROS = 0,
+    MHUB_INIT_ONES,
+    MHUB_INIT_NORMAL,   /* N(0, std^2) */
+    MHUB_INIT_UNIFORM   /* U(-bound, bound), bound = std */
+} mhub_init_kind;
+
+typedef struct mhub_param {
+    char name[MHUB_NAME_MAX];
+    mhub_tensor value;       /* the parameter */
+    mhub_tensor grad;        /* f32 gradient, same shape; accumulates */
+    uint64_t rng_stream;     /* mhub_rng_stream_id(name) */
+    mhub_init_kind init;
+    float init_std;
+    bool requires_grad;
+} mhub_param;
+
+typedef struct mhub_param_list {
+    mhub_param *items;
+    int count;
+    int cap;
+} mhub_param_list;
+
+/* Append a parameter (meta: shape only, no storage). The name must be
+ * non-empty, shorter than MHUB_NAME_MAX and unique in the list. Returns its
+ * index through *index (may be NULL). Pointers into items are invalidated
+ * by later adds: keep indices. */
+mhub_status mhub_param_list_add(mhub_param_list *list, const char *name, mhub_dtype dt,
+                                int ndim, const int64_t *shape, mhub_init_kind init,
+                                float init_std, int *index);
+
+/* Give every meta parameter storage on `be` (values and f32 grads, zero)
+ * and, when `seed` is given, its initial values from the RNG. */
+mhub_status mhub_param_list_materialize(mhub_param_list *list, mhub_backend *be,
+                                        uint64_t seed);
+
+/* Refill every parameter's value from (seed, its stream, element index). */
+mhub_status mhub_param_list_init_values(mhub_param_list *list, uint64_t seed);
+
+/* Zero every gradient. */
+mhub_status mhub_param_list_zero_grad(mhub_param_list *list);
+
+/* Index of the parameter called `name`, or -1. */
+int mhub_param_list_find(const mhub_param_list *list, const char *name);
+
+/* Total elements over all parameters (works on meta lists). */
+int64_t mhub_param_list_numel(const mhub_param_list *list);
+
+/* Free storage and the list itself (the struct is reset to empty). */
+void mhub_param_list_free(mhub_param_list *list);
+
+/* Called by a model's backward as soon as a parameter's gradient for this
+ * micro-batch is final, in backward order. Engines use it to start a
+ * bucket's reduction while the rest of backward runs. */
+typedef mhub_status (*mhub_grad_ready_fn)(void *user, int param_index);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

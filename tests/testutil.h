@@ -1,0 +1,58 @@
+/* testutil.h - shared helpers for the Check suites.
+ *
+ * Suites run without fork (CK_FORK=no): MPI and fork do not mix. An MPI
+ * suite calls mhub_test_mpi_main(), which initialises MPI, runs the suite
+ * on every rank and exits non-zero on every rank if any rank failed. */
+#ifndef MHUB_TESTUTIL_H
+#define MHUB_TESTUTIL_H
+
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "mhub/mhub.h"
+
+/* Assert that an mhub call returned MHUB_OK, printing the error if not. */
+#define CK_OK(expr)                                                            \
+    do {                                                                       \
+        mhub_status ck_ok_s_ = (expr);                                         \
+        ck_assert_msg(ck_ok_s_ == MHUB_OK, "%s -> %s: %s", #expr,              \
+                      mhub_status_name(ck_ok_s_), mhub_last_error());          \
+    } while (0)
+
+/* Assert that an mhub call failed with `code` and left a non-empty message. */
+#define CK_FAILS(code, expr)                                                   \
+    do {                                                                       \
+        mhub_clear_error();                                                    \
+        mhub_status ck_f_s_ = (expr);                                          \
+        ck_assert_msg(ck_f_s_ == (code), "%s -> %s, expected %s (%s)", #expr,  \
+                      mhub_status_name(ck_f_s_), mhub_status_name(code),       \
+                      mhub_last_error());                                      \
+        ck_assert_msg(mhub_last_error()[0] != '\0', "%s left no message", #expr); \
+    } while (0)
+
+/* Relative error |a - b| / max(|b|, floor), floor avoids dividing by ~0. */
+static inline double mhub_test_relerr(double a, double b, double floor)
+{
+    double d = fabs(a - b), m = fabs(b);
+    return d / (m > floor ? m : floor);
+}
+
+static inline int mhub_test_run_suite(Suite *s)
+{
+    SRunner *sr = srunner_create(s);
+    srunner_set_fork_status(sr, CK_NOFORK);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed;
+}
+
+/* For single-process suites: main() { return mhub_test_main(make_suite()); } */
+static inline int mhub_test_main(Suite *s)
+{
+    return mhub_test_run_suite(s) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
+#endif

@@ -1,0 +1,22 @@
+/* testutil_mpi.h - main() for suites that run under mpiexec. */
+#ifndef MHUB_TESTUTIL_MPI_H
+#define MHUB_TESTUTIL_MPI_H
+
+#include <mpi.h>
+
+#include "testutil.h"
+
+/* Initialise MPI, run the suite on every rank, agree on the outcome. A
+ * rank whose assertion fails leaves the test early; the wrapper's timeout
+ * (tests/*.npN) turns a resulting hang into a failure. */
+static inline int mhub_test_mpi_main(int argc, char **argv, Suite *(*make)(void))
+{
+    MPI_Init(&argc, &argv);
+    int failed = mhub_test_run_suite(make());
+    int any = 0;
+    MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    MPI_Finalize();
+    return any == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
+#endif
