@@ -1,2 +1,74 @@
 #!/bin/sh
-exit 77
+# test_cli.sh - the mhub command's dispatch and `mhub train`: every flag's
+# bad values exit 2 with a message naming the problem; a real run trains.
+MHUB=${MHUB:-./mhub}
+MPIEXEC=${MPIEXEC:-mpiexec}
+fails=0
+out=$(mktemp)
+err=$(mktemp)
+trap 'rm -f "$out" "$err"' EXIT
+
+# expect CODE PATTERN ARGS...: exit status CODE and PATTERN (grep -E) in
+# stdout+stderr; a crash (status >= 128) always fails.
+expect() {
+    code=$1 pattern=$2
+    shift 2
+    "$@" >"$out" 2>"$err"
+    got=$?
+    if [ "$got" -ne "$code" ] || ! cat "$out" "$err" | grep -Eq -- "$pattern"; then
+        echo "FAIL: $* -> exit $got (want $code), output:"
+        sed 's/^/    /' "$out" "$err" | head -20
+        fails=$((fails + 1))
+    else
+        echo "ok:   $* -> $got"
+    fi
+}
+
+expect 2 "usage: mhub" "$MHUB"
+expect 2 "unknown command 'bogus'" "$MHUB" bogus
+expect 0 "^mhub [0-9]" "$MHUB" --version
+expect 0 "commands:" "$MHUB" --help
+
+T="$MHUB train"
+expect 0 "usage: mhub train" $T --help
+expect 2 "--model is required" $T
+expect 2 "unknown model 'gpt9'" $T --model gpt9
+expect 2 "--model needs a value" $T --model
+expect 2 "unknown option '--bogus'" $T --model mlp --bogus
+expect 2 "unknown option '--quiet=1'" $T --model mlp --quiet=1
+expect 2 "'abc' is not an integer" $T --model mlp --steps abc
+expect 2 "0 is out of range" $T --model mlp --steps 0
+expect 2 "-5 is out of range" $T --model mlp --steps -5
+expect 2 "'12x' is not an integer" $T --model mlp --steps=12x
+expect 2 "--steps needs a value" $T --model mlp --steps
+expect 2 "empty value" $T --model mlp --batch=
+expect 2 "out of range" $T --model mlp --batch 99999999999999999999
+expect 2 "'nan' is not a finite number" $T --model mlp --lr nan
+expect 2 "'inf' is not a finite number" $T --model mlp --lr inf
+expect 2 "out of range" $T --model mlp --lr -0.1
+expect 2 "out of range" $T --model mlp --momentum 1
+expect 2 "'0.5.5' is not a finite number" $T --model mlp --weight-decay 0.5.5
+expect 2 "0 is out of range" $T --model mlp --hidden 0
+expect 2 "empty value" $T --model mlp --hidden 4,,4
+expect 2 "ends with a comma" $T --model mlp --hidden 4,
+expect 2 "at most 16 layers" $T --model mlp --hidden 1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1
+expect 2 "1 is out of range" $T --model mlp --classes 1
+expect 2 "0 is out of range" $T --model mlp --features 0
+expect 2 "out of range" $T --model mlp --seed -1
+expect 2 "0 is out of range" $T --model mlp --threads 0
+expect 2 "0 is out of range" $T --model mlp --log-every 0
+expect 2 "out of range" $T --model mlp --eval-samples -1
+
+# a real, short run: the loss is printed and the summary line appears
+expect 0 "first loss [0-9.]+, last loss [0-9.]+" \
+    $T --model mlp --steps 40 --batch 32 --hidden 32 --eval-samples 256 --threads 1
+expect 0 "step +40/40 +loss" \
+    $T --model mlp --steps 40 --log-every 20 --hidden none --eval-samples 0
+# divergence is reported as an error, not printed as a result
+expect 1 "loss became (nan|inf|-nan)" \
+    $T --model mlp --steps 50 --lr 900 --momentum 0.99 --hidden 64 --eval-samples 0
+# several ranks are refused on every rank until data parallelism exists
+expect 1 "rank [01]: running on 2 ranks" timeout 60 "$MPIEXEC" -n 2 $T --model mlp --steps 5
+
+echo "$fails failure(s)"
+[ "$fails" -eq 0 ]

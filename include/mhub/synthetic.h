@@ -25,6 +25,7 @@ typedef struct mhub_synthetic_task {
     uint64_t seed;
     float *w1;        /* teacher [teacher_hidden, features] */
     float *w2;        /* teacher [classes, teacher_hidden] */
+    float *scratch;   /* teacher_hidden floats, reused by every batch */
 } mhub_synthetic_task;
 
 mhub_status mhub_synthetic_init(mhub_synthetic_task *task, int features, int classes,
@@ -33,7 +34,7 @@ void mhub_synthetic_free(mhub_synthetic_task *task);
 
 /* Samples [first, first + count): x[count, features] (host memory) and
  * labels y[count]. */
-mhub_status mhub_synthetic_batch(const mhub_synthetic_task *task, uint64_t first,
+mhub_status mhub_synthetic_batch(mhub_synthetic_task *task, uint64_t first,
                                  int64_t count, float *x, int32_t *y);
 
 #ifdef __cplusplus
