@@ -1,12 +1,11 @@
 /* dtype.c - element types and the bf16/f16 <-> f32 conversions.
  *
- * The conversions work on the IEEE-754 bit patterns with integer arithmetic
- * only, so they do not depend on the floating-point environment (rounding
- * mode, flush-to-zero) and never touch a subnormal float operand. Each one
- * computes every case (normal, subnormal, Inf/NaN) and selects the answer
- * with conditional expressions instead of branches: when a conversion is
- * inlined into a loop, gcc turns the selects into vector blends and
- * vectorizes the loop. Rounding to 16 bits is to nearest, ties to even. */
+ * The conversions work on the IEEE-754 bit patterns, mostly with integer
+ * arithmetic. Each one computes every case (normal, subnormal, Inf/NaN)
+ * and selects the answer with masks instead of branches, so that a loop
+ * calling an inlined copy of them vectorizes (with SSE2 alone). Rounding
+ * to 16 bits is to nearest, ties to even; NaN stays a quiet NaN with its
+ * sign; the 16 -> 32 conversions are exact. */
 #include <string.h>
 
 #include "mhub/dtype.h"
@@ -77,6 +76,16 @@ int mhub_dtype_valid(mhub_dtype dt)
     return v >= 0 && v < MHUB_DTYPE_COUNT;
 }
 
+/* Branch-free select: c ? x : y. Written with masks because gcc turns a
+ * conditional expression whose arm holds a float operation back into a
+ * branch (it will not evaluate a float operation speculatively), and a
+ * loop with a branch does not vectorize. */
+static inline uint32_t select_u32(int c, uint32_t x, uint32_t y)
+{
+    uint32_t mask = 0u - (uint32_t)(c != 0);
+    return (x & mask) | (y & ~mask);
+}
+
 /* bf16 is the top half of an f32, so rounding is one integer add: adding
  * 0x7FFF plus the lowest kept bit carries into the kept half exactly when
  * the dropped half is above one half, or equal to it with an odd kept
@@ -88,30 +97,25 @@ uint16_t mhub_f32_to_bf16(float f)
     uint32_t u = f32_bits(f);
     uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
     uint32_t quiet_nan = (u >> 16) | 0x0040u;
-    int is_nan = (u & F32_ABS_MASK) > F32_INF_BITS;
-    return (uint16_t)(is_nan ? quiet_nan : rounded);
+    return (uint16_t)select_u32((u & F32_ABS_MASK) > F32_INF_BITS, quiet_nan, rounded);
 }
 
 float mhub_bf16_to_f32(uint16_t h) { return f32_from_bits((uint32_t)h << 16); }
 
-/* Round the integer m / 2^s to nearest, ties to even (1 <= s <= 31). The
- * bias half - 1 rounds the remainder up only when it exceeds one half;
- * adding the quotient's low bit tips an exact half up for odd quotients. */
-static inline uint32_t shift_right_rne(uint32_t m, uint32_t s)
-{
-    uint32_t half = 1u << (s - 1);
-    return (m + (half - 1u) + ((m >> s) & 1u)) >> s;
-}
-
 /* Three candidate answers for |f|, selected at the end:
  *   normal:    rebias the exponent (127 -> 15) in place and round away 13
- *              mantissa bits; a carry out of the mantissa bumps the
- *              exponent, and past 65504 it reaches the Inf pattern, which
- *              caps every larger value;
- *   subnormal: |f| < 2^-14 is stored as round(|f| / 2^-24); with the
- *              implicit bit restored the f32 significand m holds
- *              |f| = m * 2^(e - 150), so the shift is 126 - e (clamped so
- *              the shift stays defined; f32 subnormals round to 0 anyway);
+ *              mantissa bits as for bf16; a carry out of the mantissa bumps
+ *              the exponent, and from 65520 up it reaches the Inf pattern,
+ *              which then caps every larger value;
+ *   subnormal: |f| < 2^-14 is stored as round(|f| / 2^-24). Adding 0.5
+ *              makes the float unit do it: every float in [0.5, 1) is a
+ *              multiple of 2^-24, so the sum is 0.5 + that rounded
+ *              multiple, ties to even, and subtracting the bits of 0.5
+ *              leaves the multiple (0x400, the smallest normal, when it
+ *              rounds up). Integer code would need a per-element shift,
+ *              which SSE2 lacks. This relies on the default
+ *              round-to-nearest mode, which mhub never changes; flushing
+ *              subnormals to zero does not matter (they round to 0);
  *   NaN:       keep the high payload bits and force the quiet bit. */
 uint16_t mhub_f32_to_f16(float f)
 {
@@ -121,19 +125,13 @@ uint16_t mhub_f32_to_f16(float f)
 
     uint32_t rebiased = a - ((127u - 15u) << 23);
     uint32_t normal = (rebiased + 0x0FFFu + ((rebiased >> 13) & 1u)) >> 13;
-    normal = normal < 0x7C00u ? normal : 0x7C00u;
+    normal = select_u32(normal < 0x7C00u, normal, 0x7C00u);
 
-    uint32_t e = a >> 23;
-    uint32_t e_clamped = e < 112u ? e : 112u;
-    uint32_t s = 126u - e_clamped; /* >= 14 */
-    s = s < 31u ? s : 31u;
-    uint32_t significand = (a & 0x007FFFFFu) | 0x00800000u;
-    uint32_t subnormal = shift_right_rne(significand, s);
-
+    uint32_t subnormal = f32_bits(f32_from_bits(a) + 0.5f) - f32_bits(0.5f);
     uint32_t quiet_nan = 0x7E00u | ((a >> 13) & 0x03FFu);
 
-    uint32_t mag = a < 0x38800000u ? subnormal : normal; /* 2^-14 */
-    mag = a > F32_INF_BITS ? quiet_nan : mag;
+    uint32_t mag = select_u32(a < 0x38800000u /* 2^-14 */, subnormal, normal);
+    mag = select_u32(a > F32_INF_BITS, quiet_nan, mag);
     return (uint16_t)(sign | mag);
 }
 
@@ -151,7 +149,7 @@ float mhub_f16_to_f32(uint16_t h)
     uint32_t subnormal = f32_bits((float)(int32_t)mant * 0x1p-24f);
     uint32_t special = F32_INF_BITS | (mant << 13);
 
-    uint32_t mag = exp == 0 ? subnormal : normal;
-    mag = exp == 0x1Fu ? special : mag;
+    uint32_t mag = select_u32(exp == 0, subnormal, normal);
+    mag = select_u32(exp == 0x1Fu, special, mag);
     return f32_from_bits(sign | mag);
 }

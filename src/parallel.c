@@ -115,6 +115,10 @@ static bool valid_kind(mhub_group_kind kind)
     return (int)kind >= 0 && kind < MHUB_GROUP_COUNT;
 }
 
+/* The helpers below report errors under the name of the public function
+ * the caller called, not their own. */
+#define LAYOUT_ERROR(code, ...) mhub_error_at((code), "mhub_layout_create", __VA_ARGS__)
+
 /* ---- checking the sizes ---------------------------------------------- */
 
 /* a*b*c, or -1 once it exceeds any int (then no int world divides it). */
@@ -135,9 +139,10 @@ static mhub_status check_nonnegative(const mhub_parallel_sizes *s)
     };
     for (size_t i = 0; i < sizeof v / sizeof v[0]; i++)
         if (v[i].value < 0)
-            return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
-                              "%s = %d is negative; a parallel size is >= 1 (0 means the default)",
-                              v[i].name, v[i].value);
+            return LAYOUT_ERROR(MHUB_ERR_INVALID_ARG,
+                                "%s = %d is negative; a parallel size is >= 1 (0 means the "
+                                "default)",
+                                v[i].name, v[i].value);
     return MHUB_OK;
 }
 
@@ -147,12 +152,13 @@ static mhub_status divide(const char *what, int world, const char *names, int a,
 {
     long long p = product3(a, b, c);
     if (p < 0)
-        return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
-                          "%s %d is not divisible by %s = %d*%d*%d, which exceeds it", what,
-                          world, names, a, b, c);
+        return LAYOUT_ERROR(MHUB_ERR_INVALID_ARG,
+                            "%s %d is not divisible by %s = %d*%d*%d, which exceeds it", what,
+                            world, names, a, b, c);
     if (world % p != 0)
-        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "%s %d is not divisible by %s = %d*%d*%d = %lld",
-                          what, world, names, a, b, c, p);
+        return LAYOUT_ERROR(MHUB_ERR_INVALID_ARG,
+                            "%s %d is not divisible by %s = %d*%d*%d = %lld", what, world, names,
+                            a, b, c, p);
     *quotient = (int)(world / p);
     return MHUB_OK;
 }
@@ -173,25 +179,25 @@ static mhub_status parse_order(const char *text, int axes[AX_COUNT], int *n)
     bool seen[AX_COUNT] = {false};
     *n = 0;
     if (!*text)
-        return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
-                          "order '' is empty; name the axes like '" DEFAULT_ORDER "'");
+        return LAYOUT_ERROR(MHUB_ERR_INVALID_ARG,
+                            "order '' is empty; name the axes like '" DEFAULT_ORDER "'");
     const char *p = text;
     for (;;) {
         size_t len = strcspn(p, "-");
         if (len == 0)
-            return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
-                              "order '%s' is malformed: an empty axis name (axes are joined "
-                              "by single '-', like '" DEFAULT_ORDER "')",
-                              text);
+            return LAYOUT_ERROR(MHUB_ERR_INVALID_ARG,
+                                "order '%s' is malformed: an empty axis name (axes are joined "
+                                "by single '-', like '" DEFAULT_ORDER "')",
+                                text);
         int a = axis_of_token(p, len);
         if (a < 0)
-            return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
-                              "order '%s' names an unknown axis '%.*s' (the axes are tp, cp, "
-                              "ep, dp, pp)",
-                              text, (int)len, p);
+            return LAYOUT_ERROR(MHUB_ERR_INVALID_ARG,
+                                "order '%s' names an unknown axis '%.*s' (the axes are tp, cp, "
+                                "ep, dp, pp)",
+                                text, (int)len, p);
         if (seen[a])
-            return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "order '%s' names axis %s twice", text,
-                              axis_names[a]);
+            return LAYOUT_ERROR(MHUB_ERR_INVALID_ARG, "order '%s' names axis %s twice", text,
+                                axis_names[a]);
         seen[a] = true;
         axes[(*n)++] = a;
         if (p[len] == '\0')
@@ -213,15 +219,15 @@ static mhub_status complete_order(const char *text, const int dense[AX_COUNT],
         if (named)
             continue;
         if (dense[a] > 1)
-            return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
-                              "order '%s' does not name %s, whose size is %d; an order must "
-                              "name every axis of size > 1",
-                              text, axis_names[a], dense[a]);
+            return LAYOUT_ERROR(MHUB_ERR_INVALID_ARG,
+                                "order '%s' does not name %s, whose size is %d; an order must "
+                                "name every axis of size > 1",
+                                text, axis_names[a], dense[a]);
         if (expert[a] > 1)
-            return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
-                              "order '%s' does not name %s, whose expert size (%s) is %d; an "
-                              "order must name every axis of size > 1",
-                              text, axis_names[a], expert_axis_names[a], expert[a]);
+            return LAYOUT_ERROR(MHUB_ERR_INVALID_ARG,
+                                "order '%s' does not name %s, whose expert size (%s) is %d; an "
+                                "order must name every axis of size > 1",
+                                text, axis_names[a], expert_axis_names[a], expert[a]);
         axes[n++] = a;
     }
     return MHUB_OK;
@@ -273,8 +279,8 @@ static mhub_status alloc_table(group_table *t, int world, int count, int size)
     t->ranks = malloc((size_t)count * (size_t)size * sizeof *t->ranks);
     t->of = malloc((size_t)world * sizeof *t->of);
     if (!t->ranks || !t->of)
-        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "no memory for the groups of a world of %d ranks",
-                          world);
+        return LAYOUT_ERROR(MHUB_ERR_NO_MEMORY, "no memory for the groups of a world of %d ranks",
+                            world);
     for (int r = 0; r < world; r++)
         t->of[r] = -1;
     return MHUB_OK;
@@ -326,11 +332,11 @@ static mhub_status check_pipelines(const mhub_layout *l)
 {
     if (l->dense.stride[AX_PP] == l->expert.stride[AX_PP])
         return MHUB_OK;
-    return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
-                      "order '%s' gives different pipeline groups to dense layers (ranks %d "
-                      "apart) and expert layers (ranks %d apart); the product of the sizes "
-                      "before pp must agree (tp*cp vs etp*ep) or pp must come last",
-                      l->order, l->dense.stride[AX_PP], l->expert.stride[AX_PP]);
+    return LAYOUT_ERROR(MHUB_ERR_INVALID_ARG,
+                        "order '%s' gives different pipeline groups to dense layers (ranks %d "
+                        "apart) and expert layers (ranks %d apart); the product of the sizes "
+                        "before pp must agree (tp*cp vs etp*ep) or pp must come last",
+                        l->order, l->dense.stride[AX_PP], l->expert.stride[AX_PP]);
 }
 
 /* Megatron's "pp-last" rule: when an axis of size > 1 follows pp, dense
@@ -346,10 +352,10 @@ static mhub_status check_pp_last(const mhub_layout *l)
     }
     if (pp_last || l->sizes.pp == 1 || l->dp == l->edp)
         return MHUB_OK;
-    return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
-                      "order '%s' does not put pp last, so dense dp (%d) and expert dp "
-                      "(world/(etp*ep*pp) = %d) must be equal",
-                      l->order, l->dp, l->edp);
+    return LAYOUT_ERROR(MHUB_ERR_INVALID_ARG,
+                        "order '%s' does not put pp last, so dense dp (%d) and expert dp "
+                        "(world/(etp*ep*pp) = %d) must be equal",
+                        l->order, l->dp, l->edp);
 }
 
 /* ---- the layout -------------------------------------------------------- */
@@ -367,10 +373,10 @@ static mhub_status resolve_sizes(int world, const mhub_parallel_sizes *in, mhub_
     s->etp = in->etp == 0 ? s->tp : in->etp;
     s->vp = in->vp;
     if (s->vp > 0 && s->pp <= 1)
-        return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
-                          "pipeline-model-parallel size should be greater than 1 with "
-                          "interleaved schedule (vp = %d, pp = %d)",
-                          s->vp, s->pp);
+        return LAYOUT_ERROR(MHUB_ERR_INVALID_ARG,
+                            "pipeline-model-parallel size should be greater than 1 with "
+                            "interleaved schedule (vp = %d, pp = %d)",
+                            s->vp, s->pp);
     MHUB_TRY(divide("world size", world, "tp*cp*pp", s->tp, s->cp, s->pp, &l->dp));
     return divide("expert world size", world, "etp*ep*pp", s->etp, s->ep, s->pp, &l->edp);
 }
@@ -635,21 +641,31 @@ mhub_status mhub_parallel_create(mhub_comm *world, const mhub_parallel_sizes *si
     *out = NULL;
     if (!world)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "world communicator is NULL");
+    char msg[512] = "";
     mhub_layout *l = NULL;
+    mhub_status st = mhub_layout_create(world->size, sizes, &l);
     /* Bad sizes fail identically on every rank, before any communication. */
-    MHUB_TRY(mhub_layout_create(world->size, sizes, &l));
-
-    mhub_parallel *p = calloc(1, sizeof *p);
+    if (st == MHUB_ERR_INVALID_ARG)
+        return st;
+    /* Any other failure from here on may be this rank's alone (memory):
+     * take part in every collective anyway, in no group, and agree on the
+     * outcome at the end. */
+    if (st != MHUB_OK)
+        snprintf(msg, sizeof msg, "%s", mhub_last_error());
+    mhub_parallel *p = st == MHUB_OK ? calloc(1, sizeof *p) : NULL;
+    if (st == MHUB_OK && !p) {
+        st = MHUB_ERR_NO_MEMORY;
+        snprintf(msg, sizeof msg, "no memory for mhub_parallel");
+    }
     mhub_comm *comms[MHUB_GROUP_COUNT] = {NULL};
-    char msg[512] = "no memory for mhub_parallel";
-    mhub_status st = p ? MHUB_OK : MHUB_ERR_NO_MEMORY;
-    /* From here on a failure may be local to this rank: take part in every
-     * collective anyway and agree on the outcome at the end. */
-    mhub_status split_st = split_all(world, st == MHUB_OK ? l : NULL, comms, msg, sizeof msg);
-    if (st == MHUB_OK)
+    char split_msg[512] = "";
+    mhub_status split_st =
+        split_all(world, st == MHUB_OK ? l : NULL, comms, split_msg, sizeof split_msg);
+    if (st == MHUB_OK && split_st != MHUB_OK) {
         st = split_st;
-    bool failed = any_rank_failed(world, st != MHUB_OK);
-    if (failed) {
+        memcpy(msg, split_msg, sizeof msg);
+    }
+    if (any_rank_failed(world, st != MHUB_OK)) {
         free_comms(comms);
         mhub_layout_free(l);
         free(p);

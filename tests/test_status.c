@@ -19,6 +19,8 @@ START_TEST(test_names)
 }
 END_TEST
 
+static mhub_status fail_here(void) { return MHUB_ERROR(MHUB_ERR_STATE, "twice"); }
+
 START_TEST(test_error_message)
 {
     mhub_clear_error();
@@ -29,9 +31,9 @@ START_TEST(test_error_message)
     s = mhub_error_at(MHUB_ERR_PARSE, "load_config", "key '%s' unknown", "foo");
     ck_assert_int_eq(s, MHUB_ERR_PARSE);
     ck_assert_str_eq(mhub_last_error(), "load_config: key 'foo' unknown");
-    s = MHUB_ERROR(MHUB_ERR_STATE, "twice");
+    s = fail_here();
     ck_assert_int_eq(s, MHUB_ERR_STATE);
-    ck_assert_str_eq(mhub_last_error(), "test_error_message: twice");
+    ck_assert_str_eq(mhub_last_error(), "fail_here: twice"); /* names the function */
     mhub_clear_error();
     ck_assert_str_eq(mhub_last_error(), "");
 }

@@ -1,1 +1,220 @@
-/* placeholder during bring-up */ typedef int mhub_placeholder_unit;
+/* cpu_backend.c - the CPU backend object: creation, BLAS threads, memory.
+ *
+ * On the CPU "device" memory is host memory, so allocation is an aligned
+ * zeroed malloc, every copy kind is a memcpy and there is nothing to wait
+ * for. The only configuration is the OpenBLAS thread count, which is
+ * process-wide: it is set when a backend is created. The kernels live in
+ * cpu_kernels.c; the ops table here points at them. */
+#include <errno.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cblas.h>
+
+#include "backends/cpu/cpu_internal.h"
+
+/* Alignment of every allocation: a cache line, and enough for any vector
+ * load the compiler or OpenBLAS may use. */
+#define CPU_ALIGNMENT 64
+/* Upper bound on a thread count; larger values are typos, not machines. */
+#define CPU_MAX_THREADS 1024
+#define CPU_THREADS_ENV "MHUB_BLAS_THREADS"
+
+/* ---- memory ---- */
+
+static mhub_status cpu_alloc(mhub_backend *be, size_t bytes, void **out)
+{
+    if (!out)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "out is NULL");
+    *out = NULL;
+    /* No object may exceed PTRDIFF_MAX; refusing here also keeps absurd
+     * sizes (a negative count cast to size_t) away from the allocator. */
+    if (bytes > (size_t)PTRDIFF_MAX)
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "%zu bytes is more than any allocation can hold",
+                          bytes);
+    /* posix_memalign, not aligned_alloc: C11 wants the size of the latter to
+     * be a multiple of the alignment, and rounding up would hide overruns
+     * from AddressSanitizer. One byte stands in for zero so that the
+     * pointer is unique and must be freed like any other. */
+    void *p = NULL;
+    int rc = posix_memalign(&p, CPU_ALIGNMENT, bytes ? bytes : 1);
+    if (rc != 0 || !p)
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "cannot allocate %zu bytes (%s)", bytes,
+                          strerror(rc));
+    memset(p, 0, bytes);
+    *out = p;
+    return MHUB_OK;
+}
+
+static void cpu_free(mhub_backend *be, void *ptr) { free(ptr); }
+
+static mhub_status cpu_memset_zero(mhub_backend *be, void *ptr, size_t bytes)
+{
+    if (!ptr && bytes > 0)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "ptr is NULL with bytes = %zu", bytes);
+    if (bytes > 0)
+        memset(ptr, 0, bytes);
+    return MHUB_OK;
+}
+
+static bool ranges_overlap(const void *a, const void *b, size_t bytes)
+{
+    uintptr_t x = (uintptr_t)a, y = (uintptr_t)b;
+    return x < y ? y - x < bytes : x - y < bytes;
+}
+
+static mhub_status cpu_copy(mhub_backend *be, void *dst, const void *src, size_t bytes,
+                            mhub_copy_kind kind)
+{
+    if (kind != MHUB_COPY_HOST_TO_DEVICE && kind != MHUB_COPY_DEVICE_TO_HOST &&
+        kind != MHUB_COPY_DEVICE_TO_DEVICE)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "kind = %d is not a copy kind", (int)kind);
+    if (bytes == 0)
+        return MHUB_OK;
+    if (!dst)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "dst is NULL with bytes = %zu", bytes);
+    if (!src)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "src is NULL with bytes = %zu", bytes);
+    /* A device copy between overlapping ranges is undefined (as for
+     * cudaMemcpy), so refuse it here too rather than let it work only on
+     * the CPU. Copying a range onto itself changes nothing. */
+    if (dst == src)
+        return MHUB_OK;
+    if (ranges_overlap(dst, src, bytes))
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "dst %p and src %p overlap within %zu bytes",
+                          dst, src, bytes);
+    memcpy(dst, src, bytes);
+    return MHUB_OK;
+}
+
+/* Every kernel runs to completion before it returns. */
+static mhub_status cpu_synchronize(mhub_backend *be) { return MHUB_OK; }
+
+static void cpu_destroy(mhub_backend *be)
+{
+    if (!be)
+        return;
+    free(be->ctx);
+    free(be);
+}
+
+static const mhub_backend_ops cpu_ops = {
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .memset_zero = cpu_memset_zero,
+    .copy = cpu_copy,
+    .synchronize = cpu_synchronize,
+    .gemm = mhub_cpu_gemm,
+    .bias_add = mhub_cpu_bias_add,
+    .bias_backward = mhub_cpu_bias_backward,
+    .gelu_forward = mhub_cpu_gelu_forward,
+    .gelu_backward = mhub_cpu_gelu_backward,
+    .softmax_xent_forward = mhub_cpu_softmax_xent_forward,
+    .softmax_xent_backward = mhub_cpu_softmax_xent_backward,
+    .cast = mhub_cpu_cast,
+    .scale = mhub_cpu_scale,
+    .axpy = mhub_cpu_axpy,
+    .sum_squares = mhub_cpu_sum_squares,
+    .fill_normal = mhub_cpu_fill_normal,
+    .fill_uniform = mhub_cpu_fill_uniform,
+    .sgd_step = mhub_cpu_sgd_step,
+    .adamw_step = mhub_cpu_adamw_step,
+    .destroy = cpu_destroy,
+};
+
+/* ---- threads ---- */
+
+/* The thread count from MHUB_BLAS_THREADS, or 0 when it is unset or empty
+ * (an empty value is how a shell script "unsets" a variable it passes on). */
+static mhub_status threads_from_env(int *out)
+{
+    *out = 0;
+    const char *s = getenv(CPU_THREADS_ENV);
+    if (!s || !*s)
+        return MHUB_OK;
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0' || v < 1 || v > CPU_MAX_THREADS)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
+                          "%s = \"%s\" is not a thread count: use a whole number in [1, %d], "
+                          "or unset it for automatic",
+                          CPU_THREADS_ENV, s, CPU_MAX_THREADS);
+    *out = (int)v;
+    return MHUB_OK;
+}
+
+/* Automatic choice: ranks that share a node each get one BLAS thread, so
+ * they do not oversubscribe the cores; a lone process takes them all. */
+static int automatic_threads(int local_ranks)
+{
+    if (local_ranks > 1)
+        return 1;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    if (cores < 1)
+        return 1;
+    return cores < CPU_MAX_THREADS ? (int)cores : CPU_MAX_THREADS;
+}
+
+static mhub_status resolve_threads(const mhub_cpu_options *opts, int *out)
+{
+    mhub_cpu_options o = {0, 0};
+    if (opts)
+        o = *opts;
+    if (o.blas_threads < 0 || o.blas_threads > CPU_MAX_THREADS)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
+                          "blas_threads = %d is outside [0, %d] (0 = automatic)",
+                          o.blas_threads, CPU_MAX_THREADS);
+    if (o.local_ranks < 0)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "local_ranks = %d is negative", o.local_ranks);
+    if (o.blas_threads > 0) {
+        *out = o.blas_threads;
+        return MHUB_OK;
+    }
+    int env_threads;
+    MHUB_TRY(threads_from_env(&env_threads));
+    *out = env_threads > 0 ? env_threads : automatic_threads(o.local_ranks);
+    return MHUB_OK;
+}
+
+/* ---- the backend object ---- */
+
+mhub_status mhub_cpu_backend_create(const mhub_cpu_options *opts, mhub_backend **out)
+{
+    if (!out)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "out is NULL");
+    *out = NULL;
+    int threads = 0;
+    MHUB_TRY(resolve_threads(opts, &threads));
+
+    mhub_backend *be = calloc(1, sizeof *be);
+    mhub_cpu_ctx *ctx = calloc(1, sizeof *ctx);
+    if (!be || !ctx) {
+        free(be);
+        free(ctx);
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "cannot allocate the CPU backend");
+    }
+    openblas_set_num_threads(threads);
+    ctx->blas_threads = threads;
+    be->name = "cpu";
+    be->ops = &cpu_ops;
+    be->ctx = ctx;
+    *out = be;
+    return MHUB_OK;
+}
+
+int mhub_cpu_backend_threads(const mhub_backend *be)
+{
+    if (!be || be->ops != &cpu_ops || !be->ctx)
+        return 0;
+    return ((const mhub_cpu_ctx *)be->ctx)->blas_threads;
+}
+
+void mhub_backend_free(mhub_backend *be)
+{
+    if (be && be->ops && be->ops->destroy)
+        be->ops->destroy(be);
+}

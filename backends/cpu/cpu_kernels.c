@@ -1,1 +1,712 @@
-/* placeholder during bring-up */ typedef int mhub_placeholder_unit;
+/* cpu_kernels.c - the CPU backend's compute kernels.
+ *
+ * GEMM goes to OpenBLAS (cblas_sgemm). Everything else is a plain C loop
+ * written so that gcc vectorizes it at -O2: restrict-qualified pointers,
+ * no branches in the loop body, and a split of each loop into a prefix of
+ * whole vector blocks plus a short remainder (see VEC_BLOCK). Loops that
+ * call expf or sqrtf stay scalar: libm calls do not vectorize without
+ * -ffast-math. Each kernel first checks all of its arguments and writes
+ * nothing when one is bad; messages name the kernel and the argument. */
+#include <inttypes.h>
+#include <limits.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cblas.h>
+
+#include "backends/cpu/cpu_internal.h"
+#include "mhub/rng.h"
+
+/* gcc 12 at -O2 vectorizes a loop only when the vector code replaces all
+ * of the scalar code (its "very cheap" cost model), i.e. when the trip
+ * count is a known multiple of the vector length. So elementwise loops are
+ * run twice: over a prefix whose length is a multiple of VEC_BLOCK (the
+ * vectorized copy) and over the remaining < VEC_BLOCK elements. */
+#define VEC_BLOCK 16
+
+static inline int64_t vec_prefix(int64_t n) { return n & ~(int64_t)(VEC_BLOCK - 1); }
+
+/* Largest element count accepted: its byte size still fits in int64 and
+ * pointer arithmetic, for any element type up to 8 bytes. */
+#define MAX_ELEMENTS (INT64_MAX / 8)
+
+/* ---- argument checks; `kernel` is the caller's __func__ ---- */
+
+static mhub_status check_count(const char *kernel, const char *name, int64_t n)
+{
+    if (n < 0)
+        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel, "%s = %" PRId64 " is negative",
+                             name, n);
+    if (n > MAX_ELEMENTS)
+        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel, "%s = %" PRId64 " is too large",
+                             name, n);
+    return MHUB_OK;
+}
+
+/* rows * cols into *total, with both counts checked and no overflow;
+ * cols_name is what the kernel calls its columns. */
+static mhub_status check_matrix(const char *kernel, int64_t rows, const char *cols_name,
+                                int64_t cols, int64_t *total)
+{
+    MHUB_TRY(check_count(kernel, "rows", rows));
+    MHUB_TRY(check_count(kernel, cols_name, cols));
+    if (cols > 0 && rows > MAX_ELEMENTS / cols)
+        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel,
+                             "rows = %" PRId64 " x %s = %" PRId64 " is too many elements", rows,
+                             cols_name, cols);
+    *total = rows * cols;
+    return MHUB_OK;
+}
+
+static mhub_status check_ptr(const char *kernel, const char *name, const void *p, int64_t n)
+{
+    if (!p && n > 0)
+        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel,
+                             "%s is NULL with %" PRId64 " elements to access", name, n);
+    return MHUB_OK;
+}
+
+static mhub_status check_finite(const char *kernel, const char *name, float v)
+{
+    if (!isfinite(v))
+        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel, "%s = %g is not finite", name,
+                             (double)v);
+    return MHUB_OK;
+}
+
+static bool overlaps(const void *a, size_t abytes, const void *b, size_t bbytes)
+{
+    if (!a || !b || abytes == 0 || bbytes == 0)
+        return false;
+    uintptr_t x = (uintptr_t)a, y = (uintptr_t)b;
+    return x < y + bbytes && y < x + abytes;
+}
+
+/* The loops below use restrict pointers, so arrays must not overlap. */
+static mhub_status check_separate(const char *kernel, const char *aname, const void *a,
+                                  size_t abytes, const char *bname, const void *b, size_t bbytes)
+{
+    if (overlaps(a, abytes, b, bbytes))
+        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel,
+                             "%s and %s overlap; they must be separate arrays", aname, bname);
+    return MHUB_OK;
+}
+
+/* For kernels that may run in place: the same array, or separate ones. */
+static mhub_status check_same_or_separate(const char *kernel, const char *aname, const void *a,
+                                          const char *bname, const void *b, size_t bytes)
+{
+    if (a != b && overlaps(a, bytes, b, bytes))
+        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel,
+                             "%s and %s partly overlap; they must be the same array or "
+                             "separate ones",
+                             aname, bname);
+    return MHUB_OK;
+}
+
+static size_t f32_bytes(int64_t n) { return (size_t)n * sizeof(float); }
+
+/* ---- small vectorizable loops shared by several kernels ---- */
+
+static inline void scale_run(float *restrict x, int64_t n, float alpha)
+{
+    for (int64_t i = 0; i < n; i++)
+        x[i] *= alpha;
+}
+
+static inline void scale_into_run(float *restrict dst, const float *restrict src, int64_t n,
+                                  float alpha)
+{
+    for (int64_t i = 0; i < n; i++)
+        dst[i] = src[i] * alpha;
+}
+
+static void scale_in_place(float *x, int64_t n, float alpha)
+{
+    int64_t body = vec_prefix(n);
+    scale_run(x, body, alpha);
+    scale_run(x + body, n - body, alpha);
+}
+
+/* dst = src * alpha, where dst is src or a separate array. */
+static void scale_into(float *dst, const float *src, int64_t n, float alpha)
+{
+    if (dst == src) {
+        scale_in_place(dst, n, alpha);
+        return;
+    }
+    int64_t body = vec_prefix(n);
+    scale_into_run(dst, src, body, alpha);
+    scale_into_run(dst + body, src + body, n - body, alpha);
+}
+
+/* ---- dense algebra ---- */
+
+static mhub_status check_gemm_dim(const char *kernel, const char *name, int64_t v)
+{
+    if (v < 0)
+        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel, "%s = %" PRId64 " is negative",
+                             name, v);
+    if (v > INT_MAX)
+        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel,
+                             "%s = %" PRId64 " exceeds INT_MAX, the limit of the BLAS interface",
+                             name, v);
+    return MHUB_OK;
+}
+
+/* A row-major matrix stored with `cols` columns needs a row stride of at
+ * least max(1, cols) (BLAS's own rule, which it would otherwise report by
+ * printing to stderr). */
+static mhub_status check_ld(const char *kernel, const char *name, int64_t ld, int64_t cols,
+                            const char *matrix)
+{
+    int64_t need = cols > 1 ? cols : 1;
+    if (ld < need)
+        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel,
+                             "%s = %" PRId64 " is less than %" PRId64
+                             ", the row length of %s as stored",
+                             name, ld, need, matrix);
+    if (ld > INT_MAX)
+        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel,
+                             "%s = %" PRId64 " exceeds INT_MAX, the limit of the BLAS interface",
+                             name, ld);
+    return MHUB_OK;
+}
+
+/* Bytes spanned by a stored rows x cols matrix with row stride ld. */
+static size_t stored_bytes(int64_t rows, int64_t cols, int64_t ld)
+{
+    if (rows == 0 || cols == 0)
+        return 0;
+    return f32_bytes((rows - 1) * ld + cols);
+}
+
+mhub_status mhub_cpu_gemm(mhub_backend *be, bool trans_a, bool trans_b, int64_t m, int64_t n,
+                          int64_t k, float alpha, const float *a, int64_t lda, const float *b,
+                          int64_t ldb, float beta, float *c, int64_t ldc)
+{
+    MHUB_TRY(check_gemm_dim(__func__, "m", m));
+    MHUB_TRY(check_gemm_dim(__func__, "n", n));
+    MHUB_TRY(check_gemm_dim(__func__, "k", k));
+    /* Stored shapes: A is M x K (K x M when transposed), B is K x N
+     * (N x K), C is M x N. */
+    int64_t a_rows = trans_a ? k : m, a_cols = trans_a ? m : k;
+    int64_t b_rows = trans_b ? n : k, b_cols = trans_b ? k : n;
+    MHUB_TRY(check_ld(__func__, "lda", lda, a_cols, trans_a ? "A (K x M, transposed)" : "A (M x K)"));
+    MHUB_TRY(check_ld(__func__, "ldb", ldb, b_cols, trans_b ? "B (N x K, transposed)" : "B (K x N)"));
+    MHUB_TRY(check_ld(__func__, "ldc", ldc, n, "C (M x N)"));
+    if (m == 0 || n == 0)
+        return MHUB_OK;
+    MHUB_TRY(check_ptr(__func__, "c", c, m * n));
+    MHUB_TRY(check_ptr(__func__, "a", a, m * k));
+    MHUB_TRY(check_ptr(__func__, "b", b, k * n));
+    size_t c_bytes = stored_bytes(m, n, ldc);
+    MHUB_TRY(check_separate(__func__, "c", c, c_bytes, "a", a, stored_bytes(a_rows, a_cols, lda)));
+    MHUB_TRY(check_separate(__func__, "c", c, c_bytes, "b", b, stored_bytes(b_rows, b_cols, ldb)));
+
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                trans_b ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k, alpha, a, (int)lda,
+                b, (int)ldb, beta, c, (int)ldc);
+    return MHUB_OK;
+}
+
+/* ---- bias ---- */
+
+static inline void add_run(float *restrict y, const float *restrict x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        y[i] += x[i];
+}
+
+/* y[0..n) += x[0..n) for separate arrays. */
+static void add_to(float *y, const float *x, int64_t n)
+{
+    int64_t body = vec_prefix(n);
+    add_run(y, x, body);
+    add_run(y + body, x + body, n - body);
+}
+
+mhub_status mhub_cpu_bias_add(mhub_backend *be, float *out, const float *bias, int64_t rows,
+                              int64_t cols)
+{
+    int64_t total;
+    MHUB_TRY(check_matrix(__func__, rows, "cols", cols, &total));
+    MHUB_TRY(check_ptr(__func__, "out", out, total));
+    MHUB_TRY(check_ptr(__func__, "bias", bias, total > 0 ? cols : 0));
+    MHUB_TRY(check_separate(__func__, "out", out, f32_bytes(total), "bias", bias,
+                            f32_bytes(cols)));
+    for (int64_t r = 0; r < rows && total > 0; r++)
+        add_to(out + r * cols, bias, cols);
+    return MHUB_OK;
+}
+
+/* Row by row rather than column by column: each row adds into all of
+ * dbias at once, a contiguous vectorized add. */
+mhub_status mhub_cpu_bias_backward(mhub_backend *be, float *dbias, const float *dout,
+                                   int64_t rows, int64_t cols)
+{
+    int64_t total;
+    MHUB_TRY(check_matrix(__func__, rows, "cols", cols, &total));
+    MHUB_TRY(check_ptr(__func__, "dout", dout, total));
+    MHUB_TRY(check_ptr(__func__, "dbias", dbias, total > 0 ? cols : 0));
+    MHUB_TRY(check_separate(__func__, "dbias", dbias, f32_bytes(cols), "dout", dout,
+                            f32_bytes(total)));
+    for (int64_t r = 0; r < rows && total > 0; r++)
+        add_to(dbias, dout + r * cols, cols);
+    return MHUB_OK;
+}
+
+/* ---- GELU ---- */
+
+#define GELU_SQRT_2_OVER_PI 0.7978845608028654f
+#define GELU_CUBIC 0.044715f
+
+/* GPT-2's GELU is 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3).
+ * Since 0.5 (1 + tanh(u)) = sigmoid(2u), the kernels use
+ * gelu(x) = x * sigmoid(2u): the same function, without the cancellation
+ * of 1 + tanh(u) ~ 0 that costs the tanh form all its relative accuracy
+ * for x below about -3. For x below about -10, e^(-2u) overflows to Inf
+ * and the sigmoid is 0, its correct limit. */
+static inline float gelu_sigmoid(float x)
+{
+    float u = GELU_SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x);
+    return 1.0f / (1.0f + expf(-2.0f * u));
+}
+
+/* d/dx [x s(2u)] = s + x s (1 - s) 2 u'(x), u' = sqrt(2/pi) (1 + 3 c x^2). */
+static inline float gelu_grad(float x)
+{
+    float s = gelu_sigmoid(x);
+    float du = GELU_SQRT_2_OVER_PI * (1.0f + 3.0f * GELU_CUBIC * x * x);
+    return s + 2.0f * (x * s) * (1.0f - s) * du;
+}
+
+/* out may be in: element i is read before it is written. */
+mhub_status mhub_cpu_gelu_forward(mhub_backend *be, float *out, const float *in, int64_t n)
+{
+    MHUB_TRY(check_count(__func__, "n", n));
+    MHUB_TRY(check_ptr(__func__, "out", out, n));
+    MHUB_TRY(check_ptr(__func__, "in", in, n));
+    MHUB_TRY(check_same_or_separate(__func__, "out", out, "in", in, f32_bytes(n)));
+    for (int64_t i = 0; i < n; i++)
+        out[i] = in[i] * gelu_sigmoid(in[i]);
+    return MHUB_OK;
+}
+
+/* din may be dout (same element-by-element argument as the forward). */
+mhub_status mhub_cpu_gelu_backward(mhub_backend *be, float *din, const float *in,
+                                   const float *dout, int64_t n)
+{
+    MHUB_TRY(check_count(__func__, "n", n));
+    MHUB_TRY(check_ptr(__func__, "din", din, n));
+    MHUB_TRY(check_ptr(__func__, "in", in, n));
+    MHUB_TRY(check_ptr(__func__, "dout", dout, n));
+    MHUB_TRY(check_same_or_separate(__func__, "din", din, "dout", dout, f32_bytes(n)));
+    MHUB_TRY(check_separate(__func__, "din", din, f32_bytes(n), "in", in, f32_bytes(n)));
+    for (int64_t i = 0; i < n; i++)
+        din[i] = dout[i] * gelu_grad(in[i]);
+    return MHUB_OK;
+}
+
+/* ---- softmax + cross-entropy ---- */
+
+/* Checked before anything is written, so a bad batch leaves no output. */
+static mhub_status check_targets(const char *kernel, const int32_t *targets, int64_t rows,
+                                 int64_t classes)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        if (targets[r] < 0 || targets[r] >= classes)
+            return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel,
+                                 "targets[%" PRId64 "] = %" PRId32 " is outside [0, %" PRId64 ")",
+                                 r, targets[r], classes);
+    }
+    return MHUB_OK;
+}
+
+static float row_max(const float *x, int64_t n)
+{
+    float m = x[0];
+    for (int64_t i = 1; i < n; i++)
+        m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+/* One row: p = softmax(x), returns -log p[t]. The max is subtracted
+ * before exp so nothing overflows, and the loss is computed from the
+ * logits as log(sum) - (x[t] - max) rather than as -log(p[t]), which
+ * would be Inf once p[t] underflows. p may be x. */
+static float softmax_xent_row(float *p, const float *x, int32_t t, int64_t classes)
+{
+    float xt = x[t];
+    float mx = row_max(x, classes);
+    double sum = 0.0;
+    for (int64_t c = 0; c < classes; c++) {
+        float e = expf(x[c] - mx);
+        p[c] = e;
+        sum += e;
+    }
+    scale_in_place(p, classes, (float)(1.0 / sum));
+    return (float)(log(sum) - ((double)xt - (double)mx));
+}
+
+/* probs may be logits (the softmax then overwrites them). */
+mhub_status mhub_cpu_softmax_xent_forward(mhub_backend *be, float *probs, float *losses,
+                                          const float *logits, const int32_t *targets,
+                                          int64_t rows, int64_t classes)
+{
+    int64_t total;
+    MHUB_TRY(check_matrix(__func__, rows, "classes", classes, &total));
+    MHUB_TRY(check_ptr(__func__, "probs", probs, total));
+    MHUB_TRY(check_ptr(__func__, "logits", logits, total));
+    MHUB_TRY(check_ptr(__func__, "losses", losses, rows));
+    MHUB_TRY(check_ptr(__func__, "targets", targets, rows));
+    MHUB_TRY(check_targets(__func__, targets, rows, classes));
+    MHUB_TRY(check_same_or_separate(__func__, "probs", probs, "logits", logits,
+                                    f32_bytes(total)));
+    MHUB_TRY(check_separate(__func__, "losses", losses, f32_bytes(rows), "probs", probs,
+                            f32_bytes(total)));
+    MHUB_TRY(check_separate(__func__, "losses", losses, f32_bytes(rows), "logits", logits,
+                            f32_bytes(total)));
+    for (int64_t r = 0; r < rows; r++)
+        losses[r] = softmax_xent_row(probs + r * classes, logits + r * classes, targets[r],
+                                     classes);
+    return MHUB_OK;
+}
+
+/* dlogits may be probs (the gradient then overwrites them). */
+mhub_status mhub_cpu_softmax_xent_backward(mhub_backend *be, float *dlogits, const float *probs,
+                                           const int32_t *targets, int64_t rows,
+                                           int64_t classes, float dloss)
+{
+    int64_t total;
+    MHUB_TRY(check_matrix(__func__, rows, "classes", classes, &total));
+    MHUB_TRY(check_ptr(__func__, "dlogits", dlogits, total));
+    MHUB_TRY(check_ptr(__func__, "probs", probs, total));
+    MHUB_TRY(check_ptr(__func__, "targets", targets, rows));
+    MHUB_TRY(check_targets(__func__, targets, rows, classes));
+    MHUB_TRY(check_same_or_separate(__func__, "dlogits", dlogits, "probs", probs,
+                                    f32_bytes(total)));
+    for (int64_t r = 0; r < rows; r++) {
+        float *d = dlogits + r * classes;
+        const float *p = probs + r * classes;
+        int32_t t = targets[r];
+        float pt = p[t]; /* before d (possibly p) is overwritten */
+        scale_into(d, p, classes, dloss);
+        d[t] = (pt - 1.0f) * dloss;
+    }
+    return MHUB_OK;
+}
+
+/* ---- cast ---- */
+
+/* dtype.h offers only per-element conversions, compiled in another
+ * translation unit; these loops call them and so do not vectorize. */
+static void f32_to_bf16_n(void *dst, const void *src, int64_t n)
+{
+    uint16_t *d = dst;
+    const float *s = src;
+    for (int64_t i = 0; i < n; i++)
+        d[i] = mhub_f32_to_bf16(s[i]);
+}
+
+static void f32_to_f16_n(void *dst, const void *src, int64_t n)
+{
+    uint16_t *d = dst;
+    const float *s = src;
+    for (int64_t i = 0; i < n; i++)
+        d[i] = mhub_f32_to_f16(s[i]);
+}
+
+static void bf16_to_f32_n(void *dst, const void *src, int64_t n)
+{
+    float *d = dst;
+    const uint16_t *s = src;
+    for (int64_t i = 0; i < n; i++)
+        d[i] = mhub_bf16_to_f32(s[i]);
+}
+
+static void f16_to_f32_n(void *dst, const void *src, int64_t n)
+{
+    float *d = dst;
+    const uint16_t *s = src;
+    for (int64_t i = 0; i < n; i++)
+        d[i] = mhub_f16_to_f32(s[i]);
+}
+
+/* Between the 16-bit types through f32: widening is exact, so there is
+ * only one rounding. */
+static void bf16_to_f16_n(void *dst, const void *src, int64_t n)
+{
+    uint16_t *d = dst;
+    const uint16_t *s = src;
+    for (int64_t i = 0; i < n; i++)
+        d[i] = mhub_f32_to_f16(mhub_bf16_to_f32(s[i]));
+}
+
+static void f16_to_bf16_n(void *dst, const void *src, int64_t n)
+{
+    uint16_t *d = dst;
+    const uint16_t *s = src;
+    for (int64_t i = 0; i < n; i++)
+        d[i] = mhub_f32_to_bf16(mhub_f16_to_f32(s[i]));
+}
+
+static void copy4_n(void *dst, const void *src, int64_t n) { memcpy(dst, src, (size_t)n * 4); }
+static void copy2_n(void *dst, const void *src, int64_t n) { memcpy(dst, src, (size_t)n * 2); }
+
+typedef void (*convert_fn)(void *dst, const void *src, int64_t n);
+
+/* converters[dst dtype][src dtype] */
+static const convert_fn converters[MHUB_DTYPE_COUNT][MHUB_DTYPE_COUNT] = {
+    [MHUB_F32] = {[MHUB_F32] = copy4_n, [MHUB_BF16] = bf16_to_f32_n, [MHUB_F16] = f16_to_f32_n},
+    [MHUB_BF16] = {[MHUB_F32] = f32_to_bf16_n, [MHUB_BF16] = copy2_n, [MHUB_F16] = f16_to_bf16_n},
+    [MHUB_F16] = {[MHUB_F32] = f32_to_f16_n, [MHUB_BF16] = bf16_to_f16_n, [MHUB_F16] = copy2_n},
+};
+
+static mhub_status check_cast_array(const char *kernel, const char *name, const void *p,
+                                    mhub_dtype dt, int64_t n)
+{
+    if (!mhub_dtype_valid(dt))
+        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel, "%s_dtype = %d is not a dtype",
+                             name, (int)dt);
+    MHUB_TRY(check_ptr(kernel, name, p, n));
+    if ((uintptr_t)p % mhub_dtype_size(dt) != 0)
+        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel,
+                             "%s = %p is not aligned for %s elements", name, p,
+                             mhub_dtype_name(dt));
+    return MHUB_OK;
+}
+
+mhub_status mhub_cpu_cast(mhub_backend *be, void *dst, mhub_dtype dst_dtype, const void *src,
+                          mhub_dtype src_dtype, int64_t n)
+{
+    MHUB_TRY(check_count(__func__, "n", n));
+    MHUB_TRY(check_cast_array(__func__, "dst", dst, dst_dtype, n));
+    MHUB_TRY(check_cast_array(__func__, "src", src, src_dtype, n));
+    if (n == 0 || (dst == src && dst_dtype == src_dtype))
+        return MHUB_OK;
+    MHUB_TRY(check_separate(__func__, "dst", dst, (size_t)n * mhub_dtype_size(dst_dtype), "src",
+                            src, (size_t)n * mhub_dtype_size(src_dtype)));
+    converters[dst_dtype][src_dtype](dst, src, n);
+    return MHUB_OK;
+}
+
+/* ---- scale, axpy, sum of squares ---- */
+
+mhub_status mhub_cpu_scale(mhub_backend *be, float *x, int64_t n, float alpha)
+{
+    MHUB_TRY(check_count(__func__, "n", n));
+    MHUB_TRY(check_ptr(__func__, "x", x, n));
+    scale_in_place(x, n, alpha);
+    return MHUB_OK;
+}
+
+static inline void axpy_run(float *restrict y, const float *restrict x, int64_t n, float alpha)
+{
+    for (int64_t i = 0; i < n; i++)
+        y[i] += alpha * x[i];
+}
+
+mhub_status mhub_cpu_axpy(mhub_backend *be, float *y, const float *x, int64_t n, float alpha)
+{
+    MHUB_TRY(check_count(__func__, "n", n));
+    MHUB_TRY(check_ptr(__func__, "y", y, n));
+    MHUB_TRY(check_ptr(__func__, "x", x, n));
+    MHUB_TRY(check_separate(__func__, "y", y, f32_bytes(n), "x", x, f32_bytes(n)));
+    int64_t body = vec_prefix(n);
+    axpy_run(y, x, body, alpha);
+    axpy_run(y + body, x + body, n - body, alpha);
+    return MHUB_OK;
+}
+
+/* VEC_BLOCK independent partial sums, one per lane: a single running sum
+ * would be a serial dependency that gcc may not reorder (without
+ * -ffast-math), so it would not vectorize. */
+static inline void sum_squares_run(double *restrict acc, const float *restrict x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i += VEC_BLOCK)
+        for (int j = 0; j < VEC_BLOCK; j++)
+            acc[j] += (double)x[i + j] * (double)x[i + j];
+}
+
+mhub_status mhub_cpu_sum_squares(mhub_backend *be, const float *x, int64_t n, double *out)
+{
+    MHUB_TRY(check_count(__func__, "n", n));
+    MHUB_TRY(check_ptr(__func__, "x", x, n));
+    MHUB_TRY(check_ptr(__func__, "out", out, 1));
+    double acc[VEC_BLOCK] = {0};
+    int64_t body = vec_prefix(n);
+    sum_squares_run(acc, x, body);
+    double sum = 0.0;
+    for (int j = 0; j < VEC_BLOCK; j++)
+        sum += acc[j];
+    for (int64_t i = body; i < n; i++)
+        sum += (double)x[i] * (double)x[i];
+    *out = sum;
+    return MHUB_OK;
+}
+
+/* ---- random fills ---- */
+
+mhub_status mhub_cpu_fill_normal(mhub_backend *be, float *dst, int64_t n, uint64_t seed,
+                                 uint64_t stream, uint64_t offset, float mean, float std)
+{
+    MHUB_TRY(check_count(__func__, "n", n));
+    MHUB_TRY(check_ptr(__func__, "dst", dst, n));
+    MHUB_TRY(check_finite(__func__, "mean", mean));
+    MHUB_TRY(check_finite(__func__, "std", std));
+    if (std < 0.0f)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "std = %g is negative", (double)std);
+    mhub_rng_fill_normal(dst, n, seed, stream, offset, mean, std);
+    return MHUB_OK;
+}
+
+mhub_status mhub_cpu_fill_uniform(mhub_backend *be, float *dst, int64_t n, uint64_t seed,
+                                  uint64_t stream, uint64_t offset, float lo, float hi)
+{
+    MHUB_TRY(check_count(__func__, "n", n));
+    MHUB_TRY(check_ptr(__func__, "dst", dst, n));
+    MHUB_TRY(check_finite(__func__, "lo", lo));
+    MHUB_TRY(check_finite(__func__, "hi", hi));
+    if (lo > hi)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "lo = %g is greater than hi = %g", (double)lo,
+                          (double)hi);
+    mhub_rng_fill_uniform(dst, n, seed, stream, offset, lo, hi);
+    return MHUB_OK;
+}
+
+/* ---- optimizers ---- */
+
+static inline void sgd_run(float *restrict param, const float *restrict grad, int64_t n,
+                           float lr, float weight_decay)
+{
+    for (int64_t i = 0; i < n; i++)
+        param[i] -= lr * (grad[i] + weight_decay * param[i]);
+}
+
+static inline void sgd_momentum_run(float *restrict param, const float *restrict grad,
+                                    float *restrict buf, int64_t n, float lr, float momentum,
+                                    float weight_decay)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float g = grad[i] + weight_decay * param[i];
+        float b = momentum * buf[i] + g;
+        buf[i] = b;
+        param[i] -= lr * b;
+    }
+}
+
+mhub_status mhub_cpu_sgd_step(mhub_backend *be, float *param, const float *grad,
+                              float *momentum_buf, int64_t n, float lr, float momentum,
+                              float weight_decay)
+{
+    MHUB_TRY(check_count(__func__, "n", n));
+    MHUB_TRY(check_ptr(__func__, "param", param, n));
+    MHUB_TRY(check_ptr(__func__, "grad", grad, n));
+    MHUB_TRY(check_finite(__func__, "lr", lr));
+    MHUB_TRY(check_finite(__func__, "momentum", momentum));
+    MHUB_TRY(check_finite(__func__, "weight_decay", weight_decay));
+    if (momentum != 0.0f && !momentum_buf && n > 0)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "momentum_buf is NULL with momentum = %g",
+                          (double)momentum);
+    size_t bytes = f32_bytes(n);
+    MHUB_TRY(check_separate(__func__, "param", param, bytes, "grad", grad, bytes));
+    MHUB_TRY(check_separate(__func__, "param", param, bytes, "momentum_buf", momentum_buf, bytes));
+    MHUB_TRY(check_separate(__func__, "grad", grad, bytes, "momentum_buf", momentum_buf, bytes));
+
+    int64_t body = vec_prefix(n);
+    if (momentum_buf) {
+        sgd_momentum_run(param, grad, momentum_buf, body, lr, momentum, weight_decay);
+        sgd_momentum_run(param + body, grad + body, momentum_buf + body, n - body, lr,
+                         momentum, weight_decay);
+    } else {
+        sgd_run(param, grad, body, lr, weight_decay);
+        sgd_run(param + body, grad + body, n - body, lr, weight_decay);
+    }
+    return MHUB_OK;
+}
+
+static mhub_status check_adamw_args(const char *kernel, float lr, float beta1, float beta2,
+                                    float eps, float weight_decay, int64_t t)
+{
+    MHUB_TRY(check_finite(kernel, "lr", lr));
+    MHUB_TRY(check_finite(kernel, "weight_decay", weight_decay));
+    if (!(beta1 >= 0.0f && beta1 < 1.0f))
+        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel, "beta1 = %g is outside [0, 1)",
+                             (double)beta1);
+    if (!(beta2 >= 0.0f && beta2 < 1.0f))
+        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel, "beta2 = %g is outside [0, 1)",
+                             (double)beta2);
+    if (!(eps >= 0.0f) || !isfinite(eps))
+        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel,
+                             "eps = %g must be finite and >= 0", (double)eps);
+    if (t < 1)
+        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel,
+                             "t = %" PRId64 " must be >= 1 (steps count from 1)", t);
+    return MHUB_OK;
+}
+
+/* The per-step scalars of AdamW, arranged as PyTorch computes them:
+ * param -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps), which is
+ * lr * mhat / (sqrt(vhat) + eps) with mhat = m / bc1, vhat = v / bc2. */
+typedef struct adamw_coef {
+    float decay;          /* 1 - lr * weight_decay */
+    float beta1, beta2;
+    float one_minus_beta1, one_minus_beta2;
+    float step_size;      /* lr / (1 - beta1^t) */
+    float inv_sqrt_bc2;   /* 1 / sqrt(1 - beta2^t) */
+    float eps;
+} adamw_coef;
+
+/* Not vectorized: gcc keeps sqrtf a possible libm call (for errno) unless
+ * built with -fno-math-errno. */
+static inline void adamw_run(float *restrict param, const float *restrict grad,
+                             float *restrict m, float *restrict v, int64_t n, adamw_coef k)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float g = grad[i];
+        float mi = k.beta1 * m[i] + k.one_minus_beta1 * g;
+        float vi = k.beta2 * v[i] + k.one_minus_beta2 * g * g;
+        m[i] = mi;
+        v[i] = vi;
+        float denom = sqrtf(vi) * k.inv_sqrt_bc2 + k.eps;
+        param[i] = param[i] * k.decay - k.step_size * mi / denom;
+    }
+}
+
+mhub_status mhub_cpu_adamw_step(mhub_backend *be, float *param, const float *grad, float *m,
+                                float *v, int64_t n, float lr, float beta1, float beta2,
+                                float eps, float weight_decay, int64_t t)
+{
+    MHUB_TRY(check_count(__func__, "n", n));
+    MHUB_TRY(check_ptr(__func__, "param", param, n));
+    MHUB_TRY(check_ptr(__func__, "grad", grad, n));
+    MHUB_TRY(check_ptr(__func__, "m", m, n));
+    MHUB_TRY(check_ptr(__func__, "v", v, n));
+    MHUB_TRY(check_adamw_args(__func__, lr, beta1, beta2, eps, weight_decay, t));
+    size_t bytes = f32_bytes(n);
+    const void *arrays[4] = {param, grad, m, v};
+    const char *names[4] = {"param", "grad", "m", "v"};
+    for (int i = 0; i < 4; i++)
+        for (int j = i + 1; j < 4; j++)
+            MHUB_TRY(check_separate(__func__, names[i], arrays[i], bytes, names[j], arrays[j],
+                                    bytes));
+
+    /* Bias corrections in double: beta2^t is close to 1 for small t, and
+     * 1 - beta2^t would lose digits in float. */
+    double bc1 = 1.0 - pow((double)beta1, (double)t);
+    double bc2 = 1.0 - pow((double)beta2, (double)t);
+    adamw_coef k = {
+        .decay = (float)(1.0 - (double)lr * (double)weight_decay),
+        .beta1 = beta1,
+        .beta2 = beta2,
+        .one_minus_beta1 = (float)(1.0 - (double)beta1),
+        .one_minus_beta2 = (float)(1.0 - (double)beta2),
+        .step_size = (float)((double)lr / bc1),
+        .inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2)),
+        .eps = eps,
+    };
+    adamw_run(param, grad, m, v, n, k);
+    return MHUB_OK;
+}

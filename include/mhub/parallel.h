@@ -69,14 +69,18 @@ typedef struct mhub_layout mhub_layout;
 
 /* Check the sizes against `world` and build every group. A world the
  * sizes do not divide, a size < 0, vp without pp > 1, or an order string
- * that is malformed, repeats an axis or lacks an axis whose size is > 1 is
- * MHUB_ERR_INVALID_ARG with a message that shows the arithmetic. */
+ * that is malformed, repeats an axis or lacks an axis whose size is > 1,
+ * NULL sizes, and the expert generator's consistency rules of
+ * Megatron-Core (its pp groups must equal the dense ones; with pp not
+ * last in the order, edp must equal dp) are MHUB_ERR_INVALID_ARG with a
+ * message that shows the arithmetic. */
 mhub_status mhub_layout_create(int world, const mhub_parallel_sizes *sizes,
                                mhub_layout **out);
 void mhub_layout_free(mhub_layout *l);
 
 int mhub_layout_world(const mhub_layout *l);
-/* The resolved sizes (zeros replaced, etp filled in, order filled in). */
+/* The resolved sizes (zeros replaced, etp filled in, order filled in);
+ * the order string belongs to the layout and lives as long as it. */
 const mhub_parallel_sizes *mhub_layout_sizes(const mhub_layout *l);
 int mhub_layout_dp(const mhub_layout *l);
 int mhub_layout_edp(const mhub_layout *l);

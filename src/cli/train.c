@@ -42,17 +42,17 @@ static void usage(FILE *f)
             "step, loss and throughput.\n"
             "\n"
             "  --model NAME        model to train: mlp (required)\n"
-            "  --steps N           optimizer steps (default 300)\n"
-            "  --batch N           samples per step (default 64)\n"
+            "  --steps N           optimizer steps (default 600)\n"
+            "  --batch N           samples per step (default 128)\n"
             "  --hidden W[,W...]   hidden layer widths (default 128,128)\n"
             "  --features N        input features (default 32)\n"
             "  --classes N         classes (default 8)\n"
-            "  --lr F              learning rate (default 0.05)\n"
+            "  --lr F              learning rate (default 0.1)\n"
             "  --momentum F        SGD momentum in [0, 1) (default 0.9)\n"
             "  --weight-decay F    L2 weight decay (default 0)\n"
             "  --seed N            seed of the data and the initial weights (default 1234)\n"
             "  --threads N         BLAS threads (default: automatic)\n"
-            "  --log-every N       print a progress line every N steps (default 25)\n"
+            "  --log-every N       print a progress line every N steps (default 50)\n"
             "  --eval-samples N    held-out samples for the final accuracy (default 4096)\n"
             "  --quiet             print only the summary\n"
             "  --help              this text\n");
@@ -97,16 +97,16 @@ static bool parse_widths(const char *text, mhub_mlp_config *cfg)
 static int parse_args(int argc, char **argv, train_options *o)
 {
     memset(o, 0, sizeof *o);
-    o->steps = 300;
-    o->batch = 64;
+    o->steps = 600;
+    o->batch = 128;
     o->features = 32;
     o->classes = 8;
     o->mlp.num_hidden = 2;
     o->mlp.hidden[0] = o->mlp.hidden[1] = 128;
-    o->lr = 0.05;
+    o->lr = 0.1;
     o->momentum = 0.9;
     o->seed = 1234;
-    o->log_every = 25;
+    o->log_every = 50;
     o->eval_samples = 4096;
     for (int i = 1; i < argc; i++) {
         char name[64];
