@@ -10,7 +10,7 @@
  * nonblocking ones followed by a wait, so both share one code path.
  *
  * Contract with backends: the request reaches ops->i* with comm, what and
- * the finish fields filled in; finish_scale is the divisor (the group size
+ * the finish fields filled in; finish_divisor is the divisor (the group size
  * for MHUB_AVG, 1.0 for nothing to do). A backend that averages natively
  * sets it back to 1.0; one that does not (MPI) sums and leaves it. ops->destroy
  * releases everything, the mhub_comm struct included. */
@@ -168,7 +168,7 @@ static void request_prepare(mhub_request *req, mhub_comm *c, const char *what, v
     req->finish_buf = finish_buf;
     req->finish_count = finish_count;
     req->finish_dtype = dt;
-    req->finish_scale = op == MHUB_AVG ? (float)c->size : 1.0f;
+    req->finish_divisor = op == MHUB_AVG ? (float)c->size : 1.0f;
 }
 
 /* Mark a request the backend accepted as pending, or clear one it refused
@@ -205,7 +205,7 @@ static void divide_f16(uint16_t *x, int64_t n, float d)
 
 static void request_finish(const mhub_request *req)
 {
-    float d = req->finish_scale;
+    float d = req->finish_divisor;
     if (d == 1.0f || req->finish_count == 0 || req->finish_buf == NULL)
         return;
     switch (req->finish_dtype) {

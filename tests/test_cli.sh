@@ -50,7 +50,9 @@ expect 2 "out of range" $T --model mlp --momentum 1
 expect 2 "'0.5.5' is not a finite number" $T --model mlp --weight-decay 0.5.5
 expect 2 "0 is out of range" $T --model mlp --hidden 0
 expect 2 "empty value" $T --model mlp --hidden 4,,4
-expect 2 "ends with a comma" $T --model mlp --hidden 4,
+expect 2 "empty value" $T --model mlp --hidden 4,
+expect 2 "empty value" $T --model mlp --hidden ""
+expect 0 "32-4-4-8" $T --model mlp --hidden 4,4 --steps 2 --eval-samples 0
 expect 2 "at most 16 layers" $T --model mlp --hidden 1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1
 expect 2 "1 is out of range" $T --model mlp --classes 1
 expect 2 "0 is out of range" $T --model mlp --features 0

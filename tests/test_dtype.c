@@ -140,7 +140,10 @@ static void check_round(round_check *rc, float x)
     }
 }
 
-static void check_round_bits(round_check *rc, uint32_t bits) { check_round(rc, f32_from_bits(bits)); }
+static void check_round_bits(round_check *rc, uint32_t bits)
+{
+    check_round(rc, f32_from_bits(bits));
+}
 
 static void report_round(const round_check *rc)
 {
@@ -161,7 +164,8 @@ static void check_all_widening(const fmt16 *f)
         if (isnan(want)) {
             /* Exact means the payload too: the mantissa moves up unchanged. */
             uint32_t mant = h & ((1u << f->mant_bits) - 1u);
-            uint32_t want_bits = ((h & 0x8000u) << 16) | 0x7F800000u | (mant << (23 - f->mant_bits));
+            uint32_t want_bits =
+                ((h & 0x8000u) << 16) | 0x7F800000u | (mant << (23 - f->mant_bits));
             if (f32_bits(got) != want_bits)
                 ck_abort_msg("%s 0x%04x -> 0x%08x, want NaN 0x%08x", f->name, (unsigned)h,
                              (unsigned)f32_bits(got), (unsigned)want_bits);

@@ -42,8 +42,9 @@ static float *stored_matrix(int64_t rows, int64_t cols, int64_t pad, uint64_t st
     ck_assert_ptr_nonnull(x);
     for (int64_t r = 0; r < rows; r++)
         for (int64_t c = 0; c < ld; c++)
-            x[r * ld + c] = c < cols ? 2.0f * mhub_rng_uniform(11, stream, (uint64_t)(r * ld + c)) - 1.0f
-                                     : NAN;
+            x[r * ld + c] =
+                c < cols ? 2.0f * mhub_rng_uniform(11, stream, (uint64_t)(r * ld + c)) - 1.0f
+                         : NAN;
     return x;
 }
 
@@ -181,52 +182,52 @@ START_TEST(test_empty_output)
 }
 END_TEST
 
+/* C = A . B (alpha 1, beta 0), for the argument checks. */
+static mhub_status gemm1(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float *a,
+                         int64_t lda, const float *b, int64_t ldb, float *c, int64_t ldc)
+{
+    return be->ops->gemm(be, ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+}
+
+/* Fails with MHUB_ERR_INVALID_ARG and a message containing `text`. */
+#define CK_BAD(call, text)                                                               \
+    do {                                                                                 \
+        CK_FAILS(MHUB_ERR_INVALID_ARG, call);                                            \
+        ck_assert_msg(strstr(mhub_last_error(), (text)) != NULL, "error '%s' lacks '%s'", \
+                      mhub_last_error(), (text));                                        \
+    } while (0)
+
 START_TEST(test_bad_arguments)
 {
     float a[64] = {0}, b[64] = {0}, c[64] = {0};
-    /* Baseline that is valid: 4x3 . 3x5 -> 4x5. */
-    CK_OK(be->ops->gemm(be, false, false, 4, 5, 3, 1.0f, a, 3, b, 5, 0.0f, c, 5));
+    const int64_t big = (int64_t)INT_MAX + 1;
+    /* The valid baseline: 4x3 . 3x5 -> 4x5. */
+    CK_OK(gemm1(false, false, 4, 5, 3, a, 3, b, 5, c, 5));
 
-    CK_FAILS(MHUB_ERR_INVALID_ARG, be->ops->gemm(be, false, false, -1, 5, 3, 1.0f, a, 3, b, 5, 0.0f, c, 5));
-    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "m = -1"));
-    CK_FAILS(MHUB_ERR_INVALID_ARG, be->ops->gemm(be, false, false, 4, -5, 3, 1.0f, a, 3, b, 5, 0.0f, c, 5));
-    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "n = -5"));
-    CK_FAILS(MHUB_ERR_INVALID_ARG, be->ops->gemm(be, false, false, 4, 5, -3, 1.0f, a, 3, b, 5, 0.0f, c, 5));
-    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "k = -3"));
-    CK_FAILS(MHUB_ERR_INVALID_ARG,
-             be->ops->gemm(be, false, false, (int64_t)INT_MAX + 1, 5, 3, 1.0f, a, 3, b, 5, 0.0f, c, 5));
-    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "INT_MAX"));
+    CK_BAD(gemm1(false, false, -1, 5, 3, a, 3, b, 5, c, 5), "m = -1");
+    CK_BAD(gemm1(false, false, 4, -5, 3, a, 3, b, 5, c, 5), "n = -5");
+    CK_BAD(gemm1(false, false, 4, 5, -3, a, 3, b, 5, c, 5), "k = -3");
+    CK_BAD(gemm1(false, false, big, 5, 3, a, 3, b, 5, c, 5), "INT_MAX");
+    CK_BAD(gemm1(false, false, 4, 5, big, a, big, b, 5, c, 5), "k = ");
 
-    CK_FAILS(MHUB_ERR_INVALID_ARG, be->ops->gemm(be, false, false, 4, 5, 3, 1.0f, NULL, 3, b, 5, 0.0f, c, 5));
-    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "a is NULL"));
-    CK_FAILS(MHUB_ERR_INVALID_ARG, be->ops->gemm(be, false, false, 4, 5, 3, 1.0f, a, 3, NULL, 5, 0.0f, c, 5));
-    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "b is NULL"));
-    CK_FAILS(MHUB_ERR_INVALID_ARG, be->ops->gemm(be, false, false, 4, 5, 3, 1.0f, a, 3, b, 5, 0.0f, NULL, 5));
-    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "c is NULL"));
+    CK_BAD(gemm1(false, false, 4, 5, 3, NULL, 3, b, 5, c, 5), "a is NULL");
+    CK_BAD(gemm1(false, false, 4, 5, 3, a, 3, NULL, 5, c, 5), "b is NULL");
+    CK_BAD(gemm1(false, false, 4, 5, 3, a, 3, b, 5, NULL, 5), "c is NULL");
 
-    /* Leading dimensions: the row length of the matrix as stored. */
-    CK_FAILS(MHUB_ERR_INVALID_ARG, be->ops->gemm(be, false, false, 4, 5, 3, 1.0f, a, 2, b, 5, 0.0f, c, 5));
-    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "lda = 2"));
-    CK_OK(be->ops->gemm(be, true, false, 4, 5, 3, 1.0f, a, 4, b, 5, 0.0f, c, 5));
-    CK_FAILS(MHUB_ERR_INVALID_ARG, be->ops->gemm(be, true, false, 4, 5, 3, 1.0f, a, 3, b, 5, 0.0f, c, 5));
-    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "lda = 3"));
-    CK_FAILS(MHUB_ERR_INVALID_ARG, be->ops->gemm(be, false, false, 4, 5, 3, 1.0f, a, 3, b, 4, 0.0f, c, 5));
-    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "ldb = 4"));
-    CK_OK(be->ops->gemm(be, false, true, 4, 5, 3, 1.0f, a, 3, b, 3, 0.0f, c, 5));
-    CK_FAILS(MHUB_ERR_INVALID_ARG, be->ops->gemm(be, false, true, 4, 5, 3, 1.0f, a, 3, b, 2, 0.0f, c, 5));
-    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "ldb = 2"));
-    CK_FAILS(MHUB_ERR_INVALID_ARG, be->ops->gemm(be, false, false, 4, 5, 3, 1.0f, a, 3, b, 5, 0.0f, c, 4));
-    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "ldc = 4"));
-    CK_FAILS(MHUB_ERR_INVALID_ARG, be->ops->gemm(be, false, false, 4, 5, 0, 1.0f, a, 0, b, 5, 0.0f, c, 5));
-    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "lda = 0"));
-    CK_FAILS(MHUB_ERR_INVALID_ARG,
-             be->ops->gemm(be, false, false, 4, 5, 3, 1.0f, a, (int64_t)INT_MAX + 1, b, 5, 0.0f, c, 5));
-    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "lda"));
+    /* Leading dimensions: at least the row length of the matrix as stored. */
+    CK_BAD(gemm1(false, false, 4, 5, 3, a, 2, b, 5, c, 5), "lda = 2");
+    CK_OK(gemm1(true, false, 4, 5, 3, a, 4, b, 5, c, 5));
+    CK_BAD(gemm1(true, false, 4, 5, 3, a, 3, b, 5, c, 5), "lda = 3");
+    CK_BAD(gemm1(false, false, 4, 5, 3, a, 3, b, 4, c, 5), "ldb = 4");
+    CK_OK(gemm1(false, true, 4, 5, 3, a, 3, b, 3, c, 5));
+    CK_BAD(gemm1(false, true, 4, 5, 3, a, 3, b, 2, c, 5), "ldb = 2");
+    CK_BAD(gemm1(false, false, 4, 5, 3, a, 3, b, 5, c, 4), "ldc = 4");
+    CK_BAD(gemm1(false, false, 4, 5, 0, a, 0, b, 5, c, 5), "lda = 0");
+    CK_BAD(gemm1(false, false, 4, 5, 3, a, big, b, 5, c, 5), "lda");
 
     /* C may not overlap an input (BLAS reads A and B while writing C). */
-    CK_FAILS(MHUB_ERR_INVALID_ARG, be->ops->gemm(be, false, false, 4, 5, 3, 1.0f, c, 3, b, 5, 0.0f, c, 5));
-    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "overlap"));
-    CK_FAILS(MHUB_ERR_INVALID_ARG, be->ops->gemm(be, false, false, 4, 5, 3, 1.0f, a, 3, c + 19, 5, 0.0f, c, 5));
+    CK_BAD(gemm1(false, false, 4, 5, 3, c, 3, b, 5, c, 5), "overlap");
+    CK_BAD(gemm1(false, false, 4, 5, 3, a, 3, c + 19, 5, c, 5), "overlap");
 }
 END_TEST
 
@@ -240,7 +241,7 @@ START_TEST(test_failure_leaves_c)
         a[i] = 1.0f;
     for (int i = 0; i < 15; i++)
         b[i] = 1.0f;
-    CK_FAILS(MHUB_ERR_INVALID_ARG, be->ops->gemm(be, false, false, 4, 5, 3, 1.0f, a, 3, b, 5, 0.0f, c, 3));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, gemm1(false, false, 4, 5, 3, a, 3, b, 5, c, 3));
     for (int i = 0; i < 20; i++)
         ck_assert_float_eq(c[i], (float)i);
 }

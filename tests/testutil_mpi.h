@@ -8,7 +8,7 @@
 
 /* Initialise MPI, run the suite on every rank, agree on the outcome. A
  * rank whose assertion fails leaves the test early; the wrapper's timeout
- * (tests/test_NAME.npN) turns a resulting hang into a failure. */
+ * (tests/test_NAME-npN.mpi) turns a resulting hang into a failure. */
 static inline int mhub_test_mpi_main(int argc, char **argv, Suite *(*make)(void))
 {
     MPI_Init(&argc, &argv);

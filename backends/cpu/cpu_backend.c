@@ -6,7 +6,6 @@
  * process-wide: it is set when a backend is created. The kernels live in
  * cpu_kernels.c; the ops table here points at them. */
 #include <errno.h>
-#include <limits.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>

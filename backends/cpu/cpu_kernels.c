@@ -193,8 +193,10 @@ mhub_status mhub_cpu_gemm(mhub_backend *be, bool trans_a, bool trans_b, int64_t 
      * (N x K), C is M x N. */
     int64_t a_rows = trans_a ? k : m, a_cols = trans_a ? m : k;
     int64_t b_rows = trans_b ? n : k, b_cols = trans_b ? k : n;
-    MHUB_TRY(check_ld(__func__, "lda", lda, a_cols, trans_a ? "A (K x M, transposed)" : "A (M x K)"));
-    MHUB_TRY(check_ld(__func__, "ldb", ldb, b_cols, trans_b ? "B (N x K, transposed)" : "B (K x N)"));
+    MHUB_TRY(check_ld(__func__, "lda", lda, a_cols,
+                      trans_a ? "A (K x M, transposed)" : "A (M x K)"));
+    MHUB_TRY(check_ld(__func__, "ldb", ldb, b_cols,
+                      trans_b ? "B (N x K, transposed)" : "B (K x N)"));
     MHUB_TRY(check_ld(__func__, "ldc", ldc, n, "C (M x N)"));
     if (m == 0 || n == 0)
         return MHUB_OK;
@@ -236,7 +238,9 @@ mhub_status mhub_cpu_bias_add(mhub_backend *be, float *out, const float *bias, i
     MHUB_TRY(check_ptr(__func__, "bias", bias, total > 0 ? cols : 0));
     MHUB_TRY(check_separate(__func__, "out", out, f32_bytes(total), "bias", bias,
                             f32_bytes(cols)));
-    for (int64_t r = 0; r < rows && total > 0; r++)
+    if (total == 0)
+        return MHUB_OK; /* bias may be NULL: no arithmetic on it */
+    for (int64_t r = 0; r < rows; r++)
         add_to(out + r * cols, bias, cols);
     return MHUB_OK;
 }
@@ -252,7 +256,9 @@ mhub_status mhub_cpu_bias_backward(mhub_backend *be, float *dbias, const float *
     MHUB_TRY(check_ptr(__func__, "dbias", dbias, total > 0 ? cols : 0));
     MHUB_TRY(check_separate(__func__, "dbias", dbias, f32_bytes(cols), "dout", dout,
                             f32_bytes(total)));
-    for (int64_t r = 0; r < rows && total > 0; r++)
+    if (total == 0)
+        return MHUB_OK;
+    for (int64_t r = 0; r < rows; r++)
         add_to(dbias, dout + r * cols, cols);
     return MHUB_OK;
 }
@@ -498,6 +504,8 @@ mhub_status mhub_cpu_scale(mhub_backend *be, float *x, int64_t n, float alpha)
 {
     MHUB_TRY(check_count(__func__, "n", n));
     MHUB_TRY(check_ptr(__func__, "x", x, n));
+    if (n == 0)
+        return MHUB_OK; /* x may be NULL, and NULL + 0 is undefined */
     scale_in_place(x, n, alpha);
     return MHUB_OK;
 }
@@ -514,6 +522,8 @@ mhub_status mhub_cpu_axpy(mhub_backend *be, float *y, const float *x, int64_t n,
     MHUB_TRY(check_ptr(__func__, "y", y, n));
     MHUB_TRY(check_ptr(__func__, "x", x, n));
     MHUB_TRY(check_separate(__func__, "y", y, f32_bytes(n), "x", x, f32_bytes(n)));
+    if (n == 0)
+        return MHUB_OK;
     int64_t body = vec_prefix(n);
     axpy_run(y, x, body, alpha);
     axpy_run(y + body, x + body, n - body, alpha);
@@ -614,7 +624,8 @@ mhub_status mhub_cpu_sgd_step(mhub_backend *be, float *param, const float *grad,
     MHUB_TRY(check_separate(__func__, "param", param, bytes, "grad", grad, bytes));
     MHUB_TRY(check_separate(__func__, "param", param, bytes, "momentum_buf", momentum_buf, bytes));
     MHUB_TRY(check_separate(__func__, "grad", grad, bytes, "momentum_buf", momentum_buf, bytes));
-
+    if (n == 0)
+        return MHUB_OK;
     int64_t body = vec_prefix(n);
     if (momentum_buf) {
         sgd_momentum_run(param, grad, momentum_buf, body, lr, momentum, weight_decay);

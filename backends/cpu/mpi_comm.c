@@ -17,6 +17,7 @@
 #include <limits.h>
 #include <sched.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -287,7 +288,8 @@ static mhub_status mpi_iallreduce(mhub_comm *c, const void *send, void *recv, in
 
 /* MPI's in-place reduce_scatter reads the whole buffer and writes the
  * result to block 0; the interface's in-place form (recv at block `rank`)
- * is that call plus a move at completion. */
+ * is that call plus a move at completion. The other blocks hold whatever
+ * MPI left there (block 0 a copy of the result): only block `rank` is defined. */
 static mhub_status mpi_ireduce_scatter(mhub_comm *c, const void *send, void *recv,
                                        int64_t recv_count, mhub_dtype dt, mhub_reduce_op op,
                                        mhub_request *req)
@@ -557,8 +559,9 @@ static mhub_status check_mpi_ready(const char *call)
     MPI_Initialized(&initialized);
     MPI_Finalized(&finalized);
     if (!initialized || finalized)
-        return mhub_error(MHUB_ERR_STATE, "%s: MPI is %s; call it between MPI_Init and "
-                          "MPI_Finalize", call, finalized ? "already finalized" : "not initialised");
+        return mhub_error(MHUB_ERR_STATE,
+                          "%s: MPI is %s; call it between MPI_Init and MPI_Finalize", call,
+                          finalized ? "already finalized" : "not initialised");
     return MHUB_OK;
 }
 

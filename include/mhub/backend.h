@@ -16,7 +16,10 @@
  *     overwrite their output;
  *   - sizes are int64_t element counts; 0 is allowed and does nothing;
  *   - a NULL pointer with a non-zero size, or a negative size, returns
- *     MHUB_ERR_INVALID_ARG with a message naming the kernel and argument. */
+ *     MHUB_ERR_INVALID_ARG with a message naming the kernel and argument;
+ *   - buffers must not overlap, except the exact in-place forms a kernel
+ *     documents (gelu out == in, gelu din == dout, softmax probs ==
+ *     logits, dlogits == probs); other overlaps are MHUB_ERR_INVALID_ARG. */
 #ifndef MHUB_BACKEND_H
 #define MHUB_BACKEND_H
 

@@ -18,6 +18,14 @@
  * Reductions: MHUB_SUM, MHUB_AVG (sum, then divide by size; computed in
  * f32 for 16-bit dtypes) and MHUB_MAX, for f32, bf16 and f16.
  *
+ * Contracts: send/recv counts must match exactly (a shorter message is
+ * MHUB_ERR_COMM); tags are >= 0; an in-place reduce_scatter leaves the
+ * other blocks of the buffer undefined; create and split are collective,
+ * so every rank must call them with valid arguments. A backend receives
+ * op = MHUB_AVG with finish_divisor = size already set; one that averages
+ * inside its collective (NCCL's ncclAvg) resets it to 1. ops->destroy
+ * frees the mhub_comm struct itself.
+ *
  * Waiting: an oversubscribed node (more ranks than cores) makes MPI's
  * blocking busy-wait cost one scheduler tick (~4-11 ms) per collective.
  * Every wait here therefore polls the request and yields the core between
@@ -55,7 +63,7 @@ typedef struct mhub_request {
     void *finish_buf;
     int64_t finish_count;
     mhub_dtype finish_dtype;
-    float finish_scale;       /* 1.0: nothing to do */
+    float finish_divisor;     /* divide the result by this; 1.0: nothing */
     const char *what;         /* "allreduce", ... for error messages */
     uint64_t handle[4];       /* the implementation's own request storage */
 } mhub_request;

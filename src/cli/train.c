@@ -68,16 +68,19 @@ static int usage_error(void)
 static bool parse_widths(const char *text, mhub_mlp_config *cfg)
 {
     cfg->num_hidden = 0;
-    if (!strcmp(text, "none") || !*text)
+    if (!strcmp(text, "none"))
         return true;
-    char buf[512];
-    if (strlen(text) >= sizeof buf) {
-        fprintf(stderr, "mhub %s: --hidden: value too long\n", CMD);
-        return false;
-    }
-    strcpy(buf, text);
-    char *save = NULL;
-    for (char *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+    const char *p = text;
+    for (;;) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        char tok[32];
+        if (len >= sizeof tok) {
+            fprintf(stderr, "mhub %s: --hidden: '%.*s' is too long\n", CMD, (int)len, p);
+            return false;
+        }
+        memcpy(tok, p, len);
+        tok[len] = '\0';
         if (cfg->num_hidden == MHUB_MLP_MAX_HIDDEN) {
             fprintf(stderr, "mhub %s: --hidden: at most %d layers\n", CMD, MHUB_MLP_MAX_HIDDEN);
             return false;
@@ -85,12 +88,10 @@ static bool parse_widths(const char *text, mhub_mlp_config *cfg)
         if (!cli_parse_int(CMD, "--hidden", tok, 1, 1 << 16, &cfg->hidden[cfg->num_hidden]))
             return false;
         cfg->num_hidden++;
+        if (!comma)
+            return true;
+        p = comma + 1;
     }
-    if (text[strlen(text) - 1] == ',') {
-        fprintf(stderr, "mhub %s: --hidden: '%s' ends with a comma\n", CMD, text);
-        return false;
-    }
-    return true;
 }
 
 /* Returns -1 to continue, or an exit code. */
