@@ -9,8 +9,21 @@
  * reduce_scatter, the receive buffer for allgather. algbw = size / time;
  * busbw applies nccl-tests' factors, 2(n-1)/n for allreduce and (n-1)/n
  * for the other two, so that numbers compare across rank counts and with
- * the link's bandwidth. Run: mpiexec -n 4 bench_collectives [flags]. */
+ * the link's bandwidth.
+ *
+ * Paths, printed side by side for each size: "mhub" (the default) goes
+ * through mhub_comm over MPI; --raw-mpi adds "mpi", the same collective
+ * called on MPI directly (blocking at up to 2 ranks, else nonblocking with
+ * a test-and-yield loop, as mhub waits: MPI's own blocking wait spins for a
+ * scheduler tick per call when ranks outnumber cores), to show what the
+ * wrapper costs; --shm adds "shm", the all-reduce in place in memory from
+ * mhub_comm_alloc (the shared-memory path on one node), and a closing
+ * table of allreduce busbw with shm/mpi. In-place runs (shm, and the
+ * others with --inplace) rewrite the input before every iteration,
+ * untimed, as a training step writes its gradient before reducing it.
+ * Run: mpiexec -n 4 bench_collectives [flags]. */
 #include <errno.h>
+#include <sched.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -28,15 +41,30 @@ enum { WARMUP = 2, ITERS_SMALL = 100, ITERS_LARGE = 20 };
 typedef enum coll { ALLREDUCE, REDUCE_SCATTER, ALLGATHER, N_COLLS } coll;
 static const char *const coll_names[N_COLLS] = {"allreduce", "reduce_scatter", "allgather"};
 
+/* Who does the collective: mhub_comm, MPI itself, or mhub_comm on
+ * communicator memory (the shared-memory all-reduce). */
+typedef enum path { PATH_MHUB, PATH_MPI, PATH_SHM, N_PATHS } path;
+static const char *const path_names[N_PATHS] = {"mhub", "mpi", "shm"};
+
 typedef struct options {
     int64_t min_bytes, max_bytes;
     int iters;          /* 0: ITERS_SMALL / ITERS_LARGE by size */
     bool run[N_COLLS];
     bool json;
+    bool raw_mpi, shm, inplace;
 } options;
+
+/* The buffers of one run: max_bytes each. send holds the input and is
+ * never written, so in-place runs refill their buffer from it. */
+typedef struct buffers {
+    float *send, *recv;
+    float *slot;        /* from mhub_comm_alloc; NULL without --shm */
+} buffers;
 
 typedef struct result {
     coll which;
+    path how;
+    bool inplace;
     int64_t bytes, count;
     int iters;
     double time_us, algbw, busbw;
@@ -50,6 +78,9 @@ static void usage(FILE *to)
             "  --max-bytes B   largest message (default 64M); sizes grow x4\n"
             "  --iters N       timed iterations per size (default 100 up to 1 MiB, else 20)\n"
             "  --op NAME       allreduce | reduce_scatter | allgather | all (default all)\n"
+            "  --raw-mpi       also time the collectives called on MPI directly\n"
+            "  --shm           also time allreduce in place in mhub_comm_alloc memory\n"
+            "  --inplace       run the mhub and MPI allreduce in place too\n"
             "  --json          print JSON instead of a table\n");
 }
 
@@ -108,6 +139,15 @@ static int parse_args(int argc, char **argv, options *o, bool loud)
             return 1;
         } else if (strcmp(a, "--json") == 0) {
             o->json = true;
+            continue;
+        } else if (strcmp(a, "--raw-mpi") == 0) {
+            o->raw_mpi = true;
+            continue;
+        } else if (strcmp(a, "--shm") == 0) {
+            o->shm = true;
+            continue;
+        } else if (strcmp(a, "--inplace") == 0) {
+            o->inplace = true;
             continue;
         } else if (!has_value && (strcmp(a, "--min-bytes") == 0 || strcmp(a, "--max-bytes") == 0 ||
                                   strcmp(a, "--iters") == 0 || strcmp(a, "--op") == 0)) {
@@ -177,9 +217,17 @@ static void check(mhub_status s, const char *what)
     MPI_Abort(MPI_COMM_WORLD, 1);
 }
 
+static void check_mpi(int rc, const char *what)
+{
+    if (rc == MPI_SUCCESS)
+        return;
+    fprintf(stderr, "bench_collectives: %s failed: MPI error %d\n", what, rc);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+}
+
 /* One call of `which` moving `bytes` in nccl-tests' terms; per-rank counts
- * round down as they do. */
-static mhub_status run_once(mhub_comm *c, coll which, float *send, float *recv, int64_t count)
+ * round down as they do. In place, send is recv. */
+static mhub_status run_mhub(mhub_comm *c, coll which, float *send, float *recv, int64_t count)
 {
     int64_t per_rank = count / c->size;
     switch (which) {
@@ -192,6 +240,65 @@ static mhub_status run_once(mhub_comm *c, coll which, float *send, float *recv, 
     return MHUB_ERR_INVALID_ARG;
 }
 
+/* Blocking up to 2 ranks; beyond, the wait mhub does (see comm.h). */
+static void mpi_complete(int rc, MPI_Request *req, bool blocking, const char *what)
+{
+    check_mpi(rc, what);
+    if (blocking)
+        return;
+    int done = 0;
+    while ((rc = MPI_Test(req, &done, MPI_STATUS_IGNORE)) == MPI_SUCCESS && !done)
+        sched_yield();
+    check_mpi(rc, what);
+}
+
+/* The same call on MPI_COMM_WORLD directly (counts fit an int: the sizes
+ * here stay far below 8 GiB). */
+static void run_mpi(int ranks, coll which, float *send, float *recv, int64_t count)
+{
+    bool blocking = ranks <= 2;
+    int per_rank = (int)(count / ranks), n = (int)count;
+    const void *src = send == recv ? MPI_IN_PLACE : send;
+    MPI_Comm w = MPI_COMM_WORLD;
+    MPI_Request req = MPI_REQUEST_NULL;
+    int rc = MPI_SUCCESS;
+    switch (which) {
+    case ALLREDUCE:
+        rc = blocking ? MPI_Allreduce(src, recv, n, MPI_FLOAT, MPI_SUM, w)
+                      : MPI_Iallreduce(src, recv, n, MPI_FLOAT, MPI_SUM, w, &req);
+        break;
+    case REDUCE_SCATTER:
+        rc = blocking ? MPI_Reduce_scatter_block(send, recv, per_rank, MPI_FLOAT, MPI_SUM, w)
+                      : MPI_Ireduce_scatter_block(send, recv, per_rank, MPI_FLOAT, MPI_SUM, w,
+                                                  &req);
+        break;
+    case ALLGATHER:
+        rc = blocking ? MPI_Allgather(send, per_rank, MPI_FLOAT, recv, per_rank, MPI_FLOAT, w)
+                      : MPI_Iallgather(send, per_rank, MPI_FLOAT, recv, per_rank, MPI_FLOAT, w,
+                                       &req);
+        break;
+    case N_COLLS: break;
+    }
+    mpi_complete(rc, &req, blocking, coll_names[which]);
+}
+
+/* The buffers a run of `how` uses: in place, the input is refilled into
+ * the receive buffer (or the slot) before each iteration. */
+static void pick_buffers(const buffers *b, path how, bool inplace, float **send, float **recv)
+{
+    *recv = how == PATH_SHM ? b->slot : b->recv;
+    *send = inplace ? *recv : b->send;
+}
+
+static void run_once(mhub_comm *c, path how, coll which, float *send, float *recv,
+                     int64_t count)
+{
+    if (how == PATH_MPI)
+        run_mpi(c->size, which, send, recv, count);
+    else
+        check(run_mhub(c, which, send, recv, count), coll_names[which]);
+}
+
 static double bus_factor(coll which, int n)
 {
     if (n <= 1)
@@ -200,23 +307,27 @@ static double bus_factor(coll which, int n)
 }
 
 /* Time one size: slowest rank per iteration, median over iterations. */
-static result measure(mhub_comm *c, coll which, int64_t bytes, int iters, float *send,
-                      float *recv, double *times, double *slowest)
+static result measure(mhub_comm *c, coll which, path how, bool inplace, int64_t bytes,
+                      int iters, const buffers *b, double *times, double *slowest)
 {
     int64_t count = bytes / (int64_t)sizeof(float);
     /* a reduce_scatter or allgather moves whole blocks only */
     if (which != ALLREDUCE)
         count -= count % c->size;
+    float *send, *recv;
+    pick_buffers(b, how, inplace, &send, &recv);
     for (int it = -WARMUP; it < iters; it++) {
+        if (inplace)
+            memcpy(recv, b->send, (size_t)count * sizeof(float));
         check(mhub_comm_barrier(c), "barrier");
         double t0 = now_s();
-        check(run_once(c, which, send, recv, count), coll_names[which]);
+        run_once(c, how, which, send, recv, count);
         if (it >= 0)
             times[it] = now_s() - t0;
     }
     MPI_Reduce(times, slowest, iters, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
-    result r = {.which = which, .bytes = count * (int64_t)sizeof(float), .count = count,
-                .iters = iters};
+    result r = {.which = which, .how = how, .inplace = inplace,
+                .bytes = count * (int64_t)sizeof(float), .count = count, .iters = iters};
     if (c->rank == 0) {
         double t = median(slowest, iters);
         r.time_us = t * 1e6;
@@ -228,69 +339,129 @@ static result measure(mhub_comm *c, coll which, int64_t bytes, int iters, float 
 
 static void print_table(const result *rs, int n, int ranks)
 {
-    printf("# mhub_comm collectives: %d ranks, f32 sum, out of place; time = median over "
-           "iterations of the slowest rank\n",
+    printf("# collectives: %d ranks, f32 sum; time = median over iterations of the slowest "
+           "rank\n",
            ranks);
-    printf("# %-14s %12s %11s %11s %11s %11s %6s\n", "collective", "size(B)", "count",
-           "time(us)", "algbw(GB/s)", "busbw(GB/s)", "iters");
+    printf("# %-14s %-4s %-5s %12s %11s %11s %11s %11s %6s\n", "collective", "path", "place",
+           "size(B)", "count", "time(us)", "algbw(GB/s)", "busbw(GB/s)", "iters");
     for (int i = 0; i < n; i++)
-        printf("  %-14s %12lld %11lld %11.1f %11.3f %11.3f %6d\n", coll_names[rs[i].which],
+        printf("  %-14s %-4s %-5s %12lld %11lld %11.1f %11.3f %11.3f %6d\n",
+               coll_names[rs[i].which], path_names[rs[i].how], rs[i].inplace ? "in" : "out",
                (long long)rs[i].bytes, (long long)rs[i].count, rs[i].time_us, rs[i].algbw,
                rs[i].busbw, rs[i].iters);
 }
 
+/* The allreduce busbw of `how` at `bytes`, or 0 if not measured. */
+static double busbw_of(const result *rs, int n, path how, int64_t bytes)
+{
+    for (int i = 0; i < n; i++)
+        if (rs[i].which == ALLREDUCE && rs[i].how == how && rs[i].bytes == bytes)
+            return rs[i].busbw;
+    return 0.0;
+}
+
+/* The paths' allreduce busbw per size, and shm over raw MPI. */
+static void print_comparison(const result *rs, int n)
+{
+    printf("# allreduce busbw (GB/s) by path\n");
+    printf("# %12s %9s %9s %9s %9s\n", "size(B)", "mpi", "mhub", "shm", "shm/mpi");
+    for (int i = 0; i < n; i++) {
+        if (rs[i].which != ALLREDUCE || rs[i].how != PATH_SHM)
+            continue;
+        double mpi = busbw_of(rs, n, PATH_MPI, rs[i].bytes);
+        double mhub = busbw_of(rs, n, PATH_MHUB, rs[i].bytes);
+        printf("  %12lld %9.3f %9.3f %9.3f %9.2f\n", (long long)rs[i].bytes, mpi, mhub,
+               rs[i].busbw, mpi > 0 ? rs[i].busbw / mpi : 0.0);
+    }
+}
+
 static void print_json(const result *rs, int n, int ranks)
 {
-    printf("{\"ranks\": %d, \"dtype\": \"f32\", \"op\": \"sum\", \"inplace\": false, "
-           "\"results\": [",
-           ranks);
+    printf("{\"ranks\": %d, \"dtype\": \"f32\", \"op\": \"sum\", \"results\": [", ranks);
     for (int i = 0; i < n; i++)
-        printf("%s\n  {\"collective\": \"%s\", \"bytes\": %lld, \"count\": %lld, "
-               "\"time_us\": %.3f, \"algbw_gbps\": %.6f, \"busbw_gbps\": %.6f, \"iters\": %d}",
-               i ? "," : "", coll_names[rs[i].which], (long long)rs[i].bytes,
-               (long long)rs[i].count, rs[i].time_us, rs[i].algbw, rs[i].busbw, rs[i].iters);
+        printf("%s\n  {\"collective\": \"%s\", \"path\": \"%s\", \"inplace\": %s, "
+               "\"bytes\": %lld, \"count\": %lld, \"time_us\": %.3f, \"algbw_gbps\": %.6f, "
+               "\"busbw_gbps\": %.6f, \"iters\": %d}",
+               i ? "," : "", coll_names[rs[i].which], path_names[rs[i].how],
+               rs[i].inplace ? "true" : "false", (long long)rs[i].bytes, (long long)rs[i].count,
+               rs[i].time_us, rs[i].algbw, rs[i].busbw, rs[i].iters);
     printf("\n]}\n");
 }
+
+/* The paths that run `which`: mhub always, MPI with --raw-mpi, and the
+ * shared-memory path for allreduce with --shm. */
+static bool path_runs(const options *o, coll which, path how)
+{
+    switch (how) {
+    case PATH_MHUB: return true;
+    case PATH_MPI: return o->raw_mpi;
+    case PATH_SHM: return o->shm && which == ALLREDUCE;
+    case N_PATHS: break;
+    }
+    return false;
+}
+
+static void *alloc_or_die(size_t bytes)
+{
+    void *p = malloc(bytes);
+    if (p == NULL) {
+        fprintf(stderr, "bench_collectives: out of memory for %zu bytes\n", bytes);
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    return p;
+}
+
+enum { MAX_RESULTS = N_COLLS * N_PATHS * 64 };
 
 static int run(const options *o)
 {
     mhub_comm *world = NULL;
     check(mhub_comm_create_mpi_world(&world), "creating the world communicator");
     int max_iters = o->iters ? o->iters : ITERS_SMALL;
-    /* reduce_scatter reads and allgather writes max_bytes; one pair of
+    /* reduce_scatter reads and allgather writes max_bytes; one set of
      * buffers serves every size, so no size pays for page faults */
     size_t n = (size_t)(o->max_bytes / (int64_t)sizeof(float)) + 1;
-    float *send = malloc(n * sizeof(float)), *recv = malloc(n * sizeof(float));
-    double *times = malloc((size_t)max_iters * sizeof(double));
-    double *slowest = malloc((size_t)max_iters * sizeof(double));
-    result *rs = calloc(N_COLLS * 64, sizeof(result));
-    if (!send || !recv || !times || !slowest || !rs) {
-        fprintf(stderr, "bench_collectives: out of memory for %lld-byte buffers\n",
-                (long long)o->max_bytes);
+    buffers b = {.send = alloc_or_die(n * sizeof(float)), .recv = alloc_or_die(n * sizeof(float))};
+    if (o->shm)
+        check(mhub_comm_alloc(world, n * sizeof(float), (void **)&b.slot),
+              "mhub_comm_alloc (--shm)");
+    double *times = alloc_or_die((size_t)max_iters * sizeof(double));
+    double *slowest = alloc_or_die((size_t)max_iters * sizeof(double));
+    result *rs = calloc(MAX_RESULTS, sizeof(result));
+    if (rs == NULL)
         MPI_Abort(MPI_COMM_WORLD, 1);
-    }
     for (size_t i = 0; i < n; i++)
-        send[i] = recv[i] = (float)(i % 7);
+        b.send[i] = b.recv[i] = (float)(i % 7);
 
     int nres = 0;
     for (int w = 0; w < N_COLLS; w++) {
         if (!o->run[w])
             continue;
-        for (int64_t b = o->min_bytes; nres < N_COLLS * 64; b *= 4) {
-            int iters = o->iters ? o->iters : b <= SMALL_BYTES ? ITERS_SMALL : ITERS_LARGE;
-            rs[nres++] = measure(world, (coll)w, b, iters, send, recv, times, slowest);
-            if (b > o->max_bytes / 4)
+        for (int64_t bytes = o->min_bytes; nres + N_PATHS <= MAX_RESULTS; bytes *= 4) {
+            int iters = o->iters ? o->iters : bytes <= SMALL_BYTES ? ITERS_SMALL : ITERS_LARGE;
+            for (int h = 0; h < N_PATHS; h++) {
+                if (!path_runs(o, (coll)w, (path)h))
+                    continue;
+                bool inplace = h == PATH_SHM || (o->inplace && w == ALLREDUCE);
+                rs[nres++] = measure(world, (coll)w, (path)h, inplace, bytes, iters, &b, times,
+                                     slowest);
+            }
+            if (bytes > o->max_bytes / 4)
                 break;
         }
     }
     if (world->rank == 0) {
-        if (o->json)
+        if (o->json) {
             print_json(rs, nres, world->size);
-        else
+        } else {
             print_table(rs, nres, world->size);
+            if (o->shm && o->run[ALLREDUCE])
+                print_comparison(rs, nres);
+        }
     }
-    free(send);
-    free(recv);
+    mhub_comm_free_mem(world, b.slot);
+    free(b.send);
+    free(b.recv);
     free(times);
     free(slowest);
     free(rs);

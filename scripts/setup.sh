@@ -47,7 +47,7 @@ make -j"$jobs"
 
 case "$what" in
 demo)
-    ./mhub train --model mlp ;;
+    mpiexec -n 2 ./mhub train --model mlp ;;
 test)
     make check -j"$jobs" || { cat tests/*.log 2>/dev/null | tail -200; exit 1; } ;;
 build) ;;

@@ -485,3 +485,39 @@ void mhub_comm_free(mhub_comm *c)
     if (c != NULL && c->ops != NULL)
         c->ops->destroy(c);
 }
+
+/* ---- communicator-owned memory ------------------------------------------ */
+
+/* Argument errors return before any communication, on every rank alike
+ * (the call is collective, so every rank passes the same arguments). */
+mhub_status mhub_comm_alloc(mhub_comm *c, size_t bytes, void **out)
+{
+    const char *call = "mhub_comm_alloc";
+    MHUB_TRY(check_comm(c, call));
+    if (out == NULL)
+        return comm_error(MHUB_ERR_INVALID_ARG, c, call, "out is NULL");
+    *out = NULL;
+    if (bytes == 0)
+        return comm_error(MHUB_ERR_INVALID_ARG, c, call, "bytes is 0; ask for at least 1");
+    if (c->ops->alloc == NULL || c->ops->free_mem == NULL)
+        return comm_error(MHUB_ERR_UNSUPPORTED, c, call,
+                          "this communicator's backend offers no memory of its own; allocate "
+                          "the buffer with the compute backend instead");
+    return c->ops->alloc(c, bytes, out);
+}
+
+/* Returns nothing, like free(); a pointer this communicator did not hand
+ * out is reported through mhub_last_error() and left alone. */
+void mhub_comm_free_mem(mhub_comm *c, void *ptr)
+{
+    const char *call = "mhub_comm_free_mem";
+    if (ptr == NULL || check_comm(c, call) != MHUB_OK)
+        return;
+    if (c->ops->free_mem == NULL) {
+        comm_error(MHUB_ERR_INVALID_ARG, c, call,
+                   "%p cannot come from mhub_comm_alloc: this communicator offers no memory",
+                   ptr);
+        return;
+    }
+    c->ops->free_mem(c, ptr);
+}

@@ -3,6 +3,7 @@
  * momentum state and walks the list. */
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "mhub/backend.h"
 #include "mhub/optim.h"
@@ -108,4 +109,79 @@ void mhub_sgd_free(mhub_sgd *opt)
         free(opt->momentum);
     }
     free(opt);
+}
+
+/* ---- the shared update rule ---------------------------------------------- */
+
+void mhub_optim_config_init(mhub_optim_config *cfg, mhub_optim_kind kind)
+{
+    if (!cfg)
+        return;
+    cfg->kind = kind;
+    cfg->lr = 1e-3f;
+    cfg->weight_decay = 0.0f;
+    cfg->momentum = 0.0f;
+    cfg->beta1 = 0.9f;
+    cfg->beta2 = 0.999f;
+    cfg->eps = 1e-8f;
+}
+
+mhub_status mhub_optim_config_validate(const mhub_optim_config *cfg)
+{
+    if (!cfg)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "optimizer config is NULL");
+    if (cfg->kind != MHUB_OPTIM_SGD && cfg->kind != MHUB_OPTIM_ADAMW)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "unknown optimizer kind %d", (int)cfg->kind);
+    mhub_sgd_config common = {.lr = cfg->lr, .momentum = cfg->momentum,
+                              .weight_decay = cfg->weight_decay};
+    MHUB_TRY(check_config(&common));
+    if (cfg->kind == MHUB_OPTIM_ADAMW &&
+        !(cfg->beta1 >= 0 && cfg->beta1 < 1 && cfg->beta2 >= 0 && cfg->beta2 < 1 &&
+          isfinite(cfg->eps) && cfg->eps >= 0))
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
+                          "AdamW needs beta1, beta2 in [0, 1) and eps >= 0 (got %g, %g, %g)",
+                          (double)cfg->beta1, (double)cfg->beta2, (double)cfg->eps);
+    return MHUB_OK;
+}
+
+int mhub_optim_kind_parse(const char *name, mhub_optim_kind *out)
+{
+    if (!name || !out)
+        return -1;
+    if (!strcmp(name, "sgd"))
+        *out = MHUB_OPTIM_SGD;
+    else if (!strcmp(name, "adamw"))
+        *out = MHUB_OPTIM_ADAMW;
+    else
+        return -1;
+    return 0;
+}
+
+const char *mhub_optim_kind_name(mhub_optim_kind kind)
+{
+    return kind == MHUB_OPTIM_SGD ? "sgd" : kind == MHUB_OPTIM_ADAMW ? "adamw" : "invalid";
+}
+
+int mhub_optim_state_arrays(const mhub_optim_config *cfg)
+{
+    if (!cfg)
+        return 0;
+    if (cfg->kind == MHUB_OPTIM_ADAMW)
+        return 2;
+    return cfg->momentum > 0 ? 1 : 0;
+}
+
+mhub_status mhub_optim_update(mhub_backend *be, const mhub_optim_config *cfg, float *param,
+                              const float *grad, float *const *state, int64_t n, int64_t step)
+{
+    if (!be || !cfg)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "backend or config is NULL");
+    if (mhub_optim_state_arrays(cfg) > 0 && !state)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "%s needs %d state array(s), got NULL",
+                          mhub_optim_kind_name(cfg->kind), mhub_optim_state_arrays(cfg));
+    if (cfg->kind == MHUB_OPTIM_ADAMW)
+        return be->ops->adamw_step(be, param, grad, state[0], state[1], n, cfg->lr, cfg->beta1,
+                                   cfg->beta2, cfg->eps, cfg->weight_decay, step);
+    return be->ops->sgd_step(be, param, grad, cfg->momentum > 0 ? state[0] : NULL, n, cfg->lr,
+                             cfg->momentum, cfg->weight_decay);
 }

@@ -69,8 +69,55 @@ expect 0 "step +40/40 +loss" \
 # divergence is reported as an error, not printed as a result
 expect 1 "loss became (nan|inf|-nan)" \
     $T --model mlp --steps 50 --lr 900 --momentum 0.99 --hidden 64 --eval-samples 0
-# several ranks are refused on every rank until data parallelism exists
-expect 1 "rank [01]: running on 2 ranks" timeout 60 "$MPIEXEC" -n 2 $T --model mlp --steps 5
+expect 2 "unknown engine 'zero9'" $T --model mlp --dp-engine zero9
+expect 2 "unknown optimizer 'adam'" $T --model mlp --optimizer adam
+expect 2 "'3' is not a power of two|3 is not a power of two" $T --model mlp --deterministic --micro-shards 3
+expect 2 "--micro-shards needs --deterministic" $T --model mlp --micro-shards 4
+expect 2 "--grad-accum does not apply" $T --model mlp --deterministic --grad-accum 2
+expect 2 "0 is out of range" $T --model mlp --bucket-size 0
+expect 2 "out of range" $T --model mlp --grad-accum 0
+
+# data parallel: bad layouts fail on every rank with exit 2, no hang
+expect 2 "rank 1: .*--batch 6 must be divisible by ranks x --grad-accum = 4 x 1" \
+    timeout 60 "$MPIEXEC" -n 4 $T --model mlp --batch 6 --steps 2
+expect 2 "rank 2: .*power-of-two number of ranks, not 3" \
+    timeout 60 "$MPIEXEC" -n 3 $T --model mlp --deterministic --micro-shards 8 --batch 48 --steps 2
+expect 2 "--micro-shards 2 must be a multiple of the 4 ranks" \
+    timeout 60 "$MPIEXEC" -n 4 $T --model mlp --deterministic --micro-shards 2 --steps 2
+
+# DDP on 2 ranks trains, with overlap and accumulation
+expect 0 "gradient sync: [0-9]+ of [0-9]+ bucket" \
+    timeout 120 "$MPIEXEC" -n 2 $T --model mlp --steps 30 --grad-accum 2 --bucket-size 1000 \
+    --eval-samples 256 --quiet
+
+# every engine trains on 2 ranks (the loss falls: checked by the summary)
+for engine in ddp distopt fsdp; do
+    expect 0 "first loss 2\.[0-9]+, last loss (0|1)\.[0-9]+" \
+        timeout 120 "$MPIEXEC" -n 2 $T --model mlp --dp-engine $engine --optimizer adamw \
+        --lr 0.003 --steps 150 --eval-samples 512 --quiet
+done
+expect 0 "last loss" timeout 120 "$MPIEXEC" -n 2 $T --model mlp --dp-engine distopt \
+    --overlap-param-gather --grad-accum 2 --steps 20 --quiet
+expect 1 "deterministic mode is available for ddp and distopt" \
+    $T --model mlp --dp-engine fsdp --deterministic --steps 2
+
+# deterministic mode: the same parameters, bit for bit, on 1, 2 and 4 ranks,
+# and the same with the distributed optimizer as with DDP
+digests=""
+for n in 1 2 4; do
+    for engine in ddp distopt; do
+        d=$(timeout 120 "$MPIEXEC" -n $n $T --model mlp --deterministic --steps 20 --digest \
+            --quiet --eval-samples 0 --dp-engine $engine | sed -n 's/^params sha256: //p')
+        echo "deterministic digest, $engine at $n rank(s): $d"
+        digests="$digests $d"
+    done
+done
+if [ "$(echo $digests | tr ' ' '\n' | sort -u | wc -l)" -ne 1 ] || [ -z "$(echo $digests)" ]; then
+    echo "FAIL: deterministic digests differ or are missing:$digests"
+    fails=$((fails + 1))
+else
+    echo "ok:   deterministic digests equal at 1, 2 and 4 ranks, ddp and distopt"
+fi
 
 echo "$fails failure(s)"
 [ "$fails" -eq 0 ]

@@ -127,6 +127,52 @@ START_TEST(test_alloc_aligned_zeroed)
 }
 END_TEST
 
+/* memory_usage counts the requested bytes of live blocks; the peak is the
+ * high-water mark since reset_peak. Counted exactly: no padding, no
+ * header, so an engine's footprint can be compared with its formula. */
+START_TEST(test_memory_accounting)
+{
+    const mhub_backend_ops *o = be->ops;
+    ck_assert(o->memory_usage && o->reset_peak);
+    size_t cur0, peak0, cur, peak;
+    CK_OK(o->memory_usage(be, &cur0, &peak0));
+    ck_assert_uint_ge(peak0, cur0);
+    void *a = NULL, *b = NULL, *z = NULL;
+    CK_OK(o->alloc(be, 1000, &a));
+    CK_OK(o->alloc(be, 24, &b));
+    CK_OK(o->alloc(be, 0, &z));
+    CK_OK(o->memory_usage(be, &cur, &peak));
+    ck_assert_uint_eq(cur, cur0 + 1024);
+    ck_assert_uint_ge(peak, cur);
+    o->free(be, a);
+    CK_OK(o->memory_usage(be, &cur, NULL));
+    ck_assert_uint_eq(cur, cur0 + 24);
+    /* the peak keeps the high-water mark until reset */
+    CK_OK(o->memory_usage(be, NULL, &peak));
+    ck_assert_uint_ge(peak, cur0 + 1024);
+    CK_OK(o->reset_peak(be));
+    CK_OK(o->memory_usage(be, &cur, &peak));
+    ck_assert_uint_eq(peak, cur);
+    CK_OK(o->alloc(be, 64, &a));
+    o->free(be, a);
+    CK_OK(o->memory_usage(be, &cur, &peak));
+    ck_assert_uint_eq(cur, cur0 + 24);
+    ck_assert_uint_eq(peak, cur0 + 24 + 64);
+    o->free(be, b);
+    o->free(be, z);
+    o->free(be, NULL);
+    CK_OK(o->memory_usage(be, &cur, NULL));
+    ck_assert_uint_eq(cur, cur0);
+    /* a failed allocation counts nothing */
+    void *p = NULL;
+    CK_FAILS(MHUB_ERR_NO_MEMORY, o->alloc(be, SIZE_MAX - 8, &p));
+    CK_OK(o->memory_usage(be, &cur, NULL));
+    ck_assert_uint_eq(cur, cur0);
+    CK_FAILS(MHUB_ERR_INVALID_ARG, o->memory_usage(NULL, &cur, &peak));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, o->reset_peak(NULL));
+}
+END_TEST
+
 START_TEST(test_memset_copy_synchronize)
 {
     unsigned char *a = buf_bytes(100), *b = buf_bytes(100);
@@ -1009,6 +1055,7 @@ static Suite *make_suite(void)
     TCase *mem = tcase_create("memory_and_options");
     tcase_add_checked_fixture(mem, setup, teardown);
     tcase_add_test(mem, test_alloc_aligned_zeroed);
+    tcase_add_test(mem, test_memory_accounting);
     tcase_add_test(mem, test_memset_copy_synchronize);
     tcase_add_test(mem, test_memory_bad_args);
     tcase_add_test(mem, test_backend_identity);

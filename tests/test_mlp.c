@@ -161,6 +161,50 @@ START_TEST(test_grad_ready_order_and_accumulation)
 }
 END_TEST
 
+typedef struct {
+    char calls[64][8];
+    int count;
+} hook_log;
+
+static mhub_status log_call(void *user, const char *what, int unit)
+{
+    hook_log *log = user;
+    snprintf(log->calls[log->count++], 8, "%s%d", what, unit);
+    return MHUB_OK;
+}
+static mhub_status pre_f(void *u, int unit) { return log_call(u, "F", unit); }
+static mhub_status post_f(void *u, int unit) { return log_call(u, "f", unit); }
+static mhub_status pre_b(void *u, int unit) { return log_call(u, "B", unit); }
+static mhub_status post_b(void *u, int unit) { return unit == 1 ? mhub_error(MHUB_ERR_COMM, "x") : log_call(u, "b", unit); }
+
+START_TEST(test_unit_hooks)
+{
+    mhub_mlp_config cfg = {.inputs = 3, .num_hidden = 2, .hidden = {4, 4}, .classes = 2};
+    mhub_mlp *m;
+    CK_OK(mhub_mlp_create(&cfg, be, 2, 1, &m));
+    ck_assert_int_eq(mhub_mlp_num_units(m), 3);
+    mhub_param_list *pl = mhub_mlp_params(m);
+    for (int p = 0; p < pl->count; p++)
+        ck_assert_int_eq(pl->items[p].unit, p / 2);
+    hook_log log = {.count = 0};
+    mhub_unit_hooks hooks = {pre_f, post_f, pre_b, post_b, &log};
+    mhub_mlp_set_unit_hooks(m, &hooks);
+    float x[6] = {0};
+    int32_t y[2] = {0, 1};
+    CK_OK(mhub_mlp_forward(m, x, y, 2, NULL));
+    /* backward stops at unit 1's post_backward error */
+    CK_FAILS(MHUB_ERR_COMM, mhub_mlp_backward(m, 0.5f));
+    const char *want[] = {"F0", "f0", "F1", "f1", "F2", "f2", "B2", "b2", "B1"};
+    ck_assert_int_eq(log.count, 9);
+    for (int i = 0; i < 9; i++)
+        ck_assert_str_eq(log.calls[i], want[i]);
+    mhub_mlp_set_unit_hooks(m, NULL);
+    CK_OK(mhub_mlp_backward(m, 0.5f));
+    ck_assert_int_eq(log.count, 9);
+    mhub_mlp_free(m);
+}
+END_TEST
+
 START_TEST(test_same_seed_same_model)
 {
     mhub_mlp_config cfg = {.inputs = 6, .num_hidden = 1, .hidden = {10}, .classes = 3};
@@ -325,6 +369,43 @@ START_TEST(test_sgd)
 }
 END_TEST
 
+START_TEST(test_optim_config_and_update)
+{
+    mhub_optim_config c;
+    mhub_optim_config_init(&c, MHUB_OPTIM_ADAMW);
+    ck_assert_int_eq(mhub_optim_state_arrays(&c), 2);
+    CK_OK(mhub_optim_config_validate(&c));
+    mhub_optim_kind k;
+    ck_assert_int_eq(mhub_optim_kind_parse("sgd", &k), 0);
+    ck_assert_int_eq(k, MHUB_OPTIM_SGD);
+    ck_assert_int_eq(mhub_optim_kind_parse("adam", &k), -1);
+    ck_assert_str_eq(mhub_optim_kind_name(MHUB_OPTIM_ADAMW), "adamw");
+    /* AdamW step 1 from zero state: m = (1-b1) g, v = (1-b2) g^2, so the
+     * bias-corrected update is lr * g / (|g| + eps) = lr * sign(g) */
+    float p[2] = {1.0f, -2.0f}, g[2] = {0.5f, -4.0f}, m[2] = {0}, v[2] = {0};
+    float *state[2] = {m, v};
+    c.lr = 0.1f;
+    CK_OK(mhub_optim_update(be, &c, p, g, state, 2, 1));
+    ck_assert_float_eq_tol(p[0], 0.9f, 1e-6f);
+    ck_assert_float_eq_tol(p[1], -1.9f, 1e-6f);
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_optim_update(be, &c, p, g, NULL, 2, 2));
+    mhub_optim_config_init(&c, MHUB_OPTIM_SGD);
+    ck_assert_int_eq(mhub_optim_state_arrays(&c), 0);
+    c.lr = 0.5f;
+    CK_OK(mhub_optim_update(be, &c, p, g, NULL, 2, 1)); /* plain SGD needs no state */
+    ck_assert_float_eq_tol(p[0], 0.65f, 1e-6f);
+    c.momentum = 0.9f;
+    ck_assert_int_eq(mhub_optim_state_arrays(&c), 1);
+    c.beta1 = 1.0f; /* betas only matter for AdamW */
+    CK_OK(mhub_optim_config_validate(&c));
+    c.kind = MHUB_OPTIM_ADAMW;
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_optim_config_validate(&c));
+    c.kind = (mhub_optim_kind)7;
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_optim_config_validate(&c));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_optim_config_validate(NULL));
+}
+END_TEST
+
 START_TEST(test_training_reduces_loss)
 {
     mhub_synthetic_task task;
@@ -372,12 +453,14 @@ static Suite *make_suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_gradient_matches_finite_differences);
     tcase_add_test(tc, test_grad_ready_order_and_accumulation);
+    tcase_add_test(tc, test_unit_hooks);
     tcase_add_test(tc, test_same_seed_same_model);
     tcase_add_test(tc, test_meta_model);
     tcase_add_test(tc, test_bad_input);
     tcase_add_test(tc, test_flops);
     tcase_add_test(tc, test_synthetic_task);
     tcase_add_test(tc, test_sgd);
+    tcase_add_test(tc, test_optim_config_and_update);
     tcase_add_test(tc, test_training_reduces_loss);
     suite_add_tcase(s, tc);
     return s;

@@ -4,8 +4,13 @@
  * zeroed malloc, every copy kind is a memcpy and there is nothing to wait
  * for. The only configuration is the OpenBLAS thread count, which is
  * process-wide: it is set when a backend is created. The kernels live in
- * cpu_kernels.c; the ops table here points at them. */
+ * cpu_kernels.c; the ops table here points at them.
+ *
+ * Allocator accounting: each block carries a header in front of the
+ * pointer handed out that records its requested size, so free can keep
+ * the current/peak byte counters (ops->memory_usage) without a table. */
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,8 +26,42 @@
 /* Upper bound on a thread count; larger values are typos, not machines. */
 #define CPU_MAX_THREADS 1024
 #define CPU_THREADS_ENV "MHUB_BLAS_THREADS"
+/* Bytes in front of every block for its size. A whole alignment unit, so
+ * the pointer after it keeps the block's 64-byte alignment. */
+#define CPU_HEADER CPU_ALIGNMENT
+
+/* be->ctx points at `ctx`, the first member, so code that knows only
+ * cpu_internal.h's mhub_cpu_ctx reads it as before. The counters are
+ * atomic because nothing stops two threads from sharing one backend. */
+typedef struct cpu_state {
+    mhub_cpu_ctx ctx;
+    atomic_size_t current;   /* requested bytes of the live blocks */
+    atomic_size_t peak;      /* highest `current` since creation or reset_peak */
+} cpu_state;
+
+static cpu_state *state_of(mhub_backend *be)
+{
+    return be ? (cpu_state *)be->ctx : NULL;
+}
 
 /* ---- memory ---- */
+
+static void account_alloc(cpu_state *st, size_t bytes)
+{
+    if (!st)
+        return;
+    size_t now = atomic_fetch_add(&st->current, bytes) + bytes;
+    size_t peak = atomic_load(&st->peak);
+    /* raise the peak unless another thread already raised it past `now` */
+    while (peak < now && !atomic_compare_exchange_weak(&st->peak, &peak, now)) {
+    }
+}
+
+static void account_free(cpu_state *st, size_t bytes)
+{
+    if (st)
+        atomic_fetch_sub(&st->current, bytes);
+}
 
 static mhub_status cpu_alloc(mhub_backend *be, size_t bytes, void **out)
 {
@@ -31,24 +70,57 @@ static mhub_status cpu_alloc(mhub_backend *be, size_t bytes, void **out)
     *out = NULL;
     /* No object may exceed PTRDIFF_MAX; refusing here also keeps absurd
      * sizes (a negative count cast to size_t) away from the allocator. */
-    if (bytes > (size_t)PTRDIFF_MAX)
+    if (bytes > (size_t)PTRDIFF_MAX - CPU_HEADER)
         return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "%zu bytes is more than any allocation can hold",
                           bytes);
     /* posix_memalign, not aligned_alloc: C11 wants the size of the latter to
      * be a multiple of the alignment, and rounding up would hide overruns
      * from AddressSanitizer. One byte stands in for zero so that the
      * pointer is unique and must be freed like any other. */
-    void *p = NULL;
-    int rc = posix_memalign(&p, CPU_ALIGNMENT, bytes ? bytes : 1);
-    if (rc != 0 || !p)
+    void *block = NULL;
+    int rc = posix_memalign(&block, CPU_ALIGNMENT, CPU_HEADER + (bytes ? bytes : 1));
+    if (rc != 0 || !block)
         return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "cannot allocate %zu bytes (%s)", bytes,
                           strerror(rc));
+    memcpy(block, &bytes, sizeof bytes);
+    unsigned char *p = (unsigned char *)block + CPU_HEADER;
     memset(p, 0, bytes);
+    account_alloc(state_of(be), bytes);
     *out = p;
     return MHUB_OK;
 }
 
-static void cpu_free(mhub_backend *be, void *ptr) { free(ptr); }
+static void cpu_free(mhub_backend *be, void *ptr)
+{
+    if (!ptr)
+        return;
+    unsigned char *block = (unsigned char *)ptr - CPU_HEADER;
+    size_t bytes;
+    memcpy(&bytes, block, sizeof bytes);
+    account_free(state_of(be), bytes);
+    free(block);
+}
+
+static mhub_status cpu_memory_usage(mhub_backend *be, size_t *current_bytes, size_t *peak_bytes)
+{
+    cpu_state *st = state_of(be);
+    if (!st)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "backend is NULL");
+    if (current_bytes)
+        *current_bytes = atomic_load(&st->current);
+    if (peak_bytes)
+        *peak_bytes = atomic_load(&st->peak);
+    return MHUB_OK;
+}
+
+static mhub_status cpu_reset_peak(mhub_backend *be)
+{
+    cpu_state *st = state_of(be);
+    if (!st)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "backend is NULL");
+    atomic_store(&st->peak, atomic_load(&st->current));
+    return MHUB_OK;
+}
 
 static mhub_status cpu_memset_zero(mhub_backend *be, void *ptr, size_t bytes)
 {
@@ -96,7 +168,7 @@ static void cpu_destroy(mhub_backend *be)
 {
     if (!be)
         return;
-    free(be->ctx);
+    free(state_of(be));
     free(be);
 }
 
@@ -106,6 +178,8 @@ static const mhub_backend_ops cpu_ops = {
     .memset_zero = cpu_memset_zero,
     .copy = cpu_copy,
     .synchronize = cpu_synchronize,
+    .memory_usage = cpu_memory_usage,
+    .reset_peak = cpu_reset_peak,
     .gemm = mhub_cpu_gemm,
     .bias_add = mhub_cpu_bias_add,
     .bias_backward = mhub_cpu_bias_backward,
@@ -190,17 +264,19 @@ mhub_status mhub_cpu_backend_create(const mhub_cpu_options *opts, mhub_backend *
     MHUB_TRY(resolve_threads(opts, &threads));
 
     mhub_backend *be = calloc(1, sizeof *be);
-    mhub_cpu_ctx *ctx = calloc(1, sizeof *ctx);
-    if (!be || !ctx) {
+    cpu_state *st = calloc(1, sizeof *st);
+    if (!be || !st) {
         free(be);
-        free(ctx);
+        free(st);
         return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "cannot allocate the CPU backend");
     }
     openblas_set_num_threads(threads);
-    ctx->blas_threads = threads;
+    atomic_init(&st->current, 0);
+    atomic_init(&st->peak, 0);
+    st->ctx.blas_threads = threads;
     be->name = "cpu";
     be->ops = &cpu_ops;
-    be->ctx = ctx;
+    be->ctx = &st->ctx;
     *out = be;
     return MHUB_OK;
 }

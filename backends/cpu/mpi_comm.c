@@ -12,7 +12,10 @@
  * communicator, and freed inside MPI_Finalize. MHUB_AVG is a sum here;
  * comm.c's finish step divides. With MPI 4 every call uses the large-count
  * (_c) variant, so counts above INT_MAX work; with an older MPI they fail
- * with MHUB_ERR_UNSUPPORTED. */
+ * with MHUB_ERR_UNSUPPORTED. On one node, mhub_comm_alloc hands out slots
+ * of a shared-memory window, and an in-place f32 sum/avg all-reduce of a
+ * range in such a slot runs over shared memory instead (shm_comm.c); it
+ * is complete when the issuing call returns. */
 #include <assert.h>
 #include <limits.h>
 #include <sched.h>
@@ -24,6 +27,7 @@
 
 #include <mpi.h>
 
+#include "backends/cpu/shm_internal.h"
 #include "mhub/comm.h"
 
 /* Build with -DMHUB_MPI_NO_LARGE_COUNT to exercise the MPI-3 path. */
@@ -40,6 +44,7 @@ typedef int mpi_count;
 typedef struct mpi_comm {
     mhub_comm base;
     MPI_Comm comm;
+    mhub_shm *shm;  /* shared-memory windows; NULL until the first alloc */
 } mpi_comm;
 
 /* What a pending operation still needs at completion. */
@@ -49,7 +54,10 @@ typedef enum pending_kind {
     PENDING_RECV,
     /* an in-place reduce_scatter: MPI leaves the result in block 0, the
      * interface promises it in block `rank`, so move it there */
-    PENDING_MOVE_BLOCK
+    PENDING_MOVE_BLOCK,
+    /* finished when it was issued (the shared-memory all-reduce): no MPI
+     * request to complete */
+    PENDING_DONE
 } pending_kind;
 
 /* Lives in mhub_request.handle: copied in and out with memcpy, since the
@@ -250,6 +258,11 @@ static MPI_Comm comm_of(const mhub_comm *c)
     return ((const mpi_comm *)c->ctx)->comm;
 }
 
+static mhub_shm *shm_of(const mhub_comm *c)
+{
+    return ((const mpi_comm *)c->ctx)->shm;
+}
+
 static void store_pending(mhub_request *req, const pending *p)
 {
     memcpy(req->handle, p, sizeof *p);
@@ -274,9 +287,31 @@ static mhub_status started(mhub_comm *c, mhub_request *req, const char *call, in
 
 /* ---- operations --------------------------------------------------------- */
 
+/* The shared-memory path takes in-place f32 sums (MHUB_AVG is a sum here)
+ * of a range inside this rank's slot of a window; it runs to completion
+ * now, so the request is done at issue. */
+static mhub_status try_shm_allreduce(mhub_comm *c, const void *send, void *recv, int64_t count,
+                                     mhub_dtype dt, mhub_reduce_op op, mhub_request *req,
+                                     bool *used)
+{
+    *used = false;
+    if (shm_of(c) == NULL || send != recv || dt != MHUB_F32 || op == MHUB_MAX)
+        return MHUB_OK;
+    MHUB_TRY(mhub_shm_allreduce(c, shm_of(c), recv, count, used));
+    if (*used) {
+        pending p = {.kind = PENDING_DONE, .request = MPI_REQUEST_NULL};
+        store_pending(req, &p);
+    }
+    return MHUB_OK;
+}
+
 static mhub_status mpi_iallreduce(mhub_comm *c, const void *send, void *recv, int64_t count,
                                   mhub_dtype dt, mhub_reduce_op op, mhub_request *req)
 {
+    bool used = false;
+    MHUB_TRY(try_shm_allreduce(c, send, recv, count, dt, op, req, &used));
+    if (used)
+        return MHUB_OK;
     mpi_count n = 0;
     MHUB_TRY(to_mpi_count(c, req->what, count, &n));
     pending p = {.kind = PENDING_PLAIN};
@@ -456,13 +491,24 @@ static mhub_status wait_for(mhub_comm *c, mhub_request *req)
     return s;
 }
 
+static bool done_at_issue(const mhub_request *req)
+{
+    return load_pending(req).kind == PENDING_DONE;
+}
+
 static mhub_status mpi_wait(mhub_comm *c, mhub_request *req)
 {
+    if (done_at_issue(req))
+        return MHUB_OK;
     return wait_for(c, req);
 }
 
 static mhub_status mpi_test(mhub_comm *c, mhub_request *req, bool *done)
 {
+    if (done_at_issue(req)) {
+        *done = true;
+        return MHUB_OK;
+    }
     world_errors w;
     world_errors_return(&w);
     mhub_status s = poll_once(c, req, done);
@@ -527,13 +573,26 @@ static mhub_status mpi_split(mhub_comm *c, int color, int key, const char *name,
     return wrap(sub, name, "split", out);
 }
 
-/* After MPI_Finalize the MPI handle is already gone with MPI itself; only
- * our memory is left to free. */
+static mhub_status mpi_alloc(mhub_comm *c, size_t bytes, void **out)
+{
+    mpi_comm *m = c->ctx;
+    return mhub_shm_alloc(c, m->comm, &m->shm, bytes, out);
+}
+
+static void mpi_free_mem(mhub_comm *c, void *ptr)
+{
+    mhub_shm_free(c, shm_of(c), ptr);
+}
+
+/* After MPI_Finalize the MPI handles are already gone with MPI itself;
+ * only our memory is left to free. Windows still allocated are freed here
+ * (collectively, as destroy is on every rank). */
 static void mpi_destroy(mhub_comm *c)
 {
     mpi_comm *m = c->ctx;
     int finalized = 0;
     MPI_Finalized(&finalized);
+    mhub_shm_destroy(m->shm, !finalized);
     if (!finalized)
         MPI_Comm_free(&m->comm);
     free(m);
@@ -551,6 +610,8 @@ static const mhub_comm_ops mpi_comm_ops = {
     .barrier = mpi_barrier,
     .split = mpi_split,
     .destroy = mpi_destroy,
+    .alloc = mpi_alloc,
+    .free_mem = mpi_free_mem,
 };
 
 static mhub_status check_mpi_ready(const char *call)

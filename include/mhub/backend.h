@@ -53,6 +53,17 @@ typedef struct mhub_backend_ops {
                         size_t bytes, mhub_copy_kind kind);
     /* Wait until all work issued so far has finished. */
     mhub_status (*synchronize)(mhub_backend *be);
+    /* Optional (NULL = not offered): allocator accounting. *current_bytes
+     * is the sum of the sizes passed to alloc over the blocks not yet
+     * freed; *peak_bytes the highest value it reached since the backend
+     * was created or reset_peak was last called. Both count requested
+     * bytes only (no alignment padding or allocator bookkeeping), so an
+     * engine's footprint can be checked exactly against its formula.
+     * Either pointer may be NULL. */
+    mhub_status (*memory_usage)(mhub_backend *be, size_t *current_bytes, size_t *peak_bytes);
+    /* Optional (NULL = not offered): set the peak to the current bytes, to
+     * measure the high-water mark of one phase (a training step). */
+    mhub_status (*reset_peak)(mhub_backend *be);
 
     /* ---- dense algebra ---- */
     /* C[M,N] = alpha * op(A)[M,K] . op(B)[K,N] + beta * C, row-major;

@@ -35,6 +35,7 @@
 #define MHUB_COMM_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "mhub/dtype.h"
@@ -91,6 +92,10 @@ typedef struct mhub_comm_ops {
     mhub_status (*split)(mhub_comm *c, int color, int key, const char *name,
                          mhub_comm **out);
     void (*destroy)(mhub_comm *c);
+    /* Optional (NULL = not offered): memory this communicator reduces
+     * fastest, e.g. a slot of an intra-node shared-memory window. */
+    mhub_status (*alloc)(mhub_comm *c, size_t bytes, void **out);
+    void (*free_mem)(mhub_comm *c, void *ptr);
 } mhub_comm_ops;
 
 struct mhub_comm {
@@ -137,6 +142,20 @@ mhub_status mhub_comm_barrier(mhub_comm *c);
 mhub_status mhub_comm_split(mhub_comm *c, int color, int key, const char *name,
                             mhub_comm **out);
 void mhub_comm_free(mhub_comm *c);
+
+/* ---- communicator-owned memory ---- */
+/* Collective over c (every rank asks for the same size): zeroed memory
+ * that the communicator's fastest path reaches. The MPI communicator on a
+ * single node hands out a slot of an MPI-3 shared-memory window; an
+ * all-reduce whose send == recv buffer lies in such memory (f32 sum/avg)
+ * then runs over shared memory: each rank reduces its 1/n of the buffer
+ * from every rank's slot in rank order and copies the others' results,
+ * bitwise identical on every rank and run. Returns MHUB_ERR_UNSUPPORTED
+ * when the communicator offers no such memory (ranks on several nodes, a
+ * backend without it): allocate with the backend then. Free with
+ * mhub_comm_free_mem before freeing the communicator. */
+mhub_status mhub_comm_alloc(mhub_comm *c, size_t bytes, void **out);
+void mhub_comm_free_mem(mhub_comm *c, void *ptr);
 
 /* ---- the MPI communicator (backends/cpu/mpi_comm.c) ---- */
 /* Wrap a duplicate of the MPI communicator `mpi_comm` (an MPI_Comm passed

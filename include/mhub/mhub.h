@@ -13,5 +13,11 @@
 #include "mhub/optim.h"
 #include "mhub/synthetic.h"
 #include "mhub/mlp.h"
+#include "mhub/digest.h"
+#include "mhub/sampler.h"
+#include "mhub/ddp.h"
+#include "mhub/engine.h"
+#include "mhub/fsdp.h"
+#include "mhub/distopt.h"
 
 #endif

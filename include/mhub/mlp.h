@@ -54,6 +54,12 @@ mhub_status mhub_mlp_backward(mhub_mlp *m, float loss_weight);
 
 void mhub_mlp_set_grad_ready(mhub_mlp *m, mhub_grad_ready_fn fn, void *user);
 
+/* Unit hooks (module.h); unit i is linear layer i (layers.<i>.weight and
+ * .bias). NULL removes them. */
+void mhub_mlp_set_unit_hooks(mhub_mlp *m, const mhub_unit_hooks *hooks);
+/* Number of units (linear layers). */
+int mhub_mlp_num_units(const mhub_mlp *m);
+
 /* Correct predictions (argmax of the last forward's logits vs y) among
  * its rows. */
 mhub_status mhub_mlp_count_correct(mhub_mlp *m, int64_t *correct);

@@ -38,6 +38,7 @@ typedef struct mhub_param {
     mhub_init_kind init;
     float init_std;
     bool requires_grad;
+    int unit;                /* wrapping unit (layer) the model uses it in; see hooks */
 } mhub_param;
 
 typedef struct mhub_param_list {
@@ -78,6 +79,25 @@ void mhub_param_list_free(mhub_param_list *list);
  * micro-batch is final, in backward order. Engines use it to start a
  * bucket's reduction while the rest of backward runs. */
 typedef mhub_status (*mhub_grad_ready_fn)(void *user, int param_index);
+
+/* Unit hooks: a model is a sequence of wrapping units (the MLP's linear
+ * layers, a GPT's transformer blocks), numbered in forward order; each
+ * parameter names its unit (mhub_param.unit). A model calls, for unit u:
+ *   forward:  pre_forward(u) before reading any parameter of u,
+ *             post_forward(u) when its forward no longer needs them;
+ *   backward (units in reverse): pre_backward(u) before reading u's
+ *             parameters, post_backward(u) once u's gradients are final
+ *             and its parameters are no longer needed.
+ * FSDP gathers a unit's parameters in pre_* and frees them in post_*;
+ * the distributed optimizer waits for a unit's all-gathered parameters in
+ * pre_forward. Any hook may be NULL; an error stops the pass. */
+typedef struct mhub_unit_hooks {
+    mhub_status (*pre_forward)(void *user, int unit);
+    mhub_status (*post_forward)(void *user, int unit);
+    mhub_status (*pre_backward)(void *user, int unit);
+    mhub_status (*post_backward)(void *user, int unit);
+    void *user;
+} mhub_unit_hooks;
 
 #ifdef __cplusplus
 }

@@ -31,6 +31,12 @@ typedef struct train_options {
     int log_every;
     int eval_samples;
     bool quiet;
+    int grad_accum;
+    int micro_shards;      /* deterministic mode: shards of the global batch */
+    mhub_ddp_config ddp;
+    mhub_dp_engine_kind engine;
+    mhub_optim_kind optimizer;
+    bool digest;
 } train_options;
 
 static void usage(FILE *f)
@@ -39,11 +45,24 @@ static void usage(FILE *f)
             "usage: mhub train --model mlp [options]\n"
             "\n"
             "Train a model on the built-in synthetic classification task and print\n"
-            "step, loss and throughput.\n"
+            "step, loss and throughput. Under mpiexec -n N each rank trains on its\n"
+            "slice of every global batch (data parallel).\n"
             "\n"
             "  --model NAME        model to train: mlp (required)\n"
             "  --steps N           optimizer steps (default 600)\n"
-            "  --batch N           samples per step (default 128)\n"
+            "  --batch N           global batch: samples per step over all ranks (default 128)\n"
+            "  --grad-accum N      micro-batches per step on each rank (default 1)\n"
+            "  --dp-engine NAME    data-parallel engine: ddp (default), distopt (sharded\n"
+            "                      optimizer state, ZeRO-1/2) or fsdp (everything sharded)\n"
+            "  --optimizer NAME    sgd (default, with --momentum) or adamw\n"
+            "  --overlap-param-gather  distopt: gather updated parameters during the next\n"
+            "                      forward instead of right after the step\n"
+            "  --bucket-size N     gradient elements per bucket (default max(40M, 1M x ranks))\n"
+            "  --no-overlap        reduce gradients after backward instead of during it\n"
+            "  --digest            end with 'params sha256: <hex>' of the trained parameters\n"
+            "  --deterministic     bitwise-identical training on any power-of-two rank count\n"
+            "  --micro-shards N    deterministic mode: shards of the global batch, a power\n"
+            "                      of two, one backward each (default 8)\n"
             "  --hidden W[,W...]   hidden layer widths (default 128,128)\n"
             "  --features N        input features (default 32)\n"
             "  --classes N         classes (default 8)\n"
@@ -109,6 +128,9 @@ static int parse_args(int argc, char **argv, train_options *o)
     o->seed = 1234;
     o->log_every = 50;
     o->eval_samples = 4096;
+    o->grad_accum = 1;
+    mhub_ddp_config_init(&o->ddp);
+    o->ddp.overlap_grad_reduce = true;
     for (int i = 1; i < argc; i++) {
         char name[64];
         const char *inline_value = NULL;
@@ -123,6 +145,44 @@ static int parse_args(int argc, char **argv, train_options *o)
             return MHUB_EXIT_OK;
         } else if (!strcmp(arg, "--quiet") && !inline_value) {
             o->quiet = true;
+        } else if (!strcmp(arg, "--no-overlap") && !inline_value) {
+            o->ddp.overlap_grad_reduce = false;
+        } else if (!strcmp(arg, "--digest") && !inline_value) {
+            o->digest = true;
+        } else if (!strcmp(arg, "--deterministic") && !inline_value) {
+            o->ddp.deterministic = true;
+        } else if (!strcmp(arg, "--micro-shards")) {
+            ok = VALUE() && cli_parse_int(CMD, arg, v, 1, 1 << 20, &o->micro_shards);
+            if (ok && (o->micro_shards & (o->micro_shards - 1)) != 0) {
+                fprintf(stderr, "mhub %s: --micro-shards: %d is not a power of two\n", CMD,
+                        o->micro_shards);
+                ok = false;
+            }
+        } else if (!strcmp(arg, "--grad-accum")) {
+            ok = VALUE() && cli_parse_int(CMD, arg, v, 1, 1 << 20, &o->grad_accum);
+        } else if (!strcmp(arg, "--bucket-size")) {
+            long b = 0;
+            ok = VALUE() && cli_parse_long(CMD, arg, v, 1, 0x7fffffffffffL, &b);
+            o->ddp.bucket_size = b;
+        } else if (!strcmp(arg, "--dp-engine")) {
+            ok = VALUE() != NULL;
+            if (ok && mhub_dp_engine_parse(v, &o->engine) != 0) {
+                fprintf(stderr,
+                        "mhub %s: --dp-engine: unknown engine '%s' (available: ddp, distopt, "
+                        "fsdp)\n",
+                        CMD, v);
+                ok = false;
+            }
+        } else if (!strcmp(arg, "--optimizer")) {
+            ok = VALUE() != NULL;
+            if (ok && mhub_optim_kind_parse(v, &o->optimizer) != 0) {
+                fprintf(stderr, "mhub %s: --optimizer: unknown optimizer '%s' (available: sgd, "
+                                "adamw)\n",
+                        CMD, v);
+                ok = false;
+            }
+        } else if (!strcmp(arg, "--overlap-param-gather") && !inline_value) {
+            o->ddp.overlap_param_gather = true;
         } else if (!strcmp(arg, "--model")) {
             ok = VALUE() != NULL;
             o->model = v;
@@ -166,6 +226,19 @@ static int parse_args(int argc, char **argv, train_options *o)
         fprintf(stderr, "mhub %s: --model: unknown model '%s' (available: mlp)\n", CMD, o->model);
         return usage_error();
     }
+    if (o->micro_shards && !o->ddp.deterministic) {
+        fprintf(stderr, "mhub %s: --micro-shards needs --deterministic (use --grad-accum)\n", CMD);
+        return usage_error();
+    }
+    if (o->ddp.deterministic && o->grad_accum != 1) {
+        fprintf(stderr,
+                "mhub %s: --grad-accum does not apply with --deterministic: the global batch is "
+                "cut into --micro-shards pieces instead\n",
+                CMD);
+        return usage_error();
+    }
+    if (o->ddp.deterministic && !o->micro_shards)
+        o->micro_shards = 8;
     o->mlp.inputs = o->features;
     o->mlp.classes = o->classes;
     return -1;
@@ -186,15 +259,21 @@ static int compare_doubles(const void *a, const void *b)
 
 typedef struct trainer {
     train_options o;
+    int rank, world;
+    mhub_comm *comm;       /* the data-parallel group: every rank */
     mhub_backend *be;
     mhub_mlp *model;
-    mhub_sgd *opt;
+    mhub_dp_engine *engine;
     mhub_synthetic_task task;
-    float *x;          /* backend memory, batch rows */
+    mhub_sampler sampler;
+    int64_t local_batch;   /* samples per step on this rank */
+    int micro_per_rank;    /* micro-batches (or deterministic shards) per step */
+    int64_t micro_rows;    /* samples per micro-batch */
+    float *x;              /* backend memory, one micro-batch (or eval chunk) */
     int32_t *y;
-    float *host_x;     /* host staging */
+    float *host_x;         /* host staging */
     int32_t *host_y;
-    double *step_ms;   /* per-step model time, for the median */
+    double *step_ms;       /* per-step time without data generation */
 } trainer;
 
 static void trainer_free(trainer *t)
@@ -205,30 +284,71 @@ static void trainer_free(trainer *t)
         if (t->y)
             t->be->ops->free(t->be, t->y);
     }
-    mhub_sgd_free(t->opt);
+    mhub_mlp_set_grad_ready(t->model, NULL, NULL);
+    mhub_mlp_set_unit_hooks(t->model, NULL);
+    mhub_dp_engine_free(t->engine);
     mhub_mlp_free(t->model);
     mhub_synthetic_free(&t->task);
     mhub_backend_free(t->be);
+    mhub_comm_free(t->comm);
     free(t->host_x);
     free(t->host_y);
     free(t->step_ms);
 }
 
+enum { EVAL_CHUNK = 4096 };
+
 static mhub_status trainer_init(trainer *t)
 {
     const train_options *o = &t->o;
-    int64_t rows = o->batch > o->eval_samples ? o->batch : o->eval_samples;
-    if (rows > 65536)
-        rows = 65536;
-    if (rows < o->batch)
-        rows = o->batch;
-    mhub_cpu_options copts = {.blas_threads = o->blas_threads, .local_ranks = 1};
+    MHUB_TRY(mhub_comm_create_mpi_world(&t->comm));
+    t->rank = t->comm->rank;
+    t->world = t->comm->size;
+    if (o->ddp.deterministic) {
+        /* a fixed cut of the global batch, shared out over the ranks */
+        if ((t->world & (t->world - 1)) != 0)
+            return mhub_error(MHUB_ERR_INVALID_ARG,
+                              "--deterministic needs a power-of-two number of ranks, not %d",
+                              t->world);
+        if (o->micro_shards % t->world != 0 || o->batch % o->micro_shards != 0)
+            return mhub_error(MHUB_ERR_INVALID_ARG,
+                              "--deterministic: --micro-shards %d must be a multiple of the %d "
+                              "ranks and divide --batch %d",
+                              o->micro_shards, t->world, o->batch);
+        t->micro_per_rank = o->micro_shards / t->world;
+    } else {
+        if (o->batch % (t->world * o->grad_accum) != 0)
+            return mhub_error(MHUB_ERR_INVALID_ARG,
+                              "--batch %d must be divisible by ranks x --grad-accum = %d x %d",
+                              o->batch, t->world, o->grad_accum);
+        t->micro_per_rank = o->grad_accum;
+    }
+    t->local_batch = o->batch / t->world;
+    t->micro_rows = t->local_batch / t->micro_per_rank;
+    int64_t rows = t->micro_rows > EVAL_CHUNK ? t->micro_rows : EVAL_CHUNK;
+    /* deterministic mode pins one BLAS thread, so no GEMM's summation order
+     * can depend on how many threads a rank count leaves per process */
+    int threads = o->ddp.deterministic && !o->blas_threads ? 1 : o->blas_threads;
+    mhub_cpu_options copts = {.blas_threads = threads, .local_ranks = t->world};
     MHUB_TRY(mhub_cpu_backend_create(&copts, &t->be));
     MHUB_TRY(mhub_synthetic_init(&t->task, o->features, o->classes, (uint64_t)o->seed));
+    MHUB_TRY(mhub_sampler_init(&t->sampler, 0, o->batch, (uint64_t)o->seed, false));
+    /* every rank builds the same initial model: values depend only on
+     * (seed, parameter name, element), never on the rank */
     MHUB_TRY(mhub_mlp_create(&o->mlp, t->be, rows, (uint64_t)o->seed, &t->model));
-    mhub_sgd_config sc = {.lr = (float)o->lr, .momentum = (float)o->momentum,
-                          .weight_decay = (float)o->weight_decay};
-    MHUB_TRY(mhub_sgd_create(mhub_mlp_params(t->model), t->be, &sc, &t->opt));
+    mhub_optim_config oc;
+    mhub_optim_config_init(&oc, o->optimizer);
+    oc.lr = (float)o->lr;
+    oc.momentum = o->optimizer == MHUB_OPTIM_SGD ? (float)o->momentum : 0.0f;
+    oc.weight_decay = (float)o->weight_decay;
+    MHUB_TRY(mhub_dp_engine_create(o->engine, mhub_mlp_params(t->model), t->comm, &o->ddp, &oc,
+                                   NULL, &t->engine));
+    mhub_grad_ready_fn ready;
+    void *ready_user;
+    mhub_unit_hooks hooks;
+    MHUB_TRY(mhub_dp_engine_hooks(t->engine, &ready, &ready_user, &hooks));
+    mhub_mlp_set_grad_ready(t->model, ready, ready_user);
+    mhub_mlp_set_unit_hooks(t->model, &hooks);
     void *p = NULL;
     MHUB_TRY(t->be->ops->alloc(t->be, (size_t)rows * (size_t)o->features * sizeof(float), &p));
     t->x = p;
@@ -242,8 +362,9 @@ static mhub_status trainer_init(trainer *t)
     return MHUB_OK;
 }
 
-/* Generate samples [first, first+rows) and copy them to the backend. */
-static mhub_status load_batch(trainer *t, uint64_t first, int64_t rows)
+/* Generate samples [first, first+rows) of the endless synthetic stream and
+ * copy them to the backend. */
+static mhub_status load_samples(trainer *t, uint64_t first, int64_t rows)
 {
     MHUB_TRY(mhub_synthetic_batch(&t->task, first, rows, t->host_x, t->host_y));
     MHUB_TRY(t->be->ops->copy(t->be, t->x, t->host_x,
@@ -253,59 +374,111 @@ static mhub_status load_batch(trainer *t, uint64_t first, int64_t rows)
                             MHUB_COPY_HOST_TO_DEVICE);
 }
 
-static mhub_status train_step(trainer *t, int step, float *loss)
+/* This rank's micro-batch k of `step`: its slice of the global batch, so
+ * the samples a step sees do not depend on the number of ranks. */
+static mhub_status load_micro_batch(trainer *t, int step, int k, double *data_seconds)
 {
-    int64_t b = t->o.batch;
-    MHUB_TRY(load_batch(t, (uint64_t)step * (uint64_t)b, b));
     double t0 = now_seconds();
-    MHUB_TRY(mhub_param_list_zero_grad(mhub_mlp_params(t->model)));
-    MHUB_TRY(mhub_mlp_forward(t->model, t->x, t->y, b, loss));
-    MHUB_TRY(mhub_mlp_backward(t->model, 1.0f / (float)b));
-    MHUB_TRY(mhub_sgd_step(t->opt));
-    MHUB_TRY(t->be->ops->synchronize(t->be));
-    t->step_ms[step] = 1e3 * (now_seconds() - t0);
-    if (!isfinite(*loss))
-        return mhub_error(MHUB_ERR_NUMERIC,
-                          "loss became %f at step %d: lower --lr (now %g)", (double)*loss,
-                          step + 1, t->o.lr);
+    int64_t first, count;
+    uint64_t sample;
+    MHUB_TRY(mhub_sampler_rank_slice(&t->sampler, t->rank, t->world, t->micro_per_rank, k,
+                                     &first, &count));
+    /* the endless stream is in order: the slice is a contiguous run */
+    MHUB_TRY(mhub_sampler_index(&t->sampler, step, first, &sample));
+    MHUB_TRY(load_samples(t, sample, count));
+    *data_seconds += now_seconds() - t0;
     return MHUB_OK;
 }
 
+/* One micro-batch: forward and backward into the engine's buffer. */
+static mhub_status micro_step(trainer *t, int step, int k, double *data_seconds, float *loss_sum)
+{
+    bool det = t->o.ddp.deterministic;
+    float micro_loss = 0;
+    MHUB_TRY(load_micro_batch(t, step, k, data_seconds));
+    MHUB_TRY(mhub_dp_engine_micro_begin(t->engine, k, t->micro_per_rank));
+    MHUB_TRY(mhub_mlp_forward(t->model, t->x, t->y, t->micro_rows, &micro_loss));
+    /* normal mode: each rank's objective is the mean over its own samples
+     * and the engine averages over ranks; deterministic mode: every shard
+     * is weighted by 1/global batch, the same for any rank count */
+    float weight = det ? 1.0f / (float)t->o.batch : 1.0f / (float)t->local_batch;
+    MHUB_TRY(mhub_mlp_backward(t->model, weight));
+    MHUB_TRY(mhub_dp_engine_micro_end(t->engine, k, t->micro_per_rank));
+    *loss_sum += micro_loss * (float)t->micro_rows;
+    return MHUB_OK;
+}
+
+/* One optimizer step over the global batch; *loss is its mean loss. */
+static mhub_status train_step(trainer *t, int step, float *loss)
+{
+    double data_seconds = 0, t0 = now_seconds();
+    float local_sum = 0;
+    MHUB_TRY(mhub_dp_engine_zero_grad(t->engine));
+    for (int k = 0; k < t->micro_per_rank; k++)
+        MHUB_TRY(micro_step(t, step, k, &data_seconds, &local_sum));
+    MHUB_TRY(mhub_dp_engine_finish_grad_sync(t->engine));
+    MHUB_TRY(mhub_dp_engine_step(t->engine));
+    MHUB_TRY(t->be->ops->synchronize(t->be));
+    t->step_ms[step] = 1e3 * (now_seconds() - t0 - data_seconds);
+    float global_sum = local_sum;
+    MHUB_TRY(mhub_comm_allreduce(t->comm, &local_sum, &global_sum, 1, MHUB_F32, MHUB_SUM));
+    *loss = global_sum / (float)t->o.batch;
+    if (!isfinite(*loss))
+        return mhub_error(MHUB_ERR_NUMERIC, "loss became %f at step %d: lower --lr (now %g)",
+                          (double)*loss, step + 1, t->o.lr);
+    return MHUB_OK;
+}
+
+/* Held-out loss and accuracy; the eval samples are split over the ranks. */
 static mhub_status evaluate(trainer *t, double *accuracy, float *loss)
 {
-    int64_t n = t->o.eval_samples, done = 0, correct = 0;
-    double loss_sum = 0;
-    while (done < n) {
-        int64_t rows = n - done < 65536 ? n - done : 65536;
+    int64_t n = t->o.eval_samples;
+    int64_t begin = n * t->rank / t->world, end = n * (t->rank + 1) / t->world;
+    float sums[2] = {0, 0}; /* loss sum, correct count: exact in f32 below 2^24 */
+    MHUB_TRY(mhub_dp_engine_sync_params(t->engine));
+    for (int64_t done = begin; done < end;) {
+        int64_t rows = end - done < EVAL_CHUNK ? end - done : EVAL_CHUNK;
         float l = 0;
         int64_t c = 0;
-        MHUB_TRY(load_batch(t, EVAL_FIRST_SAMPLE + (uint64_t)done, rows));
+        MHUB_TRY(load_samples(t, EVAL_FIRST_SAMPLE + (uint64_t)done, rows));
         MHUB_TRY(mhub_mlp_forward(t->model, t->x, t->y, rows, &l));
         MHUB_TRY(mhub_mlp_count_correct(t->model, &c));
-        loss_sum += (double)l * (double)rows;
-        correct += c;
+        sums[0] += l * (float)rows;
+        sums[1] += (float)c;
         done += rows;
     }
-    *accuracy = n ? (double)correct / (double)n : 0;
-    *loss = n ? (float)(loss_sum / (double)n) : 0;
+    float total[2];
+    MHUB_TRY(mhub_comm_allreduce(t->comm, sums, total, 2, MHUB_F32, MHUB_SUM));
+    *accuracy = n ? (double)total[1] / (double)n : 0;
+    *loss = n ? total[0] / (float)n : 0;
     return MHUB_OK;
+}
+
+static void print_header(const trainer *t)
+{
+    const train_options *o = &t->o;
+    int64_t nparams = mhub_param_list_numel(mhub_mlp_params(t->model));
+    printf("model mlp %d", o->features);
+    for (int i = 0; i < o->mlp.num_hidden; i++)
+        printf("-%d", o->mlp.hidden[i]);
+    printf("-%d, %lld parameters; %d rank(s), engine %s%s%s; global batch %d "
+           "(%lld per rank in %d micro-batch(es)), %d steps, %s lr %g, %d BLAS "
+           "thread(s) per rank\n",
+           o->classes, (long long)nparams, t->world, mhub_dp_engine_name(o->engine),
+           o->ddp.overlap_grad_reduce && !o->ddp.deterministic ? ", overlapped" : "",
+           o->ddp.deterministic ? ", deterministic" : "", o->batch, (long long)t->local_batch,
+           t->micro_per_rank, o->steps, mhub_optim_kind_name(o->optimizer), o->lr,
+           mhub_cpu_backend_threads(t->be));
 }
 
 static mhub_status run(trainer *t)
 {
     const train_options *o = &t->o;
     MHUB_TRY(trainer_init(t));
+    bool talk = t->rank == 0 && !o->quiet;
     double flops = mhub_mlp_flops_per_step(&o->mlp, o->batch);
-    int64_t nparams = mhub_param_list_numel(mhub_mlp_params(t->model));
-    if (!o->quiet) {
-        printf("model mlp %d", o->features);
-        for (int i = 0; i < o->mlp.num_hidden; i++)
-            printf("-%d", o->mlp.hidden[i]);
-        printf("-%d, %lld parameters; batch %d, %d steps, lr %g, momentum %g, "
-               "%d BLAS thread(s)\n",
-               o->classes, (long long)nparams, o->batch, o->steps, o->lr, o->momentum,
-               mhub_cpu_backend_threads(t->be));
-    }
+    if (talk)
+        print_header(t);
     float first_loss = 0, loss = 0;
     double window_ms = 0;
     for (int s = 0; s < o->steps; s++) {
@@ -313,7 +486,7 @@ static mhub_status run(trainer *t)
         if (s == 0)
             first_loss = loss;
         window_ms += t->step_ms[s];
-        if (!o->quiet && ((s + 1) % o->log_every == 0 || s == 0 || s + 1 == o->steps)) {
+        if (talk && ((s + 1) % o->log_every == 0 || s == 0 || s + 1 == o->steps)) {
             int n = s == 0 ? 1 : ((s + 1) % o->log_every ? (s + 1) % o->log_every : o->log_every);
             double ms = window_ms / n;
             printf("step %6d/%d  loss %.4f  %7.3f ms/step  %9.0f samples/s  %6.2f GFLOP/s\n",
@@ -326,12 +499,26 @@ static mhub_status run(trainer *t)
     float eval_loss = 0;
     if (o->eval_samples > 0)
         MHUB_TRY(evaluate(t, &acc, &eval_loss));
+    char digest[MHUB_SHA256_HEX_CHARS] = "";
+    if (o->digest)
+        MHUB_TRY(mhub_dp_engine_digest(t->engine, digest));
+    if (t->rank != 0)
+        return MHUB_OK;
+    mhub_dp_engine_stats st;
+    mhub_dp_engine_get_stats(t->engine, &st);
     qsort(t->step_ms, (size_t)o->steps, sizeof(double), compare_doubles);
     double median = t->step_ms[o->steps / 2];
     printf("first loss %.4f, last loss %.4f; held-out: loss %.4f, accuracy %.2f%% on %d "
            "samples (chance %.2f%%); median %.3f ms/step, %.0f samples/s\n",
            (double)first_loss, (double)loss, (double)eval_loss, 100.0 * acc, o->eval_samples,
            100.0 / o->classes, median, 1e3 * o->batch / median);
+    if (t->world > 1)
+        printf("gradient sync: %lld of %lld bucket collectives started during backward; "
+               "%.3f ms/step waited after backward (rank 0)\n",
+               (long long)st.collectives_in_backward, (long long)st.collectives,
+               1e3 * st.sync_wait_seconds / (double)(st.steps ? st.steps : 1));
+    if (o->digest)
+        printf("params sha256: %s\n", digest);
     return MHUB_OK;
 }
 
@@ -341,26 +528,19 @@ int mhub_cli_train(int argc, char **argv)
     int rc = parse_args(argc, argv, &o);
     if (rc >= 0)
         return rc;
-    int world = 1;
     MPI_Init(NULL, NULL);
-    MPI_Comm_size(MPI_COMM_WORLD, &world);
-    if (world > 1) {
-        int rank = 0;
-        MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-        fprintf(stderr,
-                "mhub %s: rank %d: running on %d ranks needs a data-parallel engine, which "
-                "this version does not have yet; run one process\n",
-                CMD, rank, world);
-        MPI_Finalize();
-        return MHUB_EXIT_FAILED;
-    }
     trainer t;
     memset(&t, 0, sizeof t);
     t.o = o;
     mhub_status s = run(&t);
+    /* every rank reaches the same verdict on bad settings (they are
+     * checked before any communication), so each reports it and exits */
     if (s != MHUB_OK)
-        fprintf(stderr, "mhub %s: %s: %s\n", CMD, mhub_status_name(s), mhub_last_error());
+        fprintf(stderr, "mhub %s: rank %d: %s: %s\n", CMD, t.rank, mhub_status_name(s),
+                mhub_last_error());
     trainer_free(&t);
     MPI_Finalize();
+    if (s == MHUB_ERR_INVALID_ARG)
+        return MHUB_EXIT_USAGE;
     return s == MHUB_OK ? MHUB_EXIT_OK : MHUB_EXIT_FAILED;
 }

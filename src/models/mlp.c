@@ -40,6 +40,7 @@ struct mhub_mlp {
     bool have_forward;
     mhub_grad_ready_fn grad_ready;
     void *grad_ready_user;
+    mhub_unit_hooks hooks;
 };
 
 static int weight_index(int layer) { return 2 * layer; }
@@ -78,6 +79,8 @@ static mhub_status add_params(mhub_mlp *m)
         snprintf(name, sizeof name, "layers.%d.bias", i);
         MHUB_TRY(mhub_param_list_add(&m->params, name, MHUB_F32, 1, bshape, MHUB_INIT_ZEROS,
                                      0.0f, NULL));
+        m->params.items[weight_index(i)].unit = i;
+        m->params.items[bias_index(i)].unit = i;
     }
     return MHUB_OK;
 }
@@ -175,6 +178,25 @@ void mhub_mlp_set_grad_ready(mhub_mlp *m, mhub_grad_ready_fn fn, void *user)
     m->grad_ready_user = user;
 }
 
+void mhub_mlp_set_unit_hooks(mhub_mlp *m, const mhub_unit_hooks *hooks)
+{
+    if (!m)
+        return;
+    if (hooks)
+        m->hooks = *hooks;
+    else
+        memset(&m->hooks, 0, sizeof m->hooks);
+}
+
+int mhub_mlp_num_units(const mhub_mlp *m) { return m ? m->layers : 0; }
+
+typedef mhub_status (*unit_hook_fn)(void *user, int unit);
+
+static mhub_status call_hook(const mhub_mlp *m, unit_hook_fn fn, int unit)
+{
+    return fn ? fn(m->hooks.user, unit) : MHUB_OK;
+}
+
 static const float *param_data(const mhub_mlp *m, int index)
 {
     return m->params.items[index].value.data;
@@ -209,9 +231,11 @@ mhub_status mhub_mlp_forward(mhub_mlp *m, const float *x, const int32_t *y, int6
     const float *in = x;
     for (int i = 0; i < m->layers; i++) {
         int64_t din = m->width[i], dout = m->width[i + 1];
+        MHUB_TRY(call_hook(m, m->hooks.pre_forward, i));
         MHUB_TRY(op->gemm(m->be, false, true, rows, dout, din, 1.0f, in, din,
                           param_data(m, weight_index(i)), din, 0.0f, m->z[i], dout));
         MHUB_TRY(op->bias_add(m->be, m->z[i], param_data(m, bias_index(i)), rows, dout));
+        MHUB_TRY(call_hook(m, m->hooks.post_forward, i));
         if (i + 1 < m->layers) {
             MHUB_TRY(op->gelu_forward(m->be, m->a[i + 1], m->z[i], rows * dout));
             in = m->a[i + 1];
@@ -247,6 +271,7 @@ mhub_status mhub_mlp_backward(mhub_mlp *m, float loss_weight)
     for (int i = last; i >= 0; i--) {
         int64_t din = m->width[i], dout = m->width[i + 1];
         const float *in = i == 0 ? m->x : m->a[i];
+        MHUB_TRY(call_hook(m, m->hooks.pre_backward, i));
         /* dW[i] += dz[i]^T a[i]   [dout, din] */
         MHUB_TRY(op->gemm(m->be, true, false, dout, din, rows, 1.0f, m->dz[i], dout, in, din,
                           1.0f, grad_data(m, weight_index(i)), din));
@@ -261,6 +286,7 @@ mhub_status mhub_mlp_backward(mhub_mlp *m, float loss_weight)
             MHUB_TRY(op->gelu_backward(m->be, m->dz[i - 1], m->z[i - 1], m->dz[i - 1],
                                        rows * din));
         }
+        MHUB_TRY(call_hook(m, m->hooks.post_backward, i));
     }
     return MHUB_OK;
 }

@@ -1,0 +1,151 @@
+/* fsdp.h - fully sharded data parallelism (ZeRO-3) over a model's units.
+ *
+ * The wrapping unit is mhub_param.unit (a layer). For each unit the engine
+ * flattens its parameters, in list order, into one unit vector padded
+ * with zeros to a multiple of the dp size, and each rank keeps only its
+ * 1/dp slice of every unit vector: the values (f32, so they are their own
+ * master copy), the gradient and the optimizer state. The parameters' own
+ * full-size storage is freed at create.
+ *
+ * A parameter is usable only while its unit is gathered: param->value
+ * (and, during the unit's backward, param->grad) then point into the
+ * engine's buffers; otherwise they are meta (shape, no storage), so a
+ * read outside the unit hooks fails loudly instead of using stale data.
+ * The model drives the engine through the unit hooks (module.h):
+ *
+ *   pre_forward(u)   wait for u's all-gather (issue it if nobody did) and,
+ *                    with prefetch, issue u+1's so it runs during u's
+ *                    compute;
+ *   post_forward(u)  with reshard_after_forward, release u's full values
+ *                    (the last unit stays: backward needs it first);
+ *   pre_backward(u)  gather u again if it was released (prefetching u-1),
+ *                    point u's gradients at a zeroed full-size buffer;
+ *   post_backward(u) reduce-scatter u's full gradient (scaled by 1/dp, or
+ *                    MHUB_AVG) and release u's full values and gradient.
+ *
+ * Buffers are allocated once, at create: with reshard_after_forward, two
+ * gather buffers used alternately (unit u in buffer u % 2, each sized to
+ * the largest unit of its parity) and two full-gradient buffers likewise,
+ * so a rank holds its shards plus at most two units' full values and two
+ * units' full gradients. Without reshard_after_forward every unit keeps
+ * its own gather buffer from forward to backward (ZeRO-2-like: fewer
+ * all-gathers, full-size values in memory).
+ *
+ * Gradient accumulation: every micro-batch's backward reduce-scatters,
+ * and the shards ACCUMULATE (grad_shard += reduce_scatter(full grad)).
+ * This costs one reduce-scatter per unit per micro-batch but keeps the
+ * memory at shard size; there is no no_sync scope, whose full-size
+ * gradients would defeat the point of sharding.
+ *
+ * Collectives are issued from the hooks, finish_grad_sync, full_params
+ * and free, so every rank must make the same sequence of those calls (the
+ * same forwards and backwards). create, zero_grad and step are local.
+ * Parameters must hold the same values on every rank at create (same
+ * seed, or a broadcast first): each rank keeps its slice of its own copy.
+ * Gradients start at zero. Free the engine before the model. */
+#ifndef MHUB_FSDP_H
+#define MHUB_FSDP_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "mhub/comm.h"
+#include "mhub/ddp.h"
+#include "mhub/module.h"
+#include "mhub/optim.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct mhub_fsdp_options {
+    bool reshard_after_forward;  /* free a unit's full values after its forward */
+    bool prefetch;               /* issue the next unit's all-gather early */
+} mhub_fsdp_options;
+
+/* Defaults: both true. */
+void mhub_fsdp_options_init(mhub_fsdp_options *opts);
+
+typedef struct mhub_fsdp mhub_fsdp;
+
+/* Shard `params` (f32 parameters with storage, all requiring gradients,
+ * on one backend, unit >= 0) over `dp`. From `ddp_cfg` the engine uses
+ * average_in_collective (MHUB_AVG in the reduce-scatter instead of
+ * pre-scaling by 1/dp) and check_for_nan_in_grad; it always overlaps the
+ * reduce-scatters with backward, one per unit, so overlap_grad_reduce and
+ * bucket_size do not apply. `opts` may be NULL for the defaults. `params`
+ * and `dp` must outlive the engine and the list must not change. */
+mhub_status mhub_fsdp_create(mhub_param_list *params, mhub_comm *dp,
+                             const mhub_ddp_config *ddp_cfg, const mhub_fsdp_options *opts,
+                             const mhub_optim_config *opt_cfg, mhub_fsdp **out);
+
+/* Collective. Give every parameter full storage again, holding the
+ * current values (gathered) and the gradients accumulated since the last
+ * zero_grad (gathered dp-means), then free the engine: the model is usable
+ * without it afterwards. If that storage cannot be allocated the
+ * parameter stays meta. NULL is fine. */
+void mhub_fsdp_free(mhub_fsdp *f);
+
+/* The hooks to install on the model (mhub_mlp_set_unit_hooks); `user` is
+ * the engine. */
+mhub_status mhub_fsdp_unit_hooks(mhub_fsdp *f, mhub_unit_hooks *out);
+
+/* Zero the gradient shards and start a new step. Fails if a backward is
+ * half done or its reduce-scatters were not waited for (finish_grad_sync). */
+mhub_status mhub_fsdp_zero_grad(mhub_fsdp *f);
+
+/* Collective. Wait for every outstanding reduce-scatter; afterwards each
+ * rank's gradient shards hold the dp-mean of the step's gradients. With
+ * check_for_nan_in_grad, a NaN/Inf in any rank's gradient (checked before
+ * the reduction, so the rank that produced it is known) fails the step on
+ * every rank with MHUB_ERR_NUMERIC naming the parameter, the rank and the
+ * step. */
+mhub_status mhub_fsdp_finish_grad_sync(mhub_fsdp *f);
+
+/* One optimizer update (mhub_optim_update) of every shard. Needs
+ * finish_grad_sync after the last backward. Releases any unit still
+ * gathered first, since its full copy would be stale afterwards. */
+mhub_status mhub_fsdp_step(mhub_fsdp *f);
+
+/* Change the learning rate (schedules). */
+mhub_status mhub_fsdp_set_lr(mhub_fsdp *f, float lr);
+
+/* Collective. Write the full current values into `dst`, a parameter list
+ * with the same names and shapes, f32, with storage (a second copy of the
+ * model, for a digest or a checkpoint). Units are gathered one at a time
+ * through the engine's own buffers; call it between steps. */
+mhub_status mhub_fsdp_full_params(mhub_fsdp *f, mhub_param_list *dst);
+
+/* ---- inspection ---- */
+typedef struct mhub_fsdp_unit_info {
+    int num_params;
+    int first_param;       /* list index of its first parameter, -1 if none */
+    int64_t numel;         /* elements of its parameters */
+    int64_t padded_numel;  /* numel rounded up to a multiple of dp */
+    int64_t shard_numel;   /* padded_numel / dp: what each rank keeps */
+} mhub_fsdp_unit_info;
+
+int mhub_fsdp_num_units(const mhub_fsdp *f);
+mhub_status mhub_fsdp_unit(const mhub_fsdp *f, int unit, mhub_fsdp_unit_info *out);
+/* Whether a unit's full values are gathered and its parameters usable. */
+bool mhub_fsdp_unit_gathered(const mhub_fsdp *f, int unit);
+
+typedef struct mhub_fsdp_stats {
+    int64_t steps;                 /* finish_grad_sync calls */
+    int64_t optimizer_steps;       /* mhub_fsdp_step calls */
+    int64_t gathers_issued;        /* all-gathers started */
+    int64_t gathers_prefetched;    /* of those, started ahead of their unit */
+    int64_t reduce_scatters;       /* reduce-scatters started */
+    /* bytes the engine holds on the backend, all allocated at create */
+    int64_t shard_bytes;           /* values + gradients + optimizer state shards */
+    int64_t buffer_bytes;          /* full-size gather and gradient buffers */
+    int64_t bytes_held;            /* shard_bytes + buffer_bytes */
+    double wait_seconds;           /* time spent waiting for collectives */
+} mhub_fsdp_stats;
+
+void mhub_fsdp_get_stats(const mhub_fsdp *f, mhub_fsdp_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

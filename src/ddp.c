@@ -1,0 +1,615 @@
+/* ddp.c - the contiguous gradient buffer, its buckets, and their
+ * overlapped all-reduce (see ddp.h for the picture).
+ *
+ * Life of a step:
+ *   zero_grad -> [no_sync micro-batches: forward/backward, nothing sent]
+ *   -> last micro-batch backward: grad_ready(param) for each parameter;
+ *      a bucket whose parameters are all ready is issued, in bucket order
+ *   -> finish_grad_sync: issue the rest, wait for all, check NaN, reset. */
+#include <cJSON.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "mhub/backend.h"
+#include "mhub/ddp.h"
+#include "src/dp_common.h"
+
+typedef struct bucket {
+    int64_t offset;      /* in elements */
+    int64_t numel;
+    int first_param;     /* list index of its first (highest-index) parameter */
+    int num_params;
+    int ready;           /* parameters reported ready this step */
+    bool issued;
+    bool in_backward;    /* issued from a grad-ready call */
+    mhub_request req;
+} bucket;
+
+struct mhub_ddp {
+    mhub_param_list *params;
+    mhub_comm *dp;
+    mhub_backend *be;
+    mhub_ddp_config cfg;
+    float *buffer;         /* all gradients, parameters in reverse list order */
+    int64_t numel;
+    bool comm_memory;      /* buffer from mhub_comm_alloc */
+    int *param_bucket;     /* per parameter: bucket index, -1 without gradient */
+    int64_t *param_offset; /* per parameter: offset in the buffer */
+    bool *param_ready;
+    bucket *buckets;
+    int num_buckets;
+    int next_to_issue;     /* buckets [0, next_to_issue) are issued */
+    bool last_microbatch;  /* false inside no_sync */
+    int64_t step;
+    int nan_param;         /* first parameter found non-finite this step, or -1 */
+    mhub_ddp_stats stats;
+    mhub_sumtree tree;     /* deterministic mode's fixed-shape sum */
+};
+
+/* ---- config ---------------------------------------------------------- */
+
+void mhub_ddp_config_init(mhub_ddp_config *cfg)
+{
+    if (!cfg)
+        return;
+    cfg->overlap_grad_reduce = false;
+    cfg->bucket_size = MHUB_DDP_BUCKET_AUTO;
+    cfg->average_in_collective = false;
+    cfg->check_for_nan_in_grad = false;
+    cfg->deterministic = false;
+    cfg->use_distributed_optimizer = false;
+    cfg->overlap_param_gather = false;
+}
+
+int64_t mhub_ddp_config_bucket_elems(const mhub_ddp_config *cfg, int dp_size)
+{
+    if (!cfg || !cfg->overlap_grad_reduce)
+        return INT64_MAX;
+    if (cfg->bucket_size != MHUB_DDP_BUCKET_AUTO)
+        return cfg->bucket_size;
+    int64_t scaled = (int64_t)1000000 * (dp_size > 0 ? dp_size : 1);
+    return scaled > 40000000 ? scaled : 40000000;
+}
+
+mhub_status mhub_ddp_config_validate(const mhub_ddp_config *cfg)
+{
+    if (!cfg)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "config is NULL");
+    if (cfg->bucket_size != MHUB_DDP_BUCKET_AUTO && cfg->bucket_size < 1)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
+                          "bucket_size = %lld: give a number of elements >= 1, or leave it "
+                          "unset for max(40M, 1M * dp)",
+                          (long long)cfg->bucket_size);
+    return MHUB_OK;
+}
+
+typedef struct bool_field {
+    const char *key;
+    size_t offset;
+} bool_field;
+
+static const bool_field bool_fields[] = {
+    {"overlap_grad_reduce", offsetof(mhub_ddp_config, overlap_grad_reduce)},
+    {"average_in_collective", offsetof(mhub_ddp_config, average_in_collective)},
+    {"check_for_nan_in_grad", offsetof(mhub_ddp_config, check_for_nan_in_grad)},
+    {"deterministic", offsetof(mhub_ddp_config, deterministic)},
+    {"use_distributed_optimizer", offsetof(mhub_ddp_config, use_distributed_optimizer)},
+    {"overlap_param_gather", offsetof(mhub_ddp_config, overlap_param_gather)},
+};
+#define NUM_BOOL_FIELDS (sizeof bool_fields / sizeof bool_fields[0])
+
+static mhub_status read_key(const cJSON *item, const char *source, mhub_ddp_config *c)
+{
+    for (size_t f = 0; f < NUM_BOOL_FIELDS; f++) {
+        if (strcmp(item->string, bool_fields[f].key) != 0)
+            continue;
+        if (!cJSON_IsBool(item))
+            return mhub_error(MHUB_ERR_PARSE, "%s: ddp config key '%s' must be true or false",
+                              source, item->string);
+        *(bool *)((char *)c + bool_fields[f].offset) = cJSON_IsTrue(item);
+        return MHUB_OK;
+    }
+    if (!strcmp(item->string, "bucket_size")) {
+        if (cJSON_IsNull(item)) {
+            c->bucket_size = MHUB_DDP_BUCKET_AUTO;
+            return MHUB_OK;
+        }
+        double v = cJSON_GetNumberValue(item);
+        if (!cJSON_IsNumber(item) || v != floor(v) || v < 1 || v > 9.0e15)
+            return mhub_error(MHUB_ERR_PARSE,
+                              "%s: ddp config key 'bucket_size' must be a whole number of "
+                              "elements >= 1 (or null for the default)",
+                              source);
+        c->bucket_size = (int64_t)v;
+        return MHUB_OK;
+    }
+    return mhub_error(MHUB_ERR_PARSE,
+                      "%s: unknown ddp config key '%s' (known: overlap_grad_reduce, "
+                      "bucket_size, average_in_collective, check_for_nan_in_grad, "
+                      "deterministic, use_distributed_optimizer, overlap_param_gather)",
+                      source, item->string);
+}
+
+mhub_status mhub_ddp_config_from_json(const char *json_text, const char *source,
+                                      mhub_ddp_config *cfg)
+{
+    if (!source)
+        source = "ddp config";
+    if (!json_text || !cfg)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "%s: text or config is NULL", source);
+    cJSON *root = cJSON_Parse(json_text);
+    if (!root)
+        return mhub_error(MHUB_ERR_PARSE, "%s: not valid JSON near '%.20s'", source,
+                          cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() : "");
+    mhub_status s = MHUB_OK;
+    mhub_ddp_config c = *cfg;
+    if (!cJSON_IsObject(root))
+        s = mhub_error(MHUB_ERR_PARSE, "%s: the ddp config must be a JSON object", source);
+    for (const cJSON *item = root->child; s == MHUB_OK && item; item = item->next)
+        s = read_key(item, source, &c);
+    cJSON_Delete(root);
+    if (s == MHUB_OK)
+        s = mhub_ddp_config_validate(&c);
+    if (s == MHUB_OK)
+        *cfg = c;
+    return s;
+}
+
+mhub_status mhub_ddp_config_to_json(const mhub_ddp_config *cfg, char **out)
+{
+    if (!cfg || !out)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "config or out is NULL");
+    cJSON *o = cJSON_CreateObject();
+    if (!o)
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "JSON object");
+    for (size_t f = 0; f < NUM_BOOL_FIELDS; f++)
+        cJSON_AddBoolToObject(o, bool_fields[f].key,
+                              *(const bool *)((const char *)cfg + bool_fields[f].offset));
+    if (cfg->bucket_size == MHUB_DDP_BUCKET_AUTO)
+        cJSON_AddNullToObject(o, "bucket_size");
+    else
+        cJSON_AddNumberToObject(o, "bucket_size", (double)cfg->bucket_size);
+    *out = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return *out ? MHUB_OK : MHUB_ERROR(MHUB_ERR_NO_MEMORY, "JSON text");
+}
+
+/* ---- layout ------------------------------------------------------------ */
+
+static mhub_status check_params(const mhub_param_list *params, mhub_backend **be)
+{
+    *be = NULL;
+    for (int i = 0; i < params->count; i++) {
+        const mhub_param *p = &params->items[i];
+        if (!p->requires_grad)
+            continue;
+        if (p->value.dtype != MHUB_F32 || p->grad.dtype != MHUB_F32)
+            return MHUB_ERROR(MHUB_ERR_UNSUPPORTED,
+                              "parameter '%s' is %s: the DDP engine reduces f32 gradients of "
+                              "f32 parameters",
+                              p->name, mhub_dtype_name(p->value.dtype));
+        if (!p->value.backend || (!p->value.data && p->value.numel > 0))
+            return MHUB_ERROR(MHUB_ERR_STATE, "parameter '%s' has no storage (meta)", p->name);
+        if (*be && p->value.backend != *be)
+            return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
+                              "parameter '%s' lives on another backend than the others",
+                              p->name);
+        *be = p->value.backend;
+    }
+    if (!*be)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "no parameter requires a gradient");
+    return MHUB_OK;
+}
+
+/* Parameters in reverse list order; a bucket closes once it holds at
+ * least bucket_elems elements. */
+static mhub_status plan_buckets(mhub_ddp *d, int64_t bucket_elems)
+{
+    int n = d->params->count;
+    d->param_bucket = malloc((size_t)n * sizeof *d->param_bucket);
+    d->param_offset = calloc((size_t)n, sizeof *d->param_offset);
+    d->param_ready = calloc((size_t)n, sizeof *d->param_ready);
+    d->buckets = calloc((size_t)n, sizeof *d->buckets); /* at most one per parameter */
+    if (!d->param_bucket || !d->param_offset || !d->param_ready || !d->buckets)
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "bucket tables for %d parameters", n);
+    int64_t offset = 0;
+    bucket *open = NULL;
+    for (int i = n - 1; i >= 0; i--) {
+        const mhub_param *p = &d->params->items[i];
+        d->param_bucket[i] = -1;
+        if (!p->requires_grad)
+            continue;
+        if (!open) {
+            open = &d->buckets[d->num_buckets++];
+            open->offset = offset;
+            open->first_param = i;
+        }
+        d->param_offset[i] = offset;
+        d->param_bucket[i] = (int)(open - d->buckets);
+        offset += p->value.numel;
+        open->numel = offset - open->offset;
+        open->num_params++;
+        if (open->numel >= bucket_elems)
+            open = NULL;
+    }
+    d->numel = offset;
+    return MHUB_OK;
+}
+
+/* The buffer lives in communicator memory when the communicator offers it
+ * (a shared-memory window makes the all-reduce several times faster) and
+ * the parameters are in host memory; otherwise on the backend. */
+static mhub_status alloc_buffer(mhub_ddp *d)
+{
+    size_t bytes = (size_t)d->numel * sizeof(float);
+    void *p = NULL;
+    if (d->dp->size > 1 && !strcmp(d->be->name, "cpu")) {
+        mhub_status s = mhub_comm_alloc(d->dp, bytes, &p);
+        if (s == MHUB_OK) {
+            d->buffer = p;
+            d->comm_memory = true;
+            return MHUB_OK;
+        }
+        if (s != MHUB_ERR_UNSUPPORTED)
+            return s;
+    }
+    MHUB_TRY(d->be->ops->alloc(d->be, bytes, &p));
+    d->buffer = p;
+    return MHUB_OK;
+}
+
+/* Point each gradient at its slot, carrying over what it held. */
+static mhub_status adopt_gradients(mhub_ddp *d)
+{
+    for (int i = 0; i < d->params->count; i++) {
+        mhub_param *p = &d->params->items[i];
+        if (d->param_bucket[i] < 0)
+            continue;
+        float *slot = d->buffer + d->param_offset[i];
+        if (p->grad.data && p->value.numel > 0)
+            MHUB_TRY(d->be->ops->copy(d->be, slot, p->grad.data,
+                                      (size_t)p->value.numel * sizeof(float),
+                                      MHUB_COPY_DEVICE_TO_DEVICE));
+        mhub_tensor view;
+        MHUB_TRY(mhub_tensor_wrap(&view, slot, d->be, MHUB_F32, p->value.ndim, p->value.shape));
+        mhub_tensor_free(&p->grad);
+        p->grad = view;
+    }
+    return MHUB_OK;
+}
+
+mhub_status mhub_ddp_create(mhub_param_list *params, mhub_comm *dp, const mhub_ddp_config *cfg,
+                            mhub_ddp **out)
+{
+    if (!params || !dp || !cfg || !out)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "params, dp communicator, config or out is NULL");
+    *out = NULL;
+    MHUB_TRY(mhub_ddp_config_validate(cfg));
+    mhub_backend *be;
+    MHUB_TRY(check_params(params, &be));
+    mhub_ddp *d = calloc(1, sizeof *d);
+    if (!d)
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "engine struct");
+    d->params = params;
+    d->dp = dp;
+    d->be = be;
+    d->cfg = *cfg;
+    d->last_microbatch = true;
+    d->nan_param = -1;
+    mhub_status s = plan_buckets(d, mhub_ddp_config_bucket_elems(cfg, dp->size));
+    if (s == MHUB_OK && cfg->deterministic)
+        s = mhub_sumtree_init(&d->tree, be, dp, d->numel);
+    if (s == MHUB_OK)
+        s = alloc_buffer(d);
+    if (s == MHUB_OK)
+        s = adopt_gradients(d);
+    if (s != MHUB_OK) {
+        mhub_ddp_free(d);
+        return s;
+    }
+    *out = d;
+    return MHUB_OK;
+}
+
+/* Give each parameter private gradient storage with the buffer's values. */
+static void release_gradients(mhub_ddp *d)
+{
+    for (int i = 0; i < d->params->count; i++) {
+        mhub_param *p = &d->params->items[i];
+        if (!d->param_bucket || d->param_bucket[i] < 0 || p->grad.owns_data)
+            continue;
+        if (p->grad.data != d->buffer + d->param_offset[i])
+            continue; /* never adopted (create failed part-way) */
+        mhub_tensor own;
+        if (mhub_tensor_alloc(&own, d->be, MHUB_F32, p->value.ndim, p->value.shape) == MHUB_OK) {
+            d->be->ops->copy(d->be, own.data, p->grad.data, mhub_tensor_nbytes(&own),
+                             MHUB_COPY_DEVICE_TO_DEVICE);
+            p->grad = own;
+        } else {
+            mhub_tensor_init_meta(&p->grad, MHUB_F32, p->value.ndim, p->value.shape);
+        }
+    }
+}
+
+void mhub_ddp_free(mhub_ddp *d)
+{
+    if (!d)
+        return;
+    for (int b = 0; b < d->num_buckets; b++)
+        if (d->buckets[b].req.active)
+            mhub_request_wait(&d->buckets[b].req);
+    if (d->buffer)
+        release_gradients(d);
+    if (d->buffer) {
+        if (d->comm_memory)
+            mhub_comm_free_mem(d->dp, d->buffer);
+        else
+            d->be->ops->free(d->be, d->buffer);
+    }
+    mhub_sumtree_free(&d->tree);
+    free(d->param_bucket);
+    free(d->param_offset);
+    free(d->param_ready);
+    free(d->buckets);
+    free(d);
+}
+
+/* ---- the step ------------------------------------------------------------ */
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Remember the first parameter of the bucket holding a NaN/Inf. */
+static mhub_status scan_for_nan(mhub_ddp *d, const bucket *b)
+{
+    double ss = 0;
+    MHUB_TRY(d->be->ops->sum_squares(d->be, d->buffer + b->offset, b->numel, &ss));
+    if (isfinite(ss) || d->nan_param >= 0)
+        return MHUB_OK;
+    for (int k = 0, i = b->first_param; k < b->num_params; i--) {
+        if (d->param_bucket[i] < 0)
+            continue;
+        k++;
+        const mhub_param *p = &d->params->items[i];
+        MHUB_TRY(d->be->ops->sum_squares(d->be, p->grad.data, p->value.numel, &ss));
+        if (!isfinite(ss)) {
+            d->nan_param = i;
+            break;
+        }
+    }
+    return MHUB_OK;
+}
+
+static mhub_status issue_bucket(mhub_ddp *d, int index, bool in_backward)
+{
+    bucket *b = &d->buckets[index];
+    if (d->cfg.check_for_nan_in_grad)
+        MHUB_TRY(scan_for_nan(d, b));
+    b->issued = true;
+    b->in_backward = in_backward;
+    d->stats.buckets_issued++;
+    d->stats.issued_in_backward += in_backward;
+    if (d->dp->size == 1)
+        return MHUB_OK; /* the mean over one rank is the gradient itself */
+    float *data = d->buffer + b->offset;
+    mhub_reduce_op op = MHUB_AVG;
+    if (!d->cfg.average_in_collective) {
+        /* Megatron-Core's default: pre-scale by 1/dp, then SUM */
+        MHUB_TRY(d->be->ops->scale(d->be, data, b->numel, 1.0f / (float)d->dp->size));
+        op = MHUB_SUM;
+    }
+    return mhub_comm_iallreduce(d->dp, data, data, b->numel, MHUB_F32, op, &b->req);
+}
+
+/* Let issued collectives progress (MPI moves messages only inside MPI
+ * calls); completed requests go idle. */
+static mhub_status poll_issued(mhub_ddp *d)
+{
+    for (int b = 0; b < d->next_to_issue; b++) {
+        if (!d->buckets[b].req.active)
+            continue;
+        bool done;
+        MHUB_TRY(mhub_request_test(&d->buckets[b].req, &done));
+    }
+    return MHUB_OK;
+}
+
+mhub_status mhub_ddp_grad_ready(void *user, int param_index)
+{
+    mhub_ddp *d = user;
+    if (!d)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
+    if (param_index < 0 || param_index >= d->params->count)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "parameter index %d is outside [0, %d)",
+                          param_index, d->params->count);
+    MHUB_TRY(poll_issued(d));
+    int bi = d->param_bucket[param_index];
+    if (d->cfg.deterministic || !d->last_microbatch || bi < 0 || d->param_ready[param_index])
+        return MHUB_OK;
+    d->param_ready[param_index] = true;
+    d->buckets[bi].ready++;
+    if (!d->cfg.overlap_grad_reduce)
+        return MHUB_OK;
+    while (d->next_to_issue < d->num_buckets &&
+           d->buckets[d->next_to_issue].ready == d->buckets[d->next_to_issue].num_params) {
+        MHUB_TRY(issue_bucket(d, d->next_to_issue, true));
+        d->next_to_issue++;
+    }
+    return MHUB_OK;
+}
+
+static void reset_step(mhub_ddp *d)
+{
+    for (int b = 0; b < d->num_buckets; b++) {
+        d->buckets[b].ready = 0;
+        d->buckets[b].issued = false;
+        d->buckets[b].in_backward = false;
+    }
+    memset(d->param_ready, 0, (size_t)d->params->count * sizeof *d->param_ready);
+    d->next_to_issue = 0;
+    d->nan_param = -1;
+}
+
+static bool any_outstanding(const mhub_ddp *d)
+{
+    for (int b = 0; b < d->num_buckets; b++)
+        if (d->buckets[b].issued)
+            return true;
+    return false;
+}
+
+mhub_status mhub_ddp_zero_grad(mhub_ddp *d)
+{
+    if (!d)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
+    if (any_outstanding(d))
+        return MHUB_ERROR(MHUB_ERR_STATE,
+                          "step %lld: gradients are still being reduced; call "
+                          "mhub_ddp_finish_grad_sync first",
+                          (long long)d->step);
+    reset_step(d);
+    if (d->cfg.deterministic)
+        mhub_sumtree_reset(&d->tree);
+    return d->be->ops->memset_zero(d->be, d->buffer, (size_t)d->numel * sizeof(float));
+}
+
+mhub_status mhub_ddp_no_sync_begin(mhub_ddp *d)
+{
+    if (!d)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
+    if (!d->last_microbatch)
+        return MHUB_ERROR(MHUB_ERR_STATE, "already inside a no_sync scope");
+    d->last_microbatch = false;
+    return MHUB_OK;
+}
+
+mhub_status mhub_ddp_no_sync_end(mhub_ddp *d)
+{
+    if (!d)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
+    if (d->last_microbatch)
+        return MHUB_ERROR(MHUB_ERR_STATE, "no_sync_end without no_sync_begin");
+    d->last_microbatch = true;
+    return MHUB_OK;
+}
+
+/* ---- deterministic mode (the sum tree lives in dp_common.c) ---------------- */
+
+mhub_status mhub_ddp_shard_done(mhub_ddp *d)
+{
+    if (!d)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
+    if (!d->cfg.deterministic)
+        return MHUB_ERROR(MHUB_ERR_STATE, "shard_done is for deterministic mode only");
+    return mhub_sumtree_fold(&d->tree, d->buffer);
+}
+
+static mhub_status finish_deterministic(mhub_ddp *d)
+{
+    double t0 = now_seconds();
+    MHUB_TRY(mhub_sumtree_collect(&d->tree, d->buffer));
+    mhub_status s = MHUB_OK;
+    /* scan this rank's own sum, so the report names the rank it came from */
+    for (int b = 0; d->cfg.check_for_nan_in_grad && s == MHUB_OK && b < d->num_buckets; b++)
+        s = scan_for_nan(d, &d->buckets[b]);
+    if (s == MHUB_OK)
+        s = mhub_sumtree_exchange(&d->tree, d->buffer);
+    if (s == MHUB_OK && d->cfg.check_for_nan_in_grad)
+        s = mhub_dp_agree_on_nan(d->dp, d->params, d->nan_param, d->step, "ddp");
+    d->stats.buckets_issued += d->dp->size > 1;
+    d->stats.sync_wait_seconds += now_seconds() - t0;
+    d->stats.steps++;
+    d->step++;
+    reset_step(d);
+    return s;
+}
+
+mhub_status mhub_ddp_finish_grad_sync(mhub_ddp *d)
+{
+    if (!d)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
+    if (!d->last_microbatch)
+        return MHUB_ERROR(MHUB_ERR_STATE,
+                          "finish_grad_sync inside a no_sync scope: end the scope and run the "
+                          "last micro-batch first");
+    if (d->cfg.deterministic)
+        return finish_deterministic(d);
+    double t0 = now_seconds();
+    mhub_status s = MHUB_OK;
+    /* buckets not issued in backward: all of them without overlap, and any
+     * holding a parameter that was not used this step */
+    while (s == MHUB_OK && d->next_to_issue < d->num_buckets) {
+        s = issue_bucket(d, d->next_to_issue, false);
+        d->next_to_issue++;
+    }
+    /* wait for everything issued, even after an error, so no request is
+     * left behind on this rank */
+    for (int b = 0; b < d->next_to_issue; b++) {
+        mhub_status w = mhub_request_wait(&d->buckets[b].req);
+        if (s == MHUB_OK)
+            s = w;
+    }
+    if (s == MHUB_OK && d->cfg.check_for_nan_in_grad)
+        s = mhub_dp_agree_on_nan(d->dp, d->params, d->nan_param, d->step, "ddp");
+    d->stats.sync_wait_seconds += now_seconds() - t0;
+    d->stats.steps++;
+    d->step++;
+    reset_step(d);
+    return s;
+}
+
+mhub_status mhub_ddp_broadcast_params(mhub_ddp *d)
+{
+    if (!d)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
+    for (int i = 0; i < d->params->count; i++) {
+        mhub_param *p = &d->params->items[i];
+        MHUB_TRY(mhub_comm_broadcast(d->dp, p->value.data, p->value.numel, p->value.dtype, 0));
+    }
+    return MHUB_OK;
+}
+
+/* ---- inspection ------------------------------------------------------------ */
+
+int mhub_ddp_num_buckets(const mhub_ddp *d) { return d ? d->num_buckets : 0; }
+
+mhub_status mhub_ddp_bucket(const mhub_ddp *d, int index, mhub_ddp_bucket_info *out)
+{
+    if (!d || !out)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine or out is NULL");
+    if (index < 0 || index >= d->num_buckets)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "bucket %d is outside [0, %d)", index,
+                          d->num_buckets);
+    const bucket *b = &d->buckets[index];
+    out->offset = b->offset;
+    out->numel = b->numel;
+    out->num_params = b->num_params;
+    out->first_param = b->first_param;
+    return MHUB_OK;
+}
+
+int mhub_ddp_param_bucket(const mhub_ddp *d, int param_index)
+{
+    if (!d || param_index < 0 || param_index >= d->params->count)
+        return -1;
+    return d->param_bucket[param_index];
+}
+
+bool mhub_ddp_uses_comm_memory(const mhub_ddp *d) { return d && d->comm_memory; }
+
+void mhub_ddp_get_stats(const mhub_ddp *d, mhub_ddp_stats *out)
+{
+    if (!out)
+        return;
+    if (!d) {
+        memset(out, 0, sizeof *out);
+        return;
+    }
+    *out = d->stats;
+}

@@ -1,0 +1,877 @@
+/* distopt.c - the distributed optimizer: padded buffers, sharded
+ * optimizer state, reduce-scatter of gradients and all-gather of
+ * parameters (see distopt.h for the picture).
+ *
+ * Life of a step:
+ *   zero_grad -> forward (pre_forward hooks wait for gathers in flight)
+ *   -> backward: grad_ready(param) for each parameter; a bucket whose
+ *      parameters are all ready starts its reduce-scatter, in bucket order
+ *   -> finish_grad_sync: issue the rest, wait, check NaN
+ *   -> step: update each owned shard, copy it into the parameter buffer,
+ *      all-gather bucket after bucket in forward order (last bucket first).
+ *
+ * Two pieces of bookkeeping carry the stale-weight guarantee:
+ *   gather_pending (per bucket) is set when a gather is issued and cleared
+ *     only by an explicit wait (hook, wait_params, the step itself), never
+ *     by polling, so every rank agrees whether a forward skipped a wait;
+ *   caller_waits records that the hooks or wait_params were seen since
+ *     the last step; only then does the step leave gathers in flight. */
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "mhub/backend.h"
+#include "mhub/distopt.h"
+#include "src/dp_common.h"
+
+/* A run of parameter elements inside this rank's shard of one bucket. The
+ * optimizer updates runs, not whole shards, so padding is never touched
+ * (AdamW with eps 0 would turn zero padding into NaN). */
+typedef struct segment {
+    int64_t buf;    /* first element in the buffers */
+    int64_t main;   /* first element in the main params and state arrays */
+    int64_t numel;
+} segment;
+
+typedef struct bucket {
+    int64_t offset;        /* in elements; a multiple of lcm(dp, 128) */
+    int64_t numel;         /* padded size; a multiple of lcm(dp, 128) */
+    int64_t param_numel;   /* elements that hold parameters */
+    int first_param;       /* list index of its first (highest-index) parameter */
+    int num_params;
+    int ready;             /* parameters reported ready this step */
+    bool grad_issued;      /* reduce-scatter started this step */
+    bool gather_pending;   /* all-gather issued and not yet waited for */
+    int first_segment;
+    int num_segments;
+    mhub_request grad_req;
+    mhub_request param_req;
+} bucket;
+
+struct mhub_distopt {
+    mhub_param_list *params;
+    mhub_comm *dp;
+    mhub_backend *be;
+    mhub_ddp_config ddp_cfg;
+    mhub_optim_config opt_cfg;
+    bool overlap_param_gather;
+    float *grads;           /* gradient buffer, parameters in reverse list order */
+    float *values;          /* parameter buffer, same layout */
+    float *main;            /* fp32 main params: this rank's shards, bucket after bucket */
+    float *state[2];        /* optimizer state arrays, laid out as main */
+    int num_state;
+    int64_t numel;          /* each buffer, padding included */
+    int64_t padding;
+    int *param_bucket;      /* per parameter: bucket index, -1 when not in the buffers */
+    int64_t *param_offset;  /* per parameter: first element in the buffers */
+    bool *param_ready;
+    bucket *buckets;
+    int num_buckets;
+    segment *segments;
+    int num_segments;
+    int *unit_lo, *unit_hi; /* per unit: range of buckets holding its parameters */
+    int num_units;
+    int next_to_issue;      /* buckets [0, next_to_issue) have their reduce-scatter issued */
+    bool last_microbatch;   /* false inside no_sync */
+    bool grads_reduced;     /* finish_grad_sync succeeded since the last zero_grad/step */
+    bool caller_waits;      /* hooks or wait_params seen since the last step */
+    int64_t sync_step;      /* finish_grad_sync calls, for messages */
+    int nan_param;          /* first parameter found non-finite this step, or -1 */
+    mhub_sumtree tree;      /* deterministic mode's fixed-shape sum */
+    mhub_distopt_stats stats;
+};
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int64_t round_up(int64_t x, int64_t multiple)
+{
+    return (x + multiple - 1) / multiple * multiple;
+}
+
+static int64_t lcm64(int64_t a, int64_t b)
+{
+    int64_t x = a, y = b;
+    while (y) {
+        int64_t r = x % y;
+        x = y;
+        y = r;
+    }
+    return a / x * b;
+}
+
+static int64_t shard_numel(const mhub_distopt *d, const bucket *b)
+{
+    return b->numel / d->dp->size;
+}
+
+/* First element of this rank's shard of a bucket, in the buffers. */
+static int64_t shard_start(const mhub_distopt *d, const bucket *b)
+{
+    return b->offset + (int64_t)d->dp->rank * shard_numel(d, b);
+}
+
+/* The main params hold every bucket's shard back to back; since bucket
+ * offsets are multiples of dp, bucket b's shard starts at offset / dp. */
+static int64_t main_start(const mhub_distopt *d, const bucket *b)
+{
+    return b->offset / d->dp->size;
+}
+
+/* ---- checks ---------------------------------------------------------------- */
+
+static mhub_status check_params(const mhub_param_list *params, mhub_backend **be)
+{
+    *be = NULL;
+    for (int i = 0; i < params->count; i++) {
+        const mhub_param *p = &params->items[i];
+        if (!p->requires_grad)
+            continue;
+        if (p->value.dtype != MHUB_F32 || p->grad.dtype != MHUB_F32)
+            return MHUB_ERROR(MHUB_ERR_UNSUPPORTED,
+                              "parameter '%s' is %s: the distributed optimizer takes f32 "
+                              "parameters with f32 gradients only",
+                              p->name, mhub_dtype_name(p->value.dtype));
+        if (!p->value.backend || (!p->value.data && p->value.numel > 0))
+            return MHUB_ERROR(MHUB_ERR_STATE,
+                              "parameter '%s' has no storage (meta): materialize the model "
+                              "before wrapping it",
+                              p->name);
+        if (p->unit < 0)
+            return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
+                              "parameter '%s' has unit %d: units are numbered from 0", p->name,
+                              p->unit);
+        if (*be && p->value.backend != *be)
+            return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
+                              "parameter '%s' lives on another backend than the others",
+                              p->name);
+        *be = p->value.backend;
+    }
+    if (!*be)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "no parameter requires a gradient");
+    return MHUB_OK;
+}
+
+/* ---- layout ---------------------------------------------------------------- */
+
+static mhub_status alloc_tables(mhub_distopt *d)
+{
+    int n = d->params->count;
+    d->param_bucket = malloc((size_t)n * sizeof *d->param_bucket);
+    d->param_offset = calloc((size_t)n, sizeof *d->param_offset);
+    d->param_ready = calloc((size_t)n, sizeof *d->param_ready);
+    d->buckets = calloc((size_t)n, sizeof *d->buckets);   /* at most one per parameter */
+    d->segments = calloc((size_t)n, sizeof *d->segments); /* at most one per parameter */
+    if (!d->param_bucket || !d->param_offset || !d->param_ready || !d->buckets || !d->segments)
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "layout tables for %d parameters", n);
+    return MHUB_OK;
+}
+
+/* Pad a bucket's end so it splits into dp equal shards that keep NCCL's
+ * 128-element alignment; the next bucket starts there. */
+static int64_t close_bucket(mhub_distopt *d, bucket *b, int64_t end)
+{
+    int64_t padded = round_up(end, lcm64(d->dp->size, MHUB_DISTOPT_BUCKET_ALIGN));
+    b->numel = padded - b->offset;
+    d->padding += b->numel - b->param_numel;
+    return padded;
+}
+
+/* Parameters in reverse list order, each starting at a multiple of 64
+ * elements; a bucket closes once it spans at least bucket_elems elements
+ * (padding between its parameters counts, as in Megatron-Core). */
+static void plan_buckets(mhub_distopt *d, int64_t bucket_elems)
+{
+    int64_t offset = 0;
+    bucket *open = NULL;
+    for (int i = d->params->count - 1; i >= 0; i--) {
+        const mhub_param *p = &d->params->items[i];
+        d->param_bucket[i] = -1;
+        if (!p->requires_grad)
+            continue;
+        if (!open) {
+            open = &d->buckets[d->num_buckets++];
+            open->offset = offset;
+            open->first_param = i;
+        }
+        offset = round_up(offset, MHUB_DISTOPT_PARAM_ALIGN);
+        d->param_offset[i] = offset;
+        d->param_bucket[i] = (int)(open - d->buckets);
+        offset += p->value.numel;
+        open->param_numel += p->value.numel;
+        open->num_params++;
+        if (offset - open->offset >= bucket_elems) {
+            offset = close_bucket(d, open, offset);
+            open = NULL;
+        }
+    }
+    if (open)
+        offset = close_bucket(d, open, offset);
+    d->numel = offset;
+}
+
+/* The pieces of parameters inside this rank's shard of each bucket, in
+ * buffer order (so grouped by bucket). */
+static void plan_segments(mhub_distopt *d)
+{
+    for (int i = d->params->count - 1; i >= 0; i--) {
+        int bi = d->param_bucket[i];
+        if (bi < 0)
+            continue;
+        bucket *b = &d->buckets[bi];
+        if (b->num_segments == 0)
+            b->first_segment = d->num_segments;
+        int64_t s0 = shard_start(d, b), s1 = s0 + shard_numel(d, b);
+        int64_t p0 = d->param_offset[i], p1 = p0 + d->params->items[i].value.numel;
+        int64_t lo = p0 > s0 ? p0 : s0, hi = p1 < s1 ? p1 : s1;
+        if (lo >= hi)
+            continue;
+        d->segments[d->num_segments++] =
+            (segment){.buf = lo, .main = main_start(d, b) + (lo - s0), .numel = hi - lo};
+        b->num_segments++;
+    }
+}
+
+/* Which buckets a unit's pre_forward must wait for. A unit whose
+ * parameters are not contiguous waits for the whole range between them:
+ * more than needed, never less. */
+static mhub_status plan_units(mhub_distopt *d)
+{
+    d->num_units = 0;
+    for (int i = 0; i < d->params->count; i++)
+        if (d->param_bucket[i] >= 0 && d->params->items[i].unit >= d->num_units)
+            d->num_units = d->params->items[i].unit + 1;
+    /* at least one unit: check_params saw a parameter with unit >= 0 */
+    d->unit_lo = malloc((size_t)d->num_units * sizeof *d->unit_lo);
+    d->unit_hi = malloc((size_t)d->num_units * sizeof *d->unit_hi);
+    if (!d->unit_lo || !d->unit_hi)
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "unit tables for %d units", d->num_units);
+    for (int u = 0; u < d->num_units; u++) {
+        d->unit_lo[u] = INT_MAX;
+        d->unit_hi[u] = -1;
+    }
+    for (int i = 0; i < d->params->count; i++) {
+        int bi = d->param_bucket[i], u = d->params->items[i].unit;
+        if (bi < 0)
+            continue;
+        d->unit_lo[u] = bi < d->unit_lo[u] ? bi : d->unit_lo[u];
+        d->unit_hi[u] = bi > d->unit_hi[u] ? bi : d->unit_hi[u];
+    }
+    return MHUB_OK;
+}
+
+static mhub_status alloc_floats(mhub_distopt *d, int64_t n, float **out)
+{
+    void *p = NULL;
+    MHUB_TRY(d->be->ops->alloc(d->be, (size_t)n * sizeof(float), &p));
+    *out = p;
+    return MHUB_OK;
+}
+
+/* Both buffers in full on every rank (ZeRO-1/2: only the optimizer side is
+ * sharded); main params and state for this rank's shards. */
+static mhub_status alloc_buffers(mhub_distopt *d)
+{
+    int64_t shards = d->numel / d->dp->size;
+    MHUB_TRY(alloc_floats(d, d->numel, &d->grads));
+    MHUB_TRY(alloc_floats(d, d->numel, &d->values));
+    MHUB_TRY(alloc_floats(d, shards, &d->main));
+    d->num_state = mhub_optim_state_arrays(&d->opt_cfg);
+    for (int k = 0; k < d->num_state; k++)
+        MHUB_TRY(alloc_floats(d, shards, &d->state[k]));
+    return MHUB_OK;
+}
+
+/* Move a tensor's contents into its buffer slot and point it there. */
+static mhub_status adopt_tensor(mhub_distopt *d, mhub_tensor *t, float *slot,
+                                const mhub_tensor *shape_of)
+{
+    if (t->data && shape_of->numel > 0)
+        MHUB_TRY(d->be->ops->copy(d->be, slot, t->data, (size_t)shape_of->numel * sizeof(float),
+                                  MHUB_COPY_DEVICE_TO_DEVICE));
+    mhub_tensor view;
+    MHUB_TRY(mhub_tensor_wrap(&view, slot, d->be, MHUB_F32, shape_of->ndim, shape_of->shape));
+    mhub_tensor_free(t);
+    *t = view;
+    return MHUB_OK;
+}
+
+static mhub_status adopt_params(mhub_distopt *d)
+{
+    for (int i = 0; i < d->params->count; i++) {
+        mhub_param *p = &d->params->items[i];
+        if (d->param_bucket[i] < 0)
+            continue;
+        MHUB_TRY(adopt_tensor(d, &p->grad, d->grads + d->param_offset[i], &p->value));
+        MHUB_TRY(adopt_tensor(d, &p->value, d->values + d->param_offset[i], &p->value));
+    }
+    return MHUB_OK;
+}
+
+/* Main params = this rank's shards of the parameter buffer. */
+static mhub_status load_main_params(mhub_distopt *d)
+{
+    for (int b = 0; b < d->num_buckets; b++) {
+        const bucket *bk = &d->buckets[b];
+        MHUB_TRY(d->be->ops->copy(d->be, d->main + main_start(d, bk),
+                                  d->values + shard_start(d, bk),
+                                  (size_t)shard_numel(d, bk) * sizeof(float),
+                                  MHUB_COPY_DEVICE_TO_DEVICE));
+    }
+    return MHUB_OK;
+}
+
+mhub_status mhub_distopt_create(mhub_param_list *params, mhub_comm *dp,
+                                const mhub_ddp_config *ddp_cfg,
+                                const mhub_optim_config *opt_cfg, mhub_distopt **out)
+{
+    if (!params || !dp || !ddp_cfg || !opt_cfg || !out)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
+                          "params, dp communicator, ddp config, optimizer config or out is NULL");
+    *out = NULL;
+    MHUB_TRY(mhub_ddp_config_validate(ddp_cfg));
+    MHUB_TRY(mhub_optim_config_validate(opt_cfg));
+    mhub_backend *be;
+    MHUB_TRY(check_params(params, &be));
+    mhub_distopt *d = calloc(1, sizeof *d);
+    if (!d)
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "engine struct");
+    d->params = params;
+    d->dp = dp;
+    d->be = be;
+    d->ddp_cfg = *ddp_cfg;
+    d->opt_cfg = *opt_cfg;
+    d->overlap_param_gather = ddp_cfg->overlap_param_gather;
+    d->last_microbatch = true;
+    d->nan_param = -1;
+    mhub_status s = alloc_tables(d);
+    if (s == MHUB_OK) {
+        plan_buckets(d, mhub_ddp_config_bucket_elems(ddp_cfg, dp->size));
+        plan_segments(d);
+        s = plan_units(d);
+    }
+    if (s == MHUB_OK && ddp_cfg->deterministic)
+        s = mhub_sumtree_init(&d->tree, be, dp, d->numel);
+    if (s == MHUB_OK)
+        s = alloc_buffers(d);
+    if (s == MHUB_OK)
+        s = adopt_params(d);
+    if (s == MHUB_OK)
+        s = load_main_params(d);
+    if (s != MHUB_OK) {
+        mhub_distopt_free(d);
+        return s;
+    }
+    *out = d;
+    return MHUB_OK;
+}
+
+/* Give a tensor private storage holding its slot's values. */
+static void release_tensor(mhub_distopt *d, mhub_tensor *t, const float *slot)
+{
+    if (t->owns_data || t->data != slot)
+        return; /* never adopted (create failed part-way) */
+    int64_t shape[MHUB_MAX_DIMS];
+    int ndim = t->ndim;
+    memcpy(shape, t->shape, sizeof shape);
+    mhub_tensor own;
+    if (mhub_tensor_alloc(&own, d->be, MHUB_F32, ndim, shape) == MHUB_OK) {
+        d->be->ops->copy(d->be, own.data, slot, mhub_tensor_nbytes(&own),
+                         MHUB_COPY_DEVICE_TO_DEVICE);
+        *t = own;
+    } else {
+        mhub_tensor_init_meta(t, MHUB_F32, ndim, shape);
+    }
+}
+
+static void free_floats(mhub_distopt *d, float *p)
+{
+    if (p)
+        d->be->ops->free(d->be, p);
+}
+
+void mhub_distopt_free(mhub_distopt *d)
+{
+    if (!d)
+        return;
+    /* complete every collective first: the parameter values must be whole
+     * before they are copied out, and no request may outlive its buffer */
+    for (int b = 0; b < d->num_buckets; b++) {
+        mhub_request_wait(&d->buckets[b].grad_req);
+        mhub_request_wait(&d->buckets[b].param_req);
+    }
+    for (int i = 0; d->param_bucket && i < d->params->count; i++) {
+        if (d->param_bucket[i] < 0)
+            continue;
+        mhub_param *p = &d->params->items[i];
+        if (d->values)
+            release_tensor(d, &p->value, d->values + d->param_offset[i]);
+        if (d->grads)
+            release_tensor(d, &p->grad, d->grads + d->param_offset[i]);
+    }
+    free_floats(d, d->grads);
+    free_floats(d, d->values);
+    free_floats(d, d->main);
+    for (int k = 0; k < 2; k++)
+        free_floats(d, d->state[k]);
+    free(d->param_bucket);
+    free(d->param_offset);
+    free(d->param_ready);
+    free(d->buckets);
+    free(d->segments);
+    free(d->unit_lo);
+    free(d->unit_hi);
+    mhub_sumtree_free(&d->tree);
+    free(d);
+}
+
+static mhub_status wait_all_gathers(mhub_distopt *d);
+
+mhub_status mhub_distopt_set_overlap_param_gather(mhub_distopt *d, bool on)
+{
+    if (!d)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
+    /* not wait_params: that would count as evidence of a waiting caller */
+    if (!on)
+        MHUB_TRY(wait_all_gathers(d));
+    d->overlap_param_gather = on;
+    return MHUB_OK;
+}
+
+/* ---- parameter gathers ---------------------------------------------------- */
+
+static mhub_status wait_gather(mhub_distopt *d, bucket *b)
+{
+    if (!b->gather_pending)
+        return MHUB_OK;
+    double t0 = now_seconds();
+    mhub_status s = mhub_request_wait(&b->param_req);
+    b->gather_pending = false;
+    d->stats.param_wait_seconds += now_seconds() - t0;
+    return s;
+}
+
+/* Wait in forward order (the order they were issued in). Every bucket is
+ * waited even after an error, so no request stays behind. */
+static mhub_status wait_all_gathers(mhub_distopt *d)
+{
+    mhub_status s = MHUB_OK;
+    for (int b = d->num_buckets - 1; b >= 0; b--) {
+        mhub_status w = wait_gather(d, &d->buckets[b]);
+        if (s == MHUB_OK)
+            s = w;
+    }
+    return s;
+}
+
+/* A gather still pending here means a forward ran since the step without
+ * waiting for it. Complete the gathers (so the engine can go on) and say
+ * so: training on would use gradients of stale weights. */
+static mhub_status refuse_stale_forward(mhub_distopt *d, const char *where)
+{
+    int stale = -1;
+    for (int b = d->num_buckets - 1; b >= 0 && stale < 0; b--)
+        if (d->buckets[b].gather_pending)
+            stale = b;
+    if (stale < 0)
+        return MHUB_OK;
+    MHUB_TRY(wait_all_gathers(d));
+    return MHUB_ERROR(MHUB_ERR_STATE,
+                      "%s after step %lld: the all-gather of bucket %d (parameter '%s' on) was "
+                      "still in flight, so the forward since the step may have read stale "
+                      "weights; install mhub_distopt_unit_hooks on the model or call "
+                      "mhub_distopt_wait_params before forward",
+                      where, (long long)d->stats.steps, stale,
+                      d->params->items[d->buckets[stale].first_param].name);
+}
+
+/* Let issued collectives progress (MPI moves messages only inside MPI
+ * calls). A completed gather stays pending until explicitly waited. */
+static mhub_status poll_requests(mhub_distopt *d)
+{
+    for (int b = 0; b < d->num_buckets; b++) {
+        bool done;
+        if (d->buckets[b].grad_req.active)
+            MHUB_TRY(mhub_request_test(&d->buckets[b].grad_req, &done));
+        if (d->buckets[b].param_req.active)
+            MHUB_TRY(mhub_request_test(&d->buckets[b].param_req, &done));
+    }
+    return MHUB_OK;
+}
+
+static mhub_status pre_forward_hook(void *user, int unit)
+{
+    mhub_distopt *d = user;
+    if (!d)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
+    if (unit < 0)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "unit %d: units are numbered from 0", unit);
+    d->caller_waits = true;
+    if (unit >= d->num_units)
+        return MHUB_OK; /* a unit without parameters in the buffers */
+    for (int b = d->unit_lo[unit]; b <= d->unit_hi[unit]; b++)
+        MHUB_TRY(wait_gather(d, &d->buckets[b]));
+    /* move the later units' gathers on while this unit computes */
+    return poll_requests(d);
+}
+
+mhub_status mhub_distopt_unit_hooks(mhub_distopt *d, mhub_unit_hooks *out)
+{
+    if (!d || !out)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine or out is NULL");
+    memset(out, 0, sizeof *out);
+    out->pre_forward = pre_forward_hook;
+    out->user = d;
+    return MHUB_OK;
+}
+
+mhub_status mhub_distopt_wait_params(mhub_distopt *d)
+{
+    if (!d)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
+    d->caller_waits = true;
+    return wait_all_gathers(d);
+}
+
+/* ---- gradients -------------------------------------------------------------- */
+
+/* Remember the first parameter of a bucket holding a NaN/Inf. */
+static mhub_status scan_for_nan(mhub_distopt *d, const bucket *b)
+{
+    double ss = 0;
+    MHUB_TRY(d->be->ops->sum_squares(d->be, d->grads + b->offset, b->numel, &ss));
+    if (isfinite(ss) || d->nan_param >= 0)
+        return MHUB_OK;
+    int index = (int)(b - d->buckets);
+    /* the bucket's parameters: from first_param down, until the next bucket */
+    for (int i = b->first_param; i >= 0 && d->param_bucket[i] <= index; i--) {
+        if (d->param_bucket[i] != index)
+            continue;
+        const mhub_param *p = &d->params->items[i];
+        MHUB_TRY(d->be->ops->sum_squares(d->be, p->grad.data, p->value.numel, &ss));
+        if (!isfinite(ss)) {
+            d->nan_param = i;
+            break;
+        }
+    }
+    return MHUB_OK;
+}
+
+/* In place: rank r's reduced shard lands at its own block of the bucket. */
+static mhub_status issue_reduce_scatter(mhub_distopt *d, int index, bool in_backward)
+{
+    bucket *b = &d->buckets[index];
+    if (d->ddp_cfg.check_for_nan_in_grad)
+        MHUB_TRY(scan_for_nan(d, b));
+    b->grad_issued = true;
+    d->stats.buckets_issued++;
+    d->stats.issued_in_backward += in_backward;
+    if (d->dp->size == 1 || b->numel == 0)
+        return MHUB_OK; /* the mean over one rank is the gradient itself */
+    float *data = d->grads + b->offset;
+    mhub_reduce_op op = MHUB_AVG;
+    if (!d->ddp_cfg.average_in_collective) {
+        /* Megatron-Core's default: pre-scale by 1/dp, then SUM */
+        MHUB_TRY(d->be->ops->scale(d->be, data, b->numel, 1.0f / (float)d->dp->size));
+        op = MHUB_SUM;
+    }
+    return mhub_comm_ireduce_scatter(d->dp, data, d->grads + shard_start(d, b), shard_numel(d, b),
+                                     MHUB_F32, op, &b->grad_req);
+}
+
+mhub_status mhub_distopt_grad_ready(void *user, int param_index)
+{
+    mhub_distopt *d = user;
+    if (!d)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
+    if (param_index < 0 || param_index >= d->params->count)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "parameter index %d is outside [0, %d)",
+                          param_index, d->params->count);
+    MHUB_TRY(refuse_stale_forward(d, "backward"));
+    MHUB_TRY(poll_requests(d));
+    int bi = d->param_bucket[param_index];
+    if (d->ddp_cfg.deterministic || !d->last_microbatch || bi < 0 || d->param_ready[param_index])
+        return MHUB_OK;
+    d->param_ready[param_index] = true;
+    d->buckets[bi].ready++;
+    if (!d->ddp_cfg.overlap_grad_reduce)
+        return MHUB_OK;
+    /* strictly in bucket order: collectives must match on every rank */
+    while (d->next_to_issue < d->num_buckets &&
+           d->buckets[d->next_to_issue].ready == d->buckets[d->next_to_issue].num_params) {
+        MHUB_TRY(issue_reduce_scatter(d, d->next_to_issue, true));
+        d->next_to_issue++;
+    }
+    return MHUB_OK;
+}
+
+static void reset_step(mhub_distopt *d)
+{
+    for (int b = 0; b < d->num_buckets; b++) {
+        d->buckets[b].ready = 0;
+        d->buckets[b].grad_issued = false;
+    }
+    memset(d->param_ready, 0, (size_t)d->params->count * sizeof *d->param_ready);
+    d->next_to_issue = 0;
+    d->nan_param = -1;
+}
+
+mhub_status mhub_distopt_zero_grad(mhub_distopt *d)
+{
+    if (!d)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
+    if (d->next_to_issue > 0)
+        return MHUB_ERROR(MHUB_ERR_STATE,
+                          "step %lld: gradients are still being reduce-scattered; call "
+                          "mhub_distopt_finish_grad_sync first",
+                          (long long)d->sync_step);
+    reset_step(d);
+    if (d->ddp_cfg.deterministic)
+        mhub_sumtree_reset(&d->tree);
+    d->grads_reduced = false;
+    return d->be->ops->memset_zero(d->be, d->grads, (size_t)d->numel * sizeof(float));
+}
+
+mhub_status mhub_distopt_no_sync_begin(mhub_distopt *d)
+{
+    if (!d)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
+    if (!d->last_microbatch)
+        return MHUB_ERROR(MHUB_ERR_STATE, "already inside a no_sync scope");
+    d->last_microbatch = false;
+    return MHUB_OK;
+}
+
+mhub_status mhub_distopt_no_sync_end(mhub_distopt *d)
+{
+    if (!d)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
+    if (d->last_microbatch)
+        return MHUB_ERROR(MHUB_ERR_STATE, "no_sync_end without no_sync_begin");
+    d->last_microbatch = true;
+    return MHUB_OK;
+}
+
+mhub_status mhub_distopt_shard_done(mhub_distopt *d)
+{
+    if (!d)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
+    if (!d->ddp_cfg.deterministic)
+        return MHUB_ERROR(MHUB_ERR_STATE, "shard_done is for deterministic mode only");
+    return mhub_sumtree_fold(&d->tree, d->grads);
+}
+
+/* Deterministic mode reduces the whole gradient buffer with the fixed
+ * tree (as DDP does) instead of reduce-scattering: every rank then holds
+ * the total, of which the step reads its shards. One all-reduce's
+ * traffic instead of a reduce-scatter's, for bitwise-identical results. */
+static mhub_status reduce_deterministic(mhub_distopt *d)
+{
+    MHUB_TRY(mhub_sumtree_collect(&d->tree, d->grads));
+    mhub_status s = MHUB_OK;
+    for (int b = 0; d->ddp_cfg.check_for_nan_in_grad && s == MHUB_OK && b < d->num_buckets; b++)
+        s = scan_for_nan(d, &d->buckets[b]);
+    if (s == MHUB_OK)
+        s = mhub_sumtree_exchange(&d->tree, d->grads);
+    d->stats.buckets_issued += d->dp->size > 1;
+    return s;
+}
+
+mhub_status mhub_distopt_finish_grad_sync(mhub_distopt *d)
+{
+    if (!d)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
+    if (!d->last_microbatch)
+        return MHUB_ERROR(MHUB_ERR_STATE,
+                          "finish_grad_sync inside a no_sync scope: end the scope and run the "
+                          "last micro-batch first");
+    MHUB_TRY(refuse_stale_forward(d, "finish_grad_sync"));
+    double t0 = now_seconds();
+    mhub_status s = MHUB_OK;
+    if (d->ddp_cfg.deterministic)
+        s = reduce_deterministic(d);
+    /* buckets not issued in backward: all of them without overlap, and any
+     * holding a parameter unused this step (and those after it) */
+    while (!d->ddp_cfg.deterministic && s == MHUB_OK && d->next_to_issue < d->num_buckets) {
+        s = issue_reduce_scatter(d, d->next_to_issue, false);
+        d->next_to_issue++;
+    }
+    for (int b = 0; b < d->next_to_issue; b++) {
+        mhub_status w = mhub_request_wait(&d->buckets[b].grad_req);
+        if (s == MHUB_OK)
+            s = w;
+    }
+    if (s == MHUB_OK && d->ddp_cfg.check_for_nan_in_grad)
+        s = mhub_dp_agree_on_nan(d->dp, d->params, d->nan_param, d->sync_step,
+                                 "distributed optimizer");
+    d->grads_reduced = s == MHUB_OK;
+    d->stats.sync_wait_seconds += now_seconds() - t0;
+    d->stats.grad_syncs++;
+    d->sync_step++;
+    reset_step(d);
+    return s;
+}
+
+/* ---- the step --------------------------------------------------------------- */
+
+/* The update rule on each run of parameter elements in this rank's shard,
+ * then the whole shard (padding stays zero) into the parameter buffer. */
+static mhub_status update_shard(mhub_distopt *d, const bucket *b, int64_t t)
+{
+    for (int k = 0; k < b->num_segments; k++) {
+        const segment *sg = &d->segments[b->first_segment + k];
+        float *state[2] = {NULL, NULL};
+        for (int a = 0; a < d->num_state; a++)
+            state[a] = d->state[a] + sg->main;
+        MHUB_TRY(mhub_optim_update(d->be, &d->opt_cfg, d->main + sg->main, d->grads + sg->buf,
+                                   state, sg->numel, t));
+    }
+    return d->be->ops->copy(d->be, d->values + shard_start(d, b), d->main + main_start(d, b),
+                            (size_t)shard_numel(d, b) * sizeof(float),
+                            MHUB_COPY_DEVICE_TO_DEVICE);
+}
+
+/* In place: this rank's block is already its slot of the bucket. */
+static mhub_status issue_gather(mhub_distopt *d, bucket *b, bool deferred)
+{
+    if (d->dp->size == 1 || b->numel == 0)
+        return MHUB_OK;
+    MHUB_TRY(mhub_comm_iallgather(d->dp, d->values + shard_start(d, b), d->values + b->offset,
+                                  shard_numel(d, b), MHUB_F32, &b->param_req));
+    b->gather_pending = true;
+    d->stats.gathers_issued++;
+    d->stats.gathers_deferred += deferred;
+    return MHUB_OK;
+}
+
+mhub_status mhub_distopt_step(mhub_distopt *d)
+{
+    if (!d)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
+    MHUB_TRY(refuse_stale_forward(d, "step"));
+    if (!d->grads_reduced)
+        return MHUB_ERROR(MHUB_ERR_STATE,
+                          "step %lld: no reduced gradients; call mhub_distopt_finish_grad_sync "
+                          "(successfully) after backward and before the step",
+                          (long long)d->stats.steps);
+    d->grads_reduced = false;
+    /* leave the gathers to the next forward only if it is known to wait */
+    bool defer = d->overlap_param_gather && d->caller_waits;
+    d->caller_waits = false;
+    int64_t t = d->stats.steps + 1;
+    mhub_status s = MHUB_OK;
+    /* forward order: the first layers' bucket is updated and sent first,
+     * and each gather overlaps the next bucket's update */
+    for (int b = d->num_buckets - 1; b >= 0 && s == MHUB_OK; b--) {
+        s = update_shard(d, &d->buckets[b], t);
+        if (s == MHUB_OK)
+            s = issue_gather(d, &d->buckets[b], defer);
+    }
+    if (s == MHUB_OK)
+        d->stats.steps++;
+    if (!defer || s != MHUB_OK) {
+        mhub_status w = wait_all_gathers(d);
+        if (s == MHUB_OK)
+            s = w;
+    }
+    return s;
+}
+
+mhub_status mhub_distopt_broadcast_params(mhub_distopt *d)
+{
+    if (!d)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
+    MHUB_TRY(wait_all_gathers(d));
+    if (d->dp->size > 1) {
+        MHUB_TRY(mhub_comm_broadcast(d->dp, d->values, d->numel, MHUB_F32, 0));
+        for (int i = 0; i < d->params->count; i++) {
+            mhub_param *p = &d->params->items[i];
+            if (d->param_bucket[i] < 0 && p->value.data)
+                MHUB_TRY(mhub_comm_broadcast(d->dp, p->value.data, p->value.numel,
+                                             p->value.dtype, 0));
+        }
+    }
+    return load_main_params(d);
+}
+
+mhub_status mhub_distopt_set_lr(mhub_distopt *d, float lr)
+{
+    if (!d)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
+    mhub_optim_config c = d->opt_cfg;
+    c.lr = lr;
+    MHUB_TRY(mhub_optim_config_validate(&c));
+    d->opt_cfg = c;
+    return MHUB_OK;
+}
+
+/* ---- inspection --------------------------------------------------------------- */
+
+int mhub_distopt_num_buckets(const mhub_distopt *d) { return d ? d->num_buckets : 0; }
+
+mhub_status mhub_distopt_bucket(const mhub_distopt *d, int index, mhub_distopt_bucket_info *out)
+{
+    if (!d || !out)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine or out is NULL");
+    if (index < 0 || index >= d->num_buckets)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "bucket %d is outside [0, %d)", index,
+                          d->num_buckets);
+    const bucket *b = &d->buckets[index];
+    out->offset = b->offset;
+    out->numel = b->numel;
+    out->shard_numel = shard_numel(d, b);
+    out->padding = b->numel - b->param_numel;
+    out->num_params = b->num_params;
+    out->first_param = b->first_param;
+    out->gather_in_flight = b->gather_pending;
+    return MHUB_OK;
+}
+
+int mhub_distopt_param_bucket(const mhub_distopt *d, int param_index)
+{
+    if (!d || param_index < 0 || param_index >= d->params->count)
+        return -1;
+    return d->param_bucket[param_index];
+}
+
+int64_t mhub_distopt_param_offset(const mhub_distopt *d, int param_index)
+{
+    if (mhub_distopt_param_bucket(d, param_index) < 0)
+        return -1;
+    return d->param_offset[param_index];
+}
+
+int64_t mhub_distopt_numel(const mhub_distopt *d) { return d ? d->numel : 0; }
+
+int64_t mhub_distopt_padding_elems(const mhub_distopt *d) { return d ? d->padding : 0; }
+
+void mhub_distopt_get_memory(const mhub_distopt *d, mhub_distopt_memory *out)
+{
+    if (!out)
+        return;
+    memset(out, 0, sizeof *out);
+    if (!d)
+        return;
+    size_t shards = (size_t)(d->numel / d->dp->size) * sizeof(float);
+    out->grad_buffer_bytes = (size_t)d->numel * sizeof(float);
+    out->param_buffer_bytes = (size_t)d->numel * sizeof(float);
+    out->main_param_bytes = shards;
+    out->optimizer_state_bytes = (size_t)d->num_state * shards;
+}
+
+void mhub_distopt_get_stats(const mhub_distopt *d, mhub_distopt_stats *out)
+{
+    if (!out)
+        return;
+    if (!d) {
+        memset(out, 0, sizeof *out);
+        return;
+    }
+    *out = d->stats;
+}

@@ -1,0 +1,175 @@
+/* dp_common.c - NaN agreement and the deterministic sum tree shared by
+ * the DDP, distributed-optimizer and FSDP engines (see dp_common.h). */
+#include <string.h>
+
+#include "src/dp_common.h"
+
+mhub_status mhub_dp_agree_on_nan(mhub_comm *dp, const mhub_param_list *params, int local_param,
+                                 int64_t step, const char *engine)
+{
+    int per_rank = params->count + 1;
+    float mine = local_param >= 0 ? (float)(dp->rank * per_rank + local_param + 1) : 0.0f;
+    float worst = mine;
+    if (dp->size > 1)
+        MHUB_TRY(mhub_comm_allreduce(dp, &mine, &worst, 1, MHUB_F32, MHUB_MAX));
+    if (worst == 0.0f)
+        return MHUB_OK;
+    int code = (int)worst;
+    int rank = code / per_rank, param = code % per_rank - 1;
+    return mhub_error(MHUB_ERR_NUMERIC,
+                      "non-finite gradient in parameter '%s' on dp rank %d at step %lld "
+                      "(check_for_nan_in_grad, %s); lower the learning rate or inspect the data",
+                      params->items[param].name, rank, (long long)step, engine);
+}
+
+/* ---- the deterministic sum tree ------------------------------------------- */
+
+mhub_status mhub_sumtree_init(mhub_sumtree *t, mhub_backend *be, mhub_comm *dp, int64_t numel)
+{
+    memset(t, 0, sizeof *t);
+    if ((dp->size & (dp->size - 1)) != 0)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
+                          "deterministic mode needs a power-of-two data-parallel size; the "
+                          "\"%s\" group has %d ranks",
+                          dp->name, dp->size);
+    t->be = be;
+    t->dp = dp;
+    t->numel = numel;
+    return MHUB_OK;
+}
+
+void mhub_sumtree_free(mhub_sumtree *t)
+{
+    if (!t || !t->be)
+        return;
+    for (int l = 0; l < MHUB_SUMTREE_LEVELS; l++)
+        if (t->level[l])
+            t->be->ops->free(t->be, t->level[l]);
+    if (t->scratch)
+        t->be->ops->free(t->be, t->scratch);
+    memset(t, 0, sizeof *t);
+}
+
+void mhub_sumtree_reset(mhub_sumtree *t)
+{
+    memset(t->full, 0, sizeof t->full);
+    t->shards = 0;
+}
+
+static size_t tree_bytes(const mhub_sumtree *t) { return (size_t)t->numel * sizeof(float); }
+
+static mhub_status level_buffer(mhub_sumtree *t, int l)
+{
+    if (t->level[l])
+        return MHUB_OK;
+    void *p = NULL;
+    MHUB_TRY(t->be->ops->alloc(t->be, tree_bytes(t), &p)); /* first step only */
+    t->level[l] = p;
+    return MHUB_OK;
+}
+
+/* A binary counter: adding shard k carries like k + 1 in binary, always
+ * as (earlier subtree) + (later subtree). */
+mhub_status mhub_sumtree_fold(mhub_sumtree *t, float *buf)
+{
+    const mhub_backend_ops *op = t->be->ops;
+    MHUB_TRY(level_buffer(t, 0));
+    if (!t->full[0]) {
+        MHUB_TRY(op->copy(t->be, t->level[0], buf, tree_bytes(t), MHUB_COPY_DEVICE_TO_DEVICE));
+        t->full[0] = true;
+    } else {
+        MHUB_TRY(op->axpy(t->be, t->level[0], buf, t->numel, 1.0f));
+        t->full[0] = false;
+        int l = 1;
+        for (; l < MHUB_SUMTREE_LEVELS; l++) {
+            MHUB_TRY(level_buffer(t, l));
+            if (!t->full[l]) { /* the carry settles here: swap, no copy */
+                float *spare = t->level[l];
+                t->level[l] = t->level[l - 1];
+                t->level[l - 1] = spare;
+                t->full[l] = true;
+                break;
+            }
+            MHUB_TRY(op->axpy(t->be, t->level[l], t->level[l - 1], t->numel, 1.0f));
+            t->full[l] = false;
+        }
+        if (l == MHUB_SUMTREE_LEVELS)
+            return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "more than 2^%d shards", MHUB_SUMTREE_LEVELS);
+    }
+    t->shards++;
+    return op->memset_zero(t->be, buf, tree_bytes(t));
+}
+
+/* Send `out` to a partner while receiving `in` from it. */
+static mhub_status swap_with(mhub_sumtree *t, int partner, int tag, const float *out,
+                             int64_t n_out, float *in, int64_t n_in)
+{
+    mhub_request send = {0}, recv = {0};
+    MHUB_TRY(mhub_comm_irecv(t->dp, in, n_in, MHUB_F32, partner, tag, &recv));
+    mhub_status s = mhub_comm_isend(t->dp, out, n_out, MHUB_F32, partner, tag, &send);
+    mhub_status w = mhub_request_wait(&recv);
+    if (send.active) {
+        mhub_status ws = mhub_request_wait(&send);
+        if (w == MHUB_OK)
+            w = ws;
+    }
+    return s != MHUB_OK ? s : w;
+}
+
+/* Recursive halving with partners r^1, r^2, ... (adjacent subtrees first,
+ * the tree one rank would build), then recursive doubling in the opposite
+ * order to spread the finished pieces. Every rank splits ranges at the
+ * same midpoints. */
+mhub_status mhub_sumtree_exchange(mhub_sumtree *t, float *buf)
+{
+    if (t->dp->size == 1)
+        return MHUB_OK;
+    int p = t->dp->size, r = t->dp->rank, steps = 0;
+    int64_t lo[MHUB_SUMTREE_LEVELS], mid[MHUB_SUMTREE_LEVELS], hi[MHUB_SUMTREE_LEVELS];
+    int64_t cur_lo = 0, cur_hi = t->numel;
+    if (!t->scratch) {
+        void *mem = NULL;
+        MHUB_TRY(t->be->ops->alloc(t->be, (size_t)(t->numel / 2 + 1) * sizeof(float), &mem));
+        t->scratch = mem;
+    }
+    for (int dist = 1; dist < p; dist <<= 1, steps++) {
+        lo[steps] = cur_lo;
+        hi[steps] = cur_hi;
+        mid[steps] = cur_lo + (cur_hi - cur_lo) / 2;
+        bool low = (r & dist) == 0;
+        int64_t keep_lo = low ? cur_lo : mid[steps], keep_hi = low ? mid[steps] : cur_hi;
+        int64_t send_lo = low ? mid[steps] : cur_lo, send_hi = low ? cur_hi : mid[steps];
+        MHUB_TRY(swap_with(t, r ^ dist, 100 + steps, buf + send_lo, send_hi - send_lo,
+                           t->scratch, keep_hi - keep_lo));
+        MHUB_TRY(t->be->ops->axpy(t->be, buf + keep_lo, t->scratch, keep_hi - keep_lo, 1.0f));
+        cur_lo = keep_lo;
+        cur_hi = keep_hi;
+    }
+    for (int k = steps - 1; k >= 0; k--) {
+        int dist = 1 << k;
+        bool low = (r & dist) == 0; /* the partner finished the other half */
+        int64_t other_lo = low ? mid[k] : lo[k], other_hi = low ? hi[k] : mid[k];
+        MHUB_TRY(swap_with(t, r ^ dist, 200 + k, buf + cur_lo, cur_hi - cur_lo, buf + other_lo,
+                           other_hi - other_lo));
+        cur_lo = lo[k];
+        cur_hi = hi[k];
+    }
+    return MHUB_OK;
+}
+
+mhub_status mhub_sumtree_collect(mhub_sumtree *t, float *buf)
+{
+    int64_t k = t->shards;
+    if (k < 1 || (k & (k - 1)) != 0)
+        return MHUB_ERROR(MHUB_ERR_STATE,
+                          "deterministic mode: %lld micro-shards on rank %d this step; mark "
+                          "each with shard_done, a power of two per rank",
+                          (long long)k, t->dp->rank);
+    int top = 0;
+    while ((INT64_C(1) << top) < k)
+        top++;
+    MHUB_TRY(t->be->ops->copy(t->be, buf, t->level[top], tree_bytes(t),
+                              MHUB_COPY_DEVICE_TO_DEVICE));
+    mhub_sumtree_reset(t);
+    return MHUB_OK;
+}

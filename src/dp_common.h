@@ -1,0 +1,53 @@
+/* dp_common.h - pieces the data-parallel engines share (internal).
+ *
+ *   mhub_dp_agree_on_nan  every rank fails the same step with one report
+ *   mhub_sumtree          the fixed-shape gradient sum of deterministic
+ *                         mode (see ddp.h): a per-rank binary counter over
+ *                         micro-shards, then recursive halving/doubling
+ *                         across ranks with partners r^1, r^2, r^4, ... */
+#ifndef MHUB_DP_COMMON_H
+#define MHUB_DP_COMMON_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "mhub/backend.h"
+#include "mhub/comm.h"
+#include "mhub/module.h"
+
+/* Every rank learns the highest rank that saw a NaN and which parameter,
+ * packed as rank * (params + 1) + param + 1 (exact in f32 below 2^24) and
+ * maximised over dp. local_param is this rank's finding or -1. Returns
+ * MHUB_ERR_NUMERIC naming parameter, rank, step and engine on every rank
+ * when any rank found one. Collective. */
+mhub_status mhub_dp_agree_on_nan(mhub_comm *dp, const mhub_param_list *params, int local_param,
+                                 int64_t step, const char *engine);
+
+#define MHUB_SUMTREE_LEVELS 40
+
+typedef struct mhub_sumtree {
+    mhub_backend *be;
+    mhub_comm *dp;
+    int64_t numel;
+    float *level[MHUB_SUMTREE_LEVELS]; /* level l: the sum of 2^l shards, when full */
+    bool full[MHUB_SUMTREE_LEVELS];
+    int64_t shards;
+    float *scratch;                    /* receive buffer of the halving exchange */
+} mhub_sumtree;
+
+/* dp must have a power-of-two size (MHUB_ERR_INVALID_ARG naming the group
+ * otherwise). Buffers are allocated on first use, i.e. in the first step. */
+mhub_status mhub_sumtree_init(mhub_sumtree *t, mhub_backend *be, mhub_comm *dp, int64_t numel);
+void mhub_sumtree_free(mhub_sumtree *t);
+/* Forget folded shards (a new step). */
+void mhub_sumtree_reset(mhub_sumtree *t);
+/* Fold the shard gradient in `buf` into the tree, then zero `buf`. */
+mhub_status mhub_sumtree_fold(mhub_sumtree *t, float *buf);
+/* Write this rank's subtree sum into `buf` (a power of two of shards
+ * folded, else MHUB_ERR_STATE) and reset the tree. Local. */
+mhub_status mhub_sumtree_collect(mhub_sumtree *t, float *buf);
+/* Combine every rank's collected `buf` into the total, on every rank.
+ * Collective. */
+mhub_status mhub_sumtree_exchange(mhub_sumtree *t, float *buf);
+
+#endif

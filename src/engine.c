@@ -1,0 +1,325 @@
+/* engine.c - one training-loop interface over DDP, the distributed
+ * optimizer and FSDP (see engine.h). Each call is a switch to the engine's
+ * own function; the only logic here is DDP's optimizer (the other two
+ * engines own theirs) and the micro-batch protocol. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "mhub/backend.h"
+#include "mhub/digest.h"
+#include "mhub/distopt.h"
+#include "mhub/engine.h"
+
+struct mhub_dp_engine {
+    mhub_dp_engine_kind kind;
+    mhub_param_list *params;
+    mhub_backend *be;          /* the parameters' backend (FSDP leaves them meta) */
+    mhub_ddp_config ddp_cfg;
+    mhub_optim_config optim;
+    mhub_ddp *ddp;
+    mhub_distopt *distopt;
+    mhub_fsdp *fsdp;
+    /* DDP only: optimizer state, per parameter up to two arrays */
+    float **state;
+    int64_t optim_steps;
+};
+
+static const char *const kind_names[] = {"ddp", "distopt", "fsdp"};
+
+int mhub_dp_engine_parse(const char *name, mhub_dp_engine_kind *out)
+{
+    for (int k = 0; name && out && k < 3; k++)
+        if (!strcmp(name, kind_names[k])) {
+            *out = (mhub_dp_engine_kind)k;
+            return 0;
+        }
+    return -1;
+}
+
+const char *mhub_dp_engine_name(mhub_dp_engine_kind kind)
+{
+    return kind >= MHUB_DP_DDP && kind <= MHUB_DP_FSDP ? kind_names[kind] : "invalid";
+}
+
+/* DDP's optimizer state: mhub_optim_state_arrays(cfg) arrays per parameter. */
+static mhub_status alloc_ddp_state(mhub_dp_engine *e)
+{
+    int arrays = mhub_optim_state_arrays(&e->optim), n = e->params->count;
+    if (arrays == 0)
+        return MHUB_OK;
+    e->state = calloc((size_t)n * 2, sizeof *e->state);
+    if (!e->state)
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "optimizer state table");
+    for (int i = 0; i < n; i++) {
+        mhub_param *p = &e->params->items[i];
+        for (int a = 0; a < arrays; a++) {
+            void *mem = NULL;
+            MHUB_TRY(p->value.backend->ops->alloc(p->value.backend,
+                                                  (size_t)p->value.numel * sizeof(float), &mem));
+            e->state[2 * i + a] = mem;
+        }
+    }
+    return MHUB_OK;
+}
+
+static void free_ddp_state(mhub_dp_engine *e)
+{
+    if (!e->state)
+        return;
+    for (int i = 0; i < e->params->count; i++)
+        for (int a = 0; a < 2; a++)
+            if (e->state[2 * i + a])
+                e->params->items[i].value.backend->ops->free(e->params->items[i].value.backend,
+                                                             e->state[2 * i + a]);
+    free(e->state);
+}
+
+mhub_status mhub_dp_engine_create(mhub_dp_engine_kind kind, mhub_param_list *params,
+                                  mhub_comm *dp, const mhub_ddp_config *ddp_cfg,
+                                  const mhub_optim_config *optim_cfg,
+                                  const mhub_fsdp_options *fsdp_opts, mhub_dp_engine **out)
+{
+    if (!params || !dp || !ddp_cfg || !optim_cfg || !out)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "params, dp, configs or out is NULL");
+    *out = NULL;
+    if (kind < MHUB_DP_DDP || kind > MHUB_DP_FSDP)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "unknown data-parallel engine %d", (int)kind);
+    if (ddp_cfg->deterministic && kind == MHUB_DP_FSDP)
+        return MHUB_ERROR(MHUB_ERR_UNSUPPORTED,
+                          "deterministic mode is available for ddp and distopt, not yet for fsdp");
+    MHUB_TRY(mhub_optim_config_validate(optim_cfg));
+    mhub_dp_engine *e = calloc(1, sizeof *e);
+    if (!e)
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "engine wrapper");
+    e->kind = kind;
+    e->params = params;
+    for (int i = 0; i < params->count && !e->be; i++)
+        e->be = params->items[i].value.backend;
+    e->ddp_cfg = *ddp_cfg;
+    e->optim = *optim_cfg;
+    mhub_status s;
+    switch (kind) {
+    case MHUB_DP_DDP:
+        s = mhub_ddp_create(params, dp, ddp_cfg, &e->ddp);
+        if (s == MHUB_OK)
+            s = alloc_ddp_state(e);
+        break;
+    case MHUB_DP_DISTOPT:
+        s = mhub_distopt_create(params, dp, ddp_cfg, optim_cfg, &e->distopt);
+        if (s == MHUB_OK)
+            s = mhub_distopt_set_overlap_param_gather(e->distopt, ddp_cfg->overlap_param_gather);
+        break;
+    default:
+        s = mhub_fsdp_create(params, dp, ddp_cfg, fsdp_opts, optim_cfg, &e->fsdp);
+        break;
+    }
+    if (s != MHUB_OK) {
+        mhub_dp_engine_free(e);
+        return s;
+    }
+    *out = e;
+    return MHUB_OK;
+}
+
+void mhub_dp_engine_free(mhub_dp_engine *e)
+{
+    if (!e)
+        return;
+    free_ddp_state(e);
+    mhub_ddp_free(e->ddp);
+    mhub_distopt_free(e->distopt);
+    mhub_fsdp_free(e->fsdp);
+    free(e);
+}
+
+mhub_dp_engine_kind mhub_dp_engine_kind_of(const mhub_dp_engine *e)
+{
+    return e ? e->kind : MHUB_DP_DDP;
+}
+
+mhub_status mhub_dp_engine_hooks(mhub_dp_engine *e, mhub_grad_ready_fn *grad_ready,
+                                 void **grad_ready_user, mhub_unit_hooks *unit_hooks)
+{
+    if (!e || !grad_ready || !grad_ready_user || !unit_hooks)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine or an out pointer is NULL");
+    memset(unit_hooks, 0, sizeof *unit_hooks);
+    *grad_ready = NULL;
+    *grad_ready_user = NULL;
+    switch (e->kind) {
+    case MHUB_DP_DDP:
+        *grad_ready = mhub_ddp_grad_ready;
+        *grad_ready_user = e->ddp;
+        return MHUB_OK;
+    case MHUB_DP_DISTOPT:
+        *grad_ready = mhub_distopt_grad_ready;
+        *grad_ready_user = e->distopt;
+        return mhub_distopt_unit_hooks(e->distopt, unit_hooks);
+    default:
+        return mhub_fsdp_unit_hooks(e->fsdp, unit_hooks);
+    }
+}
+
+static mhub_status check_engine(const mhub_dp_engine *e)
+{
+    return e ? MHUB_OK : MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
+}
+
+mhub_status mhub_dp_engine_zero_grad(mhub_dp_engine *e)
+{
+    MHUB_TRY(check_engine(e));
+    switch (e->kind) {
+    case MHUB_DP_DDP: return mhub_ddp_zero_grad(e->ddp);
+    case MHUB_DP_DISTOPT: return mhub_distopt_zero_grad(e->distopt);
+    default: return mhub_fsdp_zero_grad(e->fsdp);
+    }
+}
+
+static mhub_status check_micro(int micro, int num_micro)
+{
+    if (num_micro < 1 || micro < 0 || micro >= num_micro)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "micro-batch %d of %d", micro, num_micro);
+    return MHUB_OK;
+}
+
+/* All but the last micro-batch run inside a no_sync scope (FSDP
+ * accumulates reduced shards instead and needs no scope). */
+mhub_status mhub_dp_engine_micro_begin(mhub_dp_engine *e, int micro, int num_micro)
+{
+    MHUB_TRY(check_engine(e));
+    MHUB_TRY(check_micro(micro, num_micro));
+    if (e->ddp_cfg.deterministic || micro == num_micro - 1)
+        return MHUB_OK;
+    switch (e->kind) {
+    case MHUB_DP_DDP: return mhub_ddp_no_sync_begin(e->ddp);
+    case MHUB_DP_DISTOPT: return mhub_distopt_no_sync_begin(e->distopt);
+    default: return MHUB_OK;
+    }
+}
+
+mhub_status mhub_dp_engine_micro_end(mhub_dp_engine *e, int micro, int num_micro)
+{
+    MHUB_TRY(check_engine(e));
+    MHUB_TRY(check_micro(micro, num_micro));
+    if (e->ddp_cfg.deterministic) {
+        if (e->kind == MHUB_DP_DDP)
+            return mhub_ddp_shard_done(e->ddp);
+        return mhub_distopt_shard_done(e->distopt);
+    }
+    if (micro == num_micro - 1)
+        return MHUB_OK;
+    switch (e->kind) {
+    case MHUB_DP_DDP: return mhub_ddp_no_sync_end(e->ddp);
+    case MHUB_DP_DISTOPT: return mhub_distopt_no_sync_end(e->distopt);
+    default: return MHUB_OK;
+    }
+}
+
+mhub_status mhub_dp_engine_finish_grad_sync(mhub_dp_engine *e)
+{
+    MHUB_TRY(check_engine(e));
+    switch (e->kind) {
+    case MHUB_DP_DDP: return mhub_ddp_finish_grad_sync(e->ddp);
+    case MHUB_DP_DISTOPT: return mhub_distopt_finish_grad_sync(e->distopt);
+    default: return mhub_fsdp_finish_grad_sync(e->fsdp);
+    }
+}
+
+static mhub_status ddp_step(mhub_dp_engine *e)
+{
+    e->optim_steps++;
+    for (int i = 0; i < e->params->count; i++) {
+        mhub_param *p = &e->params->items[i];
+        if (!p->requires_grad)
+            continue;
+        MHUB_TRY(mhub_optim_update(p->value.backend, &e->optim, p->value.data, p->grad.data,
+                                   e->state ? e->state + 2 * i : NULL, p->value.numel,
+                                   e->optim_steps));
+    }
+    return MHUB_OK;
+}
+
+mhub_status mhub_dp_engine_step(mhub_dp_engine *e)
+{
+    MHUB_TRY(check_engine(e));
+    switch (e->kind) {
+    case MHUB_DP_DDP: return ddp_step(e);
+    case MHUB_DP_DISTOPT: return mhub_distopt_step(e->distopt);
+    default: return mhub_fsdp_step(e->fsdp);
+    }
+}
+
+mhub_status mhub_dp_engine_set_lr(mhub_dp_engine *e, float lr)
+{
+    MHUB_TRY(check_engine(e));
+    mhub_optim_config c = e->optim;
+    c.lr = lr;
+    MHUB_TRY(mhub_optim_config_validate(&c));
+    e->optim = c;
+    switch (e->kind) {
+    case MHUB_DP_DDP: return MHUB_OK;
+    case MHUB_DP_DISTOPT: return mhub_distopt_set_lr(e->distopt, lr);
+    default: return mhub_fsdp_set_lr(e->fsdp, lr);
+    }
+}
+
+mhub_status mhub_dp_engine_sync_params(mhub_dp_engine *e)
+{
+    MHUB_TRY(check_engine(e));
+    return e->kind == MHUB_DP_DISTOPT ? mhub_distopt_wait_params(e->distopt) : MHUB_OK;
+}
+
+/* FSDP keeps only shards: gather into a same-shaped scratch list. */
+static mhub_status fsdp_digest(mhub_dp_engine *e, char hex[65])
+{
+    mhub_param_list full = {0};
+    mhub_status s = MHUB_OK;
+    for (int i = 0; s == MHUB_OK && i < e->params->count; i++) {
+        const mhub_param *p = &e->params->items[i];
+        s = mhub_param_list_add(&full, p->name, p->value.dtype, p->value.ndim, p->value.shape,
+                                MHUB_INIT_ZEROS, 0.0f, NULL);
+    }
+    if (s == MHUB_OK)
+        s = mhub_param_list_materialize(&full, e->be, 0);
+    if (s == MHUB_OK)
+        s = mhub_fsdp_full_params(e->fsdp, &full);
+    if (s == MHUB_OK)
+        s = mhub_param_list_digest(&full, hex);
+    mhub_param_list_free(&full);
+    return s;
+}
+
+mhub_status mhub_dp_engine_digest(mhub_dp_engine *e, char hex[65])
+{
+    MHUB_TRY(check_engine(e));
+    if (!hex)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "hex is NULL");
+    if (e->kind == MHUB_DP_FSDP)
+        return fsdp_digest(e, hex);
+    MHUB_TRY(mhub_dp_engine_sync_params(e));
+    return mhub_param_list_digest(e->params, hex);
+}
+
+void mhub_dp_engine_get_stats(const mhub_dp_engine *e, mhub_dp_engine_stats *out)
+{
+    if (!out)
+        return;
+    memset(out, 0, sizeof *out);
+    if (!e)
+        return;
+    if (e->kind == MHUB_DP_DDP) {
+        mhub_ddp_stats st;
+        mhub_ddp_get_stats(e->ddp, &st);
+        *out = (mhub_dp_engine_stats){st.steps, st.buckets_issued, st.issued_in_backward,
+                                      st.sync_wait_seconds};
+    } else if (e->kind == MHUB_DP_DISTOPT) {
+        mhub_distopt_stats st;
+        mhub_distopt_get_stats(e->distopt, &st);
+        *out = (mhub_dp_engine_stats){st.grad_syncs, st.buckets_issued, st.issued_in_backward,
+                                      st.sync_wait_seconds};
+    } else {
+        mhub_fsdp_stats st;
+        mhub_fsdp_get_stats(e->fsdp, &st);
+        *out = (mhub_dp_engine_stats){st.steps, st.reduce_scatters, st.reduce_scatters,
+                                      st.wait_seconds};
+    }
+}

@@ -1,0 +1,932 @@
+/* fsdp.c - ZeRO-3: per-unit sharding of values, gradients and optimizer
+ * state, with all-gathers and reduce-scatters driven by the unit hooks
+ * (see fsdp.h for the picture).
+ *
+ * Memory, all allocated at create on the parameters' backend:
+ *   shard_mem   this rank's slice of every unit vector: values, gradients,
+ *               then the optimizer's state arrays, each `shard_numel` long;
+ *               unit u's slice starts at units[u].shard_offset in each;
+ *   gather      the full-value buffers ("gather slots"): unit u lives in
+ *               slot slot_of(u); with reshard_after_forward that is u % 2,
+ *               otherwise every unit has its own;
+ *   grad slots  two full-gradient buffers, unit u's backward in u % 2: the
+ *               reduce-scatter of u runs while u-1 computes in the other.
+ *
+ * A gather slot is EMPTY, GATHERING (an all-gather into it is in flight)
+ * or READY (the unit's parameters point into it). Anything that needs a
+ * slot held by another unit first waits for that unit's collective and
+ * turns its parameters back to meta, so a slot never changes under a unit
+ * that still looks usable.
+ *
+ * Collectives on one communicator must be issued in the same order on
+ * every rank. Every decision here (issue, prefetch, evict) depends only on
+ * the sequence of hook calls, which is the same everywhere; completion
+ * (polling) never issues anything. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "mhub/backend.h"
+#include "mhub/fsdp.h"
+#include "src/dp_common.h"
+
+typedef enum slot_state { SLOT_EMPTY = 0, SLOT_GATHERING, SLOT_READY } slot_state;
+
+typedef struct gather_slot {
+    float *data;
+    int64_t capacity;    /* elements: the largest padded unit it serves */
+    int unit;            /* unit it holds or receives, -1 when EMPTY */
+    slot_state state;
+    mhub_request req;
+} gather_slot;
+
+typedef struct grad_slot {
+    float *data;
+    int64_t capacity;
+    int unit;            /* unit in backward or being reduced, -1 when idle */
+    bool bound;          /* between pre_backward and post_backward of `unit` */
+    bool reducing;       /* the reduce-scatter of `unit` is in flight */
+    mhub_request req;
+} grad_slot;
+
+typedef struct unit_layout {
+    int first;           /* into order[]: its parameters are order[first .. first+count) */
+    int count;
+    int64_t numel;
+    int64_t padded;      /* numel rounded up to a multiple of dp */
+    int64_t shard;       /* padded / dp */
+    int64_t shard_offset;
+} unit_layout;
+
+struct mhub_fsdp {
+    mhub_param_list *params;
+    mhub_comm *dp;
+    mhub_backend *be;
+    mhub_ddp_config ddp_cfg;
+    mhub_fsdp_options opts;
+    mhub_optim_config opt_cfg;
+    int num_units;
+    unit_layout *units;
+    int *order;              /* parameter indices grouped by unit, list order within */
+    int64_t *param_offset;   /* per parameter: first element in its unit vector */
+    int64_t shard_numel;     /* sum of the units' shards */
+    float *shard_mem;
+    float *values, *grads;   /* into shard_mem */
+    float *state[2];         /* optimizer state arrays, into shard_mem */
+    int num_state;
+    float *gather_mem;
+    gather_slot *gather;
+    int num_gather;
+    float *grad_mem;
+    grad_slot grad[2];
+    int num_grad;
+    bool sync_pending;       /* a reduce-scatter was issued since finish_grad_sync */
+    int64_t step;            /* finish_grad_sync calls, for messages */
+    int64_t opt_step;        /* optimizer steps; AdamW's t */
+    int nan_param;           /* first parameter seen non-finite this step, or -1 */
+    mhub_fsdp_stats stats;
+};
+
+void mhub_fsdp_options_init(mhub_fsdp_options *opts)
+{
+    if (!opts)
+        return;
+    opts->reshard_after_forward = true;
+    opts->prefetch = true;
+}
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int slot_of(const mhub_fsdp *f, int unit)
+{
+    return f->opts.reshard_after_forward ? unit % 2 : unit;
+}
+
+static grad_slot *grad_slot_of(mhub_fsdp *f, int unit) { return &f->grad[unit % 2]; }
+
+/* ---- parameter tensors -------------------------------------------------- */
+
+/* Turn a tensor of the parameter's shape into a meta one (no storage). */
+static void make_meta(mhub_tensor *t, const mhub_param *p)
+{
+    int64_t shape[MHUB_MAX_DIMS];
+    int ndim = p->value.ndim;
+    memcpy(shape, p->value.shape, sizeof shape);
+    mhub_tensor_init_meta(t, MHUB_F32, ndim, shape);
+}
+
+/* Point a tensor of the parameter's shape at `data` (engine memory). */
+static mhub_status point_at(mhub_fsdp *f, mhub_tensor *t, const mhub_param *p, float *data)
+{
+    int64_t shape[MHUB_MAX_DIMS];
+    int ndim = p->value.ndim;
+    memcpy(shape, p->value.shape, sizeof shape);
+    return mhub_tensor_wrap(t, data, f->be, MHUB_F32, ndim, shape);
+}
+
+static mhub_status bind_values(mhub_fsdp *f, int unit, float *full)
+{
+    const unit_layout *u = &f->units[unit];
+    for (int k = 0; k < u->count; k++) {
+        mhub_param *p = &f->params->items[f->order[u->first + k]];
+        MHUB_TRY(point_at(f, &p->value, p, full + f->param_offset[f->order[u->first + k]]));
+    }
+    return MHUB_OK;
+}
+
+static void unbind_values(mhub_fsdp *f, int unit)
+{
+    const unit_layout *u = &f->units[unit];
+    for (int k = 0; k < u->count; k++) {
+        mhub_param *p = &f->params->items[f->order[u->first + k]];
+        make_meta(&p->value, p);
+    }
+}
+
+static mhub_status bind_grads(mhub_fsdp *f, int unit, float *full)
+{
+    const unit_layout *u = &f->units[unit];
+    for (int k = 0; k < u->count; k++) {
+        mhub_param *p = &f->params->items[f->order[u->first + k]];
+        MHUB_TRY(point_at(f, &p->grad, p, full + f->param_offset[f->order[u->first + k]]));
+    }
+    return MHUB_OK;
+}
+
+static void unbind_grads(mhub_fsdp *f, int unit)
+{
+    const unit_layout *u = &f->units[unit];
+    for (int k = 0; k < u->count; k++) {
+        mhub_param *p = &f->params->items[f->order[u->first + k]];
+        make_meta(&p->grad, p);
+    }
+}
+
+/* ---- gathers ------------------------------------------------------------ */
+
+static mhub_status wait_request(mhub_fsdp *f, mhub_request *req)
+{
+    if (!req->active)
+        return MHUB_OK;
+    double t0 = now_seconds();
+    mhub_status s = mhub_request_wait(req);
+    f->stats.wait_seconds += now_seconds() - t0;
+    return s;
+}
+
+/* Empty a slot: wait for a gather still writing into it, and turn the
+ * parameters of the unit it held back to meta. */
+static mhub_status clear_slot(mhub_fsdp *f, gather_slot *g)
+{
+    mhub_status s = wait_request(f, &g->req);
+    if (g->unit >= 0)
+        unbind_values(f, g->unit);
+    g->unit = -1;
+    g->state = SLOT_EMPTY;
+    return s;
+}
+
+static mhub_status issue_gather(mhub_fsdp *f, int unit, bool prefetched)
+{
+    const unit_layout *u = &f->units[unit];
+    gather_slot *g = &f->gather[slot_of(f, unit)];
+    MHUB_TRY(mhub_comm_iallgather(f->dp, f->values + u->shard_offset, g->data, u->shard,
+                                  MHUB_F32, &g->req));
+    g->unit = unit;
+    g->state = SLOT_GATHERING;
+    f->stats.gathers_issued++;
+    f->stats.gathers_prefetched += prefetched;
+    return MHUB_OK;
+}
+
+/* Make `unit`'s full values usable: issue its gather unless a prefetch
+ * did, wait, and point its parameters into the slot. */
+static mhub_status ensure_gathered(mhub_fsdp *f, int unit)
+{
+    gather_slot *g = &f->gather[slot_of(f, unit)];
+    if (g->unit == unit && g->state == SLOT_READY)
+        return MHUB_OK;
+    if (g->unit != unit) {
+        MHUB_TRY(clear_slot(f, g));
+        MHUB_TRY(issue_gather(f, unit, false));
+    }
+    mhub_status s = wait_request(f, &g->req);
+    if (s != MHUB_OK) {
+        /* the slot's contents are undefined: never bind them later */
+        g->unit = -1;
+        g->state = SLOT_EMPTY;
+        return s;
+    }
+    MHUB_TRY(bind_values(f, unit, g->data));
+    g->state = SLOT_READY;
+    return MHUB_OK;
+}
+
+/* Start `unit`'s gather early if its slot is free. A slot still held by
+ * another unit is left alone: that unit may be in use (a model that skips
+ * post hooks); the unit's own pre hook will evict it. */
+static mhub_status prefetch(mhub_fsdp *f, int unit)
+{
+    if (!f->opts.prefetch || unit < 0 || unit >= f->num_units || f->units[unit].padded == 0)
+        return MHUB_OK;
+    gather_slot *g = &f->gather[slot_of(f, unit)];
+    if (g->unit == unit || g->state != SLOT_EMPTY)
+        return MHUB_OK;
+    return issue_gather(f, unit, true);
+}
+
+static mhub_status release_values(mhub_fsdp *f, int unit)
+{
+    gather_slot *g = &f->gather[slot_of(f, unit)];
+    return g->unit == unit ? clear_slot(f, g) : MHUB_OK;
+}
+
+static mhub_status release_all_values(mhub_fsdp *f)
+{
+    mhub_status s = MHUB_OK;
+    for (int i = 0; i < f->num_gather; i++) {
+        mhub_status c = clear_slot(f, &f->gather[i]);
+        if (s == MHUB_OK)
+            s = c;
+    }
+    return s;
+}
+
+/* ---- gradient reduction --------------------------------------------------- */
+
+/* The reduce-scatter left this rank's block of the dp-mean gradient at
+ * block `rank` of the slot; add it to the shard (accumulation over
+ * micro-batches). */
+static mhub_status accumulate_shard(mhub_fsdp *f, grad_slot *g)
+{
+    const unit_layout *u = &f->units[g->unit];
+    const float *mine = g->data + (int64_t)f->dp->rank * u->shard;
+    mhub_status s = f->be->ops->axpy(f->be, f->grads + u->shard_offset, mine, u->shard, 1.0f);
+    g->reducing = false;
+    g->unit = -1;
+    return s;
+}
+
+static mhub_status complete_reduce(mhub_fsdp *f, grad_slot *g)
+{
+    if (!g->reducing)
+        return MHUB_OK;
+    mhub_status s = wait_request(f, &g->req);
+    if (s != MHUB_OK) {
+        g->reducing = false;
+        g->unit = -1;
+        return s;
+    }
+    return accumulate_shard(f, g);
+}
+
+/* Let issued collectives progress: MPI moves messages only inside MPI
+ * calls, so every hook tests what is outstanding. */
+static mhub_status poll_outstanding(mhub_fsdp *f)
+{
+    bool done;
+    for (int i = 0; i < f->num_gather; i++)
+        if (f->gather[i].req.active)
+            MHUB_TRY(mhub_request_test(&f->gather[i].req, &done));
+    for (int i = 0; i < f->num_grad; i++) {
+        grad_slot *g = &f->grad[i];
+        if (!g->reducing)
+            continue;
+        MHUB_TRY(mhub_request_test(&g->req, &done));
+        if (done)
+            MHUB_TRY(accumulate_shard(f, g));
+    }
+    return MHUB_OK;
+}
+
+/* Point `unit`'s gradients at a zeroed full-size buffer. The buffer's
+ * previous unit (two units later in forward order) is reduced first. */
+static mhub_status begin_backward(mhub_fsdp *f, int unit)
+{
+    grad_slot *g = grad_slot_of(f, unit);
+    if (g->bound && g->unit == unit)
+        return MHUB_OK; /* a repeated pre_backward must not zero the gradient */
+    if (g->bound)
+        return MHUB_ERROR(MHUB_ERR_STATE,
+                          "pre_backward(%d) at step %lld: unit %d's backward has not ended "
+                          "(post_backward(%d) missing) on dp rank %d",
+                          unit, (long long)f->step, g->unit, g->unit, f->dp->rank);
+    MHUB_TRY(complete_reduce(f, g));
+    const unit_layout *u = &f->units[unit];
+    MHUB_TRY(f->be->ops->memset_zero(f->be, g->data, (size_t)u->padded * sizeof(float)));
+    MHUB_TRY(bind_grads(f, unit, g->data));
+    g->unit = unit;
+    g->bound = true;
+    return MHUB_OK;
+}
+
+/* Remember the first parameter of `unit` whose gradient is not finite. */
+static mhub_status scan_for_nan(mhub_fsdp *f, int unit, const float *full)
+{
+    const unit_layout *u = &f->units[unit];
+    double ss = 0;
+    MHUB_TRY(f->be->ops->sum_squares(f->be, full, u->numel, &ss));
+    if (isfinite(ss) || f->nan_param >= 0)
+        return MHUB_OK;
+    for (int k = 0; k < u->count; k++) {
+        int i = f->order[u->first + k];
+        MHUB_TRY(f->be->ops->sum_squares(f->be, full + f->param_offset[i],
+                                         f->params->items[i].value.numel, &ss));
+        if (!isfinite(ss)) {
+            f->nan_param = i;
+            break;
+        }
+    }
+    return MHUB_OK;
+}
+
+/* `unit`'s gradient is final: start its reduce-scatter and take the
+ * gradients away from the parameters. */
+static mhub_status end_backward(mhub_fsdp *f, int unit)
+{
+    grad_slot *g = grad_slot_of(f, unit);
+    if (!g->bound || g->unit != unit)
+        return MHUB_ERROR(MHUB_ERR_STATE,
+                          "post_backward(%d) at step %lld on dp rank %d without "
+                          "pre_backward(%d): the unit's gradient was never set up",
+                          unit, (long long)f->step, f->dp->rank, unit);
+    const unit_layout *u = &f->units[unit];
+    unbind_grads(f, unit);
+    g->bound = false;
+    if (f->ddp_cfg.check_for_nan_in_grad)
+        MHUB_TRY(scan_for_nan(f, unit, g->data));
+    mhub_reduce_op op = MHUB_AVG;
+    if (!f->ddp_cfg.average_in_collective) {
+        /* as DDP and Megatron-Core: pre-scale by 1/dp, then SUM */
+        MHUB_TRY(f->be->ops->scale(f->be, g->data, u->padded, 1.0f / (float)f->dp->size));
+        op = MHUB_SUM;
+    }
+    float *mine = g->data + (int64_t)f->dp->rank * u->shard; /* the in-place form */
+    MHUB_TRY(mhub_comm_ireduce_scatter(f->dp, g->data, mine, u->shard, MHUB_F32, op, &g->req));
+    g->reducing = true;
+    f->sync_pending = true;
+    f->stats.reduce_scatters++;
+    return MHUB_OK;
+}
+
+/* ---- the hooks ------------------------------------------------------------ */
+
+static mhub_status hook_engine(void *user, int unit, const char *hook, mhub_fsdp **out)
+{
+    mhub_fsdp *f = user;
+    if (!f)
+        return mhub_error(MHUB_ERR_INVALID_ARG, "fsdp %s hook: engine is NULL", hook);
+    if (unit < 0 || unit >= f->num_units)
+        return mhub_error(MHUB_ERR_INVALID_ARG,
+                          "fsdp %s hook: unit %d is outside [0, %d) (dp rank %d, step %lld)",
+                          hook, unit, f->num_units, f->dp->rank, (long long)f->step);
+    *out = f;
+    return poll_outstanding(f);
+}
+
+static mhub_status pre_forward(void *user, int unit)
+{
+    mhub_fsdp *f;
+    MHUB_TRY(hook_engine(user, unit, "pre_forward", &f));
+    if (f->units[unit].padded == 0)
+        return MHUB_OK;
+    MHUB_TRY(ensure_gathered(f, unit));
+    return prefetch(f, unit + 1);
+}
+
+static mhub_status post_forward(void *user, int unit)
+{
+    mhub_fsdp *f;
+    MHUB_TRY(hook_engine(user, unit, "post_forward", &f));
+    /* the last unit is the first one backward needs: keep it */
+    if (!f->opts.reshard_after_forward || unit == f->num_units - 1)
+        return MHUB_OK;
+    return release_values(f, unit);
+}
+
+static mhub_status pre_backward(void *user, int unit)
+{
+    mhub_fsdp *f;
+    MHUB_TRY(hook_engine(user, unit, "pre_backward", &f));
+    if (f->units[unit].padded == 0)
+        return MHUB_OK;
+    MHUB_TRY(ensure_gathered(f, unit));
+    MHUB_TRY(prefetch(f, unit - 1));
+    return begin_backward(f, unit);
+}
+
+static mhub_status post_backward(void *user, int unit)
+{
+    mhub_fsdp *f;
+    MHUB_TRY(hook_engine(user, unit, "post_backward", &f));
+    if (f->units[unit].padded == 0)
+        return MHUB_OK;
+    MHUB_TRY(end_backward(f, unit));
+    return release_values(f, unit);
+}
+
+mhub_status mhub_fsdp_unit_hooks(mhub_fsdp *f, mhub_unit_hooks *out)
+{
+    if (!f || !out)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine or out is NULL");
+    out->pre_forward = pre_forward;
+    out->post_forward = post_forward;
+    out->pre_backward = pre_backward;
+    out->post_backward = post_backward;
+    out->user = f;
+    return MHUB_OK;
+}
+
+/* ---- create ----------------------------------------------------------------- */
+
+static mhub_status check_param(const mhub_param *p, mhub_backend **be)
+{
+    if (p->value.dtype != MHUB_F32 || p->grad.dtype != MHUB_F32)
+        return MHUB_ERROR(MHUB_ERR_UNSUPPORTED,
+                          "parameter '%s' is %s: the FSDP engine shards f32 parameters with "
+                          "f32 gradients",
+                          p->name, mhub_dtype_name(p->value.dtype));
+    if (!p->requires_grad)
+        return MHUB_ERROR(MHUB_ERR_UNSUPPORTED,
+                          "parameter '%s' does not require a gradient: the FSDP engine trains "
+                          "every parameter it shards",
+                          p->name);
+    if (p->unit < 0)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "parameter '%s' has unit %d; units are >= 0",
+                          p->name, p->unit);
+    if (!p->value.backend || (!p->value.data && p->value.numel > 0))
+        return MHUB_ERROR(MHUB_ERR_STATE,
+                          "parameter '%s' has no storage (meta); materialize the model "
+                          "before sharding it",
+                          p->name);
+    if (*be && p->value.backend != *be)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
+                          "parameter '%s' lives on another backend than the others", p->name);
+    *be = p->value.backend;
+    return MHUB_OK;
+}
+
+static mhub_status check_params(const mhub_param_list *params, mhub_backend **be)
+{
+    *be = NULL;
+    if (params->count < 1)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "the parameter list is empty");
+    for (int i = 0; i < params->count; i++)
+        MHUB_TRY(check_param(&params->items[i], be));
+    return MHUB_OK;
+}
+
+/* Units, the order of their parameters, offsets in unit vectors and
+ * shards. */
+static mhub_status plan_units(mhub_fsdp *f)
+{
+    const mhub_param_list *pl = f->params;
+    int max_unit = 0;
+    for (int i = 0; i < pl->count; i++)
+        max_unit = pl->items[i].unit > max_unit ? pl->items[i].unit : max_unit;
+    f->num_units = max_unit + 1;
+    f->units = calloc((size_t)f->num_units, sizeof *f->units);
+    f->order = malloc((size_t)pl->count * sizeof *f->order);
+    f->param_offset = calloc((size_t)pl->count, sizeof *f->param_offset);
+    if (!f->units || !f->order || !f->param_offset)
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "unit tables for %d units", f->num_units);
+    int next = 0;
+    int64_t dp = f->dp->size;
+    for (int unit = 0; unit < f->num_units; unit++) {
+        unit_layout *u = &f->units[unit];
+        u->first = next;
+        for (int i = 0; i < pl->count; i++) {
+            if (pl->items[i].unit != unit)
+                continue;
+            f->order[next++] = i;
+            f->param_offset[i] = u->numel;
+            u->numel += pl->items[i].value.numel;
+        }
+        u->count = next - u->first;
+        u->padded = (u->numel + dp - 1) / dp * dp;
+        u->shard = u->padded / dp;
+        u->shard_offset = f->shard_numel;
+        f->shard_numel += u->shard;
+    }
+    return MHUB_OK;
+}
+
+static mhub_status alloc_floats(mhub_fsdp *f, int64_t n, float **out)
+{
+    void *p = NULL;
+    MHUB_TRY(f->be->ops->alloc(f->be, (size_t)n * sizeof(float), &p));
+    *out = p;
+    f->stats.bytes_held += n * (int64_t)sizeof(float);
+    return MHUB_OK;
+}
+
+static mhub_status alloc_shards(mhub_fsdp *f)
+{
+    int64_t s = f->shard_numel;
+    f->num_state = mhub_optim_state_arrays(&f->opt_cfg);
+    MHUB_TRY(alloc_floats(f, s * (2 + f->num_state), &f->shard_mem));
+    f->values = f->shard_mem;
+    f->grads = f->shard_mem + s;
+    for (int k = 0; k < f->num_state; k++)
+        f->state[k] = f->shard_mem + (2 + k) * s;
+    f->stats.shard_bytes = f->stats.bytes_held;
+    return MHUB_OK;
+}
+
+/* Largest padded unit among those that use slot `slot` of `slots` slots
+ * assigned by unit % slots. */
+static int64_t slot_capacity(const mhub_fsdp *f, int slot, int slots)
+{
+    int64_t cap = 0;
+    for (int unit = slot; unit < f->num_units; unit += slots)
+        cap = f->units[unit].padded > cap ? f->units[unit].padded : cap;
+    return cap;
+}
+
+static mhub_status alloc_buffers(mhub_fsdp *f)
+{
+    f->num_gather = f->opts.reshard_after_forward && f->num_units > 2 ? 2 : f->num_units;
+    f->num_grad = f->num_units > 2 ? 2 : f->num_units;
+    f->gather = calloc((size_t)f->num_gather, sizeof *f->gather);
+    if (!f->gather)
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "%d gather slots", f->num_gather);
+    int64_t total = 0;
+    for (int i = 0; i < f->num_gather; i++) {
+        f->gather[i].capacity = slot_capacity(f, i, f->num_gather);
+        f->gather[i].unit = -1;
+        total += f->gather[i].capacity;
+    }
+    MHUB_TRY(alloc_floats(f, total, &f->gather_mem));
+    int64_t offset = 0;
+    for (int i = 0; i < f->num_gather; i++) {
+        f->gather[i].data = f->gather_mem + offset;
+        offset += f->gather[i].capacity;
+    }
+    total = 0;
+    for (int i = 0; i < f->num_grad; i++) {
+        f->grad[i].capacity = slot_capacity(f, i, f->num_grad);
+        f->grad[i].unit = -1;
+        total += f->grad[i].capacity;
+    }
+    MHUB_TRY(alloc_floats(f, total, &f->grad_mem));
+    f->grad[0].data = f->grad_mem;
+    if (f->num_grad > 1)
+        f->grad[1].data = f->grad_mem + f->grad[0].capacity;
+    f->stats.buffer_bytes = f->stats.bytes_held - f->stats.shard_bytes;
+    return MHUB_OK;
+}
+
+/* Copy the part of each parameter that falls in this rank's slice of its
+ * unit vector into the value shard. */
+static mhub_status take_value_shards(mhub_fsdp *f)
+{
+    for (int unit = 0; unit < f->num_units; unit++) {
+        const unit_layout *u = &f->units[unit];
+        int64_t lo = (int64_t)f->dp->rank * u->shard, hi = lo + u->shard;
+        for (int k = 0; k < u->count; k++) {
+            int i = f->order[u->first + k];
+            const mhub_param *p = &f->params->items[i];
+            int64_t a = f->param_offset[i], b = a + p->value.numel;
+            int64_t from = a > lo ? a : lo, to = b < hi ? b : hi;
+            if (from >= to)
+                continue;
+            MHUB_TRY(f->be->ops->copy(f->be, f->values + u->shard_offset + (from - lo),
+                                      (const float *)p->value.data + (from - a),
+                                      (size_t)(to - from) * sizeof(float),
+                                      MHUB_COPY_DEVICE_TO_DEVICE));
+        }
+    }
+    return MHUB_OK;
+}
+
+/* The parameters' own storage goes: from now on they exist only as
+ * shards, and as views into the engine's buffers while gathered. */
+static void drop_full_storage(mhub_fsdp *f)
+{
+    for (int i = 0; i < f->params->count; i++) {
+        mhub_param *p = &f->params->items[i];
+        mhub_tensor value = p->value, grad = p->grad;
+        make_meta(&p->value, p);
+        make_meta(&p->grad, p);
+        mhub_tensor_free(&value);
+        mhub_tensor_free(&grad);
+    }
+}
+
+/* Free the engine's memory and tables; the parameters are not touched. */
+static void destroy(mhub_fsdp *f)
+{
+    if (f->shard_mem)
+        f->be->ops->free(f->be, f->shard_mem);
+    if (f->gather_mem)
+        f->be->ops->free(f->be, f->gather_mem);
+    if (f->grad_mem)
+        f->be->ops->free(f->be, f->grad_mem);
+    free(f->gather);
+    free(f->units);
+    free(f->order);
+    free(f->param_offset);
+    free(f);
+}
+
+mhub_status mhub_fsdp_create(mhub_param_list *params, mhub_comm *dp,
+                             const mhub_ddp_config *ddp_cfg, const mhub_fsdp_options *opts,
+                             const mhub_optim_config *opt_cfg, mhub_fsdp **out)
+{
+    if (!out)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "out is NULL");
+    *out = NULL;
+    if (!params || !dp || !ddp_cfg || !opt_cfg)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
+                          "params, dp communicator, ddp config or optimizer config is NULL");
+    MHUB_TRY(mhub_ddp_config_validate(ddp_cfg));
+    MHUB_TRY(mhub_optim_config_validate(opt_cfg));
+    mhub_backend *be;
+    MHUB_TRY(check_params(params, &be));
+    mhub_fsdp *f = calloc(1, sizeof *f);
+    if (!f)
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "engine struct");
+    f->params = params;
+    f->dp = dp;
+    f->be = be;
+    f->ddp_cfg = *ddp_cfg;
+    mhub_fsdp_options_init(&f->opts);
+    if (opts)
+        f->opts = *opts;
+    f->opt_cfg = *opt_cfg;
+    f->nan_param = -1;
+    mhub_status s = plan_units(f);
+    if (s == MHUB_OK)
+        s = alloc_shards(f);
+    if (s == MHUB_OK)
+        s = alloc_buffers(f);
+    if (s == MHUB_OK)
+        s = take_value_shards(f);
+    if (s != MHUB_OK) {
+        destroy(f);
+        return s;
+    }
+    drop_full_storage(f);
+    *out = f;
+    return MHUB_OK;
+}
+
+/* ---- the step ---------------------------------------------------------------- */
+
+static mhub_status check_no_backward_open(const mhub_fsdp *f, const char *call)
+{
+    for (int i = 0; i < f->num_grad; i++)
+        if (f->grad[i].bound)
+            return mhub_error(MHUB_ERR_STATE,
+                              "%s at step %lld on dp rank %d: unit %d's backward has not "
+                              "ended (post_backward missing)",
+                              call, (long long)f->step, f->dp->rank, f->grad[i].unit);
+    return MHUB_OK;
+}
+
+mhub_status mhub_fsdp_zero_grad(mhub_fsdp *f)
+{
+    if (!f)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
+    MHUB_TRY(check_no_backward_open(f, "mhub_fsdp_zero_grad"));
+    if (f->sync_pending)
+        return MHUB_ERROR(MHUB_ERR_STATE,
+                          "step %lld: gradients are still being reduced; call "
+                          "mhub_fsdp_finish_grad_sync first",
+                          (long long)f->step);
+    f->nan_param = -1;
+    return f->be->ops->memset_zero(f->be, f->grads, (size_t)f->shard_numel * sizeof(float));
+}
+
+mhub_status mhub_fsdp_finish_grad_sync(mhub_fsdp *f)
+{
+    if (!f)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
+    MHUB_TRY(check_no_backward_open(f, "mhub_fsdp_finish_grad_sync"));
+    mhub_status s = MHUB_OK;
+    /* wait for both slots even after an error: no request left behind */
+    for (int i = 0; i < f->num_grad; i++) {
+        mhub_status w = complete_reduce(f, &f->grad[i]);
+        if (s == MHUB_OK)
+            s = w;
+    }
+    if (s == MHUB_OK && f->ddp_cfg.check_for_nan_in_grad)
+        s = mhub_dp_agree_on_nan(f->dp, f->params, f->nan_param, f->step, "fsdp");
+    f->stats.steps++;
+    f->step++;
+    f->sync_pending = false;
+    f->nan_param = -1;
+    return s;
+}
+
+mhub_status mhub_fsdp_step(mhub_fsdp *f)
+{
+    if (!f)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
+    MHUB_TRY(check_no_backward_open(f, "mhub_fsdp_step"));
+    if (f->sync_pending)
+        return MHUB_ERROR(MHUB_ERR_STATE,
+                          "step %lld on dp rank %d: reduce-scatters are outstanding; call "
+                          "mhub_fsdp_finish_grad_sync before the optimizer step",
+                          (long long)f->step, f->dp->rank);
+    MHUB_TRY(release_all_values(f));
+    /* padding elements hold 0 with gradient 0: every update keeps them 0 */
+    MHUB_TRY(mhub_optim_update(f->be, &f->opt_cfg, f->values, f->grads, f->state,
+                               f->shard_numel, f->opt_step + 1));
+    f->opt_step++;
+    f->stats.optimizer_steps++;
+    return MHUB_OK;
+}
+
+mhub_status mhub_fsdp_set_lr(mhub_fsdp *f, float lr)
+{
+    if (!f)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
+    mhub_optim_config c = f->opt_cfg;
+    c.lr = lr;
+    MHUB_TRY(mhub_optim_config_validate(&c));
+    f->opt_cfg = c;
+    return MHUB_OK;
+}
+
+/* ---- full values ------------------------------------------------------------ */
+
+static mhub_status check_destination(const mhub_fsdp *f, const mhub_param_list *dst)
+{
+    if (dst->count != f->params->count)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
+                          "the destination has %d parameters, the engine %d", dst->count,
+                          f->params->count);
+    for (int i = 0; i < dst->count; i++) {
+        const mhub_param *d = &dst->items[i], *p = &f->params->items[i];
+        if (strcmp(d->name, p->name) || !mhub_tensor_same_shape(&d->value, &p->value) ||
+            d->value.dtype != MHUB_F32)
+            return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
+                              "destination parameter %d ('%s') does not match '%s' (name, "
+                              "shape, f32)",
+                              i, d->name, p->name);
+        if (!d->value.data && d->value.numel > 0)
+            return MHUB_ERROR(MHUB_ERR_STATE, "destination parameter '%s' has no storage",
+                              d->name);
+    }
+    return MHUB_OK;
+}
+
+static mhub_status copy_unit_out(mhub_fsdp *f, int unit, const float *full,
+                                 mhub_param_list *dst)
+{
+    const unit_layout *u = &f->units[unit];
+    for (int k = 0; k < u->count; k++) {
+        int i = f->order[u->first + k];
+        mhub_tensor *d = &dst->items[i].value;
+        MHUB_TRY(f->be->ops->copy(f->be, d->data, full + f->param_offset[i],
+                                  mhub_tensor_nbytes(d), MHUB_COPY_DEVICE_TO_DEVICE));
+    }
+    return MHUB_OK;
+}
+
+mhub_status mhub_fsdp_full_params(mhub_fsdp *f, mhub_param_list *dst)
+{
+    if (!f || !dst)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine or destination is NULL");
+    MHUB_TRY(check_destination(f, dst));
+    for (int unit = 0; unit < f->num_units; unit++) {
+        if (f->units[unit].padded == 0)
+            continue;
+        const gather_slot *g = &f->gather[slot_of(f, unit)];
+        bool was_gathered = g->unit == unit && g->state == SLOT_READY;
+        MHUB_TRY(ensure_gathered(f, unit));
+        MHUB_TRY(copy_unit_out(f, unit, g->data, dst));
+        if (!was_gathered)
+            MHUB_TRY(release_values(f, unit));
+    }
+    return MHUB_OK;
+}
+
+/* ---- free: back to full storage ------------------------------------------------ */
+
+/* Blocking all-gather of one unit's slice of `shards` into `full`. */
+static mhub_status gather_now(mhub_fsdp *f, int unit, const float *shards, float *full)
+{
+    const unit_layout *u = &f->units[unit];
+    mhub_request req = {0};
+    MHUB_TRY(mhub_comm_iallgather(f->dp, shards + u->shard_offset, full, u->shard, MHUB_F32,
+                                  &req));
+    return wait_request(f, &req);
+}
+
+/* Give one parameter owned storage holding `values` and `grads` (NULL when
+ * the gathers failed: the storage stays zero). It stays meta if the
+ * storage cannot be allocated. */
+static mhub_status own_storage(mhub_fsdp *f, mhub_param *p, const float *values,
+                               const float *grads)
+{
+    mhub_tensor v, g;
+    int64_t shape[MHUB_MAX_DIMS];
+    int ndim = p->value.ndim;
+    memcpy(shape, p->value.shape, sizeof shape);
+    MHUB_TRY(mhub_tensor_alloc(&v, f->be, MHUB_F32, ndim, shape));
+    mhub_status s = mhub_tensor_alloc(&g, f->be, MHUB_F32, ndim, shape);
+    if (s != MHUB_OK) {
+        mhub_tensor_free(&v);
+        return s;
+    }
+    if (values && grads && v.numel > 0) {
+        f->be->ops->copy(f->be, v.data, values, mhub_tensor_nbytes(&v),
+                         MHUB_COPY_DEVICE_TO_DEVICE);
+        f->be->ops->copy(f->be, g.data, grads, mhub_tensor_nbytes(&g),
+                         MHUB_COPY_DEVICE_TO_DEVICE);
+    }
+    p->value = v;
+    p->grad = g;
+    return MHUB_OK;
+}
+
+/* Give `unit`'s parameters owned full storage holding the gathered values
+ * and gradients. Collective: both gathers run even if the first failed,
+ * so no rank is left waiting. */
+static mhub_status restore_unit(mhub_fsdp *f, int unit)
+{
+    const unit_layout *u = &f->units[unit];
+    float *values = f->gather[slot_of(f, unit)].data, *grads = grad_slot_of(f, unit)->data;
+    mhub_status s = MHUB_OK;
+    if (u->padded > 0) {
+        s = gather_now(f, unit, f->values, values);
+        mhub_status t = gather_now(f, unit, f->grads, grads);
+        s = s != MHUB_OK ? s : t;
+    }
+    for (int k = 0; k < u->count; k++) {
+        int i = f->order[u->first + k];
+        int64_t off = f->param_offset[i];
+        mhub_status a = own_storage(f, &f->params->items[i], s == MHUB_OK ? values + off : NULL,
+                                    s == MHUB_OK ? grads + off : NULL);
+        s = s != MHUB_OK ? s : a;
+    }
+    return s;
+}
+
+void mhub_fsdp_free(mhub_fsdp *f)
+{
+    if (!f)
+        return;
+    /* settle every collective first: a half-done backward's gradient is
+     * dropped, finished reductions are added to the shards */
+    for (int i = 0; i < f->num_grad; i++) {
+        grad_slot *g = &f->grad[i];
+        if (g->bound) {
+            unbind_grads(f, g->unit);
+            g->bound = false;
+            g->unit = -1;
+        }
+        complete_reduce(f, g);
+    }
+    release_all_values(f);
+    for (int unit = 0; unit < f->num_units; unit++)
+        restore_unit(f, unit);
+    destroy(f);
+}
+
+/* ---- inspection ------------------------------------------------------------ */
+
+int mhub_fsdp_num_units(const mhub_fsdp *f) { return f ? f->num_units : 0; }
+
+mhub_status mhub_fsdp_unit(const mhub_fsdp *f, int unit, mhub_fsdp_unit_info *out)
+{
+    if (!f || !out)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine or out is NULL");
+    if (unit < 0 || unit >= f->num_units)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "unit %d is outside [0, %d)", unit,
+                          f->num_units);
+    const unit_layout *u = &f->units[unit];
+    out->num_params = u->count;
+    out->first_param = u->count > 0 ? f->order[u->first] : -1;
+    out->numel = u->numel;
+    out->padded_numel = u->padded;
+    out->shard_numel = u->shard;
+    return MHUB_OK;
+}
+
+bool mhub_fsdp_unit_gathered(const mhub_fsdp *f, int unit)
+{
+    if (!f || unit < 0 || unit >= f->num_units)
+        return false;
+    const gather_slot *g = &f->gather[slot_of(f, unit)];
+    return g->unit == unit && g->state == SLOT_READY;
+}
+
+void mhub_fsdp_get_stats(const mhub_fsdp *f, mhub_fsdp_stats *out)
+{
+    if (!out)
+        return;
+    if (!f) {
+        memset(out, 0, sizeof *out);
+        return;
+    }
+    *out = f->stats;
+}

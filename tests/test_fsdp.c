@@ -1,0 +1,658 @@
+/* test_fsdp.c - the FSDP (ZeRO-3) engine under mpiexec -n 1, 2, 4:
+ * equivalence with one process on the same global batch (SGD-momentum
+ * and AdamW, reshard and prefetch on/off, gradient accumulation, unit
+ * sizes not divisible by dp), memory held per rank as the CPU allocator
+ * measures it against the formula, the gather/prefetch schedule, hook
+ * misuse failing loudly, NaN reports, bad input, and the model being
+ * whole again after mhub_fsdp_free. */
+#include <string.h>
+
+#include "testutil_mpi.h"
+
+static mhub_backend *be;
+static mhub_comm *world;
+
+static void setup(void)
+{
+    CK_OK(mhub_cpu_backend_create(&(mhub_cpu_options){.blas_threads = 1}, &be));
+    CK_OK(mhub_comm_create_mpi_world(&world));
+}
+
+static void teardown(void)
+{
+    mhub_comm_free(world);
+    mhub_backend_free(be);
+}
+
+/* Units of out * (in + 1) elements: 169, 126, 50. None is a multiple of
+ * 4 and the first is odd, so every dp > 1 pads. */
+static const mhub_mlp_config odd_cfg = {
+    .inputs = 12, .num_hidden = 2, .hidden = {13, 9}, .classes = 5};
+/* Units of 15 and 8 elements: at dp 4 a shard of 15 is 4 elements. */
+static const mhub_mlp_config tiny_cfg = {
+    .inputs = 4, .num_hidden = 1, .hidden = {3}, .classes = 2};
+
+enum { GLOBAL_BATCH = 16, STEPS = 3, MAX_INPUTS = 64 };
+
+typedef struct run_options {
+    const mhub_mlp_config *model;
+    mhub_optim_config optim;
+    mhub_fsdp_options fsdp;
+    mhub_ddp_config ddp;
+    int accum;              /* micro-batches per step */
+} run_options;
+
+/* Rows [first, first + rows) of step `step`'s global batch. */
+static void batch(mhub_synthetic_task *task, int step, int64_t first, int64_t rows, float *x,
+                  int32_t *y)
+{
+    CK_OK(mhub_synthetic_batch(task, (uint64_t)step * GLOBAL_BATCH + (uint64_t)first, rows, x,
+                               y));
+}
+
+/* ---- the single-process reference -------------------------------------- */
+
+/* The whole global batch in one process, the same update rule applied to
+ * each full parameter with its own state arrays. */
+static void train_single(mhub_mlp *m, const run_options *o)
+{
+    mhub_synthetic_task task;
+    CK_OK(mhub_synthetic_init(&task, o->model->inputs, o->model->classes, 9));
+    mhub_param_list *pl = mhub_mlp_params(m);
+    int k = mhub_optim_state_arrays(&o->optim);
+    float *state[32][2] = {{NULL}};
+    ck_assert_int_le(pl->count, 32);
+    for (int p = 0; p < pl->count; p++)
+        for (int a = 0; a < k; a++)
+            state[p][a] = calloc((size_t)pl->items[p].value.numel, sizeof(float));
+    float x[GLOBAL_BATCH * MAX_INPUTS];
+    int32_t y[GLOBAL_BATCH];
+    for (int s = 0; s < STEPS; s++) {
+        CK_OK(mhub_param_list_zero_grad(pl));
+        batch(&task, s, 0, GLOBAL_BATCH, x, y);
+        CK_OK(mhub_mlp_forward(m, x, y, GLOBAL_BATCH, NULL));
+        CK_OK(mhub_mlp_backward(m, 1.0f / GLOBAL_BATCH));
+        for (int p = 0; p < pl->count; p++)
+            CK_OK(mhub_optim_update(be, &o->optim, pl->items[p].value.data,
+                                    pl->items[p].grad.data, state[p],
+                                    pl->items[p].value.numel, s + 1));
+    }
+    for (int p = 0; p < pl->count; p++)
+        for (int a = 0; a < k; a++)
+            free(state[p][a]);
+    mhub_synthetic_free(&task);
+}
+
+/* ---- FSDP training --------------------------------------------------------- */
+
+static mhub_fsdp *make_engine(mhub_mlp *m, const run_options *o)
+{
+    mhub_fsdp *f = NULL;
+    CK_OK(mhub_fsdp_create(mhub_mlp_params(m), world, &o->ddp, &o->fsdp, &o->optim, &f));
+    mhub_unit_hooks h;
+    CK_OK(mhub_fsdp_unit_hooks(f, &h));
+    mhub_mlp_set_unit_hooks(m, &h);
+    return f;
+}
+
+/* One optimizer step on this rank's slice of the global batch, in
+ * o->accum micro-batches. Each rank's loss is the mean over its own
+ * samples; the engine divides the sum over ranks by dp. */
+static void fsdp_step(mhub_mlp *m, mhub_fsdp *f, mhub_synthetic_task *task, const run_options *o,
+                      int s)
+{
+    int64_t local = GLOBAL_BATCH / world->size, micro = local / o->accum;
+    float x[GLOBAL_BATCH * MAX_INPUTS];
+    int32_t y[GLOBAL_BATCH];
+    CK_OK(mhub_fsdp_zero_grad(f));
+    for (int k = 0; k < o->accum; k++) {
+        batch(task, s, world->rank * local + k * micro, micro, x, y);
+        CK_OK(mhub_mlp_forward(m, x, y, micro, NULL));
+        CK_OK(mhub_mlp_backward(m, 1.0f / (float)local));
+    }
+    CK_OK(mhub_fsdp_finish_grad_sync(f));
+    CK_OK(mhub_fsdp_step(f));
+}
+
+static void train_fsdp(mhub_mlp *m, mhub_fsdp *f, const run_options *o)
+{
+    mhub_synthetic_task task;
+    CK_OK(mhub_synthetic_init(&task, o->model->inputs, o->model->classes, 9));
+    for (int s = 0; s < STEPS; s++)
+        fsdp_step(m, f, &task, o, s);
+    mhub_synthetic_free(&task);
+}
+
+/* Max relative difference of two lists' values (and gradients), over
+ * all ranks. */
+static double max_diff(const mhub_param_list *a, const mhub_param_list *b, bool grads)
+{
+    double worst = 0;
+    for (int p = 0; p < a->count; p++) {
+        const mhub_tensor *ta = grads ? &a->items[p].grad : &a->items[p].value;
+        const mhub_tensor *tb = grads ? &b->items[p].grad : &b->items[p].value;
+        ck_assert_msg(ta->data && tb->data, "'%s' has no storage", a->items[p].name);
+        const float *va = ta->data, *vb = tb->data;
+        for (int64_t i = 0; i < ta->numel; i++)
+            worst = fmax(worst, mhub_test_relerr(va[i], vb[i], 1e-2));
+    }
+    float w = (float)worst, all = w;
+    CK_OK(mhub_comm_allreduce(world, &w, &all, 1, MHUB_F32, MHUB_MAX));
+    return all;
+}
+
+static void describe(const run_options *o, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "ranks %d, %s, hidden[0] %d, reshard %d, prefetch %d, accum %d, avg %d",
+             world->size, mhub_optim_kind_name(o->optim.kind), o->model->hidden[0],
+             o->fsdp.reshard_after_forward, o->fsdp.prefetch, o->accum,
+             o->ddp.average_in_collective);
+}
+
+/* After STEPS steps: the gathered values match the single-process run,
+ * and after mhub_fsdp_free the model's own values and gradients do too. */
+static void check_matches_single_process(const run_options *o)
+{
+    mhub_mlp *dist, *single, *view;
+    CK_OK(mhub_mlp_create(o->model, be, GLOBAL_BATCH, 21, &dist));
+    CK_OK(mhub_mlp_create(o->model, be, GLOBAL_BATCH, 21, &single));
+    CK_OK(mhub_mlp_create(o->model, be, 1, 0, &view));
+    mhub_fsdp *f = make_engine(dist, o);
+    train_fsdp(dist, f, o);
+    train_single(single, o);
+    char what[160];
+    describe(o, what, sizeof what);
+    CK_OK(mhub_fsdp_full_params(f, mhub_mlp_params(view)));
+    double diff = max_diff(mhub_mlp_params(view), mhub_mlp_params(single), false);
+    ck_assert_msg(diff < 1e-5, "%s: gathered values rel diff %g", what, diff);
+    mhub_mlp_set_unit_hooks(dist, NULL);
+    mhub_fsdp_free(f);
+    diff = max_diff(mhub_mlp_params(dist), mhub_mlp_params(single), false);
+    ck_assert_msg(diff < 1e-5, "%s: restored values rel diff %g", what, diff);
+    /* the last step's gradient, gathered back from the shards */
+    diff = max_diff(mhub_mlp_params(dist), mhub_mlp_params(single), true);
+    ck_assert_msg(diff < 1e-5, "%s: restored gradients rel diff %g", what, diff);
+    mhub_mlp_free(view);
+    mhub_mlp_free(dist);
+    mhub_mlp_free(single);
+}
+
+static void check_all_variants(mhub_optim_kind kind)
+{
+    const mhub_mlp_config *models[] = {&odd_cfg, &tiny_cfg};
+    for (size_t mi = 0; mi < 2; mi++)
+        for (int reshard = 0; reshard <= 1; reshard++)
+            for (int pf = 0; pf <= 1; pf++)
+                for (int accum = 1; accum <= 4; accum += 3) {
+                    run_options o = {.model = models[mi], .accum = accum};
+                    mhub_optim_config_init(&o.optim, kind);
+                    if (kind == MHUB_OPTIM_SGD) {
+                        o.optim.lr = 0.2f;
+                        o.optim.momentum = 0.5f;
+                    } else {
+                        o.optim.lr = 1e-2f;
+                        o.optim.weight_decay = 0.01f;
+                    }
+                    mhub_fsdp_options_init(&o.fsdp);
+                    o.fsdp.reshard_after_forward = reshard;
+                    o.fsdp.prefetch = pf;
+                    mhub_ddp_config_init(&o.ddp);
+                    o.ddp.average_in_collective = reshard != pf;
+                    o.ddp.check_for_nan_in_grad = accum > 1;
+                    check_matches_single_process(&o);
+                }
+}
+
+START_TEST(test_sgd_momentum_matches_single_process)
+{
+    check_all_variants(MHUB_OPTIM_SGD);
+}
+END_TEST
+
+START_TEST(test_adamw_matches_single_process)
+{
+    check_all_variants(MHUB_OPTIM_ADAMW);
+}
+END_TEST
+
+/* ---- memory -------------------------------------------------------------- */
+
+/* Hooks that forward to the engine's and record the most units gathered
+ * at once, so the "at most two units' full buffers" claim is observed,
+ * not just implied by the allocation sizes. */
+typedef struct watch {
+    mhub_unit_hooks inner;
+    mhub_fsdp *f;
+    int max_gathered;
+} watch;
+
+static void count_gathered(watch *w)
+{
+    int n = 0;
+    for (int u = 0; u < mhub_fsdp_num_units(w->f); u++)
+        n += mhub_fsdp_unit_gathered(w->f, u);
+    w->max_gathered = n > w->max_gathered ? n : w->max_gathered;
+}
+
+#define WATCHED(hook)                                            \
+    static mhub_status watched_##hook(void *user, int unit)      \
+    {                                                            \
+        watch *w = user;                                         \
+        MHUB_TRY(w->inner.hook(w->inner.user, unit));            \
+        count_gathered(w);                                       \
+        return MHUB_OK;                                          \
+    }
+WATCHED(pre_forward)
+WATCHED(post_forward)
+WATCHED(pre_backward)
+WATCHED(post_backward)
+
+static void install_watch(mhub_mlp *m, mhub_fsdp *f, watch *w)
+{
+    memset(w, 0, sizeof *w);
+    w->f = f;
+    CK_OK(mhub_fsdp_unit_hooks(f, &w->inner));
+    mhub_unit_hooks h = {watched_pre_forward, watched_post_forward, watched_pre_backward,
+                         watched_post_backward, w};
+    mhub_mlp_set_unit_hooks(m, &h);
+}
+
+static size_t current_bytes(void)
+{
+    size_t cur = 0;
+    CK_OK(be->ops->memory_usage(be, &cur, NULL));
+    return cur;
+}
+
+/* Seven units: 96*65 = 6240, 80*97 = 7760, 72*81 = 5832, 64*73 = 4672,
+ * 56*65 = 3640, 48*57 = 2736, 10*49 = 490 (31370 elements). */
+static const mhub_mlp_config big_cfg = {.inputs = MAX_INPUTS,
+                                        .num_hidden = 6,
+                                        .hidden = {96, 80, 72, 64, 56, 48},
+                                        .classes = 10};
+
+static void check_memory(bool reshard)
+{
+    run_options o = {.model = &big_cfg, .accum = 2};
+    mhub_optim_config_init(&o.optim, MHUB_OPTIM_ADAMW);
+    mhub_fsdp_options_init(&o.fsdp);
+    o.fsdp.reshard_after_forward = reshard;
+    mhub_ddp_config_init(&o.ddp);
+    int dp = world->size, k = mhub_optim_state_arrays(&o.optim);
+    mhub_mlp *m;
+    CK_OK(mhub_mlp_create(&big_cfg, be, GLOBAL_BATCH, 5, &m));
+    mhub_param_list *pl = mhub_mlp_params(m);
+    int64_t total = mhub_param_list_numel(pl);
+    /* the model's own values and gradients, which the engine frees */
+    size_t full_bytes = 2 * (size_t)total * sizeof(float);
+    size_t before = current_bytes();
+    mhub_fsdp *f = make_engine(m, &o);
+    size_t after = current_bytes();
+    mhub_fsdp_stats st;
+    mhub_fsdp_get_stats(f, &st);
+
+    /* 1. the allocator sees exactly what the engine says it holds */
+    ck_assert_int_eq((int64_t)(after - (before - full_bytes)), st.bytes_held);
+    /* 2. the shards: values, gradients and k state arrays of
+     * sum(padded unit / dp) elements, at most one padding element per unit
+     * more than total / dp */
+    int units = mhub_fsdp_num_units(f);
+    int64_t shard = 0, padded[8], largest = 0, second = 0, all_padded = 0;
+    ck_assert_int_le(units, 8);
+    for (int u = 0; u < units; u++) {
+        mhub_fsdp_unit_info info;
+        CK_OK(mhub_fsdp_unit(f, u, &info));
+        ck_assert_int_eq(info.padded_numel % dp, 0);
+        ck_assert_int_lt(info.padded_numel - info.numel, dp);
+        shard += info.shard_numel;
+        padded[u] = info.padded_numel;
+        all_padded += padded[u];
+        if (padded[u] > largest) {
+            second = largest;
+            largest = padded[u];
+        } else if (padded[u] > second) {
+            second = padded[u];
+        }
+    }
+    ck_assert_int_le(shard, (total + dp - 1) / dp + units);
+    ck_assert_int_eq(st.shard_bytes, (int64_t)sizeof(float) * (2 + k) * shard);
+    /* 3. the full-size buffers: two units' values and two units' gradients
+     * with reshard (each slot sized to the largest unit of its parity, so
+     * together at most the two largest); every unit's values without */
+    int64_t value_bound = reshard ? largest + second : all_padded;
+    ck_assert_int_le(st.buffer_bytes, (int64_t)sizeof(float) * (value_bound + largest + second));
+
+    /* 4. a step allocates nothing: the peak over it is where it started */
+    mhub_synthetic_task task;
+    CK_OK(mhub_synthetic_init(&task, big_cfg.inputs, big_cfg.classes, 9));
+    watch w;
+    install_watch(m, f, &w);
+    CK_OK(be->ops->reset_peak(be));
+    size_t step_start = current_bytes(), step_peak = 0, step_end = 0;
+    fsdp_step(m, f, &task, &o, 0);
+    CK_OK(be->ops->memory_usage(be, &step_end, &step_peak));
+    ck_assert_uint_eq(step_peak, step_start);
+    ck_assert_uint_eq(step_end, step_start);
+    ck_assert_int_le(w.max_gathered, reshard ? 2 : units);
+    ck_assert_int_ge(w.max_gathered, reshard ? 1 : units);
+
+    /* what replicated data parallelism would hold for the same state */
+    int64_t replicated = (int64_t)sizeof(float) * total * (2 + k);
+    if (world->rank == 0)
+        printf("fsdp memory (dp %d, reshard %d, AdamW, %lld params): per rank shards %lld B + "
+               "buffers %lld B = %lld B held (allocator delta %lld B); replicated would hold "
+               "%lld B; most units gathered at once %d; step peak - start = %lld B\n",
+               dp, reshard, (long long)total, (long long)st.shard_bytes,
+               (long long)st.buffer_bytes, (long long)st.bytes_held,
+               (long long)(after - (before - full_bytes)), (long long)replicated,
+               w.max_gathered, (long long)(step_peak - step_start));
+    mhub_mlp_set_unit_hooks(m, NULL);
+    mhub_fsdp_free(f);
+    /* free restores the model's full storage and releases the engine's */
+    ck_assert_uint_eq(current_bytes(), before);
+    mhub_synthetic_free(&task);
+    mhub_mlp_free(m);
+}
+
+START_TEST(test_memory_matches_formula)
+{
+    ck_assert_ptr_nonnull(be->ops->memory_usage);
+    check_memory(true);
+    check_memory(false);
+}
+END_TEST
+
+/* ---- the schedule -------------------------------------------------------- */
+
+START_TEST(test_gather_schedule)
+{
+    /* L = 3 units, one micro-batch: forward gathers every unit and prefetches
+     * all but the first; backward regathers all but the last (kept from
+     * forward) when resharding, each prefetched by the unit after it */
+    for (int reshard = 0; reshard <= 1; reshard++)
+        for (int pf = 0; pf <= 1; pf++) {
+            run_options o = {.model = &odd_cfg, .accum = 1};
+            mhub_optim_config_init(&o.optim, MHUB_OPTIM_SGD);
+            mhub_fsdp_options_init(&o.fsdp);
+            o.fsdp.reshard_after_forward = reshard;
+            o.fsdp.prefetch = pf;
+            mhub_ddp_config_init(&o.ddp);
+            mhub_mlp *m;
+            CK_OK(mhub_mlp_create(&odd_cfg, be, GLOBAL_BATCH, 21, &m));
+            mhub_fsdp *f = make_engine(m, &o);
+            ck_assert_int_eq(mhub_fsdp_num_units(f), 3);
+            float x[4 * 12];
+            int32_t y[4] = {0, 1, 2, 3};
+            mhub_rng_fill_normal(x, 48, 1, 1, 0, 0, 1);
+            CK_OK(mhub_fsdp_zero_grad(f));
+            CK_OK(mhub_mlp_forward(m, x, y, 4, NULL));
+            for (int u = 0; u < 3; u++)
+                ck_assert_int_eq(mhub_fsdp_unit_gathered(f, u), (!reshard || u == 2));
+            CK_OK(mhub_mlp_backward(m, 0.25f));
+            for (int u = 0; u < 3; u++)
+                ck_assert(!mhub_fsdp_unit_gathered(f, u));
+            CK_OK(mhub_fsdp_finish_grad_sync(f));
+            mhub_fsdp_stats st;
+            mhub_fsdp_get_stats(f, &st);
+            ck_assert_int_eq(st.gathers_issued, reshard ? 3 + 2 : 3);
+            ck_assert_int_eq(st.gathers_prefetched, pf ? (reshard ? 2 + 2 : 2) : 0);
+            ck_assert_int_eq(st.reduce_scatters, 3);
+            ck_assert_int_eq(st.steps, 1);
+            CK_OK(mhub_fsdp_step(f));
+            mhub_fsdp_get_stats(f, &st);
+            ck_assert_int_eq(st.optimizer_steps, 1);
+            mhub_mlp_set_unit_hooks(m, NULL);
+            mhub_fsdp_free(f);
+            mhub_mlp_free(m);
+        }
+}
+END_TEST
+
+/* ---- misuse -------------------------------------------------------------- */
+
+static void small_batch(float *x, int32_t *y)
+{
+    mhub_rng_fill_normal(x, 48, 1, 1, 0, 0, 1);
+    for (int r = 0; r < 4; r++)
+        y[r] = r;
+}
+
+START_TEST(test_params_are_meta_outside_hooks)
+{
+    run_options o = {.model = &odd_cfg, .accum = 1};
+    mhub_optim_config_init(&o.optim, MHUB_OPTIM_SGD);
+    mhub_fsdp_options_init(&o.fsdp);
+    mhub_ddp_config_init(&o.ddp);
+    mhub_mlp *m;
+    CK_OK(mhub_mlp_create(&odd_cfg, be, 4, 21, &m));
+    mhub_param_list *pl = mhub_mlp_params(m);
+    mhub_fsdp *f = NULL;
+    CK_OK(mhub_fsdp_create(pl, world, &o.ddp, &o.fsdp, &o.optim, &f));
+    for (int p = 0; p < pl->count; p++) {
+        ck_assert_msg(mhub_tensor_is_meta(&pl->items[p].value), "'%s'", pl->items[p].name);
+        ck_assert(mhub_tensor_is_meta(&pl->items[p].grad));
+        ck_assert_int_eq(pl->items[p].value.ndim, p % 2 ? 1 : 2); /* shape kept */
+    }
+    float x[48];
+    int32_t y[4];
+    small_batch(x, y);
+    /* no hooks: the forward finds meta parameters and fails */
+    mhub_clear_error();
+    ck_assert_int_ne(mhub_mlp_forward(m, x, y, 4, NULL), MHUB_OK);
+    ck_assert_msg(mhub_last_error()[0] != '\0', "no message");
+    /* hooks without pre_backward: the backward finds meta gradients */
+    mhub_unit_hooks h;
+    CK_OK(mhub_fsdp_unit_hooks(f, &h));
+    mhub_unit_hooks no_pre = h;
+    no_pre.pre_backward = NULL;
+    mhub_mlp_set_unit_hooks(m, &no_pre);
+    CK_OK(mhub_mlp_forward(m, x, y, 4, NULL));
+    ck_assert(mhub_tensor_is_meta(&pl->items[0].value)); /* unit 0 resharded */
+    ck_assert(!mhub_tensor_is_meta(&pl->items[4].value)); /* the last unit kept */
+    mhub_clear_error();
+    ck_assert_int_ne(mhub_mlp_backward(m, 0.25f), MHUB_OK);
+    ck_assert_msg(mhub_last_error()[0] != '\0', "no message");
+    /* calling the hooks out of order */
+    CK_FAILS(MHUB_ERR_STATE, h.post_backward(h.user, 1));
+    ck_assert_msg(strstr(mhub_last_error(), "pre_backward(1)"), "%s", mhub_last_error());
+    CK_FAILS(MHUB_ERR_INVALID_ARG, h.pre_forward(h.user, 7));
+    ck_assert_msg(strstr(mhub_last_error(), "unit 7"), "%s", mhub_last_error());
+    CK_FAILS(MHUB_ERR_INVALID_ARG, h.pre_forward(NULL, 0));
+    CK_OK(h.pre_backward(h.user, 1));
+    CK_FAILS(MHUB_ERR_STATE, mhub_fsdp_finish_grad_sync(f)); /* unit 1 still open */
+    ck_assert_msg(strstr(mhub_last_error(), "unit 1"), "%s", mhub_last_error());
+    CK_FAILS(MHUB_ERR_STATE, mhub_fsdp_zero_grad(f));
+    CK_OK(h.post_backward(h.user, 1));
+    /* a reduce-scatter is outstanding: the optimizer must wait for it */
+    CK_FAILS(MHUB_ERR_STATE, mhub_fsdp_step(f));
+    ck_assert_msg(strstr(mhub_last_error(), "finish_grad_sync"), "%s", mhub_last_error());
+    CK_FAILS(MHUB_ERR_STATE, mhub_fsdp_zero_grad(f));
+    CK_OK(mhub_fsdp_finish_grad_sync(f));
+    CK_OK(mhub_fsdp_step(f));
+    for (int p = 0; p < pl->count; p++)
+        ck_assert(mhub_tensor_is_meta(&pl->items[p].value)); /* step released the last unit */
+    /* free hands the model back: it runs without any hooks */
+    mhub_mlp_set_unit_hooks(m, NULL);
+    mhub_fsdp_free(f);
+    for (int p = 0; p < pl->count; p++)
+        ck_assert(pl->items[p].value.owns_data && pl->items[p].grad.owns_data);
+    float loss = 0;
+    CK_OK(mhub_mlp_forward(m, x, y, 4, &loss));
+    ck_assert(isfinite(loss));
+    CK_OK(mhub_mlp_backward(m, 0.25f));
+    mhub_mlp_free(m);
+}
+END_TEST
+
+START_TEST(test_nan_is_named_on_every_rank)
+{
+    run_options o = {.model = &odd_cfg, .accum = 1};
+    mhub_optim_config_init(&o.optim, MHUB_OPTIM_SGD);
+    mhub_fsdp_options_init(&o.fsdp);
+    mhub_ddp_config_init(&o.ddp);
+    o.ddp.check_for_nan_in_grad = true;
+    mhub_mlp *m;
+    CK_OK(mhub_mlp_create(&odd_cfg, be, 4, 1, &m));
+    mhub_fsdp *f = make_engine(m, &o);
+    float x[48];
+    int32_t y[4];
+    small_batch(x, y);
+    for (int step = 0; step < 2; step++) {
+        CK_OK(mhub_fsdp_zero_grad(f));
+        if (step == 1 && world->rank == world->size - 1)
+            x[3] = NAN; /* poisons every gradient of the last rank */
+        CK_OK(mhub_mlp_forward(m, x, y, 4, NULL));
+        CK_OK(mhub_mlp_backward(m, 0.25f));
+        mhub_status s = mhub_fsdp_finish_grad_sync(f);
+        if (step == 0) {
+            CK_OK(s);
+            CK_OK(mhub_fsdp_step(f));
+            continue;
+        }
+        ck_assert_int_eq(s, MHUB_ERR_NUMERIC);
+        char want[64];
+        snprintf(want, sizeof want, "on dp rank %d at step 1", world->size - 1);
+        ck_assert_msg(strstr(mhub_last_error(), want) != NULL, "%s", mhub_last_error());
+        /* backward runs the last unit first: its weight is found first */
+        ck_assert_msg(strstr(mhub_last_error(), "'layers.2.weight'") != NULL, "%s",
+                      mhub_last_error());
+    }
+    mhub_mlp_set_unit_hooks(m, NULL);
+    mhub_fsdp_free(f);
+    mhub_mlp_free(m);
+}
+END_TEST
+
+START_TEST(test_bad_input_is_reported)
+{
+    mhub_optim_config oc;
+    mhub_optim_config_init(&oc, MHUB_OPTIM_ADAMW);
+    mhub_ddp_config dc;
+    mhub_ddp_config_init(&dc);
+    mhub_mlp *m;
+    CK_OK(mhub_mlp_create(&tiny_cfg, be, 4, 1, &m));
+    mhub_param_list *pl = mhub_mlp_params(m);
+    mhub_fsdp *f = (mhub_fsdp *)1;
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_fsdp_create(pl, world, &dc, NULL, &oc, NULL));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_fsdp_create(NULL, world, &dc, NULL, &oc, &f));
+    ck_assert_ptr_null(f);
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_fsdp_create(pl, NULL, &dc, NULL, &oc, &f));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_fsdp_create(pl, world, NULL, NULL, &oc, &f));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_fsdp_create(pl, world, &dc, NULL, NULL, &f));
+    dc.bucket_size = 0;
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_fsdp_create(pl, world, &dc, NULL, &oc, &f));
+    mhub_ddp_config_init(&dc);
+    oc.beta1 = 1.5f;
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_fsdp_create(pl, world, &dc, NULL, &oc, &f));
+    mhub_optim_config_init(&oc, MHUB_OPTIM_ADAMW);
+    pl->items[1].unit = -1;
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_fsdp_create(pl, world, &dc, NULL, &oc, &f));
+    ck_assert_msg(strstr(mhub_last_error(), "'layers.0.bias'"), "%s", mhub_last_error());
+    pl->items[1].unit = 0;
+    pl->items[2].requires_grad = false;
+    CK_FAILS(MHUB_ERR_UNSUPPORTED, mhub_fsdp_create(pl, world, &dc, NULL, &oc, &f));
+    ck_assert_msg(strstr(mhub_last_error(), "'layers.1.weight'"), "%s", mhub_last_error());
+    pl->items[2].requires_grad = true;
+    /* failed creates leave the parameters alone */
+    for (int p = 0; p < pl->count; p++)
+        ck_assert(pl->items[p].value.owns_data && pl->items[p].grad.owns_data);
+
+    /* a meta model */
+    mhub_mlp *meta;
+    CK_OK(mhub_mlp_create(&tiny_cfg, NULL, 0, 0, &meta));
+    CK_FAILS(MHUB_ERR_STATE, mhub_fsdp_create(mhub_mlp_params(meta), world, &dc, NULL, &oc, &f));
+    ck_assert_msg(strstr(mhub_last_error(), "meta"), "%s", mhub_last_error());
+    mhub_mlp_free(meta);
+
+    /* bf16 parameters */
+    mhub_param_list half = {0};
+    int64_t shape[1] = {10};
+    CK_OK(mhub_param_list_add(&half, "h.weight", MHUB_BF16, 1, shape, MHUB_INIT_ONES, 0, NULL));
+    CK_OK(mhub_param_list_materialize(&half, be, 1));
+    CK_FAILS(MHUB_ERR_UNSUPPORTED, mhub_fsdp_create(&half, world, &dc, NULL, &oc, &f));
+    ck_assert_msg(strstr(mhub_last_error(), "'h.weight'") && strstr(mhub_last_error(), "bf16"),
+                  "%s", mhub_last_error());
+    mhub_param_list_free(&half);
+    mhub_param_list empty = {0};
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_fsdp_create(&empty, world, &dc, NULL, &oc, &f));
+
+    /* NULL engines */
+    mhub_unit_hooks h;
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_fsdp_unit_hooks(NULL, &h));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_fsdp_zero_grad(NULL));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_fsdp_finish_grad_sync(NULL));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_fsdp_step(NULL));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_fsdp_full_params(NULL, pl));
+    ck_assert_int_eq(mhub_fsdp_num_units(NULL), 0);
+    ck_assert(!mhub_fsdp_unit_gathered(NULL, 0));
+    mhub_fsdp_free(NULL);
+
+    /* a working engine refuses a destination of another shape */
+    CK_OK(mhub_fsdp_create(pl, world, &dc, NULL, &oc, &f));
+    mhub_fsdp_unit_info info;
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_fsdp_unit(f, 2, &info));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_fsdp_unit_hooks(f, NULL));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_fsdp_set_lr(f, -1.0f));
+    mhub_mlp *other;
+    CK_OK(mhub_mlp_create(&odd_cfg, be, 1, 0, &other));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_fsdp_full_params(f, mhub_mlp_params(other)));
+    mhub_mlp_free(other);
+    mhub_fsdp_free(f);
+    mhub_mlp_free(m);
+}
+END_TEST
+
+/* Every rank ends with the same parameters: the digest of the gathered
+ * values equals the restored model's on every rank. */
+START_TEST(test_digest_agrees_across_ranks)
+{
+    run_options o = {.model = &odd_cfg, .accum = 1};
+    mhub_optim_config_init(&o.optim, MHUB_OPTIM_ADAMW);
+    mhub_fsdp_options_init(&o.fsdp);
+    mhub_ddp_config_init(&o.ddp);
+    mhub_mlp *m, *view;
+    CK_OK(mhub_mlp_create(&odd_cfg, be, GLOBAL_BATCH, 21, &m));
+    CK_OK(mhub_mlp_create(&odd_cfg, be, 1, 0, &view));
+    mhub_fsdp *f = make_engine(m, &o);
+    train_fsdp(m, f, &o);
+    CK_OK(mhub_fsdp_full_params(f, mhub_mlp_params(view)));
+    char gathered[MHUB_SHA256_HEX_CHARS], restored[MHUB_SHA256_HEX_CHARS];
+    char root[MHUB_SHA256_HEX_CHARS];
+    CK_OK(mhub_param_list_digest(mhub_mlp_params(view), gathered));
+    /* a meta parameter cannot be hashed: the digest needs the gathered copy */
+    CK_FAILS(MHUB_ERR_STATE, mhub_param_list_digest(mhub_mlp_params(m), restored));
+    mhub_mlp_set_unit_hooks(m, NULL);
+    mhub_fsdp_free(f);
+    CK_OK(mhub_param_list_digest(mhub_mlp_params(m), restored));
+    ck_assert_str_eq(gathered, restored);
+    float bytes[MHUB_SHA256_HEX_CHARS];
+    for (int i = 0; i < MHUB_SHA256_HEX_CHARS; i++)
+        bytes[i] = (float)(unsigned char)gathered[i];
+    CK_OK(mhub_comm_broadcast(world, bytes, MHUB_SHA256_HEX_CHARS, MHUB_F32, 0));
+    for (int i = 0; i < MHUB_SHA256_HEX_CHARS; i++)
+        root[i] = (char)(int)bytes[i];
+    ck_assert_str_eq(gathered, root);
+    mhub_mlp_free(view);
+    mhub_mlp_free(m);
+}
+END_TEST
+
+static Suite *make_suite(void)
+{
+    Suite *s = suite_create("fsdp");
+    TCase *tc = tcase_create("engine");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_bad_input_is_reported);
+    tcase_add_test(tc, test_params_are_meta_outside_hooks);
+    tcase_add_test(tc, test_gather_schedule);
+    tcase_add_test(tc, test_sgd_momentum_matches_single_process);
+    tcase_add_test(tc, test_adamw_matches_single_process);
+    tcase_add_test(tc, test_memory_matches_formula);
+    tcase_add_test(tc, test_nan_is_named_on_every_rank);
+    tcase_add_test(tc, test_digest_agrees_across_ranks);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(int argc, char **argv) { return mhub_test_mpi_main(argc, argv, make_suite); }
