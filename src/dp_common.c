@@ -101,12 +101,12 @@ mhub_status mhub_sumtree_fold(mhub_sumtree *t, float *buf)
 }
 
 /* Send `out` to a partner while receiving `in` from it. */
-static mhub_status swap_with(mhub_sumtree *t, int partner, int tag, const float *out,
+static mhub_status swap_with(mhub_comm *dp, int partner, int tag, const float *out,
                              int64_t n_out, float *in, int64_t n_in)
 {
     mhub_request send = {0}, recv = {0};
-    MHUB_TRY(mhub_comm_irecv(t->dp, in, n_in, MHUB_F32, partner, tag, &recv));
-    mhub_status s = mhub_comm_isend(t->dp, out, n_out, MHUB_F32, partner, tag, &send);
+    MHUB_TRY(mhub_comm_irecv(dp, in, n_in, MHUB_F32, partner, tag, &recv));
+    mhub_status s = mhub_comm_isend(dp, out, n_out, MHUB_F32, partner, tag, &send);
     mhub_status w = mhub_request_wait(&recv);
     if (send.active) {
         mhub_status ws = mhub_request_wait(&send);
@@ -139,7 +139,7 @@ mhub_status mhub_sumtree_exchange(mhub_sumtree *t, float *buf)
         bool low = (r & dist) == 0;
         int64_t keep_lo = low ? cur_lo : mid[steps], keep_hi = low ? mid[steps] : cur_hi;
         int64_t send_lo = low ? mid[steps] : cur_lo, send_hi = low ? cur_hi : mid[steps];
-        MHUB_TRY(swap_with(t, r ^ dist, 100 + steps, buf + send_lo, send_hi - send_lo,
+        MHUB_TRY(swap_with(t->dp, r ^ dist, 100 + steps, buf + send_lo, send_hi - send_lo,
                            t->scratch, keep_hi - keep_lo));
         MHUB_TRY(t->be->ops->axpy(t->be, buf + keep_lo, t->scratch, keep_hi - keep_lo, 1.0f));
         cur_lo = keep_lo;
@@ -149,7 +149,7 @@ mhub_status mhub_sumtree_exchange(mhub_sumtree *t, float *buf)
         int dist = 1 << k;
         bool low = (r & dist) == 0; /* the partner finished the other half */
         int64_t other_lo = low ? mid[k] : lo[k], other_hi = low ? hi[k] : mid[k];
-        MHUB_TRY(swap_with(t, r ^ dist, 200 + k, buf + cur_lo, cur_hi - cur_lo, buf + other_lo,
+        MHUB_TRY(swap_with(t->dp, r ^ dist, 200 + k, buf + cur_lo, cur_hi - cur_lo, buf + other_lo,
                            other_hi - other_lo));
         cur_lo = lo[k];
         cur_hi = hi[k];
@@ -172,4 +172,31 @@ mhub_status mhub_sumtree_collect(mhub_sumtree *t, float *buf)
                               MHUB_COPY_DEVICE_TO_DEVICE));
     mhub_sumtree_reset(t);
     return MHUB_OK;
+}
+
+mhub_status mhub_tree_reduce_scatter(mhub_comm *dp, mhub_backend *be, float *full, int64_t n,
+                                     float *scratch, float *out)
+{
+    int p = dp->size, r = dp->rank;
+    if (n % p != 0)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "%lld elements do not split over %d ranks",
+                          (long long)n, p);
+    int64_t lo = 0, hi = n, block = n / p;
+    for (int dist = 1; dist < p; dist <<= 1) {
+        int64_t mid = lo + (hi - lo) / 2;
+        bool low = (r & dist) == 0;
+        int64_t keep_lo = low ? lo : mid, keep_hi = low ? mid : hi;
+        int64_t send_lo = low ? mid : lo, send_hi = low ? hi : mid;
+        MHUB_TRY(swap_with(dp, r ^ dist, 300 + dist, full + send_lo, send_hi - send_lo, scratch,
+                           keep_hi - keep_lo));
+        MHUB_TRY(be->ops->axpy(be, full + keep_lo, scratch, keep_hi - keep_lo, 1.0f));
+        lo = keep_lo;
+        hi = keep_hi;
+    }
+    /* halving leaves block bitreverse(r) here; its owner holds block r */
+    int holder = (int)(lo / block);
+    if (holder == r)
+        return be->ops->copy(be, out, full + lo, (size_t)block * sizeof(float),
+                             MHUB_COPY_DEVICE_TO_DEVICE);
+    return swap_with(dp, holder, 400, full + lo, block, out, block);
 }

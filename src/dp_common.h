@@ -50,4 +50,12 @@ mhub_status mhub_sumtree_collect(mhub_sumtree *t, float *buf);
  * Collective. */
 mhub_status mhub_sumtree_exchange(mhub_sumtree *t, float *buf);
 
+/* Deterministic reduce-scatter for sharded engines: the sum over ranks of
+ * full[n] (n divisible by the power-of-two dp size) by recursive halving
+ * with partners r^1, r^2, ... (the same tree as mhub_sumtree_exchange),
+ * rank r's block [r*n/P, (r+1)*n/P) written to out. `full` is
+ * overwritten; scratch holds n/2 floats. Collective. */
+mhub_status mhub_tree_reduce_scatter(mhub_comm *dp, mhub_backend *be, float *full, int64_t n,
+                                     float *scratch, float *out);
+
 #endif

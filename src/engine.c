@@ -84,9 +84,6 @@ mhub_status mhub_dp_engine_create(mhub_dp_engine_kind kind, mhub_param_list *par
     *out = NULL;
     if (kind < MHUB_DP_DDP || kind > MHUB_DP_FSDP)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "unknown data-parallel engine %d", (int)kind);
-    if (ddp_cfg->deterministic && kind == MHUB_DP_FSDP)
-        return MHUB_ERROR(MHUB_ERR_UNSUPPORTED,
-                          "deterministic mode is available for ddp and distopt, not yet for fsdp");
     MHUB_TRY(mhub_optim_config_validate(optim_cfg));
     mhub_dp_engine *e = calloc(1, sizeof *e);
     if (!e)
@@ -201,9 +198,11 @@ mhub_status mhub_dp_engine_micro_end(mhub_dp_engine *e, int micro, int num_micro
     MHUB_TRY(check_engine(e));
     MHUB_TRY(check_micro(micro, num_micro));
     if (e->ddp_cfg.deterministic) {
-        if (e->kind == MHUB_DP_DDP)
-            return mhub_ddp_shard_done(e->ddp);
-        return mhub_distopt_shard_done(e->distopt);
+        switch (e->kind) {
+        case MHUB_DP_DDP: return mhub_ddp_shard_done(e->ddp);
+        case MHUB_DP_DISTOPT: return mhub_distopt_shard_done(e->distopt);
+        default: return mhub_fsdp_shard_done(e->fsdp);
+        }
     }
     if (micro == num_micro - 1)
         return MHUB_OK;
@@ -212,6 +211,17 @@ mhub_status mhub_dp_engine_micro_end(mhub_dp_engine *e, int micro, int num_micro
     case MHUB_DP_DISTOPT: return mhub_distopt_no_sync_end(e->distopt);
     default: return MHUB_OK;
     }
+}
+
+int64_t mhub_dp_engine_shard_index(const mhub_dp_engine *e, int rank, int ranks, int micro,
+                                   int num_micro)
+{
+    if (!e || ranks < 1 || rank < 0 || rank >= ranks || micro < 0 || micro >= num_micro)
+        return -1;
+    /* deterministic FSDP reduces one round of P adjacent shards at a time */
+    if (e->ddp_cfg.deterministic && e->kind == MHUB_DP_FSDP)
+        return (int64_t)micro * ranks + rank;
+    return (int64_t)rank * num_micro + micro;
 }
 
 mhub_status mhub_dp_engine_finish_grad_sync(mhub_dp_engine *e)

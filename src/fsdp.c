@@ -86,6 +86,10 @@ struct mhub_fsdp {
     int64_t opt_step;        /* optimizer steps; AdamW's t */
     int nan_param;           /* first parameter seen non-finite this step, or -1 */
     mhub_fsdp_stats stats;
+    /* deterministic mode (see mhub_fsdp_shard_done) */
+    mhub_sumtree tree;       /* binary counter over rounds, on shard-size vectors */
+    float *round;            /* this round's reduced shards of every unit */
+    float *tree_scratch;     /* half the largest padded unit */
 };
 
 void mhub_fsdp_options_init(mhub_fsdp_options *opts)
@@ -361,6 +365,14 @@ static mhub_status end_backward(mhub_fsdp *f, int unit)
     g->bound = false;
     if (f->ddp_cfg.check_for_nan_in_grad)
         MHUB_TRY(scan_for_nan(f, unit, g->data));
+    if (f->ddp_cfg.deterministic) {
+        /* the fixed-tree sum over this round's ranks, no scaling (the
+         * loss is weighted by 1/global batch), blocking */
+        g->unit = -1;
+        f->stats.reduce_scatters++;
+        return mhub_tree_reduce_scatter(f->dp, f->be, g->data, u->padded, f->tree_scratch,
+                                        f->round + u->shard_offset);
+    }
     mhub_reduce_op op = MHUB_AVG;
     if (!f->ddp_cfg.average_in_collective) {
         /* as DDP and Megatron-Core: pre-scale by 1/dp, then SUM */
@@ -628,11 +640,28 @@ static void destroy(mhub_fsdp *f)
         f->be->ops->free(f->be, f->gather_mem);
     if (f->grad_mem)
         f->be->ops->free(f->be, f->grad_mem);
+    if (f->round)
+        f->be->ops->free(f->be, f->round);
+    if (f->tree_scratch)
+        f->be->ops->free(f->be, f->tree_scratch);
+    mhub_sumtree_free(&f->tree);
     free(f->gather);
     free(f->units);
     free(f->order);
     free(f->param_offset);
     free(f);
+}
+
+/* Deterministic mode's buffers: a round of reduced shards and the halving
+ * scratch, plus the sum tree's levels (allocated in the first step). */
+static mhub_status alloc_deterministic(mhub_fsdp *f)
+{
+    int64_t largest = 0;
+    for (int u = 0; u < f->num_units; u++)
+        largest = f->units[u].padded > largest ? f->units[u].padded : largest;
+    MHUB_TRY(mhub_sumtree_init(&f->tree, f->be, f->dp, f->shard_numel));
+    MHUB_TRY(alloc_floats(f, f->shard_numel, &f->round));
+    return alloc_floats(f, largest / 2 + 1, &f->tree_scratch);
 }
 
 mhub_status mhub_fsdp_create(mhub_param_list *params, mhub_comm *dp,
@@ -664,6 +693,8 @@ mhub_status mhub_fsdp_create(mhub_param_list *params, mhub_comm *dp,
     mhub_status s = plan_units(f);
     if (s == MHUB_OK)
         s = alloc_shards(f);
+    if (s == MHUB_OK && ddp_cfg->deterministic)
+        s = alloc_deterministic(f);
     if (s == MHUB_OK)
         s = alloc_buffers(f);
     if (s == MHUB_OK)
@@ -701,7 +732,19 @@ mhub_status mhub_fsdp_zero_grad(mhub_fsdp *f)
                           "mhub_fsdp_finish_grad_sync first",
                           (long long)f->step);
     f->nan_param = -1;
+    if (f->ddp_cfg.deterministic)
+        mhub_sumtree_reset(&f->tree);
     return f->be->ops->memset_zero(f->be, f->grads, (size_t)f->shard_numel * sizeof(float));
+}
+
+mhub_status mhub_fsdp_shard_done(mhub_fsdp *f)
+{
+    if (!f)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
+    if (!f->ddp_cfg.deterministic)
+        return MHUB_ERROR(MHUB_ERR_STATE, "shard_done is for deterministic mode only");
+    MHUB_TRY(check_no_backward_open(f, "mhub_fsdp_shard_done"));
+    return mhub_sumtree_fold(&f->tree, f->round);
 }
 
 mhub_status mhub_fsdp_finish_grad_sync(mhub_fsdp *f)
@@ -716,6 +759,8 @@ mhub_status mhub_fsdp_finish_grad_sync(mhub_fsdp *f)
         if (s == MHUB_OK)
             s = w;
     }
+    if (s == MHUB_OK && f->ddp_cfg.deterministic)
+        s = mhub_sumtree_collect(&f->tree, f->grads);
     if (s == MHUB_OK && f->ddp_cfg.check_for_nan_in_grad)
         s = mhub_dp_agree_on_nan(f->dp, f->params, f->nan_param, f->step, "fsdp");
     f->stats.steps++;

@@ -70,7 +70,9 @@ static void train(const run *r, mhub_comm *dp, char hex[65], float *flat)
     for (int s = 0; s < STEPS; s++) {
         CK_OK(mhub_dp_engine_zero_grad(e));
         for (int k = 0; k < r->micro; k++) {
-            uint64_t first = (uint64_t)(s * GLOBAL_BATCH + dp->rank * local + k * rows);
+            int64_t shard = mhub_dp_engine_shard_index(e, dp->rank, dp->size, k, r->micro);
+            ck_assert_int_ge(shard, 0);
+            uint64_t first = (uint64_t)(s * GLOBAL_BATCH + shard * rows);
             CK_OK(mhub_synthetic_batch(&task, first, rows, x, y));
             CK_OK(mhub_dp_engine_micro_begin(e, k, r->micro));
             CK_OK(mhub_mlp_forward(m, x, y, rows, NULL));
@@ -108,18 +110,19 @@ START_TEST(test_deterministic_bits)
 {
     mhub_comm *alone = alone_comm();
     for (int optim = 0; optim <= 1; optim++) {
-        char ddp[65], distopt[65], ddp_one[65], distopt_one[65];
-        run r = {MHUB_DP_DDP, (mhub_optim_kind)optim, true, SHARDS / world->size};
-        train(&r, world, ddp, NULL);
-        r.kind = MHUB_DP_DISTOPT;
-        train(&r, world, distopt, NULL);
+        char ref[65], hex[65];
         run one = {MHUB_DP_DDP, (mhub_optim_kind)optim, true, SHARDS};
-        train(&one, alone, ddp_one, NULL);
-        one.kind = MHUB_DP_DISTOPT;
-        train(&one, alone, distopt_one, NULL);
-        ck_assert_str_eq(ddp, ddp_one);         /* P ranks == 1 rank */
-        ck_assert_str_eq(distopt, distopt_one);
-        ck_assert_str_eq(ddp, distopt);         /* sharding the optimizer changes no bit */
+        train(&one, alone, ref, NULL);
+        for (int kind = 0; kind <= 2; kind++) {
+            run r = {(mhub_dp_engine_kind)kind, (mhub_optim_kind)optim, true, SHARDS / world->size};
+            train(&r, world, hex, NULL); /* P ranks == 1 rank, whatever the engine */
+            ck_assert_msg(!strcmp(hex, ref), "%s, %s on %d ranks: %s != %s",
+                          mhub_dp_engine_name(r.kind), mhub_optim_kind_name(r.optim),
+                          world->size, hex, ref);
+            r.micro = SHARDS;
+            train(&r, alone, hex, NULL);
+            ck_assert_str_eq(hex, ref);
+        }
     }
     mhub_comm_free(alone);
 }
@@ -177,12 +180,10 @@ START_TEST(test_bad_input)
     CK_FAILS(MHUB_ERR_INVALID_ARG,
              mhub_dp_engine_create(MHUB_DP_DDP, mhub_mlp_params(m), world, &dc, &oc, NULL, &e));
     mhub_optim_config_init(&oc, MHUB_OPTIM_SGD);
-    dc.deterministic = true;
-    CK_FAILS(MHUB_ERR_UNSUPPORTED,
-             mhub_dp_engine_create(MHUB_DP_FSDP, mhub_mlp_params(m), world, &dc, &oc, NULL, &e));
-    ck_assert_ptr_null(e);
-    dc.deterministic = false;
     CK_OK(mhub_dp_engine_create(MHUB_DP_DDP, mhub_mlp_params(m), world, &dc, &oc, NULL, &e));
+    ck_assert_int_eq(mhub_dp_engine_shard_index(e, 1, 2, 1, 4), 5);
+    ck_assert_int_eq(mhub_dp_engine_shard_index(e, 2, 2, 1, 4), -1);
+    ck_assert_int_eq(mhub_dp_engine_shard_index(NULL, 0, 1, 0, 1), -1);
     CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_dp_engine_micro_begin(e, 2, 2));
     CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_dp_engine_micro_end(e, 0, 0));
     CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_dp_engine_set_lr(e, -3.0f));

@@ -13,7 +13,11 @@
  *              finish_grad_sync; step.
  * micro_begin/end open a no_sync scope for all but the last micro-batch,
  * or, in deterministic mode, fold each micro-shard into the engine's
- * summation tree. */
+ * summation tree. Which part of the global batch a rank's micro-batch k
+ * holds is mhub_dp_engine_shard_index's answer: the global batch is cut
+ * into ranks x num_micro equal shards, and every engine sums them in the
+ * same fixed tree in deterministic mode, so DDP, distopt and FSDP reach
+ * the same bits. */
 #ifndef MHUB_ENGINE_H
 #define MHUB_ENGINE_H
 
@@ -40,8 +44,8 @@ typedef struct mhub_dp_engine mhub_dp_engine;
 
 /* fsdp_opts may be NULL (defaults); it is read only for MHUB_DP_FSDP.
  * For the distributed optimizer, ddp_cfg->overlap_param_gather selects
- * the overlapped parameter all-gather. Deterministic mode is available
- * for DDP and the distributed optimizer. */
+ * the overlapped parameter all-gather. Deterministic mode works with all
+ * three. */
 mhub_status mhub_dp_engine_create(mhub_dp_engine_kind kind, mhub_param_list *params,
                                   mhub_comm *dp, const mhub_ddp_config *ddp_cfg,
                                   const mhub_optim_config *optim_cfg,
@@ -58,6 +62,12 @@ mhub_status mhub_dp_engine_hooks(mhub_dp_engine *e, mhub_grad_ready_fn *grad_rea
 mhub_status mhub_dp_engine_zero_grad(mhub_dp_engine *e);
 mhub_status mhub_dp_engine_micro_begin(mhub_dp_engine *e, int micro, int num_micro);
 mhub_status mhub_dp_engine_micro_end(mhub_dp_engine *e, int micro, int num_micro);
+/* The global shard (of ranks x num_micro, in batch order) that `rank`
+ * processes as its micro-batch `micro`: rank * num_micro + micro, except
+ * for deterministic FSDP, which works in rounds of adjacent shards:
+ * micro * ranks + rank. -1 on bad arguments. */
+int64_t mhub_dp_engine_shard_index(const mhub_dp_engine *e, int rank, int ranks, int micro,
+                                   int num_micro);
 mhub_status mhub_dp_engine_finish_grad_sync(mhub_dp_engine *e);
 mhub_status mhub_dp_engine_step(mhub_dp_engine *e);
 mhub_status mhub_dp_engine_set_lr(mhub_dp_engine *e, float lr);

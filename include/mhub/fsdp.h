@@ -94,6 +94,19 @@ mhub_status mhub_fsdp_unit_hooks(mhub_fsdp *f, mhub_unit_hooks *out);
  * half done or its reduce-scatters were not waited for (finish_grad_sync). */
 mhub_status mhub_fsdp_zero_grad(mhub_fsdp *f);
 
+/* Deterministic mode (ddp.h; ddp_cfg->deterministic): the training loop
+ * gives rank r of P the micro-shards r, P + r, 2P + r, ... (round k holds
+ * the P adjacent shards kP .. kP+P-1) and calls this after each one's
+ * backward. Each unit's post_backward sums the round over ranks with the
+ * fixed halving tree (a blocking reduce-scatter), and this call folds the
+ * round into a binary counter over rounds: every sum is the complete
+ * binary tree over shards 0..S-1 in order, as in DDP, so the trained
+ * parameters are bitwise those of DDP at any power-of-two dp size. Cost:
+ * the per-unit reduce-scatter is not overlapped, and log2(S/P) + 2
+ * shard-sized vectors plus half the largest unit of scratch are held.
+ * MHUB_ERR_STATE outside deterministic mode. */
+mhub_status mhub_fsdp_shard_done(mhub_fsdp *f);
+
 /* Collective. Wait for every outstanding reduce-scatter; afterwards each
  * rank's gradient shards hold the dp-mean of the step's gradients. With
  * check_for_nan_in_grad, a NaN/Inf in any rank's gradient (checked before

@@ -381,7 +381,12 @@ static mhub_status load_micro_batch(trainer *t, int step, int k, double *data_se
     double t0 = now_seconds();
     int64_t first, count;
     uint64_t sample;
-    MHUB_TRY(mhub_sampler_rank_slice(&t->sampler, t->rank, t->world, t->micro_per_rank, k,
+    /* the engine says which shard of the global batch this micro-batch is
+     * (deterministic FSDP works in rounds); shard j is the slice the
+     * sampler gives rank j / M's micro-batch j % M */
+    int m = t->micro_per_rank;
+    int64_t shard = mhub_dp_engine_shard_index(t->engine, t->rank, t->world, k, m);
+    MHUB_TRY(mhub_sampler_rank_slice(&t->sampler, (int)(shard / m), t->world, m, (int)(shard % m),
                                      &first, &count));
     /* the endless stream is in order: the slice is a contiguous run */
     MHUB_TRY(mhub_sampler_index(&t->sampler, step, first, &sample));
