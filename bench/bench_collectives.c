@@ -1,7 +1,8 @@
 /* bench_collectives.c - collective bandwidth through mhub_comm, as nccl-tests.
  *
  * For each size from --min-bytes to --max-bytes (x4 steps) and each of
- * allreduce, reduce_scatter and allgather (f32 sum, out of place), it times
+ * allreduce, reduce_scatter and allgather (f32 sum; out of place but for
+ * the in-place runs below), it times
  * every iteration on every rank between a barrier and the call's return,
  * takes the slowest rank per iteration and reports the median over
  * iterations. "size" is the whole message as nccl-tests counts it: the
@@ -21,7 +22,8 @@
  * table of allreduce busbw with shm/mpi. In-place runs (shm, and the
  * others with --inplace) rewrite the input before every iteration,
  * untimed, as a training step writes its gradient before reducing it.
- * Run: mpiexec -n 4 bench_collectives [flags]. */
+ * The paths of a size take turns in rounds (see measure), so that their
+ * ratios hold on a busy machine. Run: mpiexec -n 4 bench_collectives [flags]. */
 #include <errno.h>
 #include <sched.h>
 #include <stdbool.h>
@@ -35,7 +37,7 @@
 
 #include "mhub/mhub.h"
 
-enum { WARMUP = 2, ITERS_SMALL = 100, ITERS_LARGE = 20 };
+enum { WARMUP = 2, ITERS_SMALL = 100, ITERS_LARGE = 20, ROUNDS = 4 };
 #define SMALL_BYTES ((int64_t)1 << 20) /* up to here, ITERS_SMALL iterations */
 
 typedef enum coll { ALLREDUCE, REDUCE_SCATTER, ALLGATHER, N_COLLS } coll;
@@ -306,35 +308,62 @@ static double bus_factor(coll which, int n)
     return which == ALLREDUCE ? 2.0 * (n - 1) / n : (double)(n - 1) / n;
 }
 
-/* Time one size: slowest rank per iteration, median over iterations. */
-static result measure(mhub_comm *c, coll which, path how, bool inplace, int64_t bytes,
-                      int iters, const buffers *b, double *times, double *slowest)
+/* One path's part of a size: its buffers and timings. */
+typedef struct run_of {
+    path how;
+    bool inplace;
+    float *send, *recv;
+    double *times;      /* iters of them */
+} run_of;
+
+/* A run's result: slowest rank per iteration, median over iterations. */
+static result summarize(mhub_comm *c, coll which, const run_of *r, int64_t count, int iters,
+                        double *slowest)
+{
+    MPI_Reduce(r->times, slowest, iters, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
+    result res = {.which = which, .how = r->how, .inplace = r->inplace,
+                  .bytes = count * (int64_t)sizeof(float), .count = count, .iters = iters};
+    if (c->rank == 0) {
+        double t = median(slowest, iters);
+        res.time_us = t * 1e6;
+        res.algbw = t > 0 ? (double)res.bytes / t / 1e9 : 0.0;
+        res.busbw = res.algbw * bus_factor(which, c->size);
+    }
+    return res;
+}
+
+/* Time one size on each of the runs. They take turns in ROUNDS rounds,
+ * so that a burst of other load on the machine (run-to-run noise here is
+ * 2-3x) hits all paths alike and their ratio holds; each turn starts with
+ * WARMUP untimed calls, because a path runs slower right after another
+ * one (after MPICH's blocking all-reduce, the shared-memory one took 4x as
+ * long at 4 MiB). */
+static int measure(mhub_comm *c, coll which, int64_t bytes, int iters, run_of *runs, int nruns,
+                   const buffers *b, double *slowest, result *out)
 {
     int64_t count = bytes / (int64_t)sizeof(float);
     /* a reduce_scatter or allgather moves whole blocks only */
     if (which != ALLREDUCE)
         count -= count % c->size;
-    float *send, *recv;
-    pick_buffers(b, how, inplace, &send, &recv);
-    for (int it = -WARMUP; it < iters; it++) {
-        if (inplace)
-            memcpy(recv, b->send, (size_t)count * sizeof(float));
-        check(mhub_comm_barrier(c), "barrier");
-        double t0 = now_s();
-        run_once(c, how, which, send, recv, count);
-        if (it >= 0)
-            times[it] = now_s() - t0;
+    for (int round = 0; round < ROUNDS; round++) {
+        /* this round's share of the timed iterations */
+        int first = iters * round / ROUNDS, last = iters * (round + 1) / ROUNDS;
+        for (int k = 0; k < nruns; k++) {
+            run_of *r = &runs[k];
+            for (int it = first - WARMUP; it < last; it++) {
+                if (r->inplace)
+                    memcpy(r->recv, b->send, (size_t)count * sizeof(float));
+                check(mhub_comm_barrier(c), "barrier");
+                double t0 = now_s();
+                run_once(c, r->how, which, r->send, r->recv, count);
+                if (it >= first)
+                    r->times[it] = now_s() - t0;
+            }
+        }
     }
-    MPI_Reduce(times, slowest, iters, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
-    result r = {.which = which, .how = how, .inplace = inplace,
-                .bytes = count * (int64_t)sizeof(float), .count = count, .iters = iters};
-    if (c->rank == 0) {
-        double t = median(slowest, iters);
-        r.time_us = t * 1e6;
-        r.algbw = t > 0 ? (double)r.bytes / t / 1e9 : 0.0;
-        r.busbw = r.algbw * bus_factor(which, c->size);
-    }
-    return r;
+    for (int k = 0; k < nruns; k++)
+        out[k] = summarize(c, which, &runs[k], count, iters, slowest);
+    return nruns;
 }
 
 static void print_table(const result *rs, int n, int ranks)
@@ -425,7 +454,7 @@ static int run(const options *o)
     if (o->shm)
         check(mhub_comm_alloc(world, n * sizeof(float), (void **)&b.slot),
               "mhub_comm_alloc (--shm)");
-    double *times = alloc_or_die((size_t)max_iters * sizeof(double));
+    double *times = alloc_or_die((size_t)N_PATHS * (size_t)max_iters * sizeof(double));
     double *slowest = alloc_or_die((size_t)max_iters * sizeof(double));
     result *rs = calloc(MAX_RESULTS, sizeof(result));
     if (rs == NULL)
@@ -437,15 +466,21 @@ static int run(const options *o)
     for (int w = 0; w < N_COLLS; w++) {
         if (!o->run[w])
             continue;
+        run_of runs[N_PATHS];
+        int nruns = 0;
+        for (int h = 0; h < N_PATHS; h++) {
+            if (!path_runs(o, (coll)w, (path)h))
+                continue;
+            run_of *r = &runs[nruns];
+            r->how = (path)h;
+            r->inplace = h == PATH_SHM || (o->inplace && w == ALLREDUCE);
+            r->times = times + (size_t)nruns * (size_t)max_iters;
+            pick_buffers(&b, r->how, r->inplace, &r->send, &r->recv);
+            nruns++;
+        }
         for (int64_t bytes = o->min_bytes; nres + N_PATHS <= MAX_RESULTS; bytes *= 4) {
             int iters = o->iters ? o->iters : bytes <= SMALL_BYTES ? ITERS_SMALL : ITERS_LARGE;
-            for (int h = 0; h < N_PATHS; h++) {
-                if (!path_runs(o, (coll)w, (path)h))
-                    continue;
-                bool inplace = h == PATH_SHM || (o->inplace && w == ALLREDUCE);
-                rs[nres++] = measure(world, (coll)w, (path)h, inplace, bytes, iters, &b, times,
-                                     slowest);
-            }
+            nres += measure(world, (coll)w, bytes, iters, runs, nruns, &b, slowest, rs + nres);
             if (bytes > o->max_bytes / 4)
                 break;
         }

@@ -1,4 +1,4 @@
-/* bench_ddp.c - step time of the MLP under the data-parallel engines.
+/* bench_ddp.c - step time of the MLP under each data-parallel engine.
  *
  *   mpiexec -n 2 bench/bench_ddp [--hidden 2048,2048] [--batch 128] [--json]
  *
@@ -23,11 +23,12 @@ typedef struct bench_options {
     int steps;
     int warmup;
     int64_t bucket_size;
+    int engine_mask;    /* bit k: engine k; 0 = all */
     bool json;
 } bench_options;
 
 typedef struct row {
-    const char *engine;
+    mhub_dp_engine_kind engine;
     bool overlap;
     bool skip_comm;
 } row;
@@ -57,7 +58,8 @@ static int cmp_double(const void *a, const void *b)
 static void usage(void)
 {
     fprintf(stderr, "usage: bench_ddp [--features N] [--hidden W,W] [--classes N] [--batch N] "
-                    "[--steps N] [--warmup N] [--bucket-size N] [--json]\n");
+                    "[--steps N] [--warmup N] [--bucket-size N] [--engine ddp|distopt|fsdp]... "
+                    "[--json]\n");
 }
 
 static bool parse_int(const char *text, long lo, long hi, long *out)
@@ -96,6 +98,11 @@ static bool parse(int argc, char **argv, bench_options *o)
                 if (!save || !*save)
                     free(dup);
             }
+        } else if (!strcmp(a, "--engine")) {
+            mhub_dp_engine_kind k;
+            if (mhub_dp_engine_parse(val, &k) != 0)
+                return false;
+            o->engine_mask |= 1 << k;
         } else if (!parse_int(val, 1, 1L << 40, &v)) {
             return false;
         } else if (!strcmp(a, "--features")) {
@@ -128,13 +135,20 @@ static double run(const bench_options *o, const row *r, mhub_backend *be, mhub_c
     mhub_ddp_config cfg;
     mhub_ddp_config_init(&cfg);
     cfg.overlap_grad_reduce = r->overlap;
+    cfg.overlap_param_gather = r->overlap;
     cfg.bucket_size = o->bucket_size;
-    mhub_ddp *ddp;
-    CHECK(mhub_ddp_create(mhub_mlp_params(m), dp, &cfg, &ddp));
-    mhub_mlp_set_grad_ready(m, mhub_ddp_grad_ready, ddp);
-    mhub_sgd *opt;
-    CHECK(mhub_sgd_create(mhub_mlp_params(m), be, &(mhub_sgd_config){.lr = 0.01f, .momentum = 0.9f},
-                          &opt));
+    mhub_optim_config oc;
+    mhub_optim_config_init(&oc, MHUB_OPTIM_SGD);
+    oc.lr = 0.01f;
+    oc.momentum = 0.9f;
+    mhub_dp_engine *e;
+    CHECK(mhub_dp_engine_create(r->engine, mhub_mlp_params(m), dp, &cfg, &oc, NULL, &e));
+    mhub_grad_ready_fn ready;
+    void *ready_user;
+    mhub_unit_hooks hooks;
+    CHECK(mhub_dp_engine_hooks(e, &ready, &ready_user, &hooks));
+    mhub_mlp_set_grad_ready(m, ready, ready_user);
+    mhub_mlp_set_unit_hooks(m, &hooks);
     mhub_synthetic_task task;
     CHECK(mhub_synthetic_init(&task, o->mlp.inputs, o->mlp.classes, 1));
     float *x = malloc((size_t)local * (size_t)o->mlp.inputs * sizeof *x);
@@ -144,11 +158,11 @@ static double run(const bench_options *o, const row *r, mhub_backend *be, mhub_c
     for (int s = -o->warmup; s < o->steps; s++) {
         MPI_Barrier(MPI_COMM_WORLD);
         double t0 = now();
-        CHECK(mhub_ddp_zero_grad(ddp));
+        CHECK(mhub_dp_engine_zero_grad(e));
         CHECK(mhub_mlp_forward(m, x, y, local, NULL));
         CHECK(mhub_mlp_backward(m, 1.0f / (float)local));
-        CHECK(mhub_ddp_finish_grad_sync(ddp));
-        CHECK(mhub_sgd_step(opt));
+        CHECK(mhub_dp_engine_finish_grad_sync(e));
+        CHECK(mhub_dp_engine_step(e));
         double mine = 1e3 * (now() - t0), slowest = mine;
         MPI_Allreduce(&mine, &slowest, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
         if (s >= 0)
@@ -160,9 +174,9 @@ static double run(const bench_options *o, const row *r, mhub_backend *be, mhub_c
     free(y);
     free(ms);
     mhub_synthetic_free(&task);
-    mhub_sgd_free(opt);
     mhub_mlp_set_grad_ready(m, NULL, NULL);
-    mhub_ddp_free(ddp);
+    mhub_mlp_set_unit_hooks(m, NULL);
+    mhub_dp_engine_free(e);
     mhub_mlp_free(m);
     return median;
 }
@@ -196,25 +210,27 @@ int main(int argc, char **argv)
                o.mlp.inputs, o.mlp.classes, (long long)params, params * 4.0 / 1048576.0,
                o.batch, size, mhub_cpu_backend_threads(be), o.steps, "engine", "overlap",
                "comm", "ms/step", "vs no-comm");
-    const row rows[] = {{"ddp", true, true}, {"ddp", true, false}, {"ddp", false, false}};
     double base = 0;
-    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
-        if (size == 1 && !rows[i].skip_comm && i > 0 && rows[i].overlap)
+    for (int i = 0; i < 9; i++) {
+        /* per engine: no comm (overlap on), overlap on, overlap off */
+        row rr = {(mhub_dp_engine_kind)(i / 3), i % 3 != 2, i % 3 == 0};
+        const row *r = &rr;
+        if (o.engine_mask && !(o.engine_mask & (1 << rr.engine)))
             continue;
-        double ms = run(&o, &rows[i], be, world, alone);
-        if (rows[i].skip_comm)
+        double ms = run(&o, r, be, world, alone);
+        if (r->skip_comm)
             base = ms;
         if (rank != 0)
             continue;
         if (o.json)
             printf("{\"engine\":\"%s\",\"overlap\":%s,\"comm\":%s,\"ranks\":%d,\"params\":%lld,"
                    "\"batch\":%d,\"ms_per_step\":%.4f,\"vs_no_comm\":%.4f}\n",
-                   rows[i].engine, rows[i].overlap ? "true" : "false",
-                   rows[i].skip_comm ? "false" : "true", size, (long long)params, o.batch, ms,
+                   mhub_dp_engine_name(r->engine), r->overlap ? "true" : "false",
+                   r->skip_comm ? "false" : "true", size, (long long)params, o.batch, ms,
                    ms / base);
         else
-            printf("%-8s %-8s %-8s %10.3f %11.3fx\n", rows[i].engine, rows[i].overlap ? "on" : "off",
-                   rows[i].skip_comm ? "skipped" : "mpi", ms, ms / base);
+            printf("%-8s %-8s %-8s %10.3f %11.3fx\n", mhub_dp_engine_name(r->engine),
+                   r->overlap ? "on" : "off", r->skip_comm ? "skipped" : "mpi", ms, ms / base);
     }
     mhub_comm_free(alone);
     mhub_comm_free(world);

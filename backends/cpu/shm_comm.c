@@ -4,7 +4,8 @@
  * scratch buffers (and, above 32 MiB, page-faults them in on every call);
  * when the ranks' buffers already sit in one shared mapping, each rank can
  * read its peers' data directly and only do the arithmetic and one copy.
- * A prototype measured 2.8-6x MPICH's bus bandwidth on a 2-core VM.
+ * On a 2-core VM this runs at 4-8x MPICH's bus bandwidth from 1 MiB to
+ * 256 MiB, at 2 and at 4 ranks (bench/bench_collectives --shm --raw-mpi).
  *
  * Memory. mhub_comm_alloc on a communicator whose ranks are all on one
  * node creates an MPI-3 shared window (MPI_Win_allocate_shared over the
@@ -32,26 +33,30 @@
  * copied: the result is bitwise identical on every rank and every run.
  *
  * Flags. Rank r's control line holds a counter `epoch` written only by r:
- * the number of barriers r has passed on this window. A barrier is
- * "publish epoch + 1 (release), wait until every peer's epoch >= mine
- * (acquire)". Counters only grow, so back-to-back calls need no reset: a
- * fast rank already in the next call shows a larger value, which still
- * satisfies a slow peer waiting on the previous barrier, and it cannot get
- * further than one barrier ahead. The release store orders this rank's
- * plain data stores (and its reads of peers' slots) before the flag; the
- * peer's acquire load orders its data accesses after it. Non-temporal
- * stores are weakly ordered even on x86, so they are fenced (sfence)
- * before a flag is published. MPI_Win_sync + a barrier once after
- * allocation publish the zeroed memory, as MPI's unified model asks;
- * within a call, the C11 atomics on the lock-free 64-bit counters do it
- * (MPI_Win_sync plus an MPI barrier per step would cost 20x more).
+ * the number of barriers r has passed on this window (mod 2^32), and the
+ * number of peers asleep waiting for it to change. A barrier
+ * is "publish epoch + 1, wait until every peer's epoch >= mine". Counters
+ * only grow, so back-to-back calls need no reset: a fast rank already in
+ * the next call shows a larger value, which still satisfies a slow peer
+ * waiting on the previous barrier, and it cannot get further than one
+ * barrier ahead. The store (sequentially consistent, so at least release)
+ * orders this rank's plain data stores, and its reads of peers' slots,
+ * before the flag; the peer's acquire load orders its data accesses after
+ * it. Non-temporal stores are weakly ordered even on x86, so they are
+ * fenced (sfence) before a flag is published. MPI_Win_sync + a barrier
+ * once after allocation publish the zeroed memory, as MPI's unified model
+ * asks; within a call, the C11 atomics on lock-free 32-bit counters do it
+ * (MPI_Win_sync plus an MPI barrier per step costs 5-15x a flag barrier,
+ * which would cancel the gain on small buffers).
  *
- * Waiting polls, then yields the core (more ranks than cores is common
- * here), letting MPI progress now and then, and gives up when one barrier
- * has waited MHUB_SHM_TIMEOUT seconds (default 120), with MHUB_ERR_COMM
- * naming the rank that did not arrive: a dead or absent rank must not
- * hang the others forever. The window is unusable after that (the
- * counters are out of step) and calls on it fail until it is freed. */
+ * Waiting polls, then yields, then sleeps on the peer's counter (a futex
+ * on Linux; the owner wakes sleepers when it publishes), as more ranks
+ * than cores is common here; it lets MPI progress now and then, and gives
+ * up when one barrier has waited MHUB_SHM_TIMEOUT seconds (default 120),
+ * with MHUB_ERR_COMM naming the rank that did not arrive: a dead or absent
+ * rank must not hang the others forever. The window is unusable after
+ * that (the counters are out of step) and calls on it fail until it is
+ * freed. */
 #include <assert.h>
 #include <errno.h>
 #include <limits.h>
@@ -62,8 +67,14 @@
 #include <string.h>
 #include <time.h>
 
+#include <unistd.h>
+
 #if defined(__SSE__)
 #include <immintrin.h>
+#endif
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
 #endif
 
 #include "backends/cpu/shm_internal.h"
@@ -73,29 +84,49 @@
 #define MAX_WINDOWS 8        /* a DDP engine needs one; tests use a few */
 #define DEFAULT_TIMEOUT_S 120.0
 #define MAX_TIMEOUT_S 1e9
-/* Non-temporal stores for the gather from this many bytes of range on:
- * below it the gathered result stays in the caches, where its next reader
- * (the optimizer step) finds it; above it the result is evicted anyway,
- * and streaming saves reading each destination line before writing it
- * (a third of the gather's memory traffic). The prototype saw NT win from
- * about 16 MiB on and lose at 1-4 MiB. */
+/* Non-temporal stores for the gather from this many bytes of range on.
+ * Streaming skips reading each destination line before writing it, but
+ * leaves the result in memory instead of the caches. Measured on a 2-core
+ * Zen 4 VM (32 MiB L3), 2 ranks: the all-reduce alone gains 1.3-1.5x with
+ * NT from 4 to 64 MiB and loses 1.2-1.7x at 1 MiB. Below the threshold the
+ * whole window (n ranges) still fits the L3 and the gradient's next reader
+ * (the optimizer) finds it there, which the all-reduce's own time does not
+ * show; from 16 MiB at 2 ranks it does not fit anyway. */
 #define NT_MIN_BYTES ((size_t)16 << 20)
-/* Polls of a flag before the first yield: a peer on its own core usually
- * arrives within this, and a yield is a syscall. */
+/* Waiting for a peer: SPIN_POLLS polls first (a peer on its own core
+ * usually arrives within them, and anything else is a system call), then
+ * yields, then sleeps on the peer's counter. With a core per rank, yielding
+ * is fastest (2 ranks, 1 MiB, one rank 50 us late: 73 us yielding, 87-128
+ * us sleeping, the wake-up's cost), so it goes on for YIELD_S before the
+ * rank sleeps (a long wait: a peer still computing). With more ranks than
+ * cores, only sleeping works: under the kernel's EEVDF scheduler a rank
+ * that yields can keep the core from the rank it waits for for
+ * milliseconds (4 ranks, 2 cores, 1 MiB: median 2.8-6 ms in 4 of 6 runs
+ * yielding, 0.1-0.3 ms sleeping after YIELD_POLLS yields). */
 #define SPIN_POLLS 64
-/* Yields between two looks at the clock. */
-#define CLOCK_EVERY 64
+#define YIELD_POLLS 8
+#define YIELD_S 1e-3
+/* Longest single sleep: bounds how late a timeout is noticed, not how
+ * late a wake-up comes. */
+#define DOZE_NS 10000000L
+/* Waits between two calls that let MPI progress. */
+#define PROGRESS_EVERY 8
 
-static_assert(ATOMIC_LLONG_LOCK_FREE == 2,
+static_assert(ATOMIC_INT_LOCK_FREE == 2,
               "flags in shared memory must be lock-free atomics (hence address-free)");
+static_assert(sizeof(atomic_uint) == 4, "a futex word is 32 bits");
 
 /* One rank's flags, alone on a cache line so that polling a peer's line
  * does not disturb the owner's writes to its own. */
 typedef struct ctrl_line {
-    atomic_ullong epoch;  /* barriers this rank has passed on the window */
+    /* barriers this rank has passed on the window, modulo 2^32 (ranks are
+     * never more than one apart, so comparing by difference is exact);
+     * also the futex word that sleeping peers wait on */
+    atomic_uint epoch;
+    atomic_uint sleepers; /* peers asleep on `epoch`, for the owner to wake */
     uint64_t offset;      /* this call's range in elements from the slot start, */
     uint64_t count;       /* published by the arrive barrier for a consistency check */
-    char pad[LINE - sizeof(atomic_ullong) - 2 * sizeof(uint64_t)];
+    char pad[LINE - 2 * sizeof(atomic_uint) - 2 * sizeof(uint64_t)];
 } ctrl_line;
 
 static_assert(sizeof(ctrl_line) == LINE, "a control line is one cache line");
@@ -106,8 +137,9 @@ typedef struct shm_window {
     char *slots;           /* slot 0; slot q at slots + q * slot_bytes */
     size_t bytes;          /* what the caller asked for */
     size_t slot_bytes;     /* bytes rounded up to LINE */
-    unsigned long long epoch; /* this rank's counter (mirrors its ctrl line) */
+    unsigned epoch;        /* this rank's counter (mirrors its ctrl line) */
     double timeout_s;
+    double yield_s;        /* how long a wait yields before it sleeps */
     bool broken;           /* a wait timed out: counters are out of step */
 } shm_window;
 
@@ -345,12 +377,21 @@ static mhub_status publish_zeroed(mhub_comm *c, MPI_Comm node, shm_window *w)
     ctrl_line *me = &w->ctrl[c->rank];
     memset(me, 0, sizeof *me);
     atomic_init(&me->epoch, 0);
+    atomic_init(&me->sleepers, 0);
     int rc = MPI_Win_sync(w->win);
     if (rc == MPI_SUCCESS)
         rc = barrier_yielding(node);
     if (rc == MPI_SUCCESS)
         rc = MPI_Win_sync(w->win);
     return rc == MPI_SUCCESS ? MHUB_OK : mpi_failed(c, "mhub_comm_alloc", "MPI_Win_sync", rc);
+}
+
+/* More ranks on this node than processors online: waiting ranks must
+ * sleep to let the others run (see YIELD_S). */
+static bool crowded(int ranks)
+{
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    return cpus > 0 && ranks > cpus;
 }
 
 mhub_status mhub_shm_alloc(mhub_comm *c, MPI_Comm comm, mhub_shm **state, size_t bytes,
@@ -383,6 +424,7 @@ mhub_status mhub_shm_alloc(mhub_comm *c, MPI_Comm comm, mhub_shm **state, size_t
     w->bytes = bytes;
     w->slot_bytes = round_up(bytes, LINE);
     w->timeout_s = timeout_s;
+    w->yield_s = crowded(c->size) ? 0.0 : YIELD_S;
     mhub_status s = publish_zeroed(c, st->node_comm, w);
     if (s != MHUB_OK) {
         release_window(w);
@@ -449,48 +491,100 @@ static void let_mpi_progress(MPI_Comm comm)
     MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, comm, &flag, MPI_STATUS_IGNORE);
 }
 
-/* Wait until rank q has passed this rank's barrier count. The clock is read
- * only once waiting has begun to cost yields; *deadline (0: not set yet)
- * is shared by the waits of one barrier. */
-static mhub_status wait_peer(mhub_comm *c, MPI_Comm node, shm_window *w, int q, int step,
-                             double *deadline)
+/* Whether a counter value has reached `target` (modulo 2^32). */
+static bool reached(unsigned value, unsigned target)
 {
-    atomic_ullong *flag = &w->ctrl[q].epoch;
+    return (int)(value - target) >= 0;
+}
+
+#if defined(__linux__)
+/* Sleep until *word may differ from `seen` (or `ns` pass). Not the private
+ * futex flag: the word is in memory shared between processes. */
+static void futex_sleep(atomic_uint *word, unsigned seen, long ns)
+{
+    struct timespec ts = {.tv_sec = 0, .tv_nsec = ns};
+    syscall(SYS_futex, (unsigned *)word, FUTEX_WAIT, seen, &ts, NULL, 0);
+}
+
+static void futex_wake_all(atomic_uint *word)
+{
+    syscall(SYS_futex, (unsigned *)word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+#endif
+
+/* One wait of a long one: sleep on the peer's counter where the system
+ * allows, else yield. The sleeper count and the counter are both
+ * sequentially consistent, as are the owner's store of the counter and
+ * its read of the count (barrier below): so either this rank sees the new
+ * value and does not sleep, or the owner sees a sleeper and wakes it. */
+static void doze(ctrl_line *peer, unsigned target)
+{
+#if defined(__linux__)
+    atomic_fetch_add(&peer->sleepers, 1);
+    unsigned seen = atomic_load(&peer->epoch);
+    if (!reached(seen, target))
+        futex_sleep(&peer->epoch, seen, DOZE_NS);
+    atomic_fetch_sub(&peer->sleepers, 1);
+#else
+    (void)peer;
+    (void)target;
+    sched_yield();
+#endif
+}
+
+static mhub_status timed_out(mhub_comm *c, shm_window *w, int q, int step)
+{
+    w->broken = true;
+    return mhub_error(MHUB_ERR_COMM,
+                      "allreduce: shared-memory all-reduce in group \"%s\" (rank %d of %d): "
+                      "rank %d did not reach the %s step within %g s (MHUB_SHM_TIMEOUT); it "
+                      "died, hangs, or skipped the call. The window is unusable now: free it",
+                      c->name, c->rank, c->size, q, step_names[step], w->timeout_s);
+}
+
+/* Wait until rank q has passed this rank's barrier count: poll, then
+ * yield, then sleep. The clock is read once waiting costs system calls
+ * anyway; *since (0: not yet) is when the barrier's waiting began. */
+static mhub_status wait_peer(mhub_comm *c, MPI_Comm node, shm_window *w, int q, int step,
+                             double *since)
+{
+    ctrl_line *peer = &w->ctrl[q];
     for (unsigned long polls = 1;; polls++) {
-        if (atomic_load_explicit(flag, memory_order_acquire) >= w->epoch)
+        if (reached(atomic_load_explicit(&peer->epoch, memory_order_acquire), w->epoch))
             return MHUB_OK;
-        if (polls < SPIN_POLLS) {
+        if (polls <= SPIN_POLLS) {
             cpu_relax();
             continue;
         }
-        sched_yield();
-        if (polls % CLOCK_EVERY != 0)
-            continue;
-        let_mpi_progress(node);
         double t = now_s();
-        if (*deadline == 0.0) {
-            *deadline = t + w->timeout_s;
-        } else if (t > *deadline) {
-            w->broken = true;
-            return mhub_error(MHUB_ERR_COMM,
-                              "allreduce: shared-memory all-reduce in group \"%s\" (rank %d of "
-                              "%d): rank %d did not reach the %s step within %g s "
-                              "(MHUB_SHM_TIMEOUT); it died, hangs, or skipped the call. The "
-                              "window is unusable now: free it",
-                              c->name, c->rank, c->size, q, step_names[step], w->timeout_s);
-        }
+        if (*since == 0.0)
+            *since = t;
+        if (t - *since > w->timeout_s)
+            return timed_out(c, w, q, step);
+        if (polls <= SPIN_POLLS + YIELD_POLLS || t - *since < w->yield_s)
+            sched_yield();
+        else
+            doze(peer, w->epoch);
+        if (polls % PROGRESS_EVERY == 0)
+            let_mpi_progress(node);
     }
 }
 
-/* Publish "passed one more barrier", then wait for every peer to pass it. */
+/* Publish "passed one more barrier" (waking peers asleep on it), then wait
+ * for every peer to pass it. */
 static mhub_status barrier(mhub_comm *c, MPI_Comm node, shm_window *w, int step)
 {
+    ctrl_line *me = &w->ctrl[c->rank];
     w->epoch++;
-    atomic_store_explicit(&w->ctrl[c->rank].epoch, w->epoch, memory_order_release);
-    double deadline = 0.0;
+    atomic_store(&me->epoch, w->epoch);
+#if defined(__linux__)
+    if (atomic_load(&me->sleepers) != 0)
+        futex_wake_all(&me->epoch);
+#endif
+    double since = 0.0;
     for (int q = 0; q < c->size; q++)
         if (q != c->rank)
-            MHUB_TRY(wait_peer(c, node, w, q, step, &deadline));
+            MHUB_TRY(wait_peer(c, node, w, q, step, &since));
     return MHUB_OK;
 }
 
@@ -569,9 +663,10 @@ static void fence_streams(bool nt)
 #endif
 }
 
-/* Rank r's chunk of the range [off, off + count): boundaries at whole
- * lines of the slot, so ranks never write into one line together, and
- * clamped to the range. Ranks past the end get an empty chunk. */
+/* Rank r's chunk of the range [off, off + count) starts here. Boundaries
+ * fall on whole lines of the slot, so the lines a rank writes in its slot
+ * (its chunk) are never lines its peers read there in the same step; they
+ * are clamped to the range, and ranks past its end get an empty chunk. */
 static size_t chunk_start(size_t off, size_t count, int n, int r)
 {
     if (r == 0)
@@ -624,8 +719,7 @@ static mhub_status reduce_in_window(mhub_comm *c, MPI_Comm node, shm_window *w, 
     sum_slots(mine + b, w->slots + b * sizeof(float), w->slot_bytes, n, e - b);
     MHUB_TRY(barrier(c, node, w, 1));
 
-    static long long ntb = -1; if (ntb < 0) { const char *nt_env = getenv("TMP_NT"); ntb = nt_env ? atoll(nt_env) : (long long)NT_MIN_BYTES; }
-    bool nt = count * sizeof(float) >= (size_t)ntb;
+    bool nt = count * sizeof(float) >= NT_MIN_BYTES;
     for (int q = 0; q < n; q++) {
         if (q == r)
             continue;
