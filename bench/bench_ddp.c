@@ -24,6 +24,7 @@ typedef struct bench_options {
     int warmup;
     int64_t bucket_size;
     int engine_mask;    /* bit k: engine k; 0 = all */
+    bool average_in_collective;
     bool json;
 } bench_options;
 
@@ -59,7 +60,7 @@ static void usage(void)
 {
     fprintf(stderr, "usage: bench_ddp [--features N] [--hidden W,W] [--classes N] [--batch N] "
                     "[--steps N] [--warmup N] [--bucket-size N] [--engine ddp|distopt|fsdp]... "
-                    "[--json]\n");
+                    "[--average-in-collective] [--json]\n");
 }
 
 static bool parse_int(const char *text, long lo, long hi, long *out)
@@ -83,6 +84,10 @@ static bool parse(int argc, char **argv, bench_options *o)
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--json")) {
             o->json = true;
+            continue;
+        }
+        if (!strcmp(a, "--average-in-collective")) {
+            o->average_in_collective = true;
             continue;
         }
         if (!val)
@@ -137,6 +142,7 @@ static double run(const bench_options *o, const row *r, mhub_backend *be, mhub_c
     cfg.overlap_grad_reduce = r->overlap;
     cfg.overlap_param_gather = r->overlap;
     cfg.bucket_size = o->bucket_size;
+    cfg.average_in_collective = o->average_in_collective;
     mhub_optim_config oc;
     mhub_optim_config_init(&oc, MHUB_OPTIM_SGD);
     oc.lr = 0.01f;

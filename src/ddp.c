@@ -57,6 +57,7 @@ void mhub_ddp_config_init(mhub_ddp_config *cfg)
     cfg->overlap_grad_reduce = false;
     cfg->bucket_size = MHUB_DDP_BUCKET_AUTO;
     cfg->average_in_collective = false;
+    cfg->loss_is_global_mean = false;
     cfg->check_for_nan_in_grad = false;
     cfg->deterministic = false;
     cfg->use_distributed_optimizer = false;
@@ -93,6 +94,7 @@ typedef struct bool_field {
 static const bool_field bool_fields[] = {
     {"overlap_grad_reduce", offsetof(mhub_ddp_config, overlap_grad_reduce)},
     {"average_in_collective", offsetof(mhub_ddp_config, average_in_collective)},
+    {"loss_is_global_mean", offsetof(mhub_ddp_config, loss_is_global_mean)},
     {"check_for_nan_in_grad", offsetof(mhub_ddp_config, check_for_nan_in_grad)},
     {"deterministic", offsetof(mhub_ddp_config, deterministic)},
     {"use_distributed_optimizer", offsetof(mhub_ddp_config, use_distributed_optimizer)},
@@ -127,7 +129,8 @@ static mhub_status read_key(const cJSON *item, const char *source, mhub_ddp_conf
     }
     return mhub_error(MHUB_ERR_PARSE,
                       "%s: unknown ddp config key '%s' (known: overlap_grad_reduce, "
-                      "bucket_size, average_in_collective, check_for_nan_in_grad, "
+                      "bucket_size, average_in_collective, loss_is_global_mean, "
+                      "check_for_nan_in_grad, "
                       "deterministic, use_distributed_optimizer, overlap_param_gather)",
                       source, item->string);
 }
@@ -398,12 +401,8 @@ static mhub_status issue_bucket(mhub_ddp *d, int index, bool in_backward)
     if (d->dp->size == 1)
         return MHUB_OK; /* the mean over one rank is the gradient itself */
     float *data = d->buffer + b->offset;
-    mhub_reduce_op op = MHUB_AVG;
-    if (!d->cfg.average_in_collective) {
-        /* Megatron-Core's default: pre-scale by 1/dp, then SUM */
-        MHUB_TRY(d->be->ops->scale(d->be, data, b->numel, 1.0f / (float)d->dp->size));
-        op = MHUB_SUM;
-    }
+    mhub_reduce_op op;
+    MHUB_TRY(mhub_dp_prepare_reduce(&d->cfg, d->be, d->dp, data, b->numel, &op));
     return mhub_comm_iallreduce(d->dp, data, data, b->numel, MHUB_F32, op, &b->req);
 }
 

@@ -575,12 +575,8 @@ static mhub_status issue_reduce_scatter(mhub_distopt *d, int index, bool in_back
     if (d->dp->size == 1 || b->numel == 0)
         return MHUB_OK; /* the mean over one rank is the gradient itself */
     float *data = d->grads + b->offset;
-    mhub_reduce_op op = MHUB_AVG;
-    if (!d->ddp_cfg.average_in_collective) {
-        /* Megatron-Core's default: pre-scale by 1/dp, then SUM */
-        MHUB_TRY(d->be->ops->scale(d->be, data, b->numel, 1.0f / (float)d->dp->size));
-        op = MHUB_SUM;
-    }
+    mhub_reduce_op op;
+    MHUB_TRY(mhub_dp_prepare_reduce(&d->ddp_cfg, d->be, d->dp, data, b->numel, &op));
     return mhub_comm_ireduce_scatter(d->dp, data, d->grads + shard_start(d, b), shard_numel(d, b),
                                      MHUB_F32, op, &b->grad_req);
 }

@@ -22,6 +22,19 @@ mhub_status mhub_dp_agree_on_nan(mhub_comm *dp, const mhub_param_list *params, i
                       params->items[param].name, rank, (long long)step, engine);
 }
 
+mhub_status mhub_dp_prepare_reduce(const mhub_ddp_config *cfg, mhub_backend *be, mhub_comm *dp,
+                                   float *data, int64_t n, mhub_reduce_op *op)
+{
+    *op = MHUB_SUM;
+    if (cfg->loss_is_global_mean)
+        return MHUB_OK;
+    if (cfg->average_in_collective) {
+        *op = MHUB_AVG;
+        return MHUB_OK;
+    }
+    return be->ops->scale(be, data, n, 1.0f / (float)dp->size);
+}
+
 /* ---- the deterministic sum tree ------------------------------------------- */
 
 mhub_status mhub_sumtree_init(mhub_sumtree *t, mhub_backend *be, mhub_comm *dp, int64_t numel)

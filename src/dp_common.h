@@ -13,6 +13,7 @@
 
 #include "mhub/backend.h"
 #include "mhub/comm.h"
+#include "mhub/ddp.h"
 #include "mhub/module.h"
 
 /* Every rank learns the highest rank that saw a NaN and which parameter,
@@ -22,6 +23,13 @@
  * when any rank found one. Collective. */
 mhub_status mhub_dp_agree_on_nan(mhub_comm *dp, const mhub_param_list *params, int local_param,
                                  int64_t step, const char *engine);
+
+/* How a gradient of n elements is made a dp-mean by the coming
+ * collective, per the config: with loss_is_global_mean nothing (the loss
+ * already carries 1/global batch), with average_in_collective MHUB_AVG,
+ * else Megatron-Core's default, a pre-scale by 1/dp here and MHUB_SUM. */
+mhub_status mhub_dp_prepare_reduce(const mhub_ddp_config *cfg, mhub_backend *be, mhub_comm *dp,
+                                   float *data, int64_t n, mhub_reduce_op *op);
 
 #define MHUB_SUMTREE_LEVELS 40
 

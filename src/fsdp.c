@@ -373,12 +373,8 @@ static mhub_status end_backward(mhub_fsdp *f, int unit)
         return mhub_tree_reduce_scatter(f->dp, f->be, g->data, u->padded, f->tree_scratch,
                                         f->round + u->shard_offset);
     }
-    mhub_reduce_op op = MHUB_AVG;
-    if (!f->ddp_cfg.average_in_collective) {
-        /* as DDP and Megatron-Core: pre-scale by 1/dp, then SUM */
-        MHUB_TRY(f->be->ops->scale(f->be, g->data, u->padded, 1.0f / (float)f->dp->size));
-        op = MHUB_SUM;
-    }
+    mhub_reduce_op op;
+    MHUB_TRY(mhub_dp_prepare_reduce(&f->ddp_cfg, f->be, f->dp, g->data, u->padded, &op));
     float *mine = g->data + (int64_t)f->dp->rank * u->shard; /* the in-place form */
     MHUB_TRY(mhub_comm_ireduce_scatter(f->dp, g->data, mine, u->shard, MHUB_F32, op, &g->req));
     g->reducing = true;

@@ -75,8 +75,10 @@ static void train(mhub_mlp *m, mhub_comm *dp, const run_options *o, mhub_ddp_sta
             if (ddp && !last)
                 CK_OK(mhub_ddp_no_sync_begin(ddp));
             CK_OK(mhub_mlp_forward(m, x, y, micro, NULL));
-            /* each rank's loss is the mean over its own samples */
-            CK_OK(mhub_mlp_backward(m, 1.0f / (float)local));
+            /* each rank's loss is the mean over its own samples, or each
+             * sample weighs 1/global batch when the engine only sums */
+            float weight = o->ddp.loss_is_global_mean ? 1.0f / GLOBAL_BATCH : 1.0f / (float)local;
+            CK_OK(mhub_mlp_backward(m, weight));
             if (ddp && !last)
                 CK_OK(mhub_ddp_no_sync_end(ddp));
         }
@@ -127,12 +129,14 @@ START_TEST(test_matches_single_process)
     const int64_t buckets[] = {1, 37, 211, MHUB_DDP_BUCKET_AUTO, 1000000};
     for (int overlap = 0; overlap <= 1; overlap++)
         for (size_t b = 0; b < sizeof buckets / sizeof buckets[0]; b++)
-            for (int avg = 0; avg <= 1; avg++) {
+            for (int scaling = 0; scaling <= 2; scaling++) {
+                /* pre-scale + SUM, AVG in the collective, SUM of a global mean */
                 run_options o = {.accum = 1, .drop_param = -1};
                 mhub_ddp_config_init(&o.ddp);
                 o.ddp.overlap_grad_reduce = overlap;
                 o.ddp.bucket_size = buckets[b];
-                o.ddp.average_in_collective = avg;
+                o.ddp.average_in_collective = scaling == 1;
+                o.ddp.loss_is_global_mean = scaling == 2;
                 check_matches_single_process(&o);
             }
 }
@@ -438,6 +442,7 @@ static bool same_config(const mhub_ddp_config *a, const mhub_ddp_config *b)
 {
     return a->overlap_grad_reduce == b->overlap_grad_reduce && a->bucket_size == b->bucket_size &&
            a->average_in_collective == b->average_in_collective &&
+           a->loss_is_global_mean == b->loss_is_global_mean &&
            a->check_for_nan_in_grad == b->check_for_nan_in_grad &&
            a->deterministic == b->deterministic &&
            a->use_distributed_optimizer == b->use_distributed_optimizer &&

@@ -287,9 +287,10 @@ static mhub_status started(mhub_comm *c, mhub_request *req, const char *call, in
 
 /* ---- operations --------------------------------------------------------- */
 
-/* The shared-memory path takes in-place f32 sums (MHUB_AVG is a sum here)
- * of a range inside this rank's slot of a window; it runs to completion
- * now, so the request is done at issue. */
+/* The shared-memory path takes in-place f32 sums and averages of a range
+ * inside this rank's slot of a window; it runs to completion now, so the
+ * request is done at issue. It divides for MHUB_AVG itself (each rank its
+ * own chunk), so the request's finish step has nothing left to do. */
 static mhub_status try_shm_allreduce(mhub_comm *c, const void *send, void *recv, int64_t count,
                                      mhub_dtype dt, mhub_reduce_op op, mhub_request *req,
                                      bool *used)
@@ -297,8 +298,9 @@ static mhub_status try_shm_allreduce(mhub_comm *c, const void *send, void *recv,
     *used = false;
     if (shm_of(c) == NULL || send != recv || dt != MHUB_F32 || op == MHUB_MAX)
         return MHUB_OK;
-    MHUB_TRY(mhub_shm_allreduce(c, shm_of(c), recv, count, used));
+    MHUB_TRY(mhub_shm_allreduce(c, shm_of(c), recv, count, req->finish_divisor, used));
     if (*used) {
+        req->finish_divisor = 1.0f;
         pending p = {.kind = PENDING_DONE, .request = MPI_REQUEST_NULL};
         store_pending(req, &p);
     }

@@ -598,11 +598,20 @@ static mhub_status barrier(mhub_comm *c, MPI_Comm node, shm_window *w, int step)
 #define SUM_LANES 16
 
 /* dst[i] = slot 0[i] + slot 1[i] + ... + slot n-1[i], added left to right
- * (the fixed order makes the result independent of who computes it). The
- * slots are `stride` bytes apart from `first`; dst may be one of them, as
- * each block is read completely before it is stored. */
-static void sum_slots(float *dst, const char *first, size_t stride, int n, size_t len)
+ * (the fixed order makes the result independent of who computes it), then
+ * divided by `divisor` when it is not 1 (MHUB_AVG: each rank divides its
+ * own chunk while it is still in cache, instead of every rank making a
+ * later pass over the whole buffer; the same correctly rounded quotient). The slots are `stride` bytes apart from `first`; dst may be
+ * one of them, as each block is read completely before it is stored. */
+static void sum_slots(float *dst, const char *first, size_t stride, int n, size_t len,
+                      float divisor)
 {
+    if (divisor != 1.0f) {
+        sum_slots(dst, first, stride, n, len, 1.0f);
+        for (size_t i = 0; i < len; i++)
+            dst[i] /= divisor;
+        return;
+    }
     size_t body = len / SUM_LANES * SUM_LANES;
     for (size_t i = 0; i < body; i += SUM_LANES) {
         float acc[SUM_LANES];
@@ -704,7 +713,7 @@ static mhub_status range_mismatch(mhub_comm *c, MPI_Comm node, shm_window *w, ui
 }
 
 static mhub_status reduce_in_window(mhub_comm *c, MPI_Comm node, shm_window *w, size_t off,
-                                    size_t count)
+                                    size_t count, float divisor)
 {
     int n = c->size, r = c->rank;
     ctrl_line *me = &w->ctrl[r];
@@ -716,7 +725,7 @@ static mhub_status reduce_in_window(mhub_comm *c, MPI_Comm node, shm_window *w, 
 
     float *mine = (float *)slot_of(w, r);
     size_t b = chunk_start(off, count, n, r), e = chunk_start(off, count, n, r + 1);
-    sum_slots(mine + b, w->slots + b * sizeof(float), w->slot_bytes, n, e - b);
+    sum_slots(mine + b, w->slots + b * sizeof(float), w->slot_bytes, n, e - b, divisor);
     MHUB_TRY(barrier(c, node, w, 1));
 
     bool nt = count * sizeof(float) >= NT_MIN_BYTES;
@@ -750,7 +759,7 @@ static shm_window *find_range(mhub_shm *st, int rank, const void *buf, size_t by
 }
 
 mhub_status mhub_shm_allreduce(mhub_comm *c, mhub_shm *state, float *buf, int64_t count,
-                               bool *used)
+                               float divisor, bool *used)
 {
     *used = false;
     if (state == NULL || count <= 0)
@@ -769,5 +778,5 @@ mhub_status mhub_shm_allreduce(mhub_comm *c, mhub_shm *state, float *buf, int64_
     /* one rank: the sum is the slot itself */
     if (c->size == 1)
         return MHUB_OK;
-    return reduce_in_window(c, state->node_comm, w, off, (size_t)count);
+    return reduce_in_window(c, state->node_comm, w, off, (size_t)count, divisor);
 }

@@ -33,12 +33,13 @@ void mhub_shm_free(mhub_comm *c, mhub_shm *state, void *ptr);
  * mpi_alive false (after MPI_Finalize) only our own memory is freed. */
 void mhub_shm_destroy(mhub_shm *state, bool mpi_alive);
 
-/* An in-place f32 sum of buf[0, count) over the communicator. When the
+/* An in-place f32 sum of buf[0, count) over the communicator, divided by
+ * `divisor` (1 for a sum, the size for an average). When the
  * range lies inside this rank's slot of one of the windows, runs the
  * shared-memory algorithm to completion and sets *used; otherwise touches
  * nothing and clears *used, and the caller takes another path. Every rank
  * must pass the same offset into its slot and the same count. */
 mhub_status mhub_shm_allreduce(mhub_comm *c, mhub_shm *state, float *buf, int64_t count,
-                               bool *used);
+                               float divisor, bool *used);
 
 #endif

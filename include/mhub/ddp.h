@@ -27,7 +27,9 @@
  * Scaling: each rank's loss is the mean over its own samples; the engine
  * divides the summed gradients by the dp size, either by scaling the
  * bucket before a SUM (default, as Megatron-Core) or with MHUB_AVG in the
- * collective (average_in_collective).
+ * collective (average_in_collective). A loop that weights every sample's
+ * loss by 1/global batch instead sets loss_is_global_mean: the engine then
+ * only sums, which saves a pass over the gradients.
  *
  * Deterministic mode (mhub's own; Megatron-Core, PyTorch and Horovod have
  * none): the global batch is cut into a fixed number S of micro-shards,
@@ -71,6 +73,9 @@ typedef struct mhub_ddp_config {
     bool overlap_grad_reduce;    /* false: reduce everything in finish_grad_sync */
     int64_t bucket_size;         /* elements; MHUB_DDP_BUCKET_AUTO or >= 1 */
     bool average_in_collective;  /* MHUB_AVG in the collective instead of pre-scaling */
+    bool loss_is_global_mean;    /* the loss already weights each sample by 1/global
+                                  * batch: sum, no division by dp (as Megatron-Core
+                                  * with calculate_per_token_loss) */
     bool check_for_nan_in_grad;  /* stop the step on a NaN/Inf gradient, naming it */
     bool deterministic;          /* bitwise-identical results at any power-of-two dp size */
     /* read by the engine wrapper (engine.h), not by the DDP engine itself: */

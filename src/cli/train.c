@@ -131,6 +131,9 @@ static int parse_args(int argc, char **argv, train_options *o)
     o->grad_accum = 1;
     mhub_ddp_config_init(&o->ddp);
     o->ddp.overlap_grad_reduce = true;
+    /* every sample's loss weighs 1/global batch (micro_step), so the
+     * engines only sum: no scaling pass over the gradients */
+    o->ddp.loss_is_global_mean = true;
     for (int i = 1; i < argc; i++) {
         char name[64];
         const char *inline_value = NULL;
@@ -398,15 +401,13 @@ static mhub_status load_micro_batch(trainer *t, int step, int k, double *data_se
 /* One micro-batch: forward and backward into the engine's buffer. */
 static mhub_status micro_step(trainer *t, int step, int k, double *data_seconds, float *loss_sum)
 {
-    bool det = t->o.ddp.deterministic;
     float micro_loss = 0;
     MHUB_TRY(load_micro_batch(t, step, k, data_seconds));
     MHUB_TRY(mhub_dp_engine_micro_begin(t->engine, k, t->micro_per_rank));
     MHUB_TRY(mhub_mlp_forward(t->model, t->x, t->y, t->micro_rows, &micro_loss));
-    /* normal mode: each rank's objective is the mean over its own samples
-     * and the engine averages over ranks; deterministic mode: every shard
-     * is weighted by 1/global batch, the same for any rank count */
-    float weight = det ? 1.0f / (float)t->o.batch : 1.0f / (float)t->local_batch;
+    /* every sample weighs 1/global batch, the same for any rank count:
+     * the engine sums (loss_is_global_mean), deterministically if asked */
+    float weight = 1.0f / (float)t->o.batch;
     MHUB_TRY(mhub_mlp_backward(t->model, weight));
     MHUB_TRY(mhub_dp_engine_micro_end(t->engine, k, t->micro_per_rank));
     *loss_sum += micro_loss * (float)t->micro_rows;
