@@ -21,7 +21,6 @@ typedef struct bucket {
     int64_t numel;
     int first_param;     /* list index of its first (highest-index) parameter */
     int num_params;
-    int ready;           /* parameters reported ready this step */
     bool issued;
     bool in_backward;    /* issued from a grad-ready call */
     mhub_request req;
@@ -37,11 +36,9 @@ struct mhub_ddp {
     bool comm_memory;      /* buffer from mhub_comm_alloc */
     int *param_bucket;     /* per parameter: bucket index, -1 without gradient */
     int64_t *param_offset; /* per parameter: offset in the buffer */
-    bool *param_ready;
     bucket *buckets;
     int num_buckets;
-    int next_to_issue;     /* buckets [0, next_to_issue) are issued */
-    bool last_microbatch;  /* false inside no_sync */
+    mhub_grad_schedule sched; /* readiness, issue order, no_sync */
     int64_t step;
     int nan_param;         /* first parameter found non-finite this step, or -1 */
     mhub_ddp_stats stats;
@@ -181,30 +178,6 @@ mhub_status mhub_ddp_config_to_json(const mhub_ddp_config *cfg, char **out)
 
 /* ---- layout ------------------------------------------------------------ */
 
-static mhub_status check_params(const mhub_param_list *params, mhub_backend **be)
-{
-    *be = NULL;
-    for (int i = 0; i < params->count; i++) {
-        const mhub_param *p = &params->items[i];
-        if (!p->requires_grad)
-            continue;
-        if (p->value.dtype != MHUB_F32 || p->grad.dtype != MHUB_F32)
-            return MHUB_ERROR(MHUB_ERR_UNSUPPORTED,
-                              "parameter '%s' is %s: the DDP engine reduces f32 gradients of "
-                              "f32 parameters",
-                              p->name, mhub_dtype_name(p->value.dtype));
-        if (!p->value.backend || (!p->value.data && p->value.numel > 0))
-            return MHUB_ERROR(MHUB_ERR_STATE, "parameter '%s' has no storage (meta)", p->name);
-        if (*be && p->value.backend != *be)
-            return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
-                              "parameter '%s' lives on another backend than the others",
-                              p->name);
-        *be = p->value.backend;
-    }
-    if (!*be)
-        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "no parameter requires a gradient");
-    return MHUB_OK;
-}
 
 /* Parameters in reverse list order; a bucket closes once it holds at
  * least bucket_elems elements. */
@@ -213,9 +186,8 @@ static mhub_status plan_buckets(mhub_ddp *d, int64_t bucket_elems)
     int n = d->params->count;
     d->param_bucket = malloc((size_t)n * sizeof *d->param_bucket);
     d->param_offset = calloc((size_t)n, sizeof *d->param_offset);
-    d->param_ready = calloc((size_t)n, sizeof *d->param_ready);
     d->buckets = calloc((size_t)n, sizeof *d->buckets); /* at most one per parameter */
-    if (!d->param_bucket || !d->param_offset || !d->param_ready || !d->buckets)
+    if (!d->param_bucket || !d->param_offset || !d->buckets)
         return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "bucket tables for %d parameters", n);
     int64_t offset = 0;
     bucket *open = NULL;
@@ -238,7 +210,7 @@ static mhub_status plan_buckets(mhub_ddp *d, int64_t bucket_elems)
             open = NULL;
     }
     d->numel = offset;
-    return MHUB_OK;
+    return mhub_schedule_init(&d->sched, n, d->param_bucket, d->num_buckets);
 }
 
 /* The buffer lives in communicator memory when the communicator offers it
@@ -291,7 +263,7 @@ mhub_status mhub_ddp_create(mhub_param_list *params, mhub_comm *dp, const mhub_d
     *out = NULL;
     MHUB_TRY(mhub_ddp_config_validate(cfg));
     mhub_backend *be;
-    MHUB_TRY(check_params(params, &be));
+    MHUB_TRY(mhub_dp_check_params(params, "ddp", &be));
     mhub_ddp *d = calloc(1, sizeof *d);
     if (!d)
         return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "engine struct");
@@ -299,7 +271,6 @@ mhub_status mhub_ddp_create(mhub_param_list *params, mhub_comm *dp, const mhub_d
     d->dp = dp;
     d->be = be;
     d->cfg = *cfg;
-    d->last_microbatch = true;
     d->nan_param = -1;
     mhub_status s = plan_buckets(d, mhub_ddp_config_bucket_elems(cfg, dp->size));
     if (s == MHUB_OK && cfg->deterministic)
@@ -354,7 +325,7 @@ void mhub_ddp_free(mhub_ddp *d)
     mhub_sumtree_free(&d->tree);
     free(d->param_bucket);
     free(d->param_offset);
-    free(d->param_ready);
+    mhub_schedule_free(&d->sched);
     free(d->buckets);
     free(d);
 }
@@ -410,7 +381,7 @@ static mhub_status issue_bucket(mhub_ddp *d, int index, bool in_backward)
  * calls); completed requests go idle. */
 static mhub_status poll_issued(mhub_ddp *d)
 {
-    for (int b = 0; b < d->next_to_issue; b++) {
+    for (int b = 0; b < d->sched.next; b++) {
         if (!d->buckets[b].req.active)
             continue;
         bool done;
@@ -428,17 +399,13 @@ mhub_status mhub_ddp_grad_ready(void *user, int param_index)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "parameter index %d is outside [0, %d)",
                           param_index, d->params->count);
     MHUB_TRY(poll_issued(d));
-    int bi = d->param_bucket[param_index];
-    if (d->cfg.deterministic || !d->last_microbatch || bi < 0 || d->param_ready[param_index])
+    if (d->cfg.deterministic ||
+        !mhub_schedule_ready(&d->sched, param_index, d->param_bucket[param_index]) ||
+        !d->cfg.overlap_grad_reduce)
         return MHUB_OK;
-    d->param_ready[param_index] = true;
-    d->buckets[bi].ready++;
-    if (!d->cfg.overlap_grad_reduce)
-        return MHUB_OK;
-    while (d->next_to_issue < d->num_buckets &&
-           d->buckets[d->next_to_issue].ready == d->buckets[d->next_to_issue].num_params) {
-        MHUB_TRY(issue_bucket(d, d->next_to_issue, true));
-        d->next_to_issue++;
+    while (mhub_schedule_can_issue(&d->sched)) {
+        MHUB_TRY(issue_bucket(d, d->sched.next, true));
+        d->sched.next++;
     }
     return MHUB_OK;
 }
@@ -446,12 +413,10 @@ mhub_status mhub_ddp_grad_ready(void *user, int param_index)
 static void reset_step(mhub_ddp *d)
 {
     for (int b = 0; b < d->num_buckets; b++) {
-        d->buckets[b].ready = 0;
         d->buckets[b].issued = false;
         d->buckets[b].in_backward = false;
     }
-    memset(d->param_ready, 0, (size_t)d->params->count * sizeof *d->param_ready);
-    d->next_to_issue = 0;
+    mhub_schedule_reset(&d->sched);
     d->nan_param = -1;
 }
 
@@ -480,22 +445,14 @@ mhub_status mhub_ddp_zero_grad(mhub_ddp *d)
 
 mhub_status mhub_ddp_no_sync_begin(mhub_ddp *d)
 {
-    if (!d)
-        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
-    if (!d->last_microbatch)
-        return MHUB_ERROR(MHUB_ERR_STATE, "already inside a no_sync scope");
-    d->last_microbatch = false;
-    return MHUB_OK;
+    return d ? mhub_schedule_no_sync_begin(&d->sched)
+             : MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
 }
 
 mhub_status mhub_ddp_no_sync_end(mhub_ddp *d)
 {
-    if (!d)
-        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
-    if (d->last_microbatch)
-        return MHUB_ERROR(MHUB_ERR_STATE, "no_sync_end without no_sync_begin");
-    d->last_microbatch = true;
-    return MHUB_OK;
+    return d ? mhub_schedule_no_sync_end(&d->sched)
+             : MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
 }
 
 /* ---- deterministic mode (the sum tree lives in dp_common.c) ---------------- */
@@ -533,7 +490,7 @@ mhub_status mhub_ddp_finish_grad_sync(mhub_ddp *d)
 {
     if (!d)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
-    if (!d->last_microbatch)
+    if (!d->sched.last_microbatch)
         return MHUB_ERROR(MHUB_ERR_STATE,
                           "finish_grad_sync inside a no_sync scope: end the scope and run the "
                           "last micro-batch first");
@@ -543,13 +500,13 @@ mhub_status mhub_ddp_finish_grad_sync(mhub_ddp *d)
     mhub_status s = MHUB_OK;
     /* buckets not issued in backward: all of them without overlap, and any
      * holding a parameter that was not used this step */
-    while (s == MHUB_OK && d->next_to_issue < d->num_buckets) {
-        s = issue_bucket(d, d->next_to_issue, false);
-        d->next_to_issue++;
+    while (s == MHUB_OK && d->sched.next < d->num_buckets) {
+        s = issue_bucket(d, d->sched.next, false);
+        d->sched.next++;
     }
     /* wait for everything issued, even after an error, so no request is
      * left behind on this rank */
-    for (int b = 0; b < d->next_to_issue; b++) {
+    for (int b = 0; b < d->sched.next; b++) {
         mhub_status w = mhub_request_wait(&d->buckets[b].req);
         if (s == MHUB_OK)
             s = w;

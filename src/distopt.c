@@ -41,7 +41,6 @@ typedef struct bucket {
     int64_t param_numel;   /* elements that hold parameters */
     int first_param;       /* list index of its first (highest-index) parameter */
     int num_params;
-    int ready;             /* parameters reported ready this step */
     bool grad_issued;      /* reduce-scatter started this step */
     bool gather_pending;   /* all-gather issued and not yet waited for */
     int first_segment;
@@ -66,15 +65,13 @@ struct mhub_distopt {
     int64_t padding;
     int *param_bucket;      /* per parameter: bucket index, -1 when not in the buffers */
     int64_t *param_offset;  /* per parameter: first element in the buffers */
-    bool *param_ready;
     bucket *buckets;
     int num_buckets;
     segment *segments;
     int num_segments;
     int *unit_lo, *unit_hi; /* per unit: range of buckets holding its parameters */
     int num_units;
-    int next_to_issue;      /* buckets [0, next_to_issue) have their reduce-scatter issued */
-    bool last_microbatch;   /* false inside no_sync */
+    mhub_grad_schedule sched; /* readiness, reduce-scatter order, no_sync */
     bool grads_reduced;     /* finish_grad_sync succeeded since the last zero_grad/step */
     bool caller_waits;      /* hooks or wait_params seen since the last step */
     int64_t sync_step;      /* finish_grad_sync calls, for messages */
@@ -126,37 +123,6 @@ static int64_t main_start(const mhub_distopt *d, const bucket *b)
 
 /* ---- checks ---------------------------------------------------------------- */
 
-static mhub_status check_params(const mhub_param_list *params, mhub_backend **be)
-{
-    *be = NULL;
-    for (int i = 0; i < params->count; i++) {
-        const mhub_param *p = &params->items[i];
-        if (!p->requires_grad)
-            continue;
-        if (p->value.dtype != MHUB_F32 || p->grad.dtype != MHUB_F32)
-            return MHUB_ERROR(MHUB_ERR_UNSUPPORTED,
-                              "parameter '%s' is %s: the distributed optimizer takes f32 "
-                              "parameters with f32 gradients only",
-                              p->name, mhub_dtype_name(p->value.dtype));
-        if (!p->value.backend || (!p->value.data && p->value.numel > 0))
-            return MHUB_ERROR(MHUB_ERR_STATE,
-                              "parameter '%s' has no storage (meta): materialize the model "
-                              "before wrapping it",
-                              p->name);
-        if (p->unit < 0)
-            return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
-                              "parameter '%s' has unit %d: units are numbered from 0", p->name,
-                              p->unit);
-        if (*be && p->value.backend != *be)
-            return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
-                              "parameter '%s' lives on another backend than the others",
-                              p->name);
-        *be = p->value.backend;
-    }
-    if (!*be)
-        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "no parameter requires a gradient");
-    return MHUB_OK;
-}
 
 /* ---- layout ---------------------------------------------------------------- */
 
@@ -165,10 +131,9 @@ static mhub_status alloc_tables(mhub_distopt *d)
     int n = d->params->count;
     d->param_bucket = malloc((size_t)n * sizeof *d->param_bucket);
     d->param_offset = calloc((size_t)n, sizeof *d->param_offset);
-    d->param_ready = calloc((size_t)n, sizeof *d->param_ready);
     d->buckets = calloc((size_t)n, sizeof *d->buckets);   /* at most one per parameter */
     d->segments = calloc((size_t)n, sizeof *d->segments); /* at most one per parameter */
-    if (!d->param_bucket || !d->param_offset || !d->param_ready || !d->buckets || !d->segments)
+    if (!d->param_bucket || !d->param_offset || !d->buckets || !d->segments)
         return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "layout tables for %d parameters", n);
     return MHUB_OK;
 }
@@ -338,7 +303,7 @@ mhub_status mhub_distopt_create(mhub_param_list *params, mhub_comm *dp,
     MHUB_TRY(mhub_ddp_config_validate(ddp_cfg));
     MHUB_TRY(mhub_optim_config_validate(opt_cfg));
     mhub_backend *be;
-    MHUB_TRY(check_params(params, &be));
+    MHUB_TRY(mhub_dp_check_params(params, "distributed optimizer", &be));
     mhub_distopt *d = calloc(1, sizeof *d);
     if (!d)
         return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "engine struct");
@@ -348,7 +313,6 @@ mhub_status mhub_distopt_create(mhub_param_list *params, mhub_comm *dp,
     d->ddp_cfg = *ddp_cfg;
     d->opt_cfg = *opt_cfg;
     d->overlap_param_gather = ddp_cfg->overlap_param_gather;
-    d->last_microbatch = true;
     d->nan_param = -1;
     mhub_status s = alloc_tables(d);
     if (s == MHUB_OK) {
@@ -356,6 +320,8 @@ mhub_status mhub_distopt_create(mhub_param_list *params, mhub_comm *dp,
         plan_segments(d);
         s = plan_units(d);
     }
+    if (s == MHUB_OK)
+        s = mhub_schedule_init(&d->sched, params->count, d->param_bucket, d->num_buckets);
     if (s == MHUB_OK && ddp_cfg->deterministic)
         s = mhub_sumtree_init(&d->tree, be, dp, d->numel);
     if (s == MHUB_OK)
@@ -422,7 +388,7 @@ void mhub_distopt_free(mhub_distopt *d)
         free_floats(d, d->state[k]);
     free(d->param_bucket);
     free(d->param_offset);
-    free(d->param_ready);
+    mhub_schedule_free(&d->sched);
     free(d->buckets);
     free(d->segments);
     free(d->unit_lo);
@@ -591,30 +557,23 @@ mhub_status mhub_distopt_grad_ready(void *user, int param_index)
                           param_index, d->params->count);
     MHUB_TRY(refuse_stale_forward(d, "backward"));
     MHUB_TRY(poll_requests(d));
-    int bi = d->param_bucket[param_index];
-    if (d->ddp_cfg.deterministic || !d->last_microbatch || bi < 0 || d->param_ready[param_index])
-        return MHUB_OK;
-    d->param_ready[param_index] = true;
-    d->buckets[bi].ready++;
-    if (!d->ddp_cfg.overlap_grad_reduce)
+    if (d->ddp_cfg.deterministic ||
+        !mhub_schedule_ready(&d->sched, param_index, d->param_bucket[param_index]) ||
+        !d->ddp_cfg.overlap_grad_reduce)
         return MHUB_OK;
     /* strictly in bucket order: collectives must match on every rank */
-    while (d->next_to_issue < d->num_buckets &&
-           d->buckets[d->next_to_issue].ready == d->buckets[d->next_to_issue].num_params) {
-        MHUB_TRY(issue_reduce_scatter(d, d->next_to_issue, true));
-        d->next_to_issue++;
+    while (mhub_schedule_can_issue(&d->sched)) {
+        MHUB_TRY(issue_reduce_scatter(d, d->sched.next, true));
+        d->sched.next++;
     }
     return MHUB_OK;
 }
 
 static void reset_step(mhub_distopt *d)
 {
-    for (int b = 0; b < d->num_buckets; b++) {
-        d->buckets[b].ready = 0;
+    for (int b = 0; b < d->num_buckets; b++)
         d->buckets[b].grad_issued = false;
-    }
-    memset(d->param_ready, 0, (size_t)d->params->count * sizeof *d->param_ready);
-    d->next_to_issue = 0;
+    mhub_schedule_reset(&d->sched);
     d->nan_param = -1;
 }
 
@@ -622,7 +581,7 @@ mhub_status mhub_distopt_zero_grad(mhub_distopt *d)
 {
     if (!d)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
-    if (d->next_to_issue > 0)
+    if (d->sched.next > 0)
         return MHUB_ERROR(MHUB_ERR_STATE,
                           "step %lld: gradients are still being reduce-scattered; call "
                           "mhub_distopt_finish_grad_sync first",
@@ -636,22 +595,14 @@ mhub_status mhub_distopt_zero_grad(mhub_distopt *d)
 
 mhub_status mhub_distopt_no_sync_begin(mhub_distopt *d)
 {
-    if (!d)
-        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
-    if (!d->last_microbatch)
-        return MHUB_ERROR(MHUB_ERR_STATE, "already inside a no_sync scope");
-    d->last_microbatch = false;
-    return MHUB_OK;
+    return d ? mhub_schedule_no_sync_begin(&d->sched)
+             : MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
 }
 
 mhub_status mhub_distopt_no_sync_end(mhub_distopt *d)
 {
-    if (!d)
-        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
-    if (d->last_microbatch)
-        return MHUB_ERROR(MHUB_ERR_STATE, "no_sync_end without no_sync_begin");
-    d->last_microbatch = true;
-    return MHUB_OK;
+    return d ? mhub_schedule_no_sync_end(&d->sched)
+             : MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
 }
 
 mhub_status mhub_distopt_shard_done(mhub_distopt *d)
@@ -683,7 +634,7 @@ mhub_status mhub_distopt_finish_grad_sync(mhub_distopt *d)
 {
     if (!d)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
-    if (!d->last_microbatch)
+    if (!d->sched.last_microbatch)
         return MHUB_ERROR(MHUB_ERR_STATE,
                           "finish_grad_sync inside a no_sync scope: end the scope and run the "
                           "last micro-batch first");
@@ -694,11 +645,11 @@ mhub_status mhub_distopt_finish_grad_sync(mhub_distopt *d)
         s = reduce_deterministic(d);
     /* buckets not issued in backward: all of them without overlap, and any
      * holding a parameter unused this step (and those after it) */
-    while (!d->ddp_cfg.deterministic && s == MHUB_OK && d->next_to_issue < d->num_buckets) {
-        s = issue_reduce_scatter(d, d->next_to_issue, false);
-        d->next_to_issue++;
+    while (!d->ddp_cfg.deterministic && s == MHUB_OK && d->sched.next < d->num_buckets) {
+        s = issue_reduce_scatter(d, d->sched.next, false);
+        d->sched.next++;
     }
-    for (int b = 0; b < d->next_to_issue; b++) {
+    for (int b = 0; b < d->sched.next; b++) {
         mhub_status w = mhub_request_wait(&d->buckets[b].grad_req);
         if (s == MHUB_OK)
             s = w;

@@ -1,5 +1,6 @@
 /* dp_common.c - NaN agreement and the deterministic sum tree shared by
  * the DDP, distributed-optimizer and FSDP engines (see dp_common.h). */
+#include <stdlib.h>
 #include <string.h>
 
 #include "src/dp_common.h"
@@ -22,6 +23,39 @@ mhub_status mhub_dp_agree_on_nan(mhub_comm *dp, const mhub_param_list *params, i
                       params->items[param].name, rank, (long long)step, engine);
 }
 
+mhub_status mhub_dp_check_params(const mhub_param_list *params, const char *engine,
+                                 mhub_backend **be)
+{
+    *be = NULL;
+    for (int i = 0; i < params->count; i++) {
+        const mhub_param *p = &params->items[i];
+        if (!p->requires_grad)
+            continue;
+        if (p->value.dtype != MHUB_F32 || p->grad.dtype != MHUB_F32)
+            return MHUB_ERROR(MHUB_ERR_UNSUPPORTED,
+                              "parameter '%s' is %s: the %s engine takes f32 parameters with "
+                              "f32 gradients only",
+                              p->name, mhub_dtype_name(p->value.dtype), engine);
+        if (!p->value.backend || (!p->value.data && p->value.numel > 0))
+            return MHUB_ERROR(MHUB_ERR_STATE,
+                              "parameter '%s' has no storage (meta): materialize the model "
+                              "before wrapping it with %s",
+                              p->name, engine);
+        if (p->unit < 0)
+            return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
+                              "parameter '%s' has unit %d: units are numbered from 0", p->name,
+                              p->unit);
+        if (*be && p->value.backend != *be)
+            return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
+                              "parameter '%s' lives on another backend than the others",
+                              p->name);
+        *be = p->value.backend;
+    }
+    if (!*be)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "%s: no parameter requires a gradient", engine);
+    return MHUB_OK;
+}
+
 mhub_status mhub_dp_prepare_reduce(const mhub_ddp_config *cfg, mhub_backend *be, mhub_comm *dp,
                                    float *data, int64_t n, mhub_reduce_op *op)
 {
@@ -33,6 +67,74 @@ mhub_status mhub_dp_prepare_reduce(const mhub_ddp_config *cfg, mhub_backend *be,
         return MHUB_OK;
     }
     return be->ops->scale(be, data, n, 1.0f / (float)dp->size);
+}
+
+/* ---- the bucket schedule ---------------------------------------------------- */
+
+mhub_status mhub_schedule_init(mhub_grad_schedule *s, int num_params, const int *param_bucket,
+                               int num_buckets)
+{
+    memset(s, 0, sizeof *s);
+    s->num_params = num_params;
+    s->num_buckets = num_buckets;
+    s->last_microbatch = true;
+    s->bucket_params = calloc((size_t)num_buckets + 1, sizeof *s->bucket_params);
+    s->ready = calloc((size_t)num_buckets + 1, sizeof *s->ready);
+    s->param_ready = calloc((size_t)num_params + 1, sizeof *s->param_ready);
+    if (!s->bucket_params || !s->ready || !s->param_ready) {
+        mhub_schedule_free(s);
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "bucket schedule for %d parameters", num_params);
+    }
+    for (int i = 0; i < num_params; i++)
+        if (param_bucket[i] >= 0)
+            s->bucket_params[param_bucket[i]]++;
+    return MHUB_OK;
+}
+
+void mhub_schedule_free(mhub_grad_schedule *s)
+{
+    free(s->bucket_params);
+    free(s->ready);
+    free(s->param_ready);
+    s->bucket_params = s->ready = NULL;
+    s->param_ready = NULL;
+}
+
+void mhub_schedule_reset(mhub_grad_schedule *s)
+{
+    memset(s->ready, 0, (size_t)s->num_buckets * sizeof *s->ready);
+    memset(s->param_ready, 0, (size_t)s->num_params * sizeof *s->param_ready);
+    s->next = 0;
+}
+
+bool mhub_schedule_ready(mhub_grad_schedule *s, int param, int bucket)
+{
+    if (!s->last_microbatch || bucket < 0 || s->param_ready[param])
+        return false;
+    s->param_ready[param] = true;
+    s->ready[bucket]++;
+    return true;
+}
+
+bool mhub_schedule_can_issue(const mhub_grad_schedule *s)
+{
+    return s->next < s->num_buckets && s->ready[s->next] == s->bucket_params[s->next];
+}
+
+mhub_status mhub_schedule_no_sync_begin(mhub_grad_schedule *s)
+{
+    if (!s->last_microbatch)
+        return MHUB_ERROR(MHUB_ERR_STATE, "already inside a no_sync scope");
+    s->last_microbatch = false;
+    return MHUB_OK;
+}
+
+mhub_status mhub_schedule_no_sync_end(mhub_grad_schedule *s)
+{
+    if (s->last_microbatch)
+        return MHUB_ERROR(MHUB_ERR_STATE, "no_sync_end without no_sync_begin");
+    s->last_microbatch = true;
+    return MHUB_OK;
 }
 
 /* ---- the deterministic sum tree ------------------------------------------- */

@@ -24,12 +24,50 @@
 mhub_status mhub_dp_agree_on_nan(mhub_comm *dp, const mhub_param_list *params, int local_param,
                                  int64_t step, const char *engine);
 
+/* The parameters an engine can wrap: every one that requires a gradient
+ * is f32 with an f32 gradient, has storage, a unit >= 0, and lives on the
+ * same backend as the others (returned in *be); at least one requires a
+ * gradient. Errors name the parameter and the engine. */
+mhub_status mhub_dp_check_params(const mhub_param_list *params, const char *engine,
+                                 mhub_backend **be);
+
 /* How a gradient of n elements is made a dp-mean by the coming
  * collective, per the config: with loss_is_global_mean nothing (the loss
  * already carries 1/global batch), with average_in_collective MHUB_AVG,
  * else Megatron-Core's default, a pre-scale by 1/dp here and MHUB_SUM. */
 mhub_status mhub_dp_prepare_reduce(const mhub_ddp_config *cfg, mhub_backend *be, mhub_comm *dp,
                                    float *data, int64_t n, mhub_reduce_op *op);
+
+/* The order in which gradient buckets are reduced. A bucket may start
+ * once every parameter in it reported its gradient ready on the last
+ * micro-batch, and buckets start strictly in index order on every rank
+ * (collectives on a communicator must match everywhere), so one that is
+ * complete waits for the lower ones. Shared by DDP and the distributed
+ * optimizer; `next` is the first bucket not yet issued. */
+typedef struct mhub_grad_schedule {
+    int num_params;
+    int num_buckets;
+    int *bucket_params;   /* parameters per bucket */
+    int *ready;           /* of those, reported ready this step */
+    bool *param_ready;
+    int next;             /* buckets [0, next) are issued */
+    bool last_microbatch; /* false inside a no_sync scope */
+} mhub_grad_schedule;
+
+/* param_bucket[i]: bucket of parameter i, or -1 for one without gradient. */
+mhub_status mhub_schedule_init(mhub_grad_schedule *s, int num_params, const int *param_bucket,
+                               int num_buckets);
+void mhub_schedule_free(mhub_grad_schedule *s);
+/* A new step: nothing ready, nothing issued. */
+void mhub_schedule_reset(mhub_grad_schedule *s);
+/* Count parameter `param` of bucket `bucket` ready: false (nothing
+ * counted) inside no_sync, for a parameter without bucket, or when it was
+ * already reported this step. */
+bool mhub_schedule_ready(mhub_grad_schedule *s, int param, int bucket);
+/* Whether bucket `next` is complete and may be issued now. */
+bool mhub_schedule_can_issue(const mhub_grad_schedule *s);
+mhub_status mhub_schedule_no_sync_begin(mhub_grad_schedule *s);
+mhub_status mhub_schedule_no_sync_end(mhub_grad_schedule *s);
 
 #define MHUB_SUMTREE_LEVELS 40
 
