@@ -8,20 +8,8 @@
 
 #include "testutil_mpi.h"
 
-static mhub_backend *be;
-static mhub_comm *world;
-
-static void setup(void)
-{
-    CK_OK(mhub_cpu_backend_create(&(mhub_cpu_options){.blas_threads = 1}, &be));
-    CK_OK(mhub_comm_create_mpi_world(&world));
-}
-
-static void teardown(void)
-{
-    mhub_comm_free(world);
-    mhub_backend_free(be);
-}
+/* be, world, setup and teardown: the engine fixture of testutil_mpi.h */
+MHUB_TEST_ENGINE_FIXTURE
 
 /* parameters in list order: W0 [16,12] 192, b0 16, W1 [10,16] 160, b1 10,
  * W2 [5,10] 50, b2 5: 433 elements */

@@ -6,20 +6,8 @@
 
 #include "testutil_mpi.h"
 
-static mhub_backend *be;
-static mhub_comm *world;
-
-static void setup(void)
-{
-    CK_OK(mhub_cpu_backend_create(&(mhub_cpu_options){.blas_threads = 1}, &be));
-    CK_OK(mhub_comm_create_mpi_world(&world));
-}
-
-static void teardown(void)
-{
-    mhub_comm_free(world);
-    mhub_backend_free(be);
-}
+/* be, world, setup and teardown: the engine fixture of testutil_mpi.h */
+MHUB_TEST_ENGINE_FIXTURE
 
 static const mhub_mlp_config model_cfg = {
     .inputs = 10, .num_hidden = 2, .hidden = {13, 7}, .classes = 4};

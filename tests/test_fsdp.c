@@ -9,20 +9,8 @@
 
 #include "testutil_mpi.h"
 
-static mhub_backend *be;
-static mhub_comm *world;
-
-static void setup(void)
-{
-    CK_OK(mhub_cpu_backend_create(&(mhub_cpu_options){.blas_threads = 1}, &be));
-    CK_OK(mhub_comm_create_mpi_world(&world));
-}
-
-static void teardown(void)
-{
-    mhub_comm_free(world);
-    mhub_backend_free(be);
-}
+/* be, world, setup and teardown: the engine fixture of testutil_mpi.h */
+MHUB_TEST_ENGINE_FIXTURE
 
 /* Units of out * (in + 1) elements: 169, 126, 50. None is a multiple of
  * 4 and the first is odd, so every dp > 1 pads. */

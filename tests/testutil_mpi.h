@@ -19,4 +19,21 @@ static inline int mhub_test_mpi_main(int argc, char **argv, Suite *(*make)(void)
     return any == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
 
+/* The fixture the engine suites share: a CPU backend with one BLAS thread
+ * (so results do not depend on how many ranks share the cores) and the
+ * world communicator, made fresh for every test. */
+#define MHUB_TEST_ENGINE_FIXTURE                                               \
+    static mhub_backend *be;                                                   \
+    static mhub_comm *world;                                                   \
+    static void setup(void)                                                    \
+    {                                                                          \
+        CK_OK(mhub_cpu_backend_create(&(mhub_cpu_options){.blas_threads = 1}, &be)); \
+        CK_OK(mhub_comm_create_mpi_world(&world));                             \
+    }                                                                          \
+    static void teardown(void)                                                 \
+    {                                                                          \
+        mhub_comm_free(world);                                                 \
+        mhub_backend_free(be);                                                 \
+    }
+
 #endif
