@@ -77,6 +77,23 @@ expect 2 "--grad-accum does not apply" $T --model mlp --deterministic --grad-acc
 expect 2 "0 is out of range" $T --model mlp --bucket-size 0
 expect 2 "out of range" $T --model mlp --grad-accum 0
 
+# --ddp-config: a file of Megatron-named settings, errors name file and key
+cfgdir=$(mktemp -d)
+printf '{"overlap_grad_reduce": true, "bucket_size": 5000}' > "$cfgdir/ok.json"
+printf '{"bucket_sise": 5000}' > "$cfgdir/typo.json"
+printf '{"bucket_size": 0}' > "$cfgdir/zero.json"
+printf '{"overlap_grad_reduce": "yes"}' > "$cfgdir/type.json"
+printf '{"overlap' > "$cfgdir/broken.json"
+printf '{"use_distributed_optimizer": true}' > "$cfgdir/distopt.json"
+expect 0 "last loss" $T --model mlp --steps 5 --ddp-config "$cfgdir/ok.json" --quiet
+expect 0 "engine distopt" $T --model mlp --steps 5 --ddp-config "$cfgdir/distopt.json"
+expect 2 "typo.json: unknown ddp config key 'bucket_sise'" $T --model mlp --ddp-config "$cfgdir/typo.json"
+expect 2 "zero.json: ddp config key 'bucket_size' must be a whole number" $T --model mlp --ddp-config "$cfgdir/zero.json"
+expect 2 "type.json: ddp config key 'overlap_grad_reduce' must be true or false" $T --model mlp --ddp-config "$cfgdir/type.json"
+expect 2 "broken.json: not valid JSON" $T --model mlp --ddp-config "$cfgdir/broken.json"
+expect 2 "cannot open '$cfgdir/missing.json'" $T --model mlp --ddp-config "$cfgdir/missing.json"
+rm -rf "$cfgdir"
+
 # data parallel: bad layouts fail on every rank with exit 2, no hang
 expect 2 "rank 1: .*--batch 6 must be divisible by ranks x --grad-accum = 4 x 1" \
     timeout 60 "$MPIEXEC" -n 4 $T --model mlp --batch 6 --steps 2

@@ -3,6 +3,7 @@
  * One process for now. Step s trains on samples [s*B, (s+1)*B) of the
  * task's endless stream, so no sample is seen twice; accuracy is measured
  * on held-out samples from index 2^40 on, which training never reaches. */
+#include <errno.h>
 #include <math.h>
 #include <mpi.h>
 #include <stdio.h>
@@ -58,6 +59,11 @@ static void usage(FILE *f)
             "  --overlap-param-gather  distopt: gather updated parameters during the next\n"
             "                      forward instead of right after the step\n"
             "  --bucket-size N     gradient elements per bucket (default max(40M, 1M x ranks))\n"
+            "  --ddp-config FILE   a JSON object of DDP settings (Megatron-Core's field names:\n"
+            "                      overlap_grad_reduce, bucket_size, average_in_collective,\n"
+            "                      check_for_nan_in_grad, use_distributed_optimizer,\n"
+            "                      overlap_param_gather, deterministic, loss_is_global_mean);\n"
+            "                      flags after it override it\n"
             "  --no-overlap        reduce gradients after backward instead of during it\n"
             "  --digest            end with 'params sha256: <hex>' of the trained parameters\n"
             "  --deterministic     bitwise-identical training on any power-of-two rank count\n"
@@ -113,6 +119,32 @@ static bool parse_widths(const char *text, mhub_mlp_config *cfg)
     }
 }
 
+/* Read a DDP config file over the settings so far. */
+static bool load_ddp_config(const char *path, mhub_ddp_config *cfg)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "mhub %s: --ddp-config: cannot open '%s': %s\n", CMD, path,
+                strerror(errno));
+        return false;
+    }
+    char text[1 << 16];
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    bool too_long = !feof(f);
+    fclose(f);
+    if (too_long) {
+        fprintf(stderr, "mhub %s: --ddp-config: '%s' is larger than %zu bytes\n", CMD, path,
+                sizeof text - 1);
+        return false;
+    }
+    text[n] = '\0';
+    if (mhub_ddp_config_from_json(text, path, cfg) != MHUB_OK) {
+        fprintf(stderr, "mhub %s: --ddp-config: %s\n", CMD, mhub_last_error());
+        return false;
+    }
+    return true;
+}
+
 /* Returns -1 to continue, or an exit code. */
 static int parse_args(int argc, char **argv, train_options *o)
 {
@@ -163,6 +195,10 @@ static int parse_args(int argc, char **argv, train_options *o)
             }
         } else if (!strcmp(arg, "--grad-accum")) {
             ok = VALUE() && cli_parse_int(CMD, arg, v, 1, 1 << 20, &o->grad_accum);
+        } else if (!strcmp(arg, "--ddp-config")) {
+            ok = VALUE() && load_ddp_config(v, &o->ddp);
+            if (ok && o->ddp.use_distributed_optimizer)
+                o->engine = MHUB_DP_DISTOPT;
         } else if (!strcmp(arg, "--bucket-size")) {
             long b = 0;
             ok = VALUE() && cli_parse_long(CMD, arg, v, 1, 0x7fffffffffffL, &b);
