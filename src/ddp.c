@@ -31,7 +31,9 @@ struct mhub_ddp {
     mhub_comm *dp;
     mhub_backend *be;
     mhub_ddp_config cfg;
-    float *buffer;         /* all gradients, parameters in reverse list order */
+    void *buffer;          /* all gradients, parameters in reverse list order */
+    mhub_dtype gdt;        /* the buffer's dtype */
+    size_t esize;          /* its element size */
     int64_t numel;
     bool comm_memory;      /* buffer from mhub_comm_alloc */
     int *param_bucket;     /* per parameter: bucket index, -1 without gradient */
@@ -51,6 +53,7 @@ void mhub_ddp_config_init(mhub_ddp_config *cfg)
 {
     if (!cfg)
         return;
+    cfg->grad_reduce_in_fp32 = false;
     cfg->overlap_grad_reduce = false;
     cfg->bucket_size = MHUB_DDP_BUCKET_AUTO;
     cfg->average_in_collective = false;
@@ -89,6 +92,7 @@ typedef struct bool_field {
 } bool_field;
 
 static const bool_field bool_fields[] = {
+    {"grad_reduce_in_fp32", offsetof(mhub_ddp_config, grad_reduce_in_fp32)},
     {"overlap_grad_reduce", offsetof(mhub_ddp_config, overlap_grad_reduce)},
     {"average_in_collective", offsetof(mhub_ddp_config, average_in_collective)},
     {"loss_is_global_mean", offsetof(mhub_ddp_config, loss_is_global_mean)},
@@ -125,7 +129,8 @@ static mhub_status read_key(const cJSON *item, const char *source, mhub_ddp_conf
         return MHUB_OK;
     }
     return mhub_error(MHUB_ERR_PARSE,
-                      "%s: unknown ddp config key '%s' (known: overlap_grad_reduce, "
+                      "%s: unknown ddp config key '%s' (known: grad_reduce_in_fp32, "
+                      "overlap_grad_reduce, "
                       "bucket_size, average_in_collective, loss_is_global_mean, "
                       "check_for_nan_in_grad, "
                       "deterministic, use_distributed_optimizer, overlap_param_gather)",
@@ -213,12 +218,18 @@ static mhub_status plan_buckets(mhub_ddp *d, int64_t bucket_elems)
     return mhub_schedule_init(&d->sched, n, d->param_bucket, d->num_buckets);
 }
 
+/* Element `offset` of the buffer. */
+static void *slot_at(const mhub_ddp *d, int64_t offset)
+{
+    return (char *)d->buffer + (size_t)offset * d->esize;
+}
+
 /* The buffer lives in communicator memory when the communicator offers it
  * (a shared-memory window makes the all-reduce several times faster) and
  * the parameters are in host memory; otherwise on the backend. */
 static mhub_status alloc_buffer(mhub_ddp *d)
 {
-    size_t bytes = (size_t)d->numel * sizeof(float);
+    size_t bytes = (size_t)d->numel * d->esize;
     void *p = NULL;
     if (d->dp->size > 1 && !strcmp(d->be->name, "cpu")) {
         mhub_status s = mhub_comm_alloc(d->dp, bytes, &p);
@@ -242,13 +253,12 @@ static mhub_status adopt_gradients(mhub_ddp *d)
         mhub_param *p = &d->params->items[i];
         if (d->param_bucket[i] < 0)
             continue;
-        float *slot = d->buffer + d->param_offset[i];
+        void *slot = slot_at(d, d->param_offset[i]);
         if (p->grad.data && p->value.numel > 0)
-            MHUB_TRY(d->be->ops->copy(d->be, slot, p->grad.data,
-                                      (size_t)p->value.numel * sizeof(float),
-                                      MHUB_COPY_DEVICE_TO_DEVICE));
+            MHUB_TRY(d->be->ops->cast(d->be, slot, d->gdt, p->grad.data, p->grad.dtype,
+                                      p->value.numel));
         mhub_tensor view;
-        MHUB_TRY(mhub_tensor_wrap(&view, slot, d->be, MHUB_F32, p->value.ndim, p->value.shape));
+        MHUB_TRY(mhub_tensor_wrap(&view, slot, d->be, d->gdt, p->value.ndim, p->value.shape));
         mhub_tensor_free(&p->grad);
         p->grad = view;
     }
@@ -263,7 +273,15 @@ mhub_status mhub_ddp_create(mhub_param_list *params, mhub_comm *dp, const mhub_d
     *out = NULL;
     MHUB_TRY(mhub_ddp_config_validate(cfg));
     mhub_backend *be;
-    MHUB_TRY(mhub_dp_check_params(params, "ddp", &be));
+    mhub_dtype model_dt;
+    MHUB_TRY(mhub_dp_check_params_any(params, "ddp", &be, &model_dt));
+    mhub_dtype gdt = cfg->grad_reduce_in_fp32 ? MHUB_F32 : model_dt;
+    if (gdt != MHUB_F32 && (cfg->deterministic || cfg->check_for_nan_in_grad))
+        return MHUB_ERROR(MHUB_ERR_UNSUPPORTED,
+                          "%s needs f32 gradients; this %s model reduces %s gradients: set "
+                          "grad_reduce_in_fp32",
+                          cfg->deterministic ? "deterministic mode" : "check_for_nan_in_grad",
+                          mhub_dtype_name(model_dt), mhub_dtype_name(gdt));
     mhub_ddp *d = calloc(1, sizeof *d);
     if (!d)
         return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "engine struct");
@@ -271,6 +289,8 @@ mhub_status mhub_ddp_create(mhub_param_list *params, mhub_comm *dp, const mhub_d
     d->dp = dp;
     d->be = be;
     d->cfg = *cfg;
+    d->gdt = gdt;
+    d->esize = mhub_dtype_size(gdt);
     d->nan_param = -1;
     mhub_status s = plan_buckets(d, mhub_ddp_config_bucket_elems(cfg, dp->size));
     if (s == MHUB_OK && cfg->deterministic)
@@ -294,12 +314,12 @@ static void release_gradients(mhub_ddp *d)
         mhub_param *p = &d->params->items[i];
         if (!d->param_bucket || d->param_bucket[i] < 0 || p->grad.owns_data)
             continue;
-        if (p->grad.data != d->buffer + d->param_offset[i])
+        if (p->grad.data != slot_at(d, d->param_offset[i]))
             continue; /* never adopted (create failed part-way) */
         mhub_tensor own;
         if (mhub_tensor_alloc(&own, d->be, MHUB_F32, p->value.ndim, p->value.shape) == MHUB_OK) {
-            d->be->ops->copy(d->be, own.data, p->grad.data, mhub_tensor_nbytes(&own),
-                             MHUB_COPY_DEVICE_TO_DEVICE);
+            d->be->ops->cast(d->be, own.data, MHUB_F32, p->grad.data, p->grad.dtype,
+                             p->value.numel);
             p->grad = own;
         } else {
             mhub_tensor_init_meta(&p->grad, MHUB_F32, p->value.ndim, p->value.shape);
@@ -343,7 +363,7 @@ static double now_seconds(void)
 static mhub_status scan_for_nan(mhub_ddp *d, const bucket *b)
 {
     double ss = 0;
-    MHUB_TRY(d->be->ops->sum_squares(d->be, d->buffer + b->offset, b->numel, &ss));
+    MHUB_TRY(d->be->ops->sum_squares(d->be, slot_at(d, b->offset), b->numel, &ss));
     if (isfinite(ss) || d->nan_param >= 0)
         return MHUB_OK;
     for (int k = 0, i = b->first_param; k < b->num_params; i--) {
@@ -371,10 +391,10 @@ static mhub_status issue_bucket(mhub_ddp *d, int index, bool in_backward)
     d->stats.issued_in_backward += in_backward;
     if (d->dp->size == 1)
         return MHUB_OK; /* the mean over one rank is the gradient itself */
-    float *data = d->buffer + b->offset;
+    void *data = slot_at(d, b->offset);
     mhub_reduce_op op;
-    MHUB_TRY(mhub_dp_prepare_reduce(&d->cfg, d->be, d->dp, data, b->numel, &op));
-    return mhub_comm_iallreduce(d->dp, data, data, b->numel, MHUB_F32, op, &b->req);
+    MHUB_TRY(mhub_dp_prepare_reduce(&d->cfg, d->be, d->dp, data, d->gdt, b->numel, &op));
+    return mhub_comm_iallreduce(d->dp, data, data, b->numel, d->gdt, op, &b->req);
 }
 
 /* Let issued collectives progress (MPI moves messages only inside MPI
@@ -440,7 +460,7 @@ mhub_status mhub_ddp_zero_grad(mhub_ddp *d)
     reset_step(d);
     if (d->cfg.deterministic)
         mhub_sumtree_reset(&d->tree);
-    return d->be->ops->memset_zero(d->be, d->buffer, (size_t)d->numel * sizeof(float));
+    return d->be->ops->memset_zero(d->be, d->buffer, (size_t)d->numel * d->esize);
 }
 
 mhub_status mhub_ddp_no_sync_begin(mhub_ddp *d)
@@ -463,19 +483,19 @@ mhub_status mhub_ddp_shard_done(mhub_ddp *d)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
     if (!d->cfg.deterministic)
         return MHUB_ERROR(MHUB_ERR_STATE, "shard_done is for deterministic mode only");
-    return mhub_sumtree_fold(&d->tree, d->buffer);
+    return mhub_sumtree_fold(&d->tree, (float *)d->buffer);
 }
 
 static mhub_status finish_deterministic(mhub_ddp *d)
 {
     double t0 = now_seconds();
-    MHUB_TRY(mhub_sumtree_collect(&d->tree, d->buffer));
+    MHUB_TRY(mhub_sumtree_collect(&d->tree, (float *)d->buffer));
     mhub_status s = MHUB_OK;
     /* scan this rank's own sum, so the report names the rank it came from */
     for (int b = 0; d->cfg.check_for_nan_in_grad && s == MHUB_OK && b < d->num_buckets; b++)
         s = scan_for_nan(d, &d->buckets[b]);
     if (s == MHUB_OK)
-        s = mhub_sumtree_exchange(&d->tree, d->buffer);
+        s = mhub_sumtree_exchange(&d->tree, (float *)d->buffer);
     if (s == MHUB_OK && d->cfg.check_for_nan_in_grad)
         s = mhub_dp_agree_on_nan(d->dp, d->params, d->nan_param, d->step, "ddp");
     d->stats.buckets_issued += d->dp->size > 1;

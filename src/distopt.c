@@ -542,7 +542,7 @@ static mhub_status issue_reduce_scatter(mhub_distopt *d, int index, bool in_back
         return MHUB_OK; /* the mean over one rank is the gradient itself */
     float *data = d->grads + b->offset;
     mhub_reduce_op op;
-    MHUB_TRY(mhub_dp_prepare_reduce(&d->ddp_cfg, d->be, d->dp, data, b->numel, &op));
+    MHUB_TRY(mhub_dp_prepare_reduce(&d->ddp_cfg, d->be, d->dp, data, MHUB_F32, b->numel, &op));
     return mhub_comm_ireduce_scatter(d->dp, data, d->grads + shard_start(d, b), shard_numel(d, b),
                                      MHUB_F32, op, &b->grad_req);
 }

@@ -23,19 +23,43 @@ mhub_status mhub_dp_agree_on_nan(mhub_comm *dp, const mhub_param_list *params, i
                       params->items[param].name, rank, (long long)step, engine);
 }
 
-mhub_status mhub_dp_check_params(const mhub_param_list *params, const char *engine,
-                                 mhub_backend **be)
+/* One dtype for every trainable parameter, and a gradient that is f32 or
+ * of that dtype. */
+static mhub_status check_dtypes(const mhub_param_list *params, const char *engine,
+                                mhub_dtype *dtype)
 {
-    *be = NULL;
+    bool first = true;
     for (int i = 0; i < params->count; i++) {
         const mhub_param *p = &params->items[i];
         if (!p->requires_grad)
             continue;
-        if (p->value.dtype != MHUB_F32 || p->grad.dtype != MHUB_F32)
+        if (first)
+            *dtype = p->value.dtype;
+        first = false;
+        if (p->value.dtype != *dtype)
             return MHUB_ERROR(MHUB_ERR_UNSUPPORTED,
-                              "parameter '%s' is %s: the %s engine takes f32 parameters with "
-                              "f32 gradients only",
-                              p->name, mhub_dtype_name(p->value.dtype), engine);
+                              "parameter '%s' is %s while others are %s: the %s engine "
+                              "takes one parameter dtype",
+                              p->name, mhub_dtype_name(p->value.dtype), mhub_dtype_name(*dtype),
+                              engine);
+        if (p->grad.dtype != MHUB_F32 && p->grad.dtype != p->value.dtype)
+            return MHUB_ERROR(MHUB_ERR_UNSUPPORTED,
+                              "parameter '%s' has a %s gradient for %s values", p->name,
+                              mhub_dtype_name(p->grad.dtype), mhub_dtype_name(p->value.dtype));
+    }
+    return MHUB_OK;
+}
+
+mhub_status mhub_dp_check_params_any(const mhub_param_list *params, const char *engine,
+                                     mhub_backend **be, mhub_dtype *dtype)
+{
+    *be = NULL;
+    *dtype = MHUB_F32;
+    MHUB_TRY(check_dtypes(params, engine, dtype));
+    for (int i = 0; i < params->count; i++) {
+        const mhub_param *p = &params->items[i];
+        if (!p->requires_grad)
+            continue;
         if (!p->value.backend || (!p->value.data && p->value.numel > 0))
             return MHUB_ERROR(MHUB_ERR_STATE,
                               "parameter '%s' has no storage (meta): materialize the model "
@@ -56,13 +80,28 @@ mhub_status mhub_dp_check_params(const mhub_param_list *params, const char *engi
     return MHUB_OK;
 }
 
+mhub_status mhub_dp_check_params(const mhub_param_list *params, const char *engine,
+                                 mhub_backend **be)
+{
+    for (int i = 0; i < params->count; i++) {
+        const mhub_param *p = &params->items[i];
+        if (p->requires_grad && (p->value.dtype != MHUB_F32 || p->grad.dtype != MHUB_F32))
+            return MHUB_ERROR(MHUB_ERR_UNSUPPORTED,
+                              "parameter '%s' is %s: the %s engine takes f32 parameters with "
+                              "f32 gradients only",
+                              p->name, mhub_dtype_name(p->value.dtype), engine);
+    }
+    mhub_dtype dt;
+    return mhub_dp_check_params_any(params, engine, be, &dt);
+}
+
 mhub_status mhub_dp_prepare_reduce(const mhub_ddp_config *cfg, mhub_backend *be, mhub_comm *dp,
-                                   float *data, int64_t n, mhub_reduce_op *op)
+                                   void *data, mhub_dtype dt, int64_t n, mhub_reduce_op *op)
 {
     *op = MHUB_SUM;
     if (cfg->loss_is_global_mean)
         return MHUB_OK;
-    if (cfg->average_in_collective) {
+    if (cfg->average_in_collective || dt != MHUB_F32) {
         *op = MHUB_AVG;
         return MHUB_OK;
     }

@@ -30,13 +30,20 @@ mhub_status mhub_dp_agree_on_nan(mhub_comm *dp, const mhub_param_list *params, i
  * gradient. Errors name the parameter and the engine. */
 mhub_status mhub_dp_check_params(const mhub_param_list *params, const char *engine,
                                  mhub_backend **be);
+/* The same for an engine that also takes 16-bit models: every trainable
+ * parameter has one dtype (returned in *dtype) and an f32 or same-dtype
+ * gradient. */
+mhub_status mhub_dp_check_params_any(const mhub_param_list *params, const char *engine,
+                                     mhub_backend **be, mhub_dtype *dtype);
 
-/* How a gradient of n elements is made a dp-mean by the coming
- * collective, per the config: with loss_is_global_mean nothing (the loss
- * already carries 1/global batch), with average_in_collective MHUB_AVG,
- * else Megatron-Core's default, a pre-scale by 1/dp here and MHUB_SUM. */
+/* How a gradient of n elements of dtype dt is made a dp-mean by the
+ * coming collective, per the config: with loss_is_global_mean nothing (the
+ * loss already carries 1/global batch), with average_in_collective
+ * MHUB_AVG, else Megatron-Core's default, a pre-scale by 1/dp here and
+ * MHUB_SUM (for a 16-bit gradient MHUB_AVG instead, which divides in f32
+ * and rounds once rather than rounding the pre-scaled values). */
 mhub_status mhub_dp_prepare_reduce(const mhub_ddp_config *cfg, mhub_backend *be, mhub_comm *dp,
-                                   float *data, int64_t n, mhub_reduce_op *op);
+                                   void *data, mhub_dtype dt, int64_t n, mhub_reduce_op *op);
 
 /* The order in which gradient buckets are reduced. A bucket may start
  * once every parameter in it reported its gradient ready on the last

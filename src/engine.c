@@ -19,8 +19,10 @@ struct mhub_dp_engine {
     mhub_ddp *ddp;
     mhub_distopt *distopt;
     mhub_fsdp *fsdp;
-    /* DDP only: optimizer state, per parameter up to two arrays */
+    /* DDP only: per parameter [f32 main copy of a 16-bit parameter,
+     * optimizer state 0, 1]; f32 scratch for widening 16-bit gradients */
     float **state;
+    float *grad32;
     int64_t optim_steps;
 };
 
@@ -41,36 +43,53 @@ const char *mhub_dp_engine_name(mhub_dp_engine_kind kind)
     return kind >= MHUB_DP_DDP && kind <= MHUB_DP_FSDP ? kind_names[kind] : "invalid";
 }
 
-/* DDP's optimizer state: mhub_optim_state_arrays(cfg) arrays per parameter. */
+/* DDP's optimizer, per parameter: the optimizer state arrays and, for a
+ * 16-bit parameter, its f32 main copy (the update happens there and is
+ * rounded into the parameter once). A shared f32 scratch widens 16-bit
+ * gradients. */
+enum { SLOT_MAIN = 0, SLOTS = 3 };
+
+static mhub_status alloc_f32(mhub_backend *be, int64_t n, float **out)
+{
+    void *mem = NULL;
+    MHUB_TRY(be->ops->alloc(be, (size_t)n * sizeof(float), &mem));
+    *out = mem;
+    return MHUB_OK;
+}
+
 static mhub_status alloc_ddp_state(mhub_dp_engine *e)
 {
     int arrays = mhub_optim_state_arrays(&e->optim), n = e->params->count;
-    if (arrays == 0)
-        return MHUB_OK;
-    e->state = calloc((size_t)n * 2, sizeof *e->state);
+    e->state = calloc((size_t)n * SLOTS, sizeof *e->state);
     if (!e->state)
         return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "optimizer state table");
+    int64_t widest = 0;
     for (int i = 0; i < n; i++) {
         mhub_param *p = &e->params->items[i];
-        for (int a = 0; a < arrays; a++) {
-            void *mem = NULL;
-            MHUB_TRY(p->value.backend->ops->alloc(p->value.backend,
-                                                  (size_t)p->value.numel * sizeof(float), &mem));
-            e->state[2 * i + a] = mem;
+        if (!p->requires_grad)
+            continue;
+        float **slot = e->state + SLOTS * i;
+        for (int a = 0; a < arrays; a++)
+            MHUB_TRY(alloc_f32(e->be, p->value.numel, &slot[1 + a]));
+        if (p->value.dtype != MHUB_F32) {
+            MHUB_TRY(alloc_f32(e->be, p->value.numel, &slot[SLOT_MAIN]));
+            MHUB_TRY(e->be->ops->cast(e->be, slot[SLOT_MAIN], MHUB_F32, p->value.data,
+                                      p->value.dtype, p->value.numel));
         }
+        widest = p->value.numel > widest ? p->value.numel : widest;
     }
-    return MHUB_OK;
+    return alloc_f32(e->be, widest, &e->grad32);
 }
 
 static void free_ddp_state(mhub_dp_engine *e)
 {
+    if (e->grad32)
+        e->be->ops->free(e->be, e->grad32);
     if (!e->state)
         return;
-    for (int i = 0; i < e->params->count; i++)
-        for (int a = 0; a < 2; a++)
-            if (e->state[2 * i + a])
-                e->params->items[i].value.backend->ops->free(e->params->items[i].value.backend,
-                                                             e->state[2 * i + a]);
+    for (int i = 0; i < e->params->count * SLOTS; i++)
+        if (e->state[i])
+            e->be->ops->free(e->be, e->state[i]);
     free(e->state);
 }
 
@@ -236,14 +255,25 @@ mhub_status mhub_dp_engine_finish_grad_sync(mhub_dp_engine *e)
 
 static mhub_status ddp_step(mhub_dp_engine *e)
 {
+    const mhub_backend_ops *op = e->be->ops;
     e->optim_steps++;
     for (int i = 0; i < e->params->count; i++) {
         mhub_param *p = &e->params->items[i];
         if (!p->requires_grad)
             continue;
-        MHUB_TRY(mhub_optim_update(p->value.backend, &e->optim, p->value.data, p->grad.data,
-                                   e->state ? e->state + 2 * i : NULL, p->value.numel,
+        float **slot = e->state + SLOTS * i;
+        const float *grad = p->grad.data;
+        if (p->grad.dtype != MHUB_F32) {
+            MHUB_TRY(op->cast(e->be, e->grad32, MHUB_F32, p->grad.data, p->grad.dtype,
+                              p->grad.numel));
+            grad = e->grad32;
+        }
+        float *target = slot[SLOT_MAIN] ? slot[SLOT_MAIN] : p->value.data;
+        MHUB_TRY(mhub_optim_update(e->be, &e->optim, target, grad, slot + 1, p->value.numel,
                                    e->optim_steps));
+        if (slot[SLOT_MAIN])
+            MHUB_TRY(op->cast(e->be, p->value.data, p->value.dtype, slot[SLOT_MAIN], MHUB_F32,
+                              p->value.numel));
     }
     return MHUB_OK;
 }

@@ -374,7 +374,7 @@ static mhub_status end_backward(mhub_fsdp *f, int unit)
                                         f->round + u->shard_offset);
     }
     mhub_reduce_op op;
-    MHUB_TRY(mhub_dp_prepare_reduce(&f->ddp_cfg, f->be, f->dp, g->data, u->padded, &op));
+    MHUB_TRY(mhub_dp_prepare_reduce(&f->ddp_cfg, f->be, f->dp, g->data, MHUB_F32, u->padded, &op));
     float *mine = g->data + (int64_t)f->dp->rank * u->shard; /* the in-place form */
     MHUB_TRY(mhub_comm_ireduce_scatter(f->dp, g->data, mine, u->shard, MHUB_F32, op, &g->req));
     g->reducing = true;

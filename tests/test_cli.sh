@@ -77,6 +77,15 @@ expect 2 "--grad-accum does not apply" $T --model mlp --deterministic --grad-acc
 expect 2 "0 is out of range" $T --model mlp --bucket-size 0
 expect 2 "out of range" $T --model mlp --grad-accum 0
 
+# 16-bit parameters (DDP keeps f32 main copies)
+expect 0 "first loss 2\.[0-9]+, last loss 0\.[0-9]+" timeout 120 "$MPIEXEC" -n 2 $T --model mlp \
+    --param-dtype bf16 --steps 200 --eval-samples 256 --quiet
+expect 0 "last loss" timeout 120 "$MPIEXEC" -n 2 $T --model mlp --param-dtype f16 \
+    --grad-reduce-in-fp32 --steps 20 --quiet
+expect 2 "unknown dtype 'fp8'" $T --model mlp --param-dtype fp8
+expect 1 "layers.0.weight. is bf16: the FSDP engine shards f32 parameters" $T --model mlp --param-dtype bf16 --dp-engine fsdp --steps 2
+expect 1 "set grad_reduce_in_fp32" $T --model mlp --param-dtype bf16 --deterministic --steps 2
+
 # --ddp-config: a file of Megatron-named settings, errors name file and key
 cfgdir=$(mktemp -d)
 printf '{"overlap_grad_reduce": true, "bucket_size": 5000}' > "$cfgdir/ok.json"

@@ -19,6 +19,8 @@ typedef struct run {
     mhub_optim_kind optim;
     bool deterministic;
     int micro;             /* micro-batches (or shards) per rank */
+    mhub_dtype dtype;      /* parameter storage */
+    bool grad_in_fp32;     /* grad_reduce_in_fp32 */
 } run;
 
 enum { MAX_PARAMS = 10 * 13 + 13 + 13 * 7 + 7 + 7 * 4 + 4 };
@@ -29,7 +31,9 @@ enum { MAX_PARAMS = 10 * 13 + 13 + 13 * 7 + 7 + 7 * 4 + 4 };
 static void train(const run *r, mhub_comm *dp, char hex[65], float *flat)
 {
     mhub_mlp *m;
-    CK_OK(mhub_mlp_create(&model_cfg, be, GLOBAL_BATCH, 8, &m));
+    mhub_mlp_config cfg = model_cfg;
+    cfg.param_dtype = r->dtype;
+    CK_OK(mhub_mlp_create(&cfg, be, GLOBAL_BATCH, 8, &m));
     mhub_synthetic_task task;
     CK_OK(mhub_synthetic_init(&task, model_cfg.inputs, model_cfg.classes, 2));
     mhub_ddp_config dc;
@@ -37,6 +41,7 @@ static void train(const run *r, mhub_comm *dp, char hex[65], float *flat)
     dc.overlap_grad_reduce = true;
     dc.bucket_size = 60;
     dc.deterministic = r->deterministic;
+    dc.grad_reduce_in_fp32 = r->grad_in_fp32;
     mhub_optim_config oc;
     mhub_optim_config_init(&oc, r->optim);
     oc.lr = r->optim == MHUB_OPTIM_SGD ? 0.2f : 0.01f;
@@ -79,7 +84,8 @@ static void train(const run *r, mhub_comm *dp, char hex[65], float *flat)
     mhub_dp_engine_free(e);
     mhub_param_list *pl = mhub_mlp_params(m);
     for (int p = 0, at = 0; flat && p < pl->count; at += (int)pl->items[p].value.numel, p++)
-        memcpy(flat + at, pl->items[p].value.data, mhub_tensor_nbytes(&pl->items[p].value));
+        CK_OK(be->ops->cast(be, flat + at, MHUB_F32, pl->items[p].value.data,
+                            pl->items[p].value.dtype, pl->items[p].value.numel));
     char again[65];
     CK_OK(mhub_param_list_digest(pl, again));
     ck_assert_str_eq(again, hex); /* what the engine hashed is what the model holds */
@@ -99,10 +105,11 @@ START_TEST(test_deterministic_bits)
     mhub_comm *alone = alone_comm();
     for (int optim = 0; optim <= 1; optim++) {
         char ref[65], hex[65];
-        run one = {MHUB_DP_DDP, (mhub_optim_kind)optim, true, SHARDS};
+        run one = {MHUB_DP_DDP, (mhub_optim_kind)optim, true, SHARDS, MHUB_F32, false};
         train(&one, alone, ref, NULL);
         for (int kind = 0; kind <= 2; kind++) {
-            run r = {(mhub_dp_engine_kind)kind, (mhub_optim_kind)optim, true, SHARDS / world->size};
+            run r = {(mhub_dp_engine_kind)kind, (mhub_optim_kind)optim, true, SHARDS / world->size,
+                     MHUB_F32, false};
             train(&r, world, hex, NULL); /* P ranks == 1 rank, whatever the engine */
             ck_assert_msg(!strcmp(hex, ref), "%s, %s on %d ranks: %s != %s",
                           mhub_dp_engine_name(r.kind), mhub_optim_kind_name(r.optim),
@@ -125,7 +132,8 @@ START_TEST(test_every_engine_trains_like_one_process)
     for (int kind = 0; kind <= 2; kind++)
         for (int optim = 0; optim <= 1; optim++)
             for (int micro = 1; micro <= 2; micro++) {
-                run r = {(mhub_dp_engine_kind)kind, (mhub_optim_kind)optim, false, micro};
+                run r = {(mhub_dp_engine_kind)kind, (mhub_optim_kind)optim, false, micro,
+                         MHUB_F32, false};
                 char hd[65], h1[65];
                 train(&r, world, hd, dist);
                 run single = r;
@@ -139,6 +147,62 @@ START_TEST(test_every_engine_trains_like_one_process)
                               mhub_dp_engine_name(r.kind), mhub_optim_kind_name(r.optim), micro,
                               worst);
             }
+    mhub_comm_free(alone);
+}
+END_TEST
+
+START_TEST(test_half_precision_models)
+{
+    /* bf16 and f16 parameters with f32 main copies in DDP's optimizer;
+     * gradients reduced in f32 (grad_reduce_in_fp32) or in the model's
+     * dtype. P ranks against one rank: the sums round differently, and
+     * in 16-bit more coarsely, so the bound is a few 16-bit ulps. */
+    mhub_comm *alone = alone_comm();
+    static float dist[MAX_PARAMS], one[MAX_PARAMS];
+    const mhub_dtype dts[] = {MHUB_BF16, MHUB_F16};
+    for (int d = 0; d < 2; d++)
+        for (int fp32 = 0; fp32 <= 1; fp32++) {
+            run r = {MHUB_DP_DDP, MHUB_OPTIM_ADAMW, false, 2, dts[d], fp32};
+            char hd[65], h1[65];
+            train(&r, world, hd, dist);
+            run single = r;
+            single.micro = 1;
+            train(&single, alone, h1, one);
+            double ulp = dts[d] == MHUB_BF16 ? 1.0 / 128 : 1.0 / 1024;
+            int moved = 0;
+            for (int i = 0; i < MAX_PARAMS; i++) {
+                ck_assert_msg(fabs(dist[i] - one[i]) <= 4 * ulp * fmax(fabs(one[i]), 1e-2),
+                              "%s, grad in fp32 %d: element %d %g vs %g",
+                              mhub_dtype_name(dts[d]), fp32, i, dist[i], one[i]);
+                moved += dist[i] != 0.0f;
+            }
+            ck_assert_int_gt(moved, MAX_PARAMS / 2);
+        }
+    /* deterministic mode and the NaN check need f32 gradients */
+    mhub_mlp_config cfg = model_cfg;
+    cfg.param_dtype = MHUB_BF16;
+    mhub_mlp *m;
+    CK_OK(mhub_mlp_create(&cfg, be, 4, 1, &m));
+    mhub_ddp_config dc;
+    mhub_ddp_config_init(&dc);
+    dc.deterministic = true;
+    mhub_ddp *d = NULL;
+    CK_FAILS(MHUB_ERR_UNSUPPORTED, mhub_ddp_create(mhub_mlp_params(m), world, &dc, &d));
+    ck_assert_msg(strstr(mhub_last_error(), "grad_reduce_in_fp32") != NULL, "%s",
+                  mhub_last_error());
+    dc.grad_reduce_in_fp32 = true;
+    CK_OK(mhub_ddp_create(mhub_mlp_params(m), world, &dc, &d));
+    mhub_ddp_free(d);
+    /* the sharded engines keep f32 models only, and say so */
+    mhub_optim_config oc;
+    mhub_optim_config_init(&oc, MHUB_OPTIM_SGD);
+    mhub_ddp_config_init(&dc);
+    mhub_dp_engine *e = NULL;
+    CK_FAILS(MHUB_ERR_UNSUPPORTED, mhub_dp_engine_create(MHUB_DP_DISTOPT, mhub_mlp_params(m),
+                                                         world, &dc, &oc, NULL, &e));
+    CK_FAILS(MHUB_ERR_UNSUPPORTED, mhub_dp_engine_create(MHUB_DP_FSDP, mhub_mlp_params(m), world,
+                                                         &dc, &oc, NULL, &e));
+    mhub_mlp_free(m);
     mhub_comm_free(alone);
 }
 END_TEST
@@ -194,6 +258,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, test_bad_input);
     tcase_add_test(tc, test_deterministic_bits);
     tcase_add_test(tc, test_every_engine_trains_like_one_process);
+    tcase_add_test(tc, test_half_precision_models);
     suite_add_tcase(s, tc);
     return s;
 }

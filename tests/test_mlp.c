@@ -205,6 +205,67 @@ START_TEST(test_unit_hooks)
 }
 END_TEST
 
+START_TEST(test_half_parameters_compute_in_f32)
+{
+    /* A bf16 model computes exactly what an f32 model with the same
+     * (bf16-rounded) weights computes: storage is 16-bit, compute f32. */
+    mhub_mlp_config cfg = {.inputs = 6, .num_hidden = 1, .hidden = {9}, .classes = 3,
+                           .param_dtype = MHUB_BF16};
+    mhub_mlp *half, *full;
+    CK_OK(mhub_mlp_create(&cfg, be, 4, 3, &half));
+    cfg.param_dtype = MHUB_F32;
+    CK_OK(mhub_mlp_create(&cfg, be, 4, 3, &full));
+    mhub_param_list *ph = mhub_mlp_params(half), *pf = mhub_mlp_params(full);
+    for (int p = 0; p < ph->count; p++) {
+        ck_assert_int_eq(ph->items[p].value.dtype, MHUB_BF16);
+        ck_assert_int_eq(ph->items[p].grad.dtype, MHUB_F32);
+        const uint16_t *h = ph->items[p].value.data;
+        float *f = pf->items[p].value.data;
+        for (int64_t i = 0; i < ph->items[p].value.numel; i++) {
+            /* the bf16 init is the f32 init rounded */
+            ck_assert_uint_eq(h[i], mhub_f32_to_bf16(f[i]));
+            f[i] = mhub_bf16_to_f32(h[i]);
+        }
+    }
+    float x[4 * 6];
+    int32_t y[4] = {0, 2, 1, 2};
+    mhub_rng_fill_normal(x, 24, 8, 8, 0, 0.0f, 1.0f);
+    float lh, lf;
+    CK_OK(mhub_mlp_forward(half, x, y, 4, &lh));
+    CK_OK(mhub_mlp_forward(full, x, y, 4, &lf));
+    ck_assert(lh == lf);
+    CK_OK(mhub_mlp_backward(half, 0.25f));
+    CK_OK(mhub_mlp_backward(full, 0.25f));
+    for (int p = 0; p < ph->count; p++)
+        ck_assert_mem_eq(ph->items[p].grad.data, pf->items[p].grad.data,
+                         mhub_tensor_nbytes(&pf->items[p].grad));
+    /* a 16-bit gradient (as an engine may give it) accumulates in f32 and
+     * rounds once per backward */
+    mhub_tensor g16;
+    CK_OK(mhub_tensor_alloc(&g16, be, MHUB_BF16, 2, ph->items[0].value.shape));
+    mhub_tensor keep = ph->items[0].grad;
+    ph->items[0].grad = g16;
+    CK_OK(mhub_mlp_backward(half, 0.25f));
+    CK_OK(mhub_mlp_backward(half, 0.25f));
+    const float *g32 = keep.data;
+    const uint16_t *gh = g16.data;
+    for (int64_t i = 0; i < g16.numel; i++) {
+        /* g32 holds one backward's f32 gradient g: after the first
+         * backward into g16 it is round(g), after the second
+         * round(round(g) + g) */
+        float once = mhub_bf16_to_f32(mhub_f32_to_bf16(g32[i]));
+        ck_assert_uint_eq(gh[i], mhub_f32_to_bf16(once + g32[i]));
+    }
+    ph->items[0].grad = keep;
+    mhub_tensor_free(&g16);
+    cfg.param_dtype = (mhub_dtype)9;
+    mhub_mlp *bad;
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_mlp_create(&cfg, be, 4, 3, &bad));
+    mhub_mlp_free(half);
+    mhub_mlp_free(full);
+}
+END_TEST
+
 START_TEST(test_same_seed_same_model)
 {
     mhub_mlp_config cfg = {.inputs = 6, .num_hidden = 1, .hidden = {10}, .classes = 3};
@@ -454,6 +515,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, test_gradient_matches_finite_differences);
     tcase_add_test(tc, test_grad_ready_order_and_accumulation);
     tcase_add_test(tc, test_unit_hooks);
+    tcase_add_test(tc, test_half_parameters_compute_in_f32);
     tcase_add_test(tc, test_same_seed_same_model);
     tcase_add_test(tc, test_meta_model);
     tcase_add_test(tc, test_bad_input);

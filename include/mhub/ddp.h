@@ -70,6 +70,7 @@ extern "C" {
 /* The fields of Megatron-Core's DistributedDataParallelConfig this engine
  * implements, with its defaults (mhub_ddp_config_init). */
 typedef struct mhub_ddp_config {
+    bool grad_reduce_in_fp32;    /* 16-bit models: keep and reduce gradients in f32 */
     bool overlap_grad_reduce;    /* false: reduce everything in finish_grad_sync */
     int64_t bucket_size;         /* elements; MHUB_DDP_BUCKET_AUTO or >= 1 */
     bool average_in_collective;  /* MHUB_AVG in the collective instead of pre-scaling */
@@ -104,8 +105,12 @@ mhub_status mhub_ddp_config_to_json(const mhub_ddp_config *cfg, char **out);
 
 typedef struct mhub_ddp mhub_ddp;
 
-/* Wrap `params` (f32 parameters with storage) for data parallelism over
- * `dp`. The gradient buffer comes from mhub_comm_alloc when the
+/* Wrap `params` (parameters with storage, all of one dtype) for data
+ * parallelism over `dp`. The gradient buffer is f32 for f32 models and,
+ * for bf16/f16 models, f32 with grad_reduce_in_fp32 or else the model's
+ * dtype (reduced in that dtype; a requested pre-scaling then becomes an
+ * average in the collective, which divides in f32 and rounds once).
+ * check_for_nan_in_grad and deterministic mode need an f32 buffer. The gradient buffer comes from mhub_comm_alloc when the
  * communicator offers it (a shared-memory window on one node) and from
  * the parameters' backend otherwise. Existing gradient values are kept.
  * `params` and `dp` must outlive the engine and the list must not grow. */

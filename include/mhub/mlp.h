@@ -5,6 +5,10 @@
  *   layers.<i>.weight  [out_i, in_i]
  *   layers.<i>.bias    [out_i]
  * Weights start N(0, 1/in_i) (std = 1/sqrt(fan_in)); biases start at zero.
+ * Parameters are stored in `param_dtype` (f32, bf16 or f16); compute is f32
+ * (16-bit weights are widened exactly before each GEMM). Gradients are
+ * f32 unless an engine re-points them at 16-bit storage, in which case the
+ * model accumulates in f32 and rounds once per micro-batch.
  * Activation buffers are sized once for `max_rows` rows; forward and
  * backward allocate nothing. */
 #ifndef MHUB_MLP_H
@@ -26,6 +30,7 @@ typedef struct mhub_mlp_config {
     int hidden[MHUB_MLP_MAX_HIDDEN];   /* widths of the hidden layers */
     int num_hidden;                    /* 0 gives logistic regression */
     int classes;
+    mhub_dtype param_dtype;            /* storage of the parameters; 0 = f32 */
 } mhub_mlp_config;
 
 typedef struct mhub_mlp mhub_mlp;

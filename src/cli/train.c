@@ -56,6 +56,9 @@ static void usage(FILE *f)
             "  --dp-engine NAME    data-parallel engine: ddp (default), distopt (sharded\n"
             "                      optimizer state, ZeRO-1/2) or fsdp (everything sharded)\n"
             "  --optimizer NAME    sgd (default, with --momentum) or adamw\n"
+            "  --param-dtype T     parameter storage: f32 (default), bf16 or f16; compute is\n"
+            "                      f32 and the optimizer keeps f32 main copies (ddp engine)\n"
+            "  --grad-reduce-in-fp32  16-bit models: accumulate and reduce gradients in f32\n"
             "  --overlap-param-gather  distopt: gather updated parameters during the next\n"
             "                      forward instead of right after the step\n"
             "  --bucket-size N     gradient elements per bucket (default max(40M, 1M x ranks))\n"
@@ -220,6 +223,15 @@ static int parse_args(int argc, char **argv, train_options *o)
                         CMD, v);
                 ok = false;
             }
+        } else if (!strcmp(arg, "--param-dtype")) {
+            ok = VALUE() != NULL;
+            if (ok && mhub_dtype_parse(v, &o->mlp.param_dtype) != 0) {
+                fprintf(stderr, "mhub %s: --param-dtype: unknown dtype '%s' (f32, bf16, f16)\n",
+                        CMD, v);
+                ok = false;
+            }
+        } else if (!strcmp(arg, "--grad-reduce-in-fp32") && !inline_value) {
+            o->ddp.grad_reduce_in_fp32 = true;
         } else if (!strcmp(arg, "--overlap-param-gather") && !inline_value) {
             o->ddp.overlap_param_gather = true;
         } else if (!strcmp(arg, "--model")) {

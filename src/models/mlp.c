@@ -32,6 +32,9 @@ struct mhub_mlp {
     float *probs;
     float *losses;
     float *host_scratch;        /* max_rows * max(classes, 1) floats, for D2H reads */
+    /* 16-bit parameters: f32 copies of one layer's weight and bias, and of
+     * a gradient being accumulated (sized for the largest layer) */
+    float *w32, *b32, *gw32, *gb32, *acc32;
     int32_t *host_labels;
     /* the last forward's batch */
     const float *x;
@@ -55,6 +58,9 @@ static mhub_status check_config(const mhub_mlp_config *cfg, int64_t max_rows, bo
     if (cfg->num_hidden < 0 || cfg->num_hidden > MHUB_MLP_MAX_HIDDEN)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "num_hidden = %d must be in [0, %d]",
                           cfg->num_hidden, MHUB_MLP_MAX_HIDDEN);
+    if (!mhub_dtype_valid(cfg->param_dtype))
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "param_dtype %d is not a dtype",
+                          (int)cfg->param_dtype);
     for (int i = 0; i < cfg->num_hidden; i++)
         if (cfg->hidden[i] < 1)
             return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "hidden[%d] = %d must be >= 1", i,
@@ -74,11 +80,11 @@ static mhub_status add_params(mhub_mlp *m)
         /* std 1/sqrt(fan_in) keeps activations O(1) through the stack */
         float std = 1.0f / sqrtf((float)m->width[i]);
         snprintf(name, sizeof name, "layers.%d.weight", i);
-        MHUB_TRY(mhub_param_list_add(&m->params, name, MHUB_F32, 2, wshape, MHUB_INIT_NORMAL,
-                                     std, NULL));
+        MHUB_TRY(mhub_param_list_add(&m->params, name, m->cfg.param_dtype, 2, wshape,
+                                     MHUB_INIT_NORMAL, std, NULL));
         snprintf(name, sizeof name, "layers.%d.bias", i);
-        MHUB_TRY(mhub_param_list_add(&m->params, name, MHUB_F32, 1, bshape, MHUB_INIT_ZEROS,
-                                     0.0f, NULL));
+        MHUB_TRY(mhub_param_list_add(&m->params, name, m->cfg.param_dtype, 1, bshape,
+                                     MHUB_INIT_ZEROS, 0.0f, NULL));
         m->params.items[weight_index(i)].unit = i;
         m->params.items[bias_index(i)].unit = i;
     }
@@ -103,6 +109,16 @@ static mhub_status alloc_activations(mhub_mlp *m)
         if (i + 1 < m->layers)
             MHUB_TRY(alloc_floats(be, r * m->width[i + 1], &m->a[i + 1]));
     }
+    int64_t wmax = 0, bmax = 0;
+    for (int i = 0; i < m->layers; i++) {
+        wmax = m->width[i] * m->width[i + 1] > wmax ? m->width[i] * m->width[i + 1] : wmax;
+        bmax = m->width[i + 1] > bmax ? m->width[i + 1] : bmax;
+    }
+    MHUB_TRY(alloc_floats(be, wmax, &m->w32));
+    MHUB_TRY(alloc_floats(be, bmax, &m->b32));
+    MHUB_TRY(alloc_floats(be, wmax, &m->gw32));
+    MHUB_TRY(alloc_floats(be, bmax, &m->gb32));
+    MHUB_TRY(alloc_floats(be, wmax, &m->acc32));
     MHUB_TRY(alloc_floats(be, r * m->cfg.classes, &m->probs));
     MHUB_TRY(alloc_floats(be, r, &m->losses));
     m->host_scratch = malloc((size_t)(r * m->cfg.classes) * sizeof(float));
@@ -149,7 +165,7 @@ void mhub_mlp_free(mhub_mlp *m)
     if (!m)
         return;
     if (m->be) {
-        float *bufs[] = {m->probs, m->losses};
+        float *bufs[] = {m->probs, m->losses, m->w32, m->b32, m->gw32, m->gb32, m->acc32};
         for (int i = 0; i < m->layers; i++) {
             m->be->ops->free(m->be, m->z[i]);
             m->be->ops->free(m->be, m->dz[i]);
@@ -197,12 +213,46 @@ static mhub_status call_hook(const mhub_mlp *m, unit_hook_fn fn, int unit)
     return fn ? fn(m->hooks.user, unit) : MHUB_OK;
 }
 
-static const float *param_data(const mhub_mlp *m, int index)
+/* The parameter as f32: itself, or widened into `scratch` (exact). */
+static mhub_status param_f32(const mhub_mlp *m, int index, float *scratch, const float **out)
 {
-    return m->params.items[index].value.data;
+    const mhub_tensor *v = &m->params.items[index].value;
+    if (v->dtype == MHUB_F32) {
+        *out = v->data;
+        return MHUB_OK;
+    }
+    *out = scratch;
+    return m->be->ops->cast(m->be, scratch, MHUB_F32, v->data, v->dtype, v->numel);
 }
 
-static float *grad_data(const mhub_mlp *m, int index) { return m->params.items[index].grad.data; }
+/* Where a parameter's gradient is computed: straight into an f32
+ * gradient (accumulating, beta = 1), or into zeroed f32 scratch that
+ * add_scratch_to_grad then rounds into a 16-bit gradient. */
+static mhub_status grad_target(const mhub_mlp *m, int index, float *scratch, float **out,
+                               float *beta)
+{
+    const mhub_tensor *g = &m->params.items[index].grad;
+    if (g->dtype == MHUB_F32) {
+        *out = g->data;
+        *beta = 1.0f;
+        return MHUB_OK;
+    }
+    *out = scratch;
+    *beta = 0.0f;
+    return m->be->ops->memset_zero(m->be, scratch, (size_t)g->numel * sizeof(float));
+}
+
+/* 16-bit gradient += scratch, summed in f32 and rounded once. */
+static mhub_status add_scratch_to_grad(const mhub_mlp *m, int index, const float *scratch)
+{
+    const mhub_tensor *g = &m->params.items[index].grad;
+    if (g->dtype == MHUB_F32)
+        return MHUB_OK;
+    const mhub_backend_ops *op = m->be->ops;
+    MHUB_TRY(op->cast(m->be, m->acc32, MHUB_F32, g->data, g->dtype, g->numel));
+    MHUB_TRY(op->axpy(m->be, m->acc32, scratch, g->numel, 1.0f));
+    return op->cast(m->be, g->data, g->dtype, m->acc32, MHUB_F32, g->numel);
+}
 
 static mhub_status mean_of_losses(mhub_mlp *m, float *mean_loss)
 {
@@ -231,10 +281,13 @@ mhub_status mhub_mlp_forward(mhub_mlp *m, const float *x, const int32_t *y, int6
     const float *in = x;
     for (int i = 0; i < m->layers; i++) {
         int64_t din = m->width[i], dout = m->width[i + 1];
+        const float *w, *b;
         MHUB_TRY(call_hook(m, m->hooks.pre_forward, i));
-        MHUB_TRY(op->gemm(m->be, false, true, rows, dout, din, 1.0f, in, din,
-                          param_data(m, weight_index(i)), din, 0.0f, m->z[i], dout));
-        MHUB_TRY(op->bias_add(m->be, m->z[i], param_data(m, bias_index(i)), rows, dout));
+        MHUB_TRY(param_f32(m, weight_index(i), m->w32, &w));
+        MHUB_TRY(param_f32(m, bias_index(i), m->b32, &b));
+        MHUB_TRY(op->gemm(m->be, false, true, rows, dout, din, 1.0f, in, din, w, din, 0.0f,
+                          m->z[i], dout));
+        MHUB_TRY(op->bias_add(m->be, m->z[i], b, rows, dout));
         MHUB_TRY(call_hook(m, m->hooks.post_forward, i));
         if (i + 1 < m->layers) {
             MHUB_TRY(op->gelu_forward(m->be, m->a[i + 1], m->z[i], rows * dout));
@@ -271,18 +324,25 @@ mhub_status mhub_mlp_backward(mhub_mlp *m, float loss_weight)
     for (int i = last; i >= 0; i--) {
         int64_t din = m->width[i], dout = m->width[i + 1];
         const float *in = i == 0 ? m->x : m->a[i];
+        float *gw, *gb, beta;
         MHUB_TRY(call_hook(m, m->hooks.pre_backward, i));
         /* dW[i] += dz[i]^T a[i]   [dout, din] */
+        MHUB_TRY(grad_target(m, weight_index(i), m->gw32, &gw, &beta));
         MHUB_TRY(op->gemm(m->be, true, false, dout, din, rows, 1.0f, m->dz[i], dout, in, din,
-                          1.0f, grad_data(m, weight_index(i)), din));
-        MHUB_TRY(op->bias_backward(m->be, grad_data(m, bias_index(i)), m->dz[i], rows, dout));
+                          beta, gw, din));
+        MHUB_TRY(add_scratch_to_grad(m, weight_index(i), gw));
+        MHUB_TRY(grad_target(m, bias_index(i), m->gb32, &gb, &beta));
+        MHUB_TRY(op->bias_backward(m->be, gb, m->dz[i], rows, dout));
+        MHUB_TRY(add_scratch_to_grad(m, bias_index(i), gb));
         /* reverse order of the parameter list: bias, then weight */
         MHUB_TRY(announce(m, bias_index(i)));
         MHUB_TRY(announce(m, weight_index(i)));
         if (i > 0) {
             /* da[i] = dz[i] W[i], written into dz[i-1], then through GELU */
-            MHUB_TRY(op->gemm(m->be, false, false, rows, din, dout, 1.0f, m->dz[i], dout,
-                              param_data(m, weight_index(i)), din, 0.0f, m->dz[i - 1], din));
+            const float *w;
+            MHUB_TRY(param_f32(m, weight_index(i), m->w32, &w));
+            MHUB_TRY(op->gemm(m->be, false, false, rows, din, dout, 1.0f, m->dz[i], dout, w, din,
+                              0.0f, m->dz[i - 1], din));
             MHUB_TRY(op->gelu_backward(m->be, m->dz[i - 1], m->z[i - 1], m->dz[i - 1],
                                        rows * din));
         }
