@@ -56,9 +56,12 @@ struct mhub_distopt {
     mhub_ddp_config ddp_cfg;
     mhub_optim_config opt_cfg;
     bool overlap_param_gather;
-    float *grads;           /* gradient buffer, parameters in reverse list order */
-    float *values;          /* parameter buffer, same layout */
+    void *grads;            /* gradient buffer, parameters in reverse list order */
+    void *values;           /* parameter buffer, same layout */
+    mhub_dtype gdt, vdt;    /* their dtypes: gdt f32 or the model's, vdt the model's */
+    size_t gsize, vsize;    /* their element sizes */
     float *main;            /* fp32 main params: this rank's shards, bucket after bucket */
+    float *grad32;          /* a 16-bit gradient segment cast to f32 (largest shard) */
     float *state[2];        /* optimizer state arrays, laid out as main */
     int num_state;
     int64_t numel;          /* each buffer, padding included */
@@ -121,8 +124,16 @@ static int64_t main_start(const mhub_distopt *d, const bucket *b)
     return b->offset / d->dp->size;
 }
 
-/* ---- checks ---------------------------------------------------------------- */
+/* Element `offset` of the gradient and parameter buffers. */
+static void *grad_at(const mhub_distopt *d, int64_t offset)
+{
+    return (char *)d->grads + (size_t)offset * d->gsize;
+}
 
+static void *value_at(const mhub_distopt *d, int64_t offset)
+{
+    return (char *)d->values + (size_t)offset * d->vsize;
+}
 
 /* ---- layout ---------------------------------------------------------------- */
 
@@ -231,37 +242,51 @@ static mhub_status plan_units(mhub_distopt *d)
     return MHUB_OK;
 }
 
+static mhub_status alloc_bytes(mhub_distopt *d, size_t bytes, void **out)
+{
+    return d->be->ops->alloc(d->be, bytes, out);
+}
+
 static mhub_status alloc_floats(mhub_distopt *d, int64_t n, float **out)
 {
     void *p = NULL;
-    MHUB_TRY(d->be->ops->alloc(d->be, (size_t)n * sizeof(float), &p));
+    MHUB_TRY(alloc_bytes(d, (size_t)n * sizeof(float), &p));
     *out = p;
     return MHUB_OK;
 }
 
 /* Both buffers in full on every rank (ZeRO-1/2: only the optimizer side is
- * sharded); main params and state for this rank's shards. */
+ * sharded), in their dtypes (zeroed, so padding starts at zero); main
+ * params and state for this rank's shards; for a 16-bit gradient buffer an
+ * f32 scratch as large as the largest shard. */
 static mhub_status alloc_buffers(mhub_distopt *d)
 {
     int64_t shards = d->numel / d->dp->size;
-    MHUB_TRY(alloc_floats(d, d->numel, &d->grads));
-    MHUB_TRY(alloc_floats(d, d->numel, &d->values));
+    MHUB_TRY(alloc_bytes(d, (size_t)d->numel * d->gsize, &d->grads));
+    MHUB_TRY(alloc_bytes(d, (size_t)d->numel * d->vsize, &d->values));
     MHUB_TRY(alloc_floats(d, shards, &d->main));
+    if (d->gdt != MHUB_F32) {
+        int64_t widest = 0;
+        for (int b = 0; b < d->num_buckets; b++)
+            if (shard_numel(d, &d->buckets[b]) > widest)
+                widest = shard_numel(d, &d->buckets[b]);
+        MHUB_TRY(alloc_floats(d, widest, &d->grad32));
+    }
     d->num_state = mhub_optim_state_arrays(&d->opt_cfg);
     for (int k = 0; k < d->num_state; k++)
         MHUB_TRY(alloc_floats(d, shards, &d->state[k]));
     return MHUB_OK;
 }
 
-/* Move a tensor's contents into its buffer slot and point it there. */
-static mhub_status adopt_tensor(mhub_distopt *d, mhub_tensor *t, float *slot,
+/* Move a tensor's contents into its buffer slot (of dtype dt, converting
+ * from the tensor's own) and point it there. */
+static mhub_status adopt_tensor(mhub_distopt *d, mhub_tensor *t, void *slot, mhub_dtype dt,
                                 const mhub_tensor *shape_of)
 {
     if (t->data && shape_of->numel > 0)
-        MHUB_TRY(d->be->ops->copy(d->be, slot, t->data, (size_t)shape_of->numel * sizeof(float),
-                                  MHUB_COPY_DEVICE_TO_DEVICE));
+        MHUB_TRY(d->be->ops->cast(d->be, slot, dt, t->data, t->dtype, shape_of->numel));
     mhub_tensor view;
-    MHUB_TRY(mhub_tensor_wrap(&view, slot, d->be, MHUB_F32, shape_of->ndim, shape_of->shape));
+    MHUB_TRY(mhub_tensor_wrap(&view, slot, d->be, dt, shape_of->ndim, shape_of->shape));
     mhub_tensor_free(t);
     *t = view;
     return MHUB_OK;
@@ -273,21 +298,19 @@ static mhub_status adopt_params(mhub_distopt *d)
         mhub_param *p = &d->params->items[i];
         if (d->param_bucket[i] < 0)
             continue;
-        MHUB_TRY(adopt_tensor(d, &p->grad, d->grads + d->param_offset[i], &p->value));
-        MHUB_TRY(adopt_tensor(d, &p->value, d->values + d->param_offset[i], &p->value));
+        MHUB_TRY(adopt_tensor(d, &p->grad, grad_at(d, d->param_offset[i]), d->gdt, &p->value));
+        MHUB_TRY(adopt_tensor(d, &p->value, value_at(d, d->param_offset[i]), d->vdt, &p->value));
     }
     return MHUB_OK;
 }
 
-/* Main params = this rank's shards of the parameter buffer. */
+/* Main params = this rank's shards of the parameter buffer, in f32. */
 static mhub_status load_main_params(mhub_distopt *d)
 {
     for (int b = 0; b < d->num_buckets; b++) {
         const bucket *bk = &d->buckets[b];
-        MHUB_TRY(d->be->ops->copy(d->be, d->main + main_start(d, bk),
-                                  d->values + shard_start(d, bk),
-                                  (size_t)shard_numel(d, bk) * sizeof(float),
-                                  MHUB_COPY_DEVICE_TO_DEVICE));
+        MHUB_TRY(d->be->ops->cast(d->be, d->main + main_start(d, bk), MHUB_F32,
+                                  value_at(d, shard_start(d, bk)), d->vdt, shard_numel(d, bk)));
     }
     return MHUB_OK;
 }
@@ -303,13 +326,25 @@ mhub_status mhub_distopt_create(mhub_param_list *params, mhub_comm *dp,
     MHUB_TRY(mhub_ddp_config_validate(ddp_cfg));
     MHUB_TRY(mhub_optim_config_validate(opt_cfg));
     mhub_backend *be;
-    MHUB_TRY(mhub_dp_check_params(params, "distributed optimizer", &be));
+    mhub_dtype model_dt;
+    MHUB_TRY(mhub_dp_check_params_any(params, "distributed optimizer", &be, &model_dt));
+    mhub_dtype gdt = ddp_cfg->grad_reduce_in_fp32 ? MHUB_F32 : model_dt;
+    if (gdt != MHUB_F32 && (ddp_cfg->deterministic || ddp_cfg->check_for_nan_in_grad))
+        return MHUB_ERROR(MHUB_ERR_UNSUPPORTED,
+                          "%s needs f32 gradients; this %s model reduces %s gradients in the "
+                          "distributed optimizer: set grad_reduce_in_fp32",
+                          ddp_cfg->deterministic ? "deterministic mode" : "check_for_nan_in_grad",
+                          mhub_dtype_name(model_dt), mhub_dtype_name(gdt));
     mhub_distopt *d = calloc(1, sizeof *d);
     if (!d)
         return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "engine struct");
     d->params = params;
     d->dp = dp;
     d->be = be;
+    d->gdt = gdt;
+    d->vdt = model_dt;
+    d->gsize = mhub_dtype_size(gdt);
+    d->vsize = mhub_dtype_size(model_dt);
     d->ddp_cfg = *ddp_cfg;
     d->opt_cfg = *opt_cfg;
     d->overlap_param_gather = ddp_cfg->overlap_param_gather;
@@ -338,8 +373,9 @@ mhub_status mhub_distopt_create(mhub_param_list *params, mhub_comm *dp,
     return MHUB_OK;
 }
 
-/* Give a tensor private storage holding its slot's values. */
-static void release_tensor(mhub_distopt *d, mhub_tensor *t, const float *slot)
+/* Give a tensor private storage of dtype dt holding its slot's values
+ * (converted from the slot's dtype, the tensor's). */
+static void release_tensor(mhub_distopt *d, mhub_tensor *t, const void *slot, mhub_dtype dt)
 {
     if (t->owns_data || t->data != slot)
         return; /* never adopted (create failed part-way) */
@@ -347,16 +383,15 @@ static void release_tensor(mhub_distopt *d, mhub_tensor *t, const float *slot)
     int ndim = t->ndim;
     memcpy(shape, t->shape, sizeof shape);
     mhub_tensor own;
-    if (mhub_tensor_alloc(&own, d->be, MHUB_F32, ndim, shape) == MHUB_OK) {
-        d->be->ops->copy(d->be, own.data, slot, mhub_tensor_nbytes(&own),
-                         MHUB_COPY_DEVICE_TO_DEVICE);
+    if (mhub_tensor_alloc(&own, d->be, dt, ndim, shape) == MHUB_OK) {
+        d->be->ops->cast(d->be, own.data, dt, slot, t->dtype, own.numel);
         *t = own;
     } else {
-        mhub_tensor_init_meta(t, MHUB_F32, ndim, shape);
+        mhub_tensor_init_meta(t, dt, ndim, shape);
     }
 }
 
-static void free_floats(mhub_distopt *d, float *p)
+static void free_floats(mhub_distopt *d, void *p)
 {
     if (p)
         d->be->ops->free(d->be, p);
@@ -376,14 +411,16 @@ void mhub_distopt_free(mhub_distopt *d)
         if (d->param_bucket[i] < 0)
             continue;
         mhub_param *p = &d->params->items[i];
+        /* values in their own dtype, gradients in f32 (as DDP's release) */
         if (d->values)
-            release_tensor(d, &p->value, d->values + d->param_offset[i]);
+            release_tensor(d, &p->value, value_at(d, d->param_offset[i]), d->vdt);
         if (d->grads)
-            release_tensor(d, &p->grad, d->grads + d->param_offset[i]);
+            release_tensor(d, &p->grad, grad_at(d, d->param_offset[i]), MHUB_F32);
     }
     free_floats(d, d->grads);
     free_floats(d, d->values);
     free_floats(d, d->main);
+    free_floats(d, d->grad32);
     for (int k = 0; k < 2; k++)
         free_floats(d, d->state[k]);
     free(d->param_bucket);
@@ -511,7 +548,8 @@ mhub_status mhub_distopt_wait_params(mhub_distopt *d)
 static mhub_status scan_for_nan(mhub_distopt *d, const bucket *b)
 {
     double ss = 0;
-    MHUB_TRY(d->be->ops->sum_squares(d->be, d->grads + b->offset, b->numel, &ss));
+    /* f32 gradients only: create refuses the check otherwise */
+    MHUB_TRY(d->be->ops->sum_squares(d->be, (const float *)grad_at(d, b->offset), b->numel, &ss));
     if (isfinite(ss) || d->nan_param >= 0)
         return MHUB_OK;
     int index = (int)(b - d->buckets);
@@ -540,11 +578,11 @@ static mhub_status issue_reduce_scatter(mhub_distopt *d, int index, bool in_back
     d->stats.issued_in_backward += in_backward;
     if (d->dp->size == 1 || b->numel == 0)
         return MHUB_OK; /* the mean over one rank is the gradient itself */
-    float *data = d->grads + b->offset;
+    void *data = grad_at(d, b->offset);
     mhub_reduce_op op;
-    MHUB_TRY(mhub_dp_prepare_reduce(&d->ddp_cfg, d->be, d->dp, data, MHUB_F32, b->numel, &op));
-    return mhub_comm_ireduce_scatter(d->dp, data, d->grads + shard_start(d, b), shard_numel(d, b),
-                                     MHUB_F32, op, &b->grad_req);
+    MHUB_TRY(mhub_dp_prepare_reduce(&d->ddp_cfg, d->be, d->dp, data, d->gdt, b->numel, &op));
+    return mhub_comm_ireduce_scatter(d->dp, data, grad_at(d, shard_start(d, b)),
+                                     shard_numel(d, b), d->gdt, op, &b->grad_req);
 }
 
 mhub_status mhub_distopt_grad_ready(void *user, int param_index)
@@ -590,7 +628,7 @@ mhub_status mhub_distopt_zero_grad(mhub_distopt *d)
     if (d->ddp_cfg.deterministic)
         mhub_sumtree_reset(&d->tree);
     d->grads_reduced = false;
-    return d->be->ops->memset_zero(d->be, d->grads, (size_t)d->numel * sizeof(float));
+    return d->be->ops->memset_zero(d->be, d->grads, (size_t)d->numel * d->gsize);
 }
 
 mhub_status mhub_distopt_no_sync_begin(mhub_distopt *d)
@@ -611,7 +649,7 @@ mhub_status mhub_distopt_shard_done(mhub_distopt *d)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
     if (!d->ddp_cfg.deterministic)
         return MHUB_ERROR(MHUB_ERR_STATE, "shard_done is for deterministic mode only");
-    return mhub_sumtree_fold(&d->tree, d->grads);
+    return mhub_sumtree_fold(&d->tree, (float *)d->grads); /* f32: create checked */
 }
 
 /* Deterministic mode reduces the whole gradient buffer with the fixed
@@ -620,12 +658,12 @@ mhub_status mhub_distopt_shard_done(mhub_distopt *d)
  * traffic instead of a reduce-scatter's, for bitwise-identical results. */
 static mhub_status reduce_deterministic(mhub_distopt *d)
 {
-    MHUB_TRY(mhub_sumtree_collect(&d->tree, d->grads));
+    MHUB_TRY(mhub_sumtree_collect(&d->tree, (float *)d->grads));
     mhub_status s = MHUB_OK;
     for (int b = 0; d->ddp_cfg.check_for_nan_in_grad && s == MHUB_OK && b < d->num_buckets; b++)
         s = scan_for_nan(d, &d->buckets[b]);
     if (s == MHUB_OK)
-        s = mhub_sumtree_exchange(&d->tree, d->grads);
+        s = mhub_sumtree_exchange(&d->tree, (float *)d->grads);
     d->stats.buckets_issued += d->dp->size > 1;
     return s;
 }
@@ -667,8 +705,10 @@ mhub_status mhub_distopt_finish_grad_sync(mhub_distopt *d)
 
 /* ---- the step --------------------------------------------------------------- */
 
-/* The update rule on each run of parameter elements in this rank's shard,
- * then the whole shard (padding stays zero) into the parameter buffer. */
+/* The update rule on each run of parameter elements in this rank's shard
+ * (a 16-bit gradient run read through the f32 scratch), then the whole
+ * shard of f32 main params (padding stays zero) cast into the parameter
+ * buffer, in the model's dtype. */
 static mhub_status update_shard(mhub_distopt *d, const bucket *b, int64_t t)
 {
     for (int k = 0; k < b->num_segments; k++) {
@@ -676,12 +716,21 @@ static mhub_status update_shard(mhub_distopt *d, const bucket *b, int64_t t)
         float *state[2] = {NULL, NULL};
         for (int a = 0; a < d->num_state; a++)
             state[a] = d->state[a] + sg->main;
-        MHUB_TRY(mhub_optim_update(d->be, &d->opt_cfg, d->main + sg->main, d->grads + sg->buf,
-                                   state, sg->numel, t));
+        const float *grad = grad_at(d, sg->buf);
+        if (d->gdt != MHUB_F32) {
+            MHUB_TRY(d->be->ops->cast(d->be, d->grad32, MHUB_F32, grad_at(d, sg->buf), d->gdt,
+                                      sg->numel));
+            grad = d->grad32;
+        }
+        MHUB_TRY(mhub_optim_update(d->be, &d->opt_cfg, d->main + sg->main, grad, state,
+                                   sg->numel, t));
     }
-    return d->be->ops->copy(d->be, d->values + shard_start(d, b), d->main + main_start(d, b),
-                            (size_t)shard_numel(d, b) * sizeof(float),
-                            MHUB_COPY_DEVICE_TO_DEVICE);
+    if (d->vdt == MHUB_F32)
+        return d->be->ops->copy(d->be, value_at(d, shard_start(d, b)), d->main + main_start(d, b),
+                                (size_t)shard_numel(d, b) * sizeof(float),
+                                MHUB_COPY_DEVICE_TO_DEVICE);
+    return d->be->ops->cast(d->be, value_at(d, shard_start(d, b)), d->vdt,
+                            d->main + main_start(d, b), MHUB_F32, shard_numel(d, b));
 }
 
 /* In place: this rank's block is already its slot of the bucket. */
@@ -689,8 +738,8 @@ static mhub_status issue_gather(mhub_distopt *d, bucket *b, bool deferred)
 {
     if (d->dp->size == 1 || b->numel == 0)
         return MHUB_OK;
-    MHUB_TRY(mhub_comm_iallgather(d->dp, d->values + shard_start(d, b), d->values + b->offset,
-                                  shard_numel(d, b), MHUB_F32, &b->param_req));
+    MHUB_TRY(mhub_comm_iallgather(d->dp, value_at(d, shard_start(d, b)), value_at(d, b->offset),
+                                  shard_numel(d, b), d->vdt, &b->param_req));
     b->gather_pending = true;
     d->stats.gathers_issued++;
     d->stats.gathers_deferred += deferred;
@@ -736,7 +785,7 @@ mhub_status mhub_distopt_broadcast_params(mhub_distopt *d)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
     MHUB_TRY(wait_all_gathers(d));
     if (d->dp->size > 1) {
-        MHUB_TRY(mhub_comm_broadcast(d->dp, d->values, d->numel, MHUB_F32, 0));
+        MHUB_TRY(mhub_comm_broadcast(d->dp, d->values, d->numel, d->vdt, 0));
         for (int i = 0; i < d->params->count; i++) {
             mhub_param *p = &d->params->items[i];
             if (d->param_bucket[i] < 0 && p->value.data)
@@ -806,8 +855,8 @@ void mhub_distopt_get_memory(const mhub_distopt *d, mhub_distopt_memory *out)
     if (!d)
         return;
     size_t shards = (size_t)(d->numel / d->dp->size) * sizeof(float);
-    out->grad_buffer_bytes = (size_t)d->numel * sizeof(float);
-    out->param_buffer_bytes = (size_t)d->numel * sizeof(float);
+    out->grad_buffer_bytes = (size_t)d->numel * d->gsize;
+    out->param_buffer_bytes = (size_t)d->numel * d->vsize;
     out->main_param_bytes = shards;
     out->optimizer_state_bytes = (size_t)d->num_state * shards;
 }

@@ -34,7 +34,7 @@
 typedef enum slot_state { SLOT_EMPTY = 0, SLOT_GATHERING, SLOT_READY } slot_state;
 
 typedef struct gather_slot {
-    float *data;
+    void *data;          /* model dtype */
     int64_t capacity;    /* elements: the largest padded unit it serves */
     int unit;            /* unit it holds or receives, -1 when EMPTY */
     slot_state state;
@@ -42,7 +42,7 @@ typedef struct gather_slot {
 } gather_slot;
 
 typedef struct grad_slot {
-    float *data;
+    void *data;          /* gradient dtype (gdt) */
     int64_t capacity;
     int unit;            /* unit in backward or being reduced, -1 when idle */
     bool bound;          /* between pre_backward and post_backward of `unit` */
@@ -71,14 +71,21 @@ struct mhub_fsdp {
     int *order;              /* parameter indices grouped by unit, list order within */
     int64_t *param_offset;   /* per parameter: first element in its unit vector */
     int64_t shard_numel;     /* sum of the units' shards */
+    mhub_dtype mdt;          /* the model's parameter dtype: gather slots, vshard */
+    mhub_dtype gdt;          /* the full-gradient slots: f32 or mdt */
+    size_t msize, gsize;     /* their element sizes */
     float *shard_mem;
-    float *values, *grads;   /* into shard_mem */
+    float *values, *grads;   /* into shard_mem: f32 master values, f32 gradients */
+    void *vshard;            /* what is all-gathered: `values` for f32 models, else
+                              * vshard_mem, the model-dtype copy of the master */
+    void *vshard_mem;
+    float *widen;            /* f32 copy of a reduced 16-bit block (largest shard) */
     float *state[2];         /* optimizer state arrays, into shard_mem */
     int num_state;
-    float *gather_mem;
+    void *gather_mem;
     gather_slot *gather;
     int num_gather;
-    float *grad_mem;
+    void *grad_mem;
     grad_slot grad[2];
     int num_grad;
     bool sync_pending;       /* a reduce-scatter was issued since finish_grad_sync */
@@ -114,32 +121,40 @@ static int slot_of(const mhub_fsdp *f, int unit)
 
 static grad_slot *grad_slot_of(mhub_fsdp *f, int unit) { return &f->grad[unit % 2]; }
 
+/* Element i of an array of `size`-byte elements. */
+static void *elem_at(const void *base, int64_t i, size_t size)
+{
+    return (char *)base + i * (int64_t)size;
+}
+
 /* ---- parameter tensors -------------------------------------------------- */
 
 /* Turn a tensor of the parameter's shape into a meta one (no storage). */
-static void make_meta(mhub_tensor *t, const mhub_param *p)
+static void make_meta(mhub_tensor *t, const mhub_param *p, mhub_dtype dt)
 {
     int64_t shape[MHUB_MAX_DIMS];
     int ndim = p->value.ndim;
     memcpy(shape, p->value.shape, sizeof shape);
-    mhub_tensor_init_meta(t, MHUB_F32, ndim, shape);
+    mhub_tensor_init_meta(t, dt, ndim, shape);
 }
 
 /* Point a tensor of the parameter's shape at `data` (engine memory). */
-static mhub_status point_at(mhub_fsdp *f, mhub_tensor *t, const mhub_param *p, float *data)
+static mhub_status point_at(mhub_fsdp *f, mhub_tensor *t, const mhub_param *p, void *data,
+                            mhub_dtype dt)
 {
     int64_t shape[MHUB_MAX_DIMS];
     int ndim = p->value.ndim;
     memcpy(shape, p->value.shape, sizeof shape);
-    return mhub_tensor_wrap(t, data, f->be, MHUB_F32, ndim, shape);
+    return mhub_tensor_wrap(t, data, f->be, dt, ndim, shape);
 }
 
-static mhub_status bind_values(mhub_fsdp *f, int unit, float *full)
+static mhub_status bind_values(mhub_fsdp *f, int unit, void *full)
 {
     const unit_layout *u = &f->units[unit];
     for (int k = 0; k < u->count; k++) {
-        mhub_param *p = &f->params->items[f->order[u->first + k]];
-        MHUB_TRY(point_at(f, &p->value, p, full + f->param_offset[f->order[u->first + k]]));
+        int i = f->order[u->first + k];
+        mhub_param *p = &f->params->items[i];
+        MHUB_TRY(point_at(f, &p->value, p, elem_at(full, f->param_offset[i], f->msize), f->mdt));
     }
     return MHUB_OK;
 }
@@ -149,16 +164,17 @@ static void unbind_values(mhub_fsdp *f, int unit)
     const unit_layout *u = &f->units[unit];
     for (int k = 0; k < u->count; k++) {
         mhub_param *p = &f->params->items[f->order[u->first + k]];
-        make_meta(&p->value, p);
+        make_meta(&p->value, p, f->mdt);
     }
 }
 
-static mhub_status bind_grads(mhub_fsdp *f, int unit, float *full)
+static mhub_status bind_grads(mhub_fsdp *f, int unit, void *full)
 {
     const unit_layout *u = &f->units[unit];
     for (int k = 0; k < u->count; k++) {
-        mhub_param *p = &f->params->items[f->order[u->first + k]];
-        MHUB_TRY(point_at(f, &p->grad, p, full + f->param_offset[f->order[u->first + k]]));
+        int i = f->order[u->first + k];
+        mhub_param *p = &f->params->items[i];
+        MHUB_TRY(point_at(f, &p->grad, p, elem_at(full, f->param_offset[i], f->gsize), f->gdt));
     }
     return MHUB_OK;
 }
@@ -168,7 +184,7 @@ static void unbind_grads(mhub_fsdp *f, int unit)
     const unit_layout *u = &f->units[unit];
     for (int k = 0; k < u->count; k++) {
         mhub_param *p = &f->params->items[f->order[u->first + k]];
-        make_meta(&p->grad, p);
+        make_meta(&p->grad, p, f->gdt);
     }
 }
 
@@ -200,8 +216,8 @@ static mhub_status issue_gather(mhub_fsdp *f, int unit, bool prefetched)
 {
     const unit_layout *u = &f->units[unit];
     gather_slot *g = &f->gather[slot_of(f, unit)];
-    MHUB_TRY(mhub_comm_iallgather(f->dp, f->values + u->shard_offset, g->data, u->shard,
-                                  MHUB_F32, &g->req));
+    MHUB_TRY(mhub_comm_iallgather(f->dp, elem_at(f->vshard, u->shard_offset, f->msize), g->data,
+                                  u->shard, f->mdt, &g->req));
     g->unit = unit;
     g->state = SLOT_GATHERING;
     f->stats.gathers_issued++;
@@ -265,13 +281,20 @@ static mhub_status release_all_values(mhub_fsdp *f)
 /* ---- gradient reduction --------------------------------------------------- */
 
 /* The reduce-scatter left this rank's block of the dp-mean gradient at
- * block `rank` of the slot; add it to the shard (accumulation over
- * micro-batches). */
+ * block `rank` of the slot; add it to the f32 shard (accumulation over
+ * micro-batches), widened to f32 first when the slot is 16-bit. */
 static mhub_status accumulate_shard(mhub_fsdp *f, grad_slot *g)
 {
     const unit_layout *u = &f->units[g->unit];
-    const float *mine = g->data + (int64_t)f->dp->rank * u->shard;
-    mhub_status s = f->be->ops->axpy(f->be, f->grads + u->shard_offset, mine, u->shard, 1.0f);
+    const void *mine = elem_at(g->data, (int64_t)f->dp->rank * u->shard, f->gsize);
+    const float *add = mine;
+    mhub_status s = MHUB_OK;
+    if (f->gdt != MHUB_F32) {
+        s = f->be->ops->cast(f->be, f->widen, MHUB_F32, mine, f->gdt, u->shard);
+        add = f->widen;
+    }
+    if (s == MHUB_OK)
+        s = f->be->ops->axpy(f->be, f->grads + u->shard_offset, add, u->shard, 1.0f);
     g->reducing = false;
     g->unit = -1;
     return s;
@@ -323,7 +346,7 @@ static mhub_status begin_backward(mhub_fsdp *f, int unit)
                           unit, (long long)f->step, g->unit, g->unit, f->dp->rank);
     MHUB_TRY(complete_reduce(f, g));
     const unit_layout *u = &f->units[unit];
-    MHUB_TRY(f->be->ops->memset_zero(f->be, g->data, (size_t)u->padded * sizeof(float)));
+    MHUB_TRY(f->be->ops->memset_zero(f->be, g->data, (size_t)u->padded * f->gsize));
     MHUB_TRY(bind_grads(f, unit, g->data));
     g->unit = unit;
     g->bound = true;
@@ -374,9 +397,10 @@ static mhub_status end_backward(mhub_fsdp *f, int unit)
                                         f->round + u->shard_offset);
     }
     mhub_reduce_op op;
-    MHUB_TRY(mhub_dp_prepare_reduce(&f->ddp_cfg, f->be, f->dp, g->data, MHUB_F32, u->padded, &op));
-    float *mine = g->data + (int64_t)f->dp->rank * u->shard; /* the in-place form */
-    MHUB_TRY(mhub_comm_ireduce_scatter(f->dp, g->data, mine, u->shard, MHUB_F32, op, &g->req));
+    MHUB_TRY(mhub_dp_prepare_reduce(&f->ddp_cfg, f->be, f->dp, g->data, f->gdt, u->padded, &op));
+    /* the in-place form */
+    void *mine = elem_at(g->data, (int64_t)f->dp->rank * u->shard, f->gsize);
+    MHUB_TRY(mhub_comm_ireduce_scatter(f->dp, g->data, mine, u->shard, f->gdt, op, &g->req));
     g->reducing = true;
     f->sync_pending = true;
     f->stats.reduce_scatters++;
@@ -453,41 +477,22 @@ mhub_status mhub_fsdp_unit_hooks(mhub_fsdp *f, mhub_unit_hooks *out)
 
 /* ---- create ----------------------------------------------------------------- */
 
-static mhub_status check_param(const mhub_param *p, mhub_backend **be)
-{
-    if (p->value.dtype != MHUB_F32 || p->grad.dtype != MHUB_F32)
-        return MHUB_ERROR(MHUB_ERR_UNSUPPORTED,
-                          "parameter '%s' is %s: the FSDP engine shards f32 parameters with "
-                          "f32 gradients",
-                          p->name, mhub_dtype_name(p->value.dtype));
-    if (!p->requires_grad)
-        return MHUB_ERROR(MHUB_ERR_UNSUPPORTED,
-                          "parameter '%s' does not require a gradient: the FSDP engine trains "
-                          "every parameter it shards",
-                          p->name);
-    if (p->unit < 0)
-        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "parameter '%s' has unit %d; units are >= 0",
-                          p->name, p->unit);
-    if (!p->value.backend || (!p->value.data && p->value.numel > 0))
-        return MHUB_ERROR(MHUB_ERR_STATE,
-                          "parameter '%s' has no storage (meta); materialize the model "
-                          "before sharding it",
-                          p->name);
-    if (*be && p->value.backend != *be)
-        return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
-                          "parameter '%s' lives on another backend than the others", p->name);
-    *be = p->value.backend;
-    return MHUB_OK;
-}
-
-static mhub_status check_params(const mhub_param_list *params, mhub_backend **be)
+/* One parameter dtype (f32, bf16 or f16) with f32 or same-dtype
+ * gradients, storage, units >= 0, one backend (mhub_dp_check_params_any),
+ * and every parameter trainable. */
+static mhub_status check_params(const mhub_param_list *params, mhub_backend **be,
+                                mhub_dtype *mdt)
 {
     *be = NULL;
     if (params->count < 1)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "the parameter list is empty");
     for (int i = 0; i < params->count; i++)
-        MHUB_TRY(check_param(&params->items[i], be));
-    return MHUB_OK;
+        if (!params->items[i].requires_grad)
+            return MHUB_ERROR(MHUB_ERR_UNSUPPORTED,
+                              "parameter '%s' does not require a gradient: the FSDP engine "
+                              "trains every parameter it shards",
+                              params->items[i].name);
+    return mhub_dp_check_params_any(params, "fsdp", be, mdt);
 }
 
 /* Units, the order of their parameters, offsets in unit vectors and
@@ -525,12 +530,20 @@ static mhub_status plan_units(mhub_fsdp *f)
     return MHUB_OK;
 }
 
+static mhub_status alloc_elems(mhub_fsdp *f, int64_t n, size_t size, void **out)
+{
+    void *p = NULL;
+    MHUB_TRY(f->be->ops->alloc(f->be, (size_t)n * size, &p));
+    *out = p;
+    f->stats.bytes_held += n * (int64_t)size;
+    return MHUB_OK;
+}
+
 static mhub_status alloc_floats(mhub_fsdp *f, int64_t n, float **out)
 {
     void *p = NULL;
-    MHUB_TRY(f->be->ops->alloc(f->be, (size_t)n * sizeof(float), &p));
+    MHUB_TRY(alloc_elems(f, n, sizeof(float), &p));
     *out = p;
-    f->stats.bytes_held += n * (int64_t)sizeof(float);
     return MHUB_OK;
 }
 
@@ -543,6 +556,11 @@ static mhub_status alloc_shards(mhub_fsdp *f)
     f->grads = f->shard_mem + s;
     for (int k = 0; k < f->num_state; k++)
         f->state[k] = f->shard_mem + (2 + k) * s;
+    f->vshard = f->values;
+    if (f->mdt != MHUB_F32) {
+        MHUB_TRY(alloc_elems(f, s, f->msize, &f->vshard_mem));
+        f->vshard = f->vshard_mem;
+    }
     f->stats.shard_bytes = f->stats.bytes_held;
     return MHUB_OK;
 }
@@ -570,10 +588,10 @@ static mhub_status alloc_buffers(mhub_fsdp *f)
         f->gather[i].unit = -1;
         total += f->gather[i].capacity;
     }
-    MHUB_TRY(alloc_floats(f, total, &f->gather_mem));
+    MHUB_TRY(alloc_elems(f, total, f->msize, &f->gather_mem));
     int64_t offset = 0;
     for (int i = 0; i < f->num_gather; i++) {
-        f->gather[i].data = f->gather_mem + offset;
+        f->gather[i].data = elem_at(f->gather_mem, offset, f->msize);
         offset += f->gather[i].capacity;
     }
     total = 0;
@@ -582,16 +600,23 @@ static mhub_status alloc_buffers(mhub_fsdp *f)
         f->grad[i].unit = -1;
         total += f->grad[i].capacity;
     }
-    MHUB_TRY(alloc_floats(f, total, &f->grad_mem));
+    MHUB_TRY(alloc_elems(f, total, f->gsize, &f->grad_mem));
     f->grad[0].data = f->grad_mem;
     if (f->num_grad > 1)
-        f->grad[1].data = f->grad_mem + f->grad[0].capacity;
+        f->grad[1].data = elem_at(f->grad_mem, f->grad[0].capacity, f->gsize);
+    if (f->gdt != MHUB_F32) {
+        int64_t largest = 0;
+        for (int u = 0; u < f->num_units; u++)
+            largest = f->units[u].shard > largest ? f->units[u].shard : largest;
+        MHUB_TRY(alloc_floats(f, largest, &f->widen));
+    }
     f->stats.buffer_bytes = f->stats.bytes_held - f->stats.shard_bytes;
     return MHUB_OK;
 }
 
 /* Copy the part of each parameter that falls in this rank's slice of its
- * unit vector into the value shard. */
+ * unit vector into the (model-dtype) value shard, and widen that into the
+ * f32 master for a 16-bit model. */
 static mhub_status take_value_shards(mhub_fsdp *f)
 {
     for (int unit = 0; unit < f->num_units; unit++) {
@@ -604,12 +629,15 @@ static mhub_status take_value_shards(mhub_fsdp *f)
             int64_t from = a > lo ? a : lo, to = b < hi ? b : hi;
             if (from >= to)
                 continue;
-            MHUB_TRY(f->be->ops->copy(f->be, f->values + u->shard_offset + (from - lo),
-                                      (const float *)p->value.data + (from - a),
-                                      (size_t)(to - from) * sizeof(float),
-                                      MHUB_COPY_DEVICE_TO_DEVICE));
+            MHUB_TRY(f->be->ops->copy(
+                f->be, elem_at(f->vshard, u->shard_offset + (from - lo), f->msize),
+                elem_at(p->value.data, from - a, f->msize), (size_t)(to - from) * f->msize,
+                MHUB_COPY_DEVICE_TO_DEVICE));
         }
     }
+    if (f->mdt != MHUB_F32)
+        MHUB_TRY(f->be->ops->cast(f->be, f->values, MHUB_F32, f->vshard, f->mdt,
+                                  f->shard_numel));
     return MHUB_OK;
 }
 
@@ -620,8 +648,8 @@ static void drop_full_storage(mhub_fsdp *f)
     for (int i = 0; i < f->params->count; i++) {
         mhub_param *p = &f->params->items[i];
         mhub_tensor value = p->value, grad = p->grad;
-        make_meta(&p->value, p);
-        make_meta(&p->grad, p);
+        make_meta(&p->value, p, f->mdt);
+        make_meta(&p->grad, p, f->gdt);
         mhub_tensor_free(&value);
         mhub_tensor_free(&grad);
     }
@@ -632,6 +660,10 @@ static void destroy(mhub_fsdp *f)
 {
     if (f->shard_mem)
         f->be->ops->free(f->be, f->shard_mem);
+    if (f->vshard_mem)
+        f->be->ops->free(f->be, f->vshard_mem);
+    if (f->widen)
+        f->be->ops->free(f->be, f->widen);
     if (f->gather_mem)
         f->be->ops->free(f->be, f->gather_mem);
     if (f->grad_mem)
@@ -673,10 +705,22 @@ mhub_status mhub_fsdp_create(mhub_param_list *params, mhub_comm *dp,
     MHUB_TRY(mhub_ddp_config_validate(ddp_cfg));
     MHUB_TRY(mhub_optim_config_validate(opt_cfg));
     mhub_backend *be;
-    MHUB_TRY(check_params(params, &be));
+    mhub_dtype mdt;
+    MHUB_TRY(check_params(params, &be, &mdt));
+    mhub_dtype gdt = ddp_cfg->grad_reduce_in_fp32 ? MHUB_F32 : mdt;
+    if (gdt != MHUB_F32 && (ddp_cfg->deterministic || ddp_cfg->check_for_nan_in_grad))
+        return MHUB_ERROR(MHUB_ERR_UNSUPPORTED,
+                          "%s needs f32 gradients; this %s model reduces %s gradients: set "
+                          "grad_reduce_in_fp32",
+                          ddp_cfg->deterministic ? "deterministic mode" : "check_for_nan_in_grad",
+                          mhub_dtype_name(mdt), mhub_dtype_name(gdt));
     mhub_fsdp *f = calloc(1, sizeof *f);
     if (!f)
         return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "engine struct");
+    f->mdt = mdt;
+    f->gdt = gdt;
+    f->msize = mhub_dtype_size(mdt);
+    f->gsize = mhub_dtype_size(gdt);
     f->params = params;
     f->dp = dp;
     f->be = be;
@@ -780,6 +824,10 @@ mhub_status mhub_fsdp_step(mhub_fsdp *f)
     /* padding elements hold 0 with gradient 0: every update keeps them 0 */
     MHUB_TRY(mhub_optim_update(f->be, &f->opt_cfg, f->values, f->grads, f->state,
                                f->shard_numel, f->opt_step + 1));
+    /* the model-dtype shard that the gathers send: rounded once per step */
+    if (f->mdt != MHUB_F32)
+        MHUB_TRY(f->be->ops->cast(f->be, f->vshard, f->mdt, f->values, MHUB_F32,
+                                  f->shard_numel));
     f->opt_step++;
     f->stats.optimizer_steps++;
     return MHUB_OK;
@@ -807,11 +855,11 @@ static mhub_status check_destination(const mhub_fsdp *f, const mhub_param_list *
     for (int i = 0; i < dst->count; i++) {
         const mhub_param *d = &dst->items[i], *p = &f->params->items[i];
         if (strcmp(d->name, p->name) || !mhub_tensor_same_shape(&d->value, &p->value) ||
-            d->value.dtype != MHUB_F32)
+            (d->value.dtype != MHUB_F32 && d->value.dtype != f->mdt))
             return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
                               "destination parameter %d ('%s') does not match '%s' (name, "
-                              "shape, f32)",
-                              i, d->name, p->name);
+                              "shape, %s or f32)",
+                              i, d->name, p->name, mhub_dtype_name(f->mdt));
         if (!d->value.data && d->value.numel > 0)
             return MHUB_ERROR(MHUB_ERR_STATE, "destination parameter '%s' has no storage",
                               d->name);
@@ -819,15 +867,21 @@ static mhub_status check_destination(const mhub_fsdp *f, const mhub_param_list *
     return MHUB_OK;
 }
 
-static mhub_status copy_unit_out(mhub_fsdp *f, int unit, const float *full,
+/* The gathered (model-dtype) values into the destination, widened when
+ * it is f32 and the model is not. */
+static mhub_status copy_unit_out(mhub_fsdp *f, int unit, const void *full,
                                  mhub_param_list *dst)
 {
     const unit_layout *u = &f->units[unit];
     for (int k = 0; k < u->count; k++) {
         int i = f->order[u->first + k];
         mhub_tensor *d = &dst->items[i].value;
-        MHUB_TRY(f->be->ops->copy(f->be, d->data, full + f->param_offset[i],
-                                  mhub_tensor_nbytes(d), MHUB_COPY_DEVICE_TO_DEVICE));
+        const void *src = elem_at(full, f->param_offset[i], f->msize);
+        if (d->dtype == f->mdt)
+            MHUB_TRY(f->be->ops->copy(f->be, d->data, src, mhub_tensor_nbytes(d),
+                                      MHUB_COPY_DEVICE_TO_DEVICE));
+        else
+            MHUB_TRY(f->be->ops->cast(f->be, d->data, d->dtype, src, f->mdt, d->numel));
     }
     return MHUB_OK;
 }
@@ -852,62 +906,106 @@ mhub_status mhub_fsdp_full_params(mhub_fsdp *f, mhub_param_list *dst)
 
 /* ---- free: back to full storage ------------------------------------------------ */
 
-/* Blocking all-gather of one unit's slice of `shards` into `full`. */
-static mhub_status gather_now(mhub_fsdp *f, int unit, const float *shards, float *full)
+/* Blocking all-gather of one unit's slice of `shards` (dtype dt) into
+ * `full`. */
+static mhub_status gather_now(mhub_fsdp *f, int unit, const void *shards, mhub_dtype dt,
+                              void *full)
 {
     const unit_layout *u = &f->units[unit];
     mhub_request req = {0};
-    MHUB_TRY(mhub_comm_iallgather(f->dp, shards + u->shard_offset, full, u->shard, MHUB_F32,
-                                  &req));
+    MHUB_TRY(mhub_comm_iallgather(f->dp, elem_at(shards, u->shard_offset, mhub_dtype_size(dt)),
+                                  full, u->shard, dt, &req));
     return wait_request(f, &req);
 }
 
-/* Give one parameter owned storage holding `values` and `grads` (NULL when
- * the gathers failed: the storage stays zero). It stays meta if the
- * storage cannot be allocated. */
-static mhub_status own_storage(mhub_fsdp *f, mhub_param *p, const float *values,
+/* Give one parameter owned storage: values of the model dtype holding
+ * `values`, an f32 gradient holding `grads` (both NULL when the gathers
+ * failed: the storage stays zero). It stays meta if the storage cannot be
+ * allocated. */
+static mhub_status own_storage(mhub_fsdp *f, mhub_param *p, const void *values,
                                const float *grads)
 {
     mhub_tensor v, g;
     int64_t shape[MHUB_MAX_DIMS];
     int ndim = p->value.ndim;
     memcpy(shape, p->value.shape, sizeof shape);
-    MHUB_TRY(mhub_tensor_alloc(&v, f->be, MHUB_F32, ndim, shape));
+    MHUB_TRY(mhub_tensor_alloc(&v, f->be, f->mdt, ndim, shape));
     mhub_status s = mhub_tensor_alloc(&g, f->be, MHUB_F32, ndim, shape);
     if (s != MHUB_OK) {
         mhub_tensor_free(&v);
         return s;
     }
-    if (values && grads && v.numel > 0) {
+    if (values && v.numel > 0)
         f->be->ops->copy(f->be, v.data, values, mhub_tensor_nbytes(&v),
                          MHUB_COPY_DEVICE_TO_DEVICE);
+    if (grads && g.numel > 0)
         f->be->ops->copy(f->be, g.data, grads, mhub_tensor_nbytes(&g),
                          MHUB_COPY_DEVICE_TO_DEVICE);
-    }
     p->value = v;
     p->grad = g;
     return MHUB_OK;
 }
 
+/* Copy unit-vector elements [lo, lo + n) of `unit`, held in `src`, into
+ * the f32 gradients of the unit's parameters that have storage. */
+static mhub_status scatter_grads(mhub_fsdp *f, int unit, int64_t lo, int64_t n,
+                                 const float *src)
+{
+    const unit_layout *u = &f->units[unit];
+    int64_t hi = lo + n;
+    for (int k = 0; k < u->count; k++) {
+        int i = f->order[u->first + k];
+        mhub_tensor *g = &f->params->items[i].grad;
+        int64_t a = f->param_offset[i], b = a + g->numel;
+        int64_t from = a > lo ? a : lo, to = b < hi ? b : hi;
+        if (from >= to || !g->data)
+            continue;
+        MHUB_TRY(f->be->ops->copy(f->be, (float *)g->data + (from - a), src + (from - lo),
+                                  (size_t)(to - from) * sizeof(float),
+                                  MHUB_COPY_DEVICE_TO_DEVICE));
+    }
+    return MHUB_OK;
+}
+
 /* Give `unit`'s parameters owned full storage holding the gathered values
- * and gradients. Collective: both gathers run even if the first failed,
- * so no rank is left waiting. */
+ * and gradients. With f32 gradient slots the f32 gradient shards are
+ * all-gathered into the unit's slot; a 16-bit slot cannot hold them, so
+ * each rank's shard is broadcast in turn through the f32 widening scratch
+ * (a shard long) and copied into place. Collective: every collective runs
+ * even after a failure, so no rank is left waiting. */
 static mhub_status restore_unit(mhub_fsdp *f, int unit)
 {
     const unit_layout *u = &f->units[unit];
-    float *values = f->gather[slot_of(f, unit)].data, *grads = grad_slot_of(f, unit)->data;
+    void *values = f->gather[slot_of(f, unit)].data;
+    float *grads = f->gdt == MHUB_F32 ? grad_slot_of(f, unit)->data : NULL;
     mhub_status s = MHUB_OK;
     if (u->padded > 0) {
-        s = gather_now(f, unit, f->values, values);
-        mhub_status t = gather_now(f, unit, f->grads, grads);
-        s = s != MHUB_OK ? s : t;
+        s = gather_now(f, unit, f->vshard, f->mdt, values);
+        if (grads) {
+            mhub_status t = gather_now(f, unit, f->grads, MHUB_F32, grads);
+            s = s != MHUB_OK ? s : t;
+        }
     }
     for (int k = 0; k < u->count; k++) {
         int i = f->order[u->first + k];
         int64_t off = f->param_offset[i];
-        mhub_status a = own_storage(f, &f->params->items[i], s == MHUB_OK ? values + off : NULL,
-                                    s == MHUB_OK ? grads + off : NULL);
+        mhub_status a = own_storage(f, &f->params->items[i],
+                                    s == MHUB_OK ? elem_at(values, off, f->msize) : NULL,
+                                    s == MHUB_OK && grads ? grads + off : NULL);
         s = s != MHUB_OK ? s : a;
+    }
+    if (grads || u->padded == 0)
+        return s;
+    for (int r = 0; r < f->dp->size; r++) {
+        mhub_status t = MHUB_OK;
+        if (r == f->dp->rank)
+            t = f->be->ops->copy(f->be, f->widen, f->grads + u->shard_offset,
+                                 (size_t)u->shard * sizeof(float), MHUB_COPY_DEVICE_TO_DEVICE);
+        mhub_status b = mhub_comm_broadcast(f->dp, f->widen, u->shard, MHUB_F32, r);
+        t = t != MHUB_OK ? t : b;
+        if (t == MHUB_OK && s == MHUB_OK)
+            t = scatter_grads(f, unit, (int64_t)r * u->shard, u->shard, f->widen);
+        s = s != MHUB_OK ? s : t;
     }
     return s;
 }

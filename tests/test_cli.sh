@@ -83,7 +83,10 @@ expect 0 "first loss 2\.[0-9]+, last loss 0\.[0-9]+" timeout 120 "$MPIEXEC" -n 2
 expect 0 "last loss" timeout 120 "$MPIEXEC" -n 2 $T --model mlp --param-dtype f16 \
     --grad-reduce-in-fp32 --steps 20 --quiet
 expect 2 "unknown dtype 'fp8'" $T --model mlp --param-dtype fp8
-expect 1 "layers.0.weight. is bf16: the FSDP engine shards f32 parameters" $T --model mlp --param-dtype bf16 --dp-engine fsdp --steps 2
+for engine in distopt fsdp; do
+    expect 0 "last loss" timeout 120 "$MPIEXEC" -n 2 $T --model mlp --param-dtype bf16 \
+        --dp-engine $engine --steps 20 --eval-samples 256 --quiet
+done
 expect 1 "set grad_reduce_in_fp32" $T --model mlp --param-dtype bf16 --deterministic --steps 2
 
 # --ddp-config: a file of Megatron-named settings, errors name file and key

@@ -4,7 +4,9 @@
  * sizes not divisible by dp), memory held per rank as the CPU allocator
  * measures it against the formula, the gather/prefetch schedule, hook
  * misuse failing loudly, NaN reports, bad input, and the model being
- * whole again after mhub_fsdp_free. */
+ * whole again after mhub_fsdp_free; bf16/f16 models (16-bit gathers, f32
+ * masters) against a one-process DDP run. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "testutil_mpi.h"
@@ -203,6 +205,159 @@ START_TEST(test_adamw_matches_single_process)
 }
 END_TEST
 
+/* ---- 16-bit models ---------------------------------------------------------- */
+
+/* A parameter list's values as f32 (malloc'd, numel floats in list order). */
+static float *values_f32(const mhub_param_list *pl)
+{
+    int64_t total = mhub_param_list_numel(pl), at = 0;
+    float *out = malloc((size_t)total * sizeof(float));
+    ck_assert_ptr_nonnull(out);
+    for (int p = 0; p < pl->count; p++) {
+        const mhub_tensor *t = &pl->items[p].value;
+        ck_assert_msg(t->data, "'%s' has no storage", pl->items[p].name);
+        CK_OK(be->ops->cast(be, out + at, MHUB_F32, t->data, t->dtype, t->numel));
+        at += t->numel;
+    }
+    return out;
+}
+
+/* Max relative difference of two equally long vectors, over all ranks. */
+static double max_diff_f32(const float *a, const float *b, int64_t n, double floor)
+{
+    double worst = 0;
+    for (int64_t i = 0; i < n; i++)
+        worst = fmax(worst, mhub_test_relerr(a[i], b[i], floor));
+    float w = (float)worst, all = w;
+    CK_OK(mhub_comm_allreduce(world, &w, &all, 1, MHUB_F32, MHUB_MAX));
+    return all;
+}
+
+/* The reference: the whole global batch in one process, DDP through the
+ * engine wrapper on a 1-rank communicator (f32 main copies there). */
+static void train_ddp_single(mhub_mlp *m, const run_options *o, mhub_comm *self)
+{
+    mhub_dp_engine *e = NULL;
+    CK_OK(mhub_dp_engine_create(MHUB_DP_DDP, mhub_mlp_params(m), self, &o->ddp, &o->optim, NULL,
+                                &e));
+    mhub_grad_ready_fn ready = NULL;
+    void *ready_user = NULL;
+    mhub_unit_hooks h;
+    CK_OK(mhub_dp_engine_hooks(e, &ready, &ready_user, &h));
+    mhub_mlp_set_grad_ready(m, ready, ready_user);
+    mhub_synthetic_task task;
+    CK_OK(mhub_synthetic_init(&task, o->model->inputs, o->model->classes, 9));
+    float x[GLOBAL_BATCH * MAX_INPUTS];
+    int32_t y[GLOBAL_BATCH];
+    for (int s = 0; s < STEPS; s++) {
+        CK_OK(mhub_dp_engine_zero_grad(e));
+        CK_OK(mhub_dp_engine_micro_begin(e, 0, 1));
+        batch(&task, s, 0, GLOBAL_BATCH, x, y);
+        CK_OK(mhub_mlp_forward(m, x, y, GLOBAL_BATCH, NULL));
+        CK_OK(mhub_mlp_backward(m, 1.0f / GLOBAL_BATCH));
+        CK_OK(mhub_dp_engine_micro_end(e, 0, 1));
+        CK_OK(mhub_dp_engine_finish_grad_sync(e));
+        CK_OK(mhub_dp_engine_step(e));
+    }
+    mhub_mlp_set_grad_ready(m, NULL, NULL);
+    mhub_dp_engine_free(e);
+    mhub_synthetic_free(&task);
+}
+
+static void check_16bit(mhub_dtype dt, bool fp32_grads, mhub_optim_kind kind, bool reshard,
+                        mhub_comm *self)
+{
+    mhub_mlp_config cfg = odd_cfg;
+    cfg.param_dtype = dt;
+    run_options o = {.model = &cfg, .accum = 1};
+    mhub_optim_config_init(&o.optim, kind);
+    if (kind == MHUB_OPTIM_SGD) {
+        o.optim.lr = 0.2f;
+        o.optim.momentum = 0.5f;
+    } else {
+        /* a larger eps than the default: with 16-bit gradients the ranks'
+         * partial sums round differently from the one-process sum, and
+         * Adam's g / sqrt(v) turns that into a whole step of lr for
+         * gradients near zero */
+        o.optim.lr = 1e-2f;
+        o.optim.eps = 1e-3f;
+        o.optim.weight_decay = 0.01f;
+    }
+    mhub_fsdp_options_init(&o.fsdp);
+    o.fsdp.reshard_after_forward = reshard;
+    mhub_ddp_config_init(&o.ddp);
+    o.ddp.grad_reduce_in_fp32 = fp32_grads;
+    o.ddp.check_for_nan_in_grad = fp32_grads && reshard; /* allowed with f32 gradients */
+    double tol = dt == MHUB_BF16 ? 4.0 / 128 : 4.0 / 1024;
+    char what[160];
+    snprintf(what, sizeof what, "ranks %d, %s, %s, fp32 grads %d, reshard %d", world->size,
+             mhub_dtype_name(dt), mhub_optim_kind_name(kind), fp32_grads, reshard);
+
+    mhub_mlp *dist, *single, *view, *view16;
+    CK_OK(mhub_mlp_create(&cfg, be, GLOBAL_BATCH, 21, &dist));
+    CK_OK(mhub_mlp_create(&cfg, be, GLOBAL_BATCH, 21, &single));
+    CK_OK(mhub_mlp_create(&odd_cfg, be, 1, 0, &view));  /* f32 destination */
+    CK_OK(mhub_mlp_create(&cfg, be, 1, 0, &view16));    /* model-dtype destination */
+    int64_t n = mhub_param_list_numel(mhub_mlp_params(dist));
+    float *initial = values_f32(mhub_mlp_params(dist));
+    mhub_fsdp *f = make_engine(dist, &o);
+    train_fsdp(dist, f, &o);
+    train_ddp_single(single, &o, self);
+    float *want = values_f32(mhub_mlp_params(single));
+    CK_OK(mhub_fsdp_full_params(f, mhub_mlp_params(view)));
+    CK_OK(mhub_fsdp_full_params(f, mhub_mlp_params(view16)));
+    float *got = values_f32(mhub_mlp_params(view)), *got16 = values_f32(mhub_mlp_params(view16));
+    double diff = max_diff_f32(got, want, n, 1e-2);
+    ck_assert_msg(diff <= tol, "%s: gathered values rel diff %g > %g", what, diff, tol);
+    /* the f32 destination is the exact widening of the model-dtype one */
+    ck_assert_msg(max_diff_f32(got, got16, n, 1e-30) == 0, "%s: f32 and %s copies differ", what,
+                  mhub_dtype_name(dt));
+    /* and training moved the parameters */
+    ck_assert_msg(max_diff_f32(got, initial, n, 1e-2) > 4 * tol, "%s: parameters did not move",
+                  what);
+    mhub_mlp_set_unit_hooks(dist, NULL);
+    mhub_fsdp_free(f);
+    mhub_param_list *pl = mhub_mlp_params(dist);
+    for (int p = 0; p < pl->count; p++) {
+        ck_assert(pl->items[p].value.owns_data && pl->items[p].value.dtype == dt);
+        ck_assert(pl->items[p].grad.owns_data && pl->items[p].grad.dtype == MHUB_F32);
+    }
+    float *restored = values_f32(pl);
+    ck_assert_msg(max_diff_f32(restored, got, n, 1e-30) == 0, "%s: restored values differ",
+                  what);
+    /* the restored model trains on without the engine */
+    float x[4 * 12], loss = 0;
+    int32_t y[4] = {0, 1, 2, 3};
+    mhub_rng_fill_normal(x, 48, 1, 1, 0, 0, 1);
+    CK_OK(mhub_mlp_forward(dist, x, y, 4, &loss));
+    ck_assert(isfinite(loss));
+    CK_OK(mhub_mlp_backward(dist, 0.25f));
+    free(initial);
+    free(want);
+    free(got);
+    free(got16);
+    free(restored);
+    mhub_mlp_free(view16);
+    mhub_mlp_free(view);
+    mhub_mlp_free(dist);
+    mhub_mlp_free(single);
+}
+
+START_TEST(test_16bit_matches_single_process)
+{
+    mhub_comm *self = NULL;
+    CK_OK(mhub_comm_split(world, world->rank, 0, "self", &self));
+    const mhub_dtype dts[] = {MHUB_BF16, MHUB_F16};
+    const mhub_optim_kind kinds[] = {MHUB_OPTIM_SGD, MHUB_OPTIM_ADAMW};
+    for (int d = 0; d < 2; d++)
+        for (int fp32 = 0; fp32 <= 1; fp32++)
+            for (int k = 0; k < 2; k++)
+                for (int reshard = 0; reshard <= 1; reshard++)
+                    check_16bit(dts[d], fp32, kinds[k], reshard, self);
+    mhub_comm_free(self);
+}
+END_TEST
+
 /* ---- memory -------------------------------------------------------------- */
 
 /* Hooks that forward to the engine's and record the most units gathered
@@ -259,20 +414,26 @@ static const mhub_mlp_config big_cfg = {.inputs = MAX_INPUTS,
                                         .hidden = {96, 80, 72, 64, 56, 48},
                                         .classes = 10};
 
-static void check_memory(bool reshard)
+static void check_memory(bool reshard, mhub_dtype dt)
 {
-    run_options o = {.model = &big_cfg, .accum = 2};
+    mhub_mlp_config cfg = big_cfg;
+    cfg.param_dtype = dt;
+    run_options o = {.model = &cfg, .accum = 2};
     mhub_optim_config_init(&o.optim, MHUB_OPTIM_ADAMW);
     mhub_fsdp_options_init(&o.fsdp);
     o.fsdp.reshard_after_forward = reshard;
     mhub_ddp_config_init(&o.ddp);
     int dp = world->size, k = mhub_optim_state_arrays(&o.optim);
     mhub_mlp *m;
-    CK_OK(mhub_mlp_create(&big_cfg, be, GLOBAL_BATCH, 5, &m));
+    CK_OK(mhub_mlp_create(&cfg, be, GLOBAL_BATCH, 5, &m));
     mhub_param_list *pl = mhub_mlp_params(m);
     int64_t total = mhub_param_list_numel(pl);
-    /* the model's own values and gradients, which the engine frees */
-    size_t full_bytes = 2 * (size_t)total * sizeof(float);
+    /* value and full-gradient slot element sizes: the model dtype, and
+     * (grad_reduce_in_fp32 off) the model dtype too */
+    int64_t vsize = (int64_t)mhub_dtype_size(dt), gsize = vsize;
+    /* the model's own values (its dtype) and f32 gradients, which the
+     * engine frees */
+    size_t full_bytes = (size_t)total * ((size_t)vsize + sizeof(float));
     size_t before = current_bytes();
     mhub_fsdp *f = make_engine(m, &o);
     size_t after = current_bytes();
@@ -285,7 +446,7 @@ static void check_memory(bool reshard)
      * sum(padded unit / dp) elements, at most one padding element per unit
      * more than total / dp */
     int units = mhub_fsdp_num_units(f);
-    int64_t shard = 0, padded[8], largest = 0, second = 0, all_padded = 0;
+    int64_t shard = 0, padded[8], largest = 0, second = 0, all_padded = 0, largest_shard = 0;
     ck_assert_int_le(units, 8);
     for (int u = 0; u < units; u++) {
         mhub_fsdp_unit_info info;
@@ -293,6 +454,7 @@ static void check_memory(bool reshard)
         ck_assert_int_eq(info.padded_numel % dp, 0);
         ck_assert_int_lt(info.padded_numel - info.numel, dp);
         shard += info.shard_numel;
+        largest_shard = info.shard_numel > largest_shard ? info.shard_numel : largest_shard;
         padded[u] = info.padded_numel;
         all_padded += padded[u];
         if (padded[u] > largest) {
@@ -303,16 +465,31 @@ static void check_memory(bool reshard)
         }
     }
     ck_assert_int_le(shard, (total + dp - 1) / dp + units);
-    ck_assert_int_eq(st.shard_bytes, (int64_t)sizeof(float) * (2 + k) * shard);
+    /* f32 master values, f32 gradients and state; a 16-bit model adds its
+     * model-dtype value shard (what is all-gathered) */
+    ck_assert_int_eq(st.shard_bytes, (int64_t)sizeof(float) * (2 + k) * shard +
+                                         (dt != MHUB_F32 ? vsize * shard : 0));
     /* 3. the full-size buffers: two units' values and two units' gradients
      * with reshard (each slot sized to the largest unit of its parity, so
-     * together at most the two largest); every unit's values without */
+     * together at most the two largest); every unit's values without.
+     * Value slots are of the model dtype, gradient slots of the gradient
+     * dtype; 16-bit gradient slots add an f32 block to widen a reduced
+     * shard into */
     int64_t value_bound = reshard ? largest + second : all_padded;
-    ck_assert_int_le(st.buffer_bytes, (int64_t)sizeof(float) * (value_bound + largest + second));
+    int64_t widen = gsize != (int64_t)sizeof(float) ? (int64_t)sizeof(float) * largest_shard : 0;
+    ck_assert_int_le(st.buffer_bytes, vsize * value_bound + gsize * (largest + second) + widen);
+    /* with reshard and more than two units both kinds of slot are exactly
+     * the largest unit of each parity */
+    if (reshard && units > 2) {
+        int64_t cap[2] = {0, 0};
+        for (int u = 0; u < units; u++)
+            cap[u % 2] = padded[u] > cap[u % 2] ? padded[u] : cap[u % 2];
+        ck_assert_int_eq(st.buffer_bytes, (vsize + gsize) * (cap[0] + cap[1]) + widen);
+    }
 
     /* 4. a step allocates nothing: the peak over it is where it started */
     mhub_synthetic_task task;
-    CK_OK(mhub_synthetic_init(&task, big_cfg.inputs, big_cfg.classes, 9));
+    CK_OK(mhub_synthetic_init(&task, cfg.inputs, cfg.classes, 9));
     watch w;
     install_watch(m, f, &w);
     CK_OK(be->ops->reset_peak(be));
@@ -327,10 +504,10 @@ static void check_memory(bool reshard)
     /* what replicated data parallelism would hold for the same state */
     int64_t replicated = (int64_t)sizeof(float) * total * (2 + k);
     if (world->rank == 0)
-        printf("fsdp memory (dp %d, reshard %d, AdamW, %lld params): per rank shards %lld B + "
+        printf("fsdp memory (dp %d, %s, reshard %d, AdamW, %lld params): per rank shards %lld B + "
                "buffers %lld B = %lld B held (allocator delta %lld B); replicated would hold "
                "%lld B; most units gathered at once %d; step peak - start = %lld B\n",
-               dp, reshard, (long long)total, (long long)st.shard_bytes,
+               dp, mhub_dtype_name(dt), reshard, (long long)total, (long long)st.shard_bytes,
                (long long)st.buffer_bytes, (long long)st.bytes_held,
                (long long)(after - (before - full_bytes)), (long long)replicated,
                w.max_gathered, (long long)(step_peak - step_start));
@@ -345,8 +522,10 @@ static void check_memory(bool reshard)
 START_TEST(test_memory_matches_formula)
 {
     ck_assert_ptr_nonnull(be->ops->memory_usage);
-    check_memory(true);
-    check_memory(false);
+    check_memory(true, MHUB_F32);
+    check_memory(false, MHUB_F32);
+    check_memory(true, MHUB_BF16);
+    check_memory(false, MHUB_BF16);
 }
 END_TEST
 
@@ -552,14 +731,28 @@ START_TEST(test_bad_input_is_reported)
     ck_assert_msg(strstr(mhub_last_error(), "meta"), "%s", mhub_last_error());
     mhub_mlp_free(meta);
 
-    /* bf16 parameters */
+    /* 16-bit parameters: one dtype only; deterministic mode and the NaN
+     * check need f32 gradients */
     mhub_param_list half = {0};
     int64_t shape[1] = {10};
     CK_OK(mhub_param_list_add(&half, "h.weight", MHUB_BF16, 1, shape, MHUB_INIT_ONES, 0, NULL));
+    CK_OK(mhub_param_list_add(&half, "h.bias", MHUB_F16, 1, shape, MHUB_INIT_ONES, 0, NULL));
     CK_OK(mhub_param_list_materialize(&half, be, 1));
     CK_FAILS(MHUB_ERR_UNSUPPORTED, mhub_fsdp_create(&half, world, &dc, NULL, &oc, &f));
-    ck_assert_msg(strstr(mhub_last_error(), "'h.weight'") && strstr(mhub_last_error(), "bf16"),
+    ck_assert_msg(strstr(mhub_last_error(), "'h.bias'") && strstr(mhub_last_error(), "bf16"),
                   "%s", mhub_last_error());
+    half.count = 1; /* bf16 only */
+    dc.check_for_nan_in_grad = true;
+    CK_FAILS(MHUB_ERR_UNSUPPORTED, mhub_fsdp_create(&half, world, &dc, NULL, &oc, &f));
+    ck_assert_msg(strstr(mhub_last_error(), "grad_reduce_in_fp32"), "%s", mhub_last_error());
+    dc.check_for_nan_in_grad = false;
+    dc.deterministic = true;
+    CK_FAILS(MHUB_ERR_UNSUPPORTED, mhub_fsdp_create(&half, world, &dc, NULL, &oc, &f));
+    ck_assert_msg(strstr(mhub_last_error(), "grad_reduce_in_fp32"), "%s", mhub_last_error());
+    mhub_ddp_config_init(&dc);
+    for (int p = 0; p < half.count; p++)
+        ck_assert(half.items[p].value.owns_data);
+    half.count = 2;
     mhub_param_list_free(&half);
     mhub_param_list empty = {0};
     CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_fsdp_create(&empty, world, &dc, NULL, &oc, &f));
@@ -636,6 +829,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, test_gather_schedule);
     tcase_add_test(tc, test_sgd_momentum_matches_single_process);
     tcase_add_test(tc, test_adamw_matches_single_process);
+    tcase_add_test(tc, test_16bit_matches_single_process);
     tcase_add_test(tc, test_memory_matches_formula);
     tcase_add_test(tc, test_nan_is_named_on_every_rank);
     tcase_add_test(tc, test_digest_agrees_across_ranks);

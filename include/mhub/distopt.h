@@ -10,11 +10,13 @@
  *      distributed optimizer: each parameter starts at a multiple of 64
  *      elements and each bucket's size is a multiple of lcm(dp, 128), so
  *      every bucket splits into dp equal shards;
- *   2. keeps TWO contiguous f32 buffers with that layout: gradients
- *      (param->grad re-pointed at its slot) and parameter values
- *      (param->value re-pointed at its slot, values copied in);
+ *   2. keeps TWO contiguous buffers with that layout: gradients
+ *      (param->grad re-pointed at its slot; f32 with grad_reduce_in_fp32,
+ *      else the model's dtype) and parameter values (param->value
+ *      re-pointed at its slot, values copied in; the model's dtype);
  *   3. gives rank r elements [r*n/dp, (r+1)*n/dp) of every bucket of n
- *      elements: it holds fp32 main parameters and the optimizer state
+ *      elements: it holds fp32 main parameters (the master copy, cast
+ *      from the parameter buffer at create) and the optimizer state
  *      (momentum, or AdamW's two moments) for those shards only, so state
  *      memory per rank is 1/dp of the model's (plus padding);
  *   4. backward: a bucket whose gradients are all ready starts its
@@ -22,9 +24,11 @@
  *      order, as DDP); finish_grad_sync issues the rest and waits. Rank r
  *      then holds the dp-mean of the gradients of its shards (the rest of
  *      the gradient buffer is undefined: the reduce-scatter is in place);
- *   5. step: the optimizer update on each owned shard of the main params,
- *      the result copied into the parameter buffer, then every bucket
- *      all-gathered (in place) so all ranks hold all new values.
+ *   5. step: the optimizer update on each owned shard of the main params
+ *      (a 16-bit gradient shard read as f32 through a scratch as large as
+ *      the largest shard), the result cast into the rank's shard of the
+ *      parameter buffer, then every bucket all-gathered (in place, in the
+ *      model's dtype) so all ranks hold all new values.
  *
  * Parameter gather overlap (ddp_cfg->overlap_param_gather, or later
  * mhub_distopt_set_overlap_param_gather): the step only starts the
@@ -51,8 +55,11 @@
  * communicate nothing; gradients are divided by the dp size by pre-scaling
  * before a SUM, or with MHUB_AVG when average_in_collective.
  *
- * Only f32 parameters: the fp32 main copy is what a bf16/f16 model will
- * need, and the layout already has room for it. */
+ * Models in f32, bf16 or f16 (Megatron-style mixed precision): bf16/f16
+ * parameters are rounded once per step from the fp32 main params; padding
+ * stays zero in every buffer. Deterministic mode and check_for_nan_in_grad
+ * need an f32 gradient buffer: with a 16-bit model they are refused
+ * (MHUB_ERR_UNSUPPORTED) unless grad_reduce_in_fp32 is set. */
 #ifndef MHUB_DISTOPT_H
 #define MHUB_DISTOPT_H
 
@@ -76,7 +83,8 @@ extern "C" {
 
 typedef struct mhub_distopt mhub_distopt;
 
-/* Wrap `params` (f32 parameters with storage) over `dp`, with the bucket,
+/* Wrap `params` (trainable parameters of one dtype, f32/bf16/f16, with
+ * storage and f32 or same-dtype gradients) over `dp`, with the bucket,
  * overlap (grad reduce and param gather), scaling and NaN settings of
  * `ddp_cfg` (deterministic mode too: see shard_done) and the update rule
  * of `opt_cfg` (both copied). Existing parameter values and gradients are
@@ -86,8 +94,9 @@ typedef struct mhub_distopt mhub_distopt;
 mhub_status mhub_distopt_create(mhub_param_list *params, mhub_comm *dp,
                                 const mhub_ddp_config *ddp_cfg,
                                 const mhub_optim_config *opt_cfg, mhub_distopt **out);
-/* Complete any gather in flight, give every parameter its own value and
- * gradient storage back (values kept) and free the engine. */
+/* Complete any gather in flight, give every parameter its own value
+ * storage (in its dtype, current values kept) and f32 gradient storage
+ * (values kept) back and free the engine. */
 void mhub_distopt_free(mhub_distopt *d);
 
 /* Change overlap_param_gather after create: leave the step's all-gathers

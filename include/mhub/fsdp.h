@@ -3,9 +3,24 @@
  * The wrapping unit is mhub_param.unit (a layer). For each unit the engine
  * flattens its parameters, in list order, into one unit vector padded
  * with zeros to a multiple of the dp size, and each rank keeps only its
- * 1/dp slice of every unit vector: the values (f32, so they are their own
- * master copy), the gradient and the optimizer state. The parameters' own
- * full-size storage is freed at create.
+ * 1/dp slice of every unit vector: the values, the gradient and the
+ * optimizer state. The parameters' own full-size storage is freed at
+ * create.
+ *
+ * 16-bit models (bf16/f16 parameters, one dtype for all): the gather
+ * buffers hold the model dtype, so the all-gathers move 16-bit data. Each
+ * rank keeps an f32 master shard of the values, which the optimizer
+ * updates, plus a model-dtype value shard that is all-gathered (cast from
+ * the master after every step; at create from the parameters). The
+ * full-gradient buffers the model writes into are f32 with
+ * ddp_cfg->grad_reduce_in_fp32, else the model dtype (the reduce-scatter
+ * runs in that dtype, with MHUB_AVG instead of a 16-bit pre-scale); the
+ * gradient shard and the optimizer state are always f32 (a reduced
+ * 16-bit block is widened before it is accumulated, through an f32
+ * scratch of the largest shard). Deterministic mode and
+ * check_for_nan_in_grad need f32 gradients and are refused for a 16-bit
+ * model unless grad_reduce_in_fp32 is set. For f32 models the value shard
+ * is its own master.
  *
  * A parameter is usable only while its unit is gathered: param->value
  * (and, during the unit's backward, param->grad) then point into the
@@ -68,8 +83,9 @@ void mhub_fsdp_options_init(mhub_fsdp_options *opts);
 
 typedef struct mhub_fsdp mhub_fsdp;
 
-/* Shard `params` (f32 parameters with storage, all requiring gradients,
- * on one backend, unit >= 0) over `dp`. From `ddp_cfg` the engine uses
+/* Shard `params` (one dtype, f32, bf16 or f16, with f32 or same-dtype
+ * gradients; with storage, all requiring gradients, on one backend,
+ * unit >= 0) over `dp`. From `ddp_cfg` the engine uses
  * average_in_collective (MHUB_AVG in the reduce-scatter instead of
  * pre-scaling by 1/dp) and check_for_nan_in_grad; it always overlaps the
  * reduce-scatters with backward, one per unit, so overlap_grad_reduce and
@@ -82,7 +98,7 @@ mhub_status mhub_fsdp_create(mhub_param_list *params, mhub_comm *dp,
 /* Collective. Give every parameter full storage again, holding the
  * current values (gathered) and the gradients accumulated since the last
  * zero_grad (gathered dp-means), then free the engine: the model is usable
- * without it afterwards. If that storage cannot be allocated the
+ * without it afterwards. Values get the model dtype, gradients f32. If that storage cannot be allocated the
  * parameter stays meta. NULL is fine. */
 void mhub_fsdp_free(mhub_fsdp *f);
 
@@ -124,7 +140,8 @@ mhub_status mhub_fsdp_step(mhub_fsdp *f);
 mhub_status mhub_fsdp_set_lr(mhub_fsdp *f, float lr);
 
 /* Collective. Write the full current values into `dst`, a parameter list
- * with the same names and shapes, f32, with storage (a second copy of the
+ * with the same names and shapes, of the model dtype or f32 (widened from
+ * the gathered 16-bit values), with storage (a second copy of the
  * model, for a digest or a checkpoint). Units are gathered one at a time
  * through the engine's own buffers; call it between steps. */
 mhub_status mhub_fsdp_full_params(mhub_fsdp *f, mhub_param_list *dst);
@@ -150,8 +167,13 @@ typedef struct mhub_fsdp_stats {
     int64_t gathers_prefetched;    /* of those, started ahead of their unit */
     int64_t reduce_scatters;       /* reduce-scatters started */
     /* bytes the engine holds on the backend, all allocated at create */
-    int64_t shard_bytes;           /* values + gradients + optimizer state shards */
-    int64_t buffer_bytes;          /* full-size gather and gradient buffers */
+    int64_t shard_bytes;           /* f32 values + f32 gradients + optimizer state
+                                    * shards, + the model-dtype value shard of a
+                                    * 16-bit model */
+    int64_t buffer_bytes;          /* full-size gather (model dtype) and gradient
+                                    * (gradient dtype) buffers, the f32 widening
+                                    * scratch of 16-bit gradients, deterministic
+                                    * mode's buffers */
     int64_t bytes_held;            /* shard_bytes + buffer_bytes */
     double wait_seconds;           /* time spent waiting for collectives */
 } mhub_fsdp_stats;
