@@ -275,13 +275,8 @@ mhub_status mhub_ddp_create(mhub_param_list *params, mhub_comm *dp, const mhub_d
     mhub_backend *be;
     mhub_dtype model_dt;
     MHUB_TRY(mhub_dp_check_params_any(params, "ddp", &be, &model_dt));
-    mhub_dtype gdt = cfg->grad_reduce_in_fp32 ? MHUB_F32 : model_dt;
-    if (gdt != MHUB_F32 && (cfg->deterministic || cfg->check_for_nan_in_grad))
-        return MHUB_ERROR(MHUB_ERR_UNSUPPORTED,
-                          "%s needs f32 gradients; this %s model reduces %s gradients: set "
-                          "grad_reduce_in_fp32",
-                          cfg->deterministic ? "deterministic mode" : "check_for_nan_in_grad",
-                          mhub_dtype_name(model_dt), mhub_dtype_name(gdt));
+    mhub_dtype gdt;
+    MHUB_TRY(mhub_dp_grad_dtype(cfg, model_dt, "ddp", &gdt));
     mhub_ddp *d = calloc(1, sizeof *d);
     if (!d)
         return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "engine struct");

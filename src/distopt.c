@@ -328,13 +328,8 @@ mhub_status mhub_distopt_create(mhub_param_list *params, mhub_comm *dp,
     mhub_backend *be;
     mhub_dtype model_dt;
     MHUB_TRY(mhub_dp_check_params_any(params, "distributed optimizer", &be, &model_dt));
-    mhub_dtype gdt = ddp_cfg->grad_reduce_in_fp32 ? MHUB_F32 : model_dt;
-    if (gdt != MHUB_F32 && (ddp_cfg->deterministic || ddp_cfg->check_for_nan_in_grad))
-        return MHUB_ERROR(MHUB_ERR_UNSUPPORTED,
-                          "%s needs f32 gradients; this %s model reduces %s gradients in the "
-                          "distributed optimizer: set grad_reduce_in_fp32",
-                          ddp_cfg->deterministic ? "deterministic mode" : "check_for_nan_in_grad",
-                          mhub_dtype_name(model_dt), mhub_dtype_name(gdt));
+    mhub_dtype gdt;
+    MHUB_TRY(mhub_dp_grad_dtype(ddp_cfg, model_dt, "distributed optimizer", &gdt));
     mhub_distopt *d = calloc(1, sizeof *d);
     if (!d)
         return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "engine struct");

@@ -95,6 +95,19 @@ mhub_status mhub_dp_check_params(const mhub_param_list *params, const char *engi
     return mhub_dp_check_params_any(params, engine, be, &dt);
 }
 
+mhub_status mhub_dp_grad_dtype(const mhub_ddp_config *cfg, mhub_dtype model_dtype,
+                               const char *engine, mhub_dtype *out)
+{
+    *out = cfg->grad_reduce_in_fp32 ? MHUB_F32 : model_dtype;
+    if (*out != MHUB_F32 && (cfg->deterministic || cfg->check_for_nan_in_grad))
+        return MHUB_ERROR(MHUB_ERR_UNSUPPORTED,
+                          "%s needs f32 gradients; this %s model reduces %s gradients in the "
+                          "%s engine: set grad_reduce_in_fp32",
+                          cfg->deterministic ? "deterministic mode" : "check_for_nan_in_grad",
+                          mhub_dtype_name(model_dtype), mhub_dtype_name(*out), engine);
+    return MHUB_OK;
+}
+
 mhub_status mhub_dp_prepare_reduce(const mhub_ddp_config *cfg, mhub_backend *be, mhub_comm *dp,
                                    void *data, mhub_dtype dt, int64_t n, mhub_reduce_op *op)
 {

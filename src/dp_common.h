@@ -36,6 +36,13 @@ mhub_status mhub_dp_check_params(const mhub_param_list *params, const char *engi
 mhub_status mhub_dp_check_params_any(const mhub_param_list *params, const char *engine,
                                      mhub_backend **be, mhub_dtype *dtype);
 
+/* The dtype an engine keeps and reduces gradients in: f32 with
+ * grad_reduce_in_fp32 (or for an f32 model), else the model's. Deterministic
+ * mode and the NaN check need f32: MHUB_ERR_UNSUPPORTED naming the engine
+ * and the fix otherwise. */
+mhub_status mhub_dp_grad_dtype(const mhub_ddp_config *cfg, mhub_dtype model_dtype,
+                               const char *engine, mhub_dtype *out);
+
 /* How a gradient of n elements of dtype dt is made a dp-mean by the
  * coming collective, per the config: with loss_is_global_mean nothing (the
  * loss already carries 1/global batch), with average_in_collective

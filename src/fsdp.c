@@ -707,13 +707,8 @@ mhub_status mhub_fsdp_create(mhub_param_list *params, mhub_comm *dp,
     mhub_backend *be;
     mhub_dtype mdt;
     MHUB_TRY(check_params(params, &be, &mdt));
-    mhub_dtype gdt = ddp_cfg->grad_reduce_in_fp32 ? MHUB_F32 : mdt;
-    if (gdt != MHUB_F32 && (ddp_cfg->deterministic || ddp_cfg->check_for_nan_in_grad))
-        return MHUB_ERROR(MHUB_ERR_UNSUPPORTED,
-                          "%s needs f32 gradients; this %s model reduces %s gradients: set "
-                          "grad_reduce_in_fp32",
-                          ddp_cfg->deterministic ? "deterministic mode" : "check_for_nan_in_grad",
-                          mhub_dtype_name(mdt), mhub_dtype_name(gdt));
+    mhub_dtype gdt;
+    MHUB_TRY(mhub_dp_grad_dtype(ddp_cfg, mdt, "fsdp", &gdt));
     mhub_fsdp *f = calloc(1, sizeof *f);
     if (!f)
         return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "engine struct");
