@@ -154,15 +154,16 @@ END_TEST
 START_TEST(test_half_precision_models)
 {
     /* bf16 and f16 parameters with f32 main copies (DDP's optimizer, the
-     * distributed optimizer's main shards); gradients reduced in f32
+     * distributed optimizer's main shards, FSDP's master shards);
+     * gradients reduced in f32
      * (grad_reduce_in_fp32) or in the model's dtype. P ranks against one
      * rank: the sums round differently, and in 16-bit more coarsely, so
      * the bound is a few 16-bit ulps. */
     mhub_comm *alone = alone_comm();
     static float dist[MAX_PARAMS], one[MAX_PARAMS];
     const mhub_dtype dts[] = {MHUB_BF16, MHUB_F16};
-    const mhub_dp_engine_kind kinds[] = {MHUB_DP_DDP, MHUB_DP_DISTOPT};
-    for (int k = 0; k < 2; k++)
+    const mhub_dp_engine_kind kinds[] = {MHUB_DP_DDP, MHUB_DP_DISTOPT, MHUB_DP_FSDP};
+    for (int k = 0; k < 3; k++)
         for (int d = 0; d < 2; d++)
             for (int fp32 = 0; fp32 <= 1; fp32++) {
                 run r = {kinds[k], MHUB_OPTIM_ADAMW, false, 2, dts[d], fp32};
