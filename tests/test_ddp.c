@@ -82,21 +82,6 @@ static void train(mhub_mlp *m, mhub_comm *dp, const run_options *o, mhub_ddp_sta
     mhub_synthetic_free(&task);
 }
 
-/* Max relative difference of two models' parameters, over all ranks. */
-static double max_param_diff(mhub_mlp *a, mhub_mlp *b)
-{
-    mhub_param_list *pa = mhub_mlp_params(a), *pb = mhub_mlp_params(b);
-    double worst = 0;
-    for (int p = 0; p < pa->count; p++) {
-        const float *va = pa->items[p].value.data, *vb = pb->items[p].value.data;
-        for (int64_t i = 0; i < pa->items[p].value.numel; i++)
-            worst = fmax(worst, mhub_test_relerr(va[i], vb[i], 1e-2));
-    }
-    float w = (float)worst, all = w;
-    CK_OK(mhub_comm_allreduce(world, &w, &all, 1, MHUB_F32, MHUB_MAX));
-    return all;
-}
-
 static void check_matches_single_process(const run_options *o)
 {
     mhub_mlp *dist, *single;
@@ -104,7 +89,7 @@ static void check_matches_single_process(const run_options *o)
     CK_OK(mhub_mlp_create(&model_cfg, be, GLOBAL_BATCH, 21, &single));
     train(dist, world, o, NULL);
     train(single, NULL, o, NULL);
-    double diff = max_param_diff(dist, single);
+    double diff = mhub_test_max_param_diff(world, dist, single);
     ck_assert_msg(diff < 1e-5, "ranks %d, overlap %d, bucket %lld, avg %d, accum %d: rel diff %g",
                   world->size, o->ddp.overlap_grad_reduce, (long long)o->ddp.bucket_size,
                   o->ddp.average_in_collective, o->accum, diff);
@@ -159,7 +144,7 @@ START_TEST(test_unused_parameter_does_not_stall)
     mhub_ddp_stats st;
     train(dist, world, &o, &st);
     train(single, NULL, &o, NULL);
-    ck_assert_double_lt(max_param_diff(dist, single), 1e-5);
+    ck_assert_double_lt(mhub_test_max_param_diff(world, dist, single), 1e-5);
     /* one parameter per bucket, reverse order: buckets 0..3 (layers 2
      * and 1) overlap; the dropped layers.0.bias (bucket 4) and
      * layers.0.weight behind it (bucket 5, kept in order) are issued by

@@ -174,21 +174,6 @@ static void train_reference(mhub_mlp *m, const run_options *o)
             be->ops->free(be, state[p][a]);
 }
 
-/* Max relative difference of two models' parameters, over all ranks. */
-static double max_param_diff(mhub_mlp *a, mhub_mlp *b)
-{
-    mhub_param_list *pa = mhub_mlp_params(a), *pb = mhub_mlp_params(b);
-    double worst = 0;
-    for (int p = 0; p < pa->count; p++) {
-        const float *va = pa->items[p].value.data, *vb = pb->items[p].value.data;
-        for (int64_t i = 0; i < pa->items[p].value.numel; i++)
-            worst = fmax(worst, mhub_test_relerr(va[i], vb[i], 1e-2));
-    }
-    float w = (float)worst, all = w;
-    CK_OK(mhub_comm_allreduce(world, &w, &all, 1, MHUB_F32, MHUB_MAX));
-    return all;
-}
-
 static void check_matches_single_process(mhub_comm *dp, const run_options *o,
                                          mhub_distopt_stats *stats)
 {
@@ -197,7 +182,7 @@ static void check_matches_single_process(mhub_comm *dp, const run_options *o,
     CK_OK(mhub_mlp_create(&model_cfg, be, 16, 21, &single));
     train_distributed(dist, dp, o, stats);
     train_reference(single, o);
-    double diff = max_param_diff(dist, single);
+    double diff = mhub_test_max_param_diff(world, dist, single);
     ck_assert_msg(diff < 1e-5,
                   "%s, dp %d, overlap grad %d param %d (hooks %d), bucket %lld, avg %d, "
                   "accum %d: rel diff %g",
@@ -494,7 +479,7 @@ START_TEST(test_no_stale_weights_with_overlapped_gather)
         ck_assert_int_eq(watch.in_flight_on_entry, 3 * STEPS);
     }
     ck_assert_int_eq(sa.steps, STEPS);
-    ck_assert(max_param_diff(ma, mb) == 0);
+    ck_assert(mhub_test_max_param_diff(world, ma, mb) == 0);
     mhub_mlp_free(ma);
     mhub_mlp_free(mb);
 }

@@ -19,6 +19,22 @@ static inline int mhub_test_mpi_main(int argc, char **argv, Suite *(*make)(void)
     return any == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
 
+/* Max relative difference (floor 1e-2) of two lists of f32 parameters
+ * with the same shapes, maximised over every rank of `comm`. Collective. */
+static inline double mhub_test_max_param_diff(mhub_comm *comm, mhub_mlp *a, mhub_mlp *b)
+{
+    mhub_param_list *pa = mhub_mlp_params(a), *pb = mhub_mlp_params(b);
+    double worst = 0;
+    for (int p = 0; p < pa->count; p++) {
+        const float *va = pa->items[p].value.data, *vb = pb->items[p].value.data;
+        for (int64_t i = 0; i < pa->items[p].value.numel; i++)
+            worst = fmax(worst, mhub_test_relerr(va[i], vb[i], 1e-2));
+    }
+    float w = (float)worst, all = w;
+    CK_OK(mhub_comm_allreduce(comm, &w, &all, 1, MHUB_F32, MHUB_MAX));
+    return all;
+}
+
 /* The fixture the engine suites share: a CPU backend with one BLAS thread
  * (so results do not depend on how many ranks share the cores) and the
  * world communicator, made fresh for every test. */
