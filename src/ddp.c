@@ -16,11 +16,8 @@
 #include "mhub/ddp.h"
 #include "src/dp_common.h"
 
+/* A bucket's state in the step; its layout is plan.buckets[same index]. */
 typedef struct bucket {
-    int64_t offset;      /* in elements */
-    int64_t numel;
-    int first_param;     /* list index of its first (highest-index) parameter */
-    int num_params;
     bool issued;
     bool in_backward;    /* issued from a grad-ready call */
     mhub_request req;
@@ -34,12 +31,9 @@ struct mhub_ddp {
     void *buffer;          /* all gradients, parameters in reverse list order */
     mhub_dtype gdt;        /* the buffer's dtype */
     size_t esize;          /* its element size */
-    int64_t numel;
     bool comm_memory;      /* buffer from mhub_comm_alloc */
-    int *param_bucket;     /* per parameter: bucket index, -1 without gradient */
-    int64_t *param_offset; /* per parameter: offset in the buffer */
-    bucket *buckets;
-    int num_buckets;
+    mhub_bucket_plan plan; /* the buffer's layout: offsets, buckets, numel */
+    bucket *buckets;       /* per bucket of the plan */
     mhub_grad_schedule sched; /* readiness, issue order, no_sync */
     int64_t step;
     int nan_param;         /* first parameter found non-finite this step, or -1 */
@@ -183,39 +177,16 @@ mhub_status mhub_ddp_config_to_json(const mhub_ddp_config *cfg, char **out)
 
 /* ---- layout ------------------------------------------------------------ */
 
-
-/* Parameters in reverse list order; a bucket closes once it holds at
- * least bucket_elems elements. */
+/* The shared planner without padding: parameters back to back in reverse
+ * list order, a bucket closing once it holds >= bucket_elems elements. */
 static mhub_status plan_buckets(mhub_ddp *d, int64_t bucket_elems)
 {
-    int n = d->params->count;
-    d->param_bucket = malloc((size_t)n * sizeof *d->param_bucket);
-    d->param_offset = calloc((size_t)n, sizeof *d->param_offset);
-    d->buckets = calloc((size_t)n, sizeof *d->buckets); /* at most one per parameter */
-    if (!d->param_bucket || !d->param_offset || !d->buckets)
-        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "bucket tables for %d parameters", n);
-    int64_t offset = 0;
-    bucket *open = NULL;
-    for (int i = n - 1; i >= 0; i--) {
-        const mhub_param *p = &d->params->items[i];
-        d->param_bucket[i] = -1;
-        if (!p->requires_grad)
-            continue;
-        if (!open) {
-            open = &d->buckets[d->num_buckets++];
-            open->offset = offset;
-            open->first_param = i;
-        }
-        d->param_offset[i] = offset;
-        d->param_bucket[i] = (int)(open - d->buckets);
-        offset += p->value.numel;
-        open->numel = offset - open->offset;
-        open->num_params++;
-        if (open->numel >= bucket_elems)
-            open = NULL;
-    }
-    d->numel = offset;
-    return mhub_schedule_init(&d->sched, n, d->param_bucket, d->num_buckets);
+    MHUB_TRY(mhub_bucket_plan_make(d->params, bucket_elems, 1, 1, &d->plan));
+    d->buckets = calloc((size_t)d->plan.num_buckets + 1, sizeof *d->buckets);
+    if (!d->buckets)
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "state of %d buckets", d->plan.num_buckets);
+    return mhub_schedule_init(&d->sched, d->params->count, d->plan.param_bucket,
+                              d->plan.num_buckets);
 }
 
 /* Element `offset` of the buffer. */
@@ -229,7 +200,7 @@ static void *slot_at(const mhub_ddp *d, int64_t offset)
  * the parameters are in host memory; otherwise on the backend. */
 static mhub_status alloc_buffer(mhub_ddp *d)
 {
-    size_t bytes = (size_t)d->numel * d->esize;
+    size_t bytes = (size_t)d->plan.numel * d->esize;
     void *p = NULL;
     if (d->dp->size > 1 && !strcmp(d->be->name, "cpu")) {
         mhub_status s = mhub_comm_alloc(d->dp, bytes, &p);
@@ -251,9 +222,9 @@ static mhub_status adopt_gradients(mhub_ddp *d)
 {
     for (int i = 0; i < d->params->count; i++) {
         mhub_param *p = &d->params->items[i];
-        if (d->param_bucket[i] < 0)
+        if (d->plan.param_bucket[i] < 0)
             continue;
-        void *slot = slot_at(d, d->param_offset[i]);
+        void *slot = slot_at(d, d->plan.param_offset[i]);
         if (p->grad.data && p->value.numel > 0)
             MHUB_TRY(d->be->ops->cast(d->be, slot, d->gdt, p->grad.data, p->grad.dtype,
                                       p->value.numel));
@@ -289,7 +260,7 @@ mhub_status mhub_ddp_create(mhub_param_list *params, mhub_comm *dp, const mhub_d
     d->nan_param = -1;
     mhub_status s = plan_buckets(d, mhub_ddp_config_bucket_elems(cfg, dp->size));
     if (s == MHUB_OK && cfg->deterministic)
-        s = mhub_sumtree_init(&d->tree, be, dp, d->numel);
+        s = mhub_sumtree_init(&d->tree, be, dp, d->plan.numel);
     if (s == MHUB_OK)
         s = alloc_buffer(d);
     if (s == MHUB_OK)
@@ -302,14 +273,36 @@ mhub_status mhub_ddp_create(mhub_param_list *params, mhub_comm *dp, const mhub_d
     return MHUB_OK;
 }
 
+mhub_status mhub_ddp_estimate_memory(const mhub_param_list *params, int dp_size,
+                                     const mhub_ddp_config *cfg, mhub_dp_memory *out)
+{
+    memset(out, 0, sizeof *out);
+    MHUB_TRY(mhub_ddp_config_validate(cfg));
+    mhub_dtype model_dt, gdt;
+    MHUB_TRY(mhub_dp_check_shapes(params, "ddp", &model_dt));
+    MHUB_TRY(mhub_dp_grad_dtype(cfg, model_dt, "ddp", &gdt));
+    if (cfg->deterministic)
+        MHUB_TRY(mhub_dp_check_pow2(dp_size, "dp"));
+    mhub_bucket_plan plan;
+    MHUB_TRY(mhub_bucket_plan_make(params, mhub_ddp_config_bucket_elems(cfg, dp_size), 1, 1,
+                                   &plan));
+    /* alloc_buffer's size, whether it lands on the backend or in the
+     * communicator's window */
+    out->grad_bytes = plan.numel * (int64_t)mhub_dtype_size(gdt);
+    if (cfg->deterministic)
+        out->scratch_bytes = mhub_sumtree_bytes(plan.numel, dp_size, true);
+    mhub_bucket_plan_free(&plan);
+    return MHUB_OK;
+}
+
 /* Give each parameter private gradient storage with the buffer's values. */
 static void release_gradients(mhub_ddp *d)
 {
     for (int i = 0; i < d->params->count; i++) {
         mhub_param *p = &d->params->items[i];
-        if (!d->param_bucket || d->param_bucket[i] < 0 || p->grad.owns_data)
+        if (!d->plan.param_bucket || d->plan.param_bucket[i] < 0 || p->grad.owns_data)
             continue;
-        if (p->grad.data != slot_at(d, d->param_offset[i]))
+        if (p->grad.data != slot_at(d, d->plan.param_offset[i]))
             continue; /* never adopted (create failed part-way) */
         mhub_tensor own;
         if (mhub_tensor_alloc(&own, d->be, MHUB_F32, p->value.ndim, p->value.shape) == MHUB_OK) {
@@ -326,7 +319,7 @@ void mhub_ddp_free(mhub_ddp *d)
 {
     if (!d)
         return;
-    for (int b = 0; b < d->num_buckets; b++)
+    for (int b = 0; d->buckets && b < d->plan.num_buckets; b++)
         if (d->buckets[b].req.active)
             mhub_request_wait(&d->buckets[b].req);
     if (d->buffer)
@@ -338,8 +331,7 @@ void mhub_ddp_free(mhub_ddp *d)
             d->be->ops->free(d->be, d->buffer);
     }
     mhub_sumtree_free(&d->tree);
-    free(d->param_bucket);
-    free(d->param_offset);
+    mhub_bucket_plan_free(&d->plan);
     mhub_schedule_free(&d->sched);
     free(d->buckets);
     free(d);
@@ -355,14 +347,15 @@ static double now_seconds(void)
 }
 
 /* Remember the first parameter of the bucket holding a NaN/Inf. */
-static mhub_status scan_for_nan(mhub_ddp *d, const bucket *b)
+static mhub_status scan_for_nan(mhub_ddp *d, int index)
 {
+    const mhub_plan_bucket *b = &d->plan.buckets[index];
     double ss = 0;
     MHUB_TRY(d->be->ops->sum_squares(d->be, slot_at(d, b->offset), b->numel, &ss));
     if (isfinite(ss) || d->nan_param >= 0)
         return MHUB_OK;
     for (int k = 0, i = b->first_param; k < b->num_params; i--) {
-        if (d->param_bucket[i] < 0)
+        if (d->plan.param_bucket[i] < 0)
             continue;
         k++;
         const mhub_param *p = &d->params->items[i];
@@ -378,18 +371,19 @@ static mhub_status scan_for_nan(mhub_ddp *d, const bucket *b)
 static mhub_status issue_bucket(mhub_ddp *d, int index, bool in_backward)
 {
     bucket *b = &d->buckets[index];
+    const mhub_plan_bucket *at = &d->plan.buckets[index];
     if (d->cfg.check_for_nan_in_grad)
-        MHUB_TRY(scan_for_nan(d, b));
+        MHUB_TRY(scan_for_nan(d, index));
     b->issued = true;
     b->in_backward = in_backward;
     d->stats.buckets_issued++;
     d->stats.issued_in_backward += in_backward;
     if (d->dp->size == 1)
         return MHUB_OK; /* the mean over one rank is the gradient itself */
-    void *data = slot_at(d, b->offset);
+    void *data = slot_at(d, at->offset);
     mhub_reduce_op op;
-    MHUB_TRY(mhub_dp_prepare_reduce(&d->cfg, d->be, d->dp, data, d->gdt, b->numel, &op));
-    return mhub_comm_iallreduce(d->dp, data, data, b->numel, d->gdt, op, &b->req);
+    MHUB_TRY(mhub_dp_prepare_reduce(&d->cfg, d->be, d->dp, data, d->gdt, at->numel, &op));
+    return mhub_comm_iallreduce(d->dp, data, data, at->numel, d->gdt, op, &b->req);
 }
 
 /* Let issued collectives progress (MPI moves messages only inside MPI
@@ -415,7 +409,7 @@ mhub_status mhub_ddp_grad_ready(void *user, int param_index)
                           param_index, d->params->count);
     MHUB_TRY(poll_issued(d));
     if (d->cfg.deterministic ||
-        !mhub_schedule_ready(&d->sched, param_index, d->param_bucket[param_index]) ||
+        !mhub_schedule_ready(&d->sched, param_index, d->plan.param_bucket[param_index]) ||
         !d->cfg.overlap_grad_reduce)
         return MHUB_OK;
     while (mhub_schedule_can_issue(&d->sched)) {
@@ -427,7 +421,7 @@ mhub_status mhub_ddp_grad_ready(void *user, int param_index)
 
 static void reset_step(mhub_ddp *d)
 {
-    for (int b = 0; b < d->num_buckets; b++) {
+    for (int b = 0; b < d->plan.num_buckets; b++) {
         d->buckets[b].issued = false;
         d->buckets[b].in_backward = false;
     }
@@ -437,7 +431,7 @@ static void reset_step(mhub_ddp *d)
 
 static bool any_outstanding(const mhub_ddp *d)
 {
-    for (int b = 0; b < d->num_buckets; b++)
+    for (int b = 0; b < d->plan.num_buckets; b++)
         if (d->buckets[b].issued)
             return true;
     return false;
@@ -455,7 +449,7 @@ mhub_status mhub_ddp_zero_grad(mhub_ddp *d)
     reset_step(d);
     if (d->cfg.deterministic)
         mhub_sumtree_reset(&d->tree);
-    return d->be->ops->memset_zero(d->be, d->buffer, (size_t)d->numel * d->esize);
+    return d->be->ops->memset_zero(d->be, d->buffer, (size_t)d->plan.numel * d->esize);
 }
 
 mhub_status mhub_ddp_no_sync_begin(mhub_ddp *d)
@@ -487,8 +481,9 @@ static mhub_status finish_deterministic(mhub_ddp *d)
     MHUB_TRY(mhub_sumtree_collect(&d->tree, (float *)d->buffer));
     mhub_status s = MHUB_OK;
     /* scan this rank's own sum, so the report names the rank it came from */
-    for (int b = 0; d->cfg.check_for_nan_in_grad && s == MHUB_OK && b < d->num_buckets; b++)
-        s = scan_for_nan(d, &d->buckets[b]);
+    for (int b = 0; d->cfg.check_for_nan_in_grad && s == MHUB_OK && b < d->plan.num_buckets;
+         b++)
+        s = scan_for_nan(d, b);
     if (s == MHUB_OK)
         s = mhub_sumtree_exchange(&d->tree, (float *)d->buffer);
     if (s == MHUB_OK && d->cfg.check_for_nan_in_grad)
@@ -515,7 +510,7 @@ mhub_status mhub_ddp_finish_grad_sync(mhub_ddp *d)
     mhub_status s = MHUB_OK;
     /* buckets not issued in backward: all of them without overlap, and any
      * holding a parameter that was not used this step */
-    while (s == MHUB_OK && d->sched.next < d->num_buckets) {
+    while (s == MHUB_OK && d->sched.next < d->plan.num_buckets) {
         s = issue_bucket(d, d->sched.next, false);
         d->sched.next++;
     }
@@ -548,16 +543,16 @@ mhub_status mhub_ddp_broadcast_params(mhub_ddp *d)
 
 /* ---- inspection ------------------------------------------------------------ */
 
-int mhub_ddp_num_buckets(const mhub_ddp *d) { return d ? d->num_buckets : 0; }
+int mhub_ddp_num_buckets(const mhub_ddp *d) { return d ? d->plan.num_buckets : 0; }
 
 mhub_status mhub_ddp_bucket(const mhub_ddp *d, int index, mhub_ddp_bucket_info *out)
 {
     if (!d || !out)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine or out is NULL");
-    if (index < 0 || index >= d->num_buckets)
+    if (index < 0 || index >= d->plan.num_buckets)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "bucket %d is outside [0, %d)", index,
-                          d->num_buckets);
-    const bucket *b = &d->buckets[index];
+                          d->plan.num_buckets);
+    const mhub_plan_bucket *b = &d->plan.buckets[index];
     out->offset = b->offset;
     out->numel = b->numel;
     out->num_params = b->num_params;
@@ -569,7 +564,7 @@ int mhub_ddp_param_bucket(const mhub_ddp *d, int param_index)
 {
     if (!d || param_index < 0 || param_index >= d->params->count)
         return -1;
-    return d->param_bucket[param_index];
+    return d->plan.param_bucket[param_index];
 }
 
 bool mhub_ddp_uses_comm_memory(const mhub_ddp *d) { return d && d->comm_memory; }

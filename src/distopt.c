@@ -36,11 +36,8 @@ typedef struct segment {
 } segment;
 
 typedef struct bucket {
-    int64_t offset;        /* in elements; a multiple of lcm(dp, 128) */
-    int64_t numel;         /* padded size; a multiple of lcm(dp, 128) */
-    int64_t param_numel;   /* elements that hold parameters */
-    int first_param;       /* list index of its first (highest-index) parameter */
-    int num_params;
+    const mhub_plan_bucket *at; /* its layout in the plan: offset and padded numel
+                                 * are multiples of lcm(dp, 128) */
     bool grad_issued;      /* reduce-scatter started this step */
     bool gather_pending;   /* all-gather issued and not yet waited for */
     int first_segment;
@@ -64,12 +61,8 @@ struct mhub_distopt {
     float *grad32;          /* a 16-bit gradient segment cast to f32 (largest shard) */
     float *state[2];        /* optimizer state arrays, laid out as main */
     int num_state;
-    int64_t numel;          /* each buffer, padding included */
-    int64_t padding;
-    int *param_bucket;      /* per parameter: bucket index, -1 when not in the buffers */
-    int64_t *param_offset;  /* per parameter: first element in the buffers */
-    bucket *buckets;
-    int num_buckets;
+    mhub_bucket_plan plan;  /* the buffers' layout: offsets, buckets, numel, padding */
+    bucket *buckets;        /* per bucket of the plan */
     segment *segments;
     int num_segments;
     int *unit_lo, *unit_hi; /* per unit: range of buckets holding its parameters */
@@ -90,38 +83,22 @@ static double now_seconds(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static int64_t round_up(int64_t x, int64_t multiple)
-{
-    return (x + multiple - 1) / multiple * multiple;
-}
-
-static int64_t lcm64(int64_t a, int64_t b)
-{
-    int64_t x = a, y = b;
-    while (y) {
-        int64_t r = x % y;
-        x = y;
-        y = r;
-    }
-    return a / x * b;
-}
-
 static int64_t shard_numel(const mhub_distopt *d, const bucket *b)
 {
-    return b->numel / d->dp->size;
+    return b->at->numel / d->dp->size;
 }
 
 /* First element of this rank's shard of a bucket, in the buffers. */
 static int64_t shard_start(const mhub_distopt *d, const bucket *b)
 {
-    return b->offset + (int64_t)d->dp->rank * shard_numel(d, b);
+    return b->at->offset + (int64_t)d->dp->rank * shard_numel(d, b);
 }
 
 /* The main params hold every bucket's shard back to back; since bucket
  * offsets are multiples of dp, bucket b's shard starts at offset / dp. */
 static int64_t main_start(const mhub_distopt *d, const bucket *b)
 {
-    return b->offset / d->dp->size;
+    return b->at->offset / d->dp->size;
 }
 
 /* Element `offset` of the gradient and parameter buffers. */
@@ -137,59 +114,22 @@ static void *value_at(const mhub_distopt *d, int64_t offset)
 
 /* ---- layout ---------------------------------------------------------------- */
 
-static mhub_status alloc_tables(mhub_distopt *d)
+/* The shared planner with Megatron-Core's distributed-optimizer padding:
+ * parameter starts aligned to 64 elements, bucket ends to lcm(dp, 128). A
+ * bucket closes once it spans >= bucket_elems elements, alignment gaps
+ * included. */
+static mhub_status plan_buckets(mhub_distopt *d, int64_t bucket_elems)
 {
-    int n = d->params->count;
-    d->param_bucket = malloc((size_t)n * sizeof *d->param_bucket);
-    d->param_offset = calloc((size_t)n, sizeof *d->param_offset);
-    d->buckets = calloc((size_t)n, sizeof *d->buckets);   /* at most one per parameter */
-    d->segments = calloc((size_t)n, sizeof *d->segments); /* at most one per parameter */
-    if (!d->param_bucket || !d->param_offset || !d->buckets || !d->segments)
-        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "layout tables for %d parameters", n);
+    MHUB_TRY(mhub_bucket_plan_make(d->params, bucket_elems, MHUB_DISTOPT_PARAM_ALIGN,
+                                   mhub_distopt_bucket_align(d->dp->size), &d->plan));
+    int n = d->params->count, nb = d->plan.num_buckets;
+    d->buckets = calloc((size_t)nb + 1, sizeof *d->buckets);
+    d->segments = calloc((size_t)n + 1, sizeof *d->segments); /* at most one per parameter */
+    if (!d->buckets || !d->segments)
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "state of %d buckets", nb);
+    for (int b = 0; b < nb; b++)
+        d->buckets[b].at = &d->plan.buckets[b];
     return MHUB_OK;
-}
-
-/* Pad a bucket's end so it splits into dp equal shards that keep NCCL's
- * 128-element alignment; the next bucket starts there. */
-static int64_t close_bucket(mhub_distopt *d, bucket *b, int64_t end)
-{
-    int64_t padded = round_up(end, lcm64(d->dp->size, MHUB_DISTOPT_BUCKET_ALIGN));
-    b->numel = padded - b->offset;
-    d->padding += b->numel - b->param_numel;
-    return padded;
-}
-
-/* Parameters in reverse list order, each starting at a multiple of 64
- * elements; a bucket closes once it spans at least bucket_elems elements
- * (padding between its parameters counts, as in Megatron-Core). */
-static void plan_buckets(mhub_distopt *d, int64_t bucket_elems)
-{
-    int64_t offset = 0;
-    bucket *open = NULL;
-    for (int i = d->params->count - 1; i >= 0; i--) {
-        const mhub_param *p = &d->params->items[i];
-        d->param_bucket[i] = -1;
-        if (!p->requires_grad)
-            continue;
-        if (!open) {
-            open = &d->buckets[d->num_buckets++];
-            open->offset = offset;
-            open->first_param = i;
-        }
-        offset = round_up(offset, MHUB_DISTOPT_PARAM_ALIGN);
-        d->param_offset[i] = offset;
-        d->param_bucket[i] = (int)(open - d->buckets);
-        offset += p->value.numel;
-        open->param_numel += p->value.numel;
-        open->num_params++;
-        if (offset - open->offset >= bucket_elems) {
-            offset = close_bucket(d, open, offset);
-            open = NULL;
-        }
-    }
-    if (open)
-        offset = close_bucket(d, open, offset);
-    d->numel = offset;
 }
 
 /* The pieces of parameters inside this rank's shard of each bucket, in
@@ -197,14 +137,14 @@ static void plan_buckets(mhub_distopt *d, int64_t bucket_elems)
 static void plan_segments(mhub_distopt *d)
 {
     for (int i = d->params->count - 1; i >= 0; i--) {
-        int bi = d->param_bucket[i];
+        int bi = d->plan.param_bucket[i];
         if (bi < 0)
             continue;
         bucket *b = &d->buckets[bi];
         if (b->num_segments == 0)
             b->first_segment = d->num_segments;
         int64_t s0 = shard_start(d, b), s1 = s0 + shard_numel(d, b);
-        int64_t p0 = d->param_offset[i], p1 = p0 + d->params->items[i].value.numel;
+        int64_t p0 = d->plan.param_offset[i], p1 = p0 + d->params->items[i].value.numel;
         int64_t lo = p0 > s0 ? p0 : s0, hi = p1 < s1 ? p1 : s1;
         if (lo >= hi)
             continue;
@@ -221,7 +161,7 @@ static mhub_status plan_units(mhub_distopt *d)
 {
     d->num_units = 0;
     for (int i = 0; i < d->params->count; i++)
-        if (d->param_bucket[i] >= 0 && d->params->items[i].unit >= d->num_units)
+        if (d->plan.param_bucket[i] >= 0 && d->params->items[i].unit >= d->num_units)
             d->num_units = d->params->items[i].unit + 1;
     /* at least one unit: check_params saw a parameter with unit >= 0 */
     d->unit_lo = malloc((size_t)d->num_units * sizeof *d->unit_lo);
@@ -233,7 +173,7 @@ static mhub_status plan_units(mhub_distopt *d)
         d->unit_hi[u] = -1;
     }
     for (int i = 0; i < d->params->count; i++) {
-        int bi = d->param_bucket[i], u = d->params->items[i].unit;
+        int bi = d->plan.param_bucket[i], u = d->params->items[i].unit;
         if (bi < 0)
             continue;
         d->unit_lo[u] = bi < d->unit_lo[u] ? bi : d->unit_lo[u];
@@ -255,26 +195,79 @@ static mhub_status alloc_floats(mhub_distopt *d, int64_t n, float **out)
     return MHUB_OK;
 }
 
+/* The largest bucket shard: the f32 scratch a 16-bit gradient segment is
+ * widened into. */
+static int64_t widest_shard(const mhub_bucket_plan *plan, int dp_size)
+{
+    int64_t widest = 0;
+    for (int b = 0; b < plan->num_buckets; b++) {
+        int64_t shard = plan->buckets[b].numel / dp_size;
+        widest = shard > widest ? shard : widest;
+    }
+    return widest;
+}
+
 /* Both buffers in full on every rank (ZeRO-1/2: only the optimizer side is
  * sharded), in their dtypes (zeroed, so padding starts at zero); main
  * params and state for this rank's shards; for a 16-bit gradient buffer an
  * f32 scratch as large as the largest shard. */
 static mhub_status alloc_buffers(mhub_distopt *d)
 {
-    int64_t shards = d->numel / d->dp->size;
-    MHUB_TRY(alloc_bytes(d, (size_t)d->numel * d->gsize, &d->grads));
-    MHUB_TRY(alloc_bytes(d, (size_t)d->numel * d->vsize, &d->values));
+    int64_t shards = d->plan.numel / d->dp->size;
+    MHUB_TRY(alloc_bytes(d, (size_t)d->plan.numel * d->gsize, &d->grads));
+    MHUB_TRY(alloc_bytes(d, (size_t)d->plan.numel * d->vsize, &d->values));
     MHUB_TRY(alloc_floats(d, shards, &d->main));
-    if (d->gdt != MHUB_F32) {
-        int64_t widest = 0;
-        for (int b = 0; b < d->num_buckets; b++)
-            if (shard_numel(d, &d->buckets[b]) > widest)
-                widest = shard_numel(d, &d->buckets[b]);
-        MHUB_TRY(alloc_floats(d, widest, &d->grad32));
-    }
+    if (d->gdt != MHUB_F32)
+        MHUB_TRY(alloc_floats(d, widest_shard(&d->plan, d->dp->size), &d->grad32));
     d->num_state = mhub_optim_state_arrays(&d->opt_cfg);
     for (int k = 0; k < d->num_state; k++)
         MHUB_TRY(alloc_floats(d, shards, &d->state[k]));
+    return MHUB_OK;
+}
+
+/* Values of the parameters left out of the buffers (no gradient): they
+ * keep their own storage. */
+static int64_t unbuffered_value_bytes(const mhub_param_list *params, const mhub_bucket_plan *plan)
+{
+    int64_t bytes = 0;
+    for (int i = 0; i < params->count; i++)
+        if (plan->param_bucket[i] < 0)
+            bytes += params->items[i].value.numel *
+                     (int64_t)mhub_dtype_size(params->items[i].value.dtype);
+    return bytes;
+}
+
+/* alloc_buffers' sizes from the same plan, and the first step's
+ * deterministic-mode buffers. */
+mhub_status mhub_distopt_estimate_memory(const mhub_param_list *params, int dp_size,
+                                         const mhub_ddp_config *ddp_cfg,
+                                         const mhub_optim_config *opt_cfg, mhub_dp_memory *out)
+{
+    const char *engine = "distributed optimizer";
+    memset(out, 0, sizeof *out);
+    MHUB_TRY(mhub_ddp_config_validate(ddp_cfg));
+    MHUB_TRY(mhub_optim_config_validate(opt_cfg));
+    mhub_dtype vdt, gdt;
+    MHUB_TRY(mhub_dp_check_shapes(params, engine, &vdt));
+    MHUB_TRY(mhub_dp_grad_dtype(ddp_cfg, vdt, engine, &gdt));
+    if (ddp_cfg->deterministic)
+        MHUB_TRY(mhub_dp_check_pow2(dp_size, "dp"));
+    mhub_bucket_plan plan;
+    MHUB_TRY(mhub_bucket_plan_make(params, mhub_ddp_config_bucket_elems(ddp_cfg, dp_size),
+                                   MHUB_DISTOPT_PARAM_ALIGN, mhub_distopt_bucket_align(dp_size),
+                                   &plan));
+    int64_t shard_bytes = plan.numel / dp_size * (int64_t)sizeof(float);
+    out->param_bytes = plan.numel * (int64_t)mhub_dtype_size(vdt) +
+                       unbuffered_value_bytes(params, &plan);
+    out->grad_bytes = plan.numel * (int64_t)mhub_dtype_size(gdt);
+    out->main_param_bytes = shard_bytes;
+    out->optim_state_bytes = mhub_optim_state_arrays(opt_cfg) * shard_bytes;
+    if (gdt != MHUB_F32)
+        out->scratch_bytes = widest_shard(&plan, dp_size) * (int64_t)sizeof(float);
+    if (ddp_cfg->deterministic)
+        out->scratch_bytes += mhub_sumtree_bytes(plan.numel, dp_size, true);
+    out->padding_elems = plan.padding;
+    mhub_bucket_plan_free(&plan);
     return MHUB_OK;
 }
 
@@ -296,10 +289,11 @@ static mhub_status adopt_params(mhub_distopt *d)
 {
     for (int i = 0; i < d->params->count; i++) {
         mhub_param *p = &d->params->items[i];
-        if (d->param_bucket[i] < 0)
+        if (d->plan.param_bucket[i] < 0)
             continue;
-        MHUB_TRY(adopt_tensor(d, &p->grad, grad_at(d, d->param_offset[i]), d->gdt, &p->value));
-        MHUB_TRY(adopt_tensor(d, &p->value, value_at(d, d->param_offset[i]), d->vdt, &p->value));
+        MHUB_TRY(adopt_tensor(d, &p->grad, grad_at(d, d->plan.param_offset[i]), d->gdt, &p->value));
+        MHUB_TRY(adopt_tensor(d, &p->value, value_at(d, d->plan.param_offset[i]), d->vdt,
+                              &p->value));
     }
     return MHUB_OK;
 }
@@ -307,7 +301,7 @@ static mhub_status adopt_params(mhub_distopt *d)
 /* Main params = this rank's shards of the parameter buffer, in f32. */
 static mhub_status load_main_params(mhub_distopt *d)
 {
-    for (int b = 0; b < d->num_buckets; b++) {
+    for (int b = 0; b < d->plan.num_buckets; b++) {
         const bucket *bk = &d->buckets[b];
         MHUB_TRY(d->be->ops->cast(d->be, d->main + main_start(d, bk), MHUB_F32,
                                   value_at(d, shard_start(d, bk)), d->vdt, shard_numel(d, bk)));
@@ -344,16 +338,15 @@ mhub_status mhub_distopt_create(mhub_param_list *params, mhub_comm *dp,
     d->opt_cfg = *opt_cfg;
     d->overlap_param_gather = ddp_cfg->overlap_param_gather;
     d->nan_param = -1;
-    mhub_status s = alloc_tables(d);
+    mhub_status s = plan_buckets(d, mhub_ddp_config_bucket_elems(ddp_cfg, dp->size));
     if (s == MHUB_OK) {
-        plan_buckets(d, mhub_ddp_config_bucket_elems(ddp_cfg, dp->size));
         plan_segments(d);
         s = plan_units(d);
     }
     if (s == MHUB_OK)
-        s = mhub_schedule_init(&d->sched, params->count, d->param_bucket, d->num_buckets);
+        s = mhub_schedule_init(&d->sched, params->count, d->plan.param_bucket, d->plan.num_buckets);
     if (s == MHUB_OK && ddp_cfg->deterministic)
-        s = mhub_sumtree_init(&d->tree, be, dp, d->numel);
+        s = mhub_sumtree_init(&d->tree, be, dp, d->plan.numel);
     if (s == MHUB_OK)
         s = alloc_buffers(d);
     if (s == MHUB_OK)
@@ -398,19 +391,19 @@ void mhub_distopt_free(mhub_distopt *d)
         return;
     /* complete every collective first: the parameter values must be whole
      * before they are copied out, and no request may outlive its buffer */
-    for (int b = 0; b < d->num_buckets; b++) {
+    for (int b = 0; d->buckets && b < d->plan.num_buckets; b++) {
         mhub_request_wait(&d->buckets[b].grad_req);
         mhub_request_wait(&d->buckets[b].param_req);
     }
-    for (int i = 0; d->param_bucket && i < d->params->count; i++) {
-        if (d->param_bucket[i] < 0)
+    for (int i = 0; d->plan.param_bucket && i < d->params->count; i++) {
+        if (d->plan.param_bucket[i] < 0)
             continue;
         mhub_param *p = &d->params->items[i];
         /* values in their own dtype, gradients in f32 (as DDP's release) */
         if (d->values)
-            release_tensor(d, &p->value, value_at(d, d->param_offset[i]), d->vdt);
+            release_tensor(d, &p->value, value_at(d, d->plan.param_offset[i]), d->vdt);
         if (d->grads)
-            release_tensor(d, &p->grad, grad_at(d, d->param_offset[i]), MHUB_F32);
+            release_tensor(d, &p->grad, grad_at(d, d->plan.param_offset[i]), MHUB_F32);
     }
     free_floats(d, d->grads);
     free_floats(d, d->values);
@@ -418,8 +411,7 @@ void mhub_distopt_free(mhub_distopt *d)
     free_floats(d, d->grad32);
     for (int k = 0; k < 2; k++)
         free_floats(d, d->state[k]);
-    free(d->param_bucket);
-    free(d->param_offset);
+    mhub_bucket_plan_free(&d->plan);
     mhub_schedule_free(&d->sched);
     free(d->buckets);
     free(d->segments);
@@ -460,7 +452,7 @@ static mhub_status wait_gather(mhub_distopt *d, bucket *b)
 static mhub_status wait_all_gathers(mhub_distopt *d)
 {
     mhub_status s = MHUB_OK;
-    for (int b = d->num_buckets - 1; b >= 0; b--) {
+    for (int b = d->plan.num_buckets - 1; b >= 0; b--) {
         mhub_status w = wait_gather(d, &d->buckets[b]);
         if (s == MHUB_OK)
             s = w;
@@ -474,7 +466,7 @@ static mhub_status wait_all_gathers(mhub_distopt *d)
 static mhub_status refuse_stale_forward(mhub_distopt *d, const char *where)
 {
     int stale = -1;
-    for (int b = d->num_buckets - 1; b >= 0 && stale < 0; b--)
+    for (int b = d->plan.num_buckets - 1; b >= 0 && stale < 0; b--)
         if (d->buckets[b].gather_pending)
             stale = b;
     if (stale < 0)
@@ -486,14 +478,14 @@ static mhub_status refuse_stale_forward(mhub_distopt *d, const char *where)
                       "weights; install mhub_distopt_unit_hooks on the model or call "
                       "mhub_distopt_wait_params before forward",
                       where, (long long)d->stats.steps, stale,
-                      d->params->items[d->buckets[stale].first_param].name);
+                      d->params->items[d->buckets[stale].at->first_param].name);
 }
 
 /* Let issued collectives progress (MPI moves messages only inside MPI
  * calls). A completed gather stays pending until explicitly waited. */
 static mhub_status poll_requests(mhub_distopt *d)
 {
-    for (int b = 0; b < d->num_buckets; b++) {
+    for (int b = 0; b < d->plan.num_buckets; b++) {
         bool done;
         if (d->buckets[b].grad_req.active)
             MHUB_TRY(mhub_request_test(&d->buckets[b].grad_req, &done));
@@ -544,13 +536,14 @@ static mhub_status scan_for_nan(mhub_distopt *d, const bucket *b)
 {
     double ss = 0;
     /* f32 gradients only: create refuses the check otherwise */
-    MHUB_TRY(d->be->ops->sum_squares(d->be, (const float *)grad_at(d, b->offset), b->numel, &ss));
+    MHUB_TRY(d->be->ops->sum_squares(d->be, (const float *)grad_at(d, b->at->offset),
+                                     b->at->numel, &ss));
     if (isfinite(ss) || d->nan_param >= 0)
         return MHUB_OK;
     int index = (int)(b - d->buckets);
     /* the bucket's parameters: from first_param down, until the next bucket */
-    for (int i = b->first_param; i >= 0 && d->param_bucket[i] <= index; i--) {
-        if (d->param_bucket[i] != index)
+    for (int i = b->at->first_param; i >= 0 && d->plan.param_bucket[i] <= index; i--) {
+        if (d->plan.param_bucket[i] != index)
             continue;
         const mhub_param *p = &d->params->items[i];
         MHUB_TRY(d->be->ops->sum_squares(d->be, p->grad.data, p->value.numel, &ss));
@@ -571,11 +564,11 @@ static mhub_status issue_reduce_scatter(mhub_distopt *d, int index, bool in_back
     b->grad_issued = true;
     d->stats.buckets_issued++;
     d->stats.issued_in_backward += in_backward;
-    if (d->dp->size == 1 || b->numel == 0)
+    if (d->dp->size == 1 || b->at->numel == 0)
         return MHUB_OK; /* the mean over one rank is the gradient itself */
-    void *data = grad_at(d, b->offset);
+    void *data = grad_at(d, b->at->offset);
     mhub_reduce_op op;
-    MHUB_TRY(mhub_dp_prepare_reduce(&d->ddp_cfg, d->be, d->dp, data, d->gdt, b->numel, &op));
+    MHUB_TRY(mhub_dp_prepare_reduce(&d->ddp_cfg, d->be, d->dp, data, d->gdt, b->at->numel, &op));
     return mhub_comm_ireduce_scatter(d->dp, data, grad_at(d, shard_start(d, b)),
                                      shard_numel(d, b), d->gdt, op, &b->grad_req);
 }
@@ -591,7 +584,7 @@ mhub_status mhub_distopt_grad_ready(void *user, int param_index)
     MHUB_TRY(refuse_stale_forward(d, "backward"));
     MHUB_TRY(poll_requests(d));
     if (d->ddp_cfg.deterministic ||
-        !mhub_schedule_ready(&d->sched, param_index, d->param_bucket[param_index]) ||
+        !mhub_schedule_ready(&d->sched, param_index, d->plan.param_bucket[param_index]) ||
         !d->ddp_cfg.overlap_grad_reduce)
         return MHUB_OK;
     /* strictly in bucket order: collectives must match on every rank */
@@ -604,7 +597,7 @@ mhub_status mhub_distopt_grad_ready(void *user, int param_index)
 
 static void reset_step(mhub_distopt *d)
 {
-    for (int b = 0; b < d->num_buckets; b++)
+    for (int b = 0; b < d->plan.num_buckets; b++)
         d->buckets[b].grad_issued = false;
     mhub_schedule_reset(&d->sched);
     d->nan_param = -1;
@@ -623,7 +616,7 @@ mhub_status mhub_distopt_zero_grad(mhub_distopt *d)
     if (d->ddp_cfg.deterministic)
         mhub_sumtree_reset(&d->tree);
     d->grads_reduced = false;
-    return d->be->ops->memset_zero(d->be, d->grads, (size_t)d->numel * d->gsize);
+    return d->be->ops->memset_zero(d->be, d->grads, (size_t)d->plan.numel * d->gsize);
 }
 
 mhub_status mhub_distopt_no_sync_begin(mhub_distopt *d)
@@ -655,7 +648,8 @@ static mhub_status reduce_deterministic(mhub_distopt *d)
 {
     MHUB_TRY(mhub_sumtree_collect(&d->tree, (float *)d->grads));
     mhub_status s = MHUB_OK;
-    for (int b = 0; d->ddp_cfg.check_for_nan_in_grad && s == MHUB_OK && b < d->num_buckets; b++)
+    for (int b = 0; d->ddp_cfg.check_for_nan_in_grad && s == MHUB_OK && b < d->plan.num_buckets;
+         b++)
         s = scan_for_nan(d, &d->buckets[b]);
     if (s == MHUB_OK)
         s = mhub_sumtree_exchange(&d->tree, (float *)d->grads);
@@ -678,7 +672,7 @@ mhub_status mhub_distopt_finish_grad_sync(mhub_distopt *d)
         s = reduce_deterministic(d);
     /* buckets not issued in backward: all of them without overlap, and any
      * holding a parameter unused this step (and those after it) */
-    while (!d->ddp_cfg.deterministic && s == MHUB_OK && d->sched.next < d->num_buckets) {
+    while (!d->ddp_cfg.deterministic && s == MHUB_OK && d->sched.next < d->plan.num_buckets) {
         s = issue_reduce_scatter(d, d->sched.next, false);
         d->sched.next++;
     }
@@ -731,9 +725,9 @@ static mhub_status update_shard(mhub_distopt *d, const bucket *b, int64_t t)
 /* In place: this rank's block is already its slot of the bucket. */
 static mhub_status issue_gather(mhub_distopt *d, bucket *b, bool deferred)
 {
-    if (d->dp->size == 1 || b->numel == 0)
+    if (d->dp->size == 1 || b->at->numel == 0)
         return MHUB_OK;
-    MHUB_TRY(mhub_comm_iallgather(d->dp, value_at(d, shard_start(d, b)), value_at(d, b->offset),
+    MHUB_TRY(mhub_comm_iallgather(d->dp, value_at(d, shard_start(d, b)), value_at(d, b->at->offset),
                                   shard_numel(d, b), d->vdt, &b->param_req));
     b->gather_pending = true;
     d->stats.gathers_issued++;
@@ -759,7 +753,7 @@ mhub_status mhub_distopt_step(mhub_distopt *d)
     mhub_status s = MHUB_OK;
     /* forward order: the first layers' bucket is updated and sent first,
      * and each gather overlaps the next bucket's update */
-    for (int b = d->num_buckets - 1; b >= 0 && s == MHUB_OK; b--) {
+    for (int b = d->plan.num_buckets - 1; b >= 0 && s == MHUB_OK; b--) {
         s = update_shard(d, &d->buckets[b], t);
         if (s == MHUB_OK)
             s = issue_gather(d, &d->buckets[b], defer);
@@ -780,10 +774,10 @@ mhub_status mhub_distopt_broadcast_params(mhub_distopt *d)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
     MHUB_TRY(wait_all_gathers(d));
     if (d->dp->size > 1) {
-        MHUB_TRY(mhub_comm_broadcast(d->dp, d->values, d->numel, d->vdt, 0));
+        MHUB_TRY(mhub_comm_broadcast(d->dp, d->values, d->plan.numel, d->vdt, 0));
         for (int i = 0; i < d->params->count; i++) {
             mhub_param *p = &d->params->items[i];
-            if (d->param_bucket[i] < 0 && p->value.data)
+            if (d->plan.param_bucket[i] < 0 && p->value.data)
                 MHUB_TRY(mhub_comm_broadcast(d->dp, p->value.data, p->value.numel,
                                              p->value.dtype, 0));
         }
@@ -804,22 +798,22 @@ mhub_status mhub_distopt_set_lr(mhub_distopt *d, float lr)
 
 /* ---- inspection --------------------------------------------------------------- */
 
-int mhub_distopt_num_buckets(const mhub_distopt *d) { return d ? d->num_buckets : 0; }
+int mhub_distopt_num_buckets(const mhub_distopt *d) { return d ? d->plan.num_buckets : 0; }
 
 mhub_status mhub_distopt_bucket(const mhub_distopt *d, int index, mhub_distopt_bucket_info *out)
 {
     if (!d || !out)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine or out is NULL");
-    if (index < 0 || index >= d->num_buckets)
+    if (index < 0 || index >= d->plan.num_buckets)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "bucket %d is outside [0, %d)", index,
-                          d->num_buckets);
+                          d->plan.num_buckets);
     const bucket *b = &d->buckets[index];
-    out->offset = b->offset;
-    out->numel = b->numel;
+    out->offset = b->at->offset;
+    out->numel = b->at->numel;
     out->shard_numel = shard_numel(d, b);
-    out->padding = b->numel - b->param_numel;
-    out->num_params = b->num_params;
-    out->first_param = b->first_param;
+    out->padding = b->at->numel - b->at->param_numel;
+    out->num_params = b->at->num_params;
+    out->first_param = b->at->first_param;
     out->gather_in_flight = b->gather_pending;
     return MHUB_OK;
 }
@@ -828,19 +822,19 @@ int mhub_distopt_param_bucket(const mhub_distopt *d, int param_index)
 {
     if (!d || param_index < 0 || param_index >= d->params->count)
         return -1;
-    return d->param_bucket[param_index];
+    return d->plan.param_bucket[param_index];
 }
 
 int64_t mhub_distopt_param_offset(const mhub_distopt *d, int param_index)
 {
     if (mhub_distopt_param_bucket(d, param_index) < 0)
         return -1;
-    return d->param_offset[param_index];
+    return d->plan.param_offset[param_index];
 }
 
-int64_t mhub_distopt_numel(const mhub_distopt *d) { return d ? d->numel : 0; }
+int64_t mhub_distopt_numel(const mhub_distopt *d) { return d ? d->plan.numel : 0; }
 
-int64_t mhub_distopt_padding_elems(const mhub_distopt *d) { return d ? d->padding : 0; }
+int64_t mhub_distopt_padding_elems(const mhub_distopt *d) { return d ? d->plan.padding : 0; }
 
 void mhub_distopt_get_memory(const mhub_distopt *d, mhub_distopt_memory *out)
 {
@@ -849,9 +843,9 @@ void mhub_distopt_get_memory(const mhub_distopt *d, mhub_distopt_memory *out)
     memset(out, 0, sizeof *out);
     if (!d)
         return;
-    size_t shards = (size_t)(d->numel / d->dp->size) * sizeof(float);
-    out->grad_buffer_bytes = (size_t)d->numel * d->gsize;
-    out->param_buffer_bytes = (size_t)d->numel * d->vsize;
+    size_t shards = (size_t)(d->plan.numel / d->dp->size) * sizeof(float);
+    out->grad_buffer_bytes = (size_t)d->plan.numel * d->gsize;
+    out->param_buffer_bytes = (size_t)d->plan.numel * d->vsize;
     out->main_param_bytes = shards;
     out->optimizer_state_bytes = (size_t)d->num_state * shards;
 }

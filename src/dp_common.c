@@ -1,8 +1,10 @@
-/* dp_common.c - NaN agreement and the deterministic sum tree shared by
+/* dp_common.c - parameter checks, the buffer and unit planners, NaN
+ * agreement, the bucket schedule and the deterministic sum tree shared by
  * the DDP, distributed-optimizer and FSDP engines (see dp_common.h). */
 #include <stdlib.h>
 #include <string.h>
 
+#include "mhub/distopt.h"
 #include "src/dp_common.h"
 
 mhub_status mhub_dp_agree_on_nan(mhub_comm *dp, const mhub_param_list *params, int local_param,
@@ -50,6 +52,33 @@ static mhub_status check_dtypes(const mhub_param_list *params, const char *engin
     return MHUB_OK;
 }
 
+static mhub_status check_unit(const mhub_param *p)
+{
+    if (p->unit < 0)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
+                          "parameter '%s' has unit %d: units are numbered from 0", p->name,
+                          p->unit);
+    return MHUB_OK;
+}
+
+mhub_status mhub_dp_check_shapes(const mhub_param_list *params, const char *engine,
+                                 mhub_dtype *dtype)
+{
+    *dtype = MHUB_F32;
+    MHUB_TRY(check_dtypes(params, engine, dtype));
+    bool trainable = false;
+    for (int i = 0; i < params->count; i++) {
+        const mhub_param *p = &params->items[i];
+        if (!p->requires_grad)
+            continue;
+        MHUB_TRY(check_unit(p));
+        trainable = true;
+    }
+    if (!trainable)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "%s: no parameter requires a gradient", engine);
+    return MHUB_OK;
+}
+
 mhub_status mhub_dp_check_params_any(const mhub_param_list *params, const char *engine,
                                      mhub_backend **be, mhub_dtype *dtype)
 {
@@ -65,10 +94,7 @@ mhub_status mhub_dp_check_params_any(const mhub_param_list *params, const char *
                               "parameter '%s' has no storage (meta): materialize the model "
                               "before wrapping it with %s",
                               p->name, engine);
-        if (p->unit < 0)
-            return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
-                              "parameter '%s' has unit %d: units are numbered from 0", p->name,
-                              p->unit);
+        MHUB_TRY(check_unit(p));
         if (*be && p->value.backend != *be)
             return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
                               "parameter '%s' lives on another backend than the others",
@@ -119,6 +145,154 @@ mhub_status mhub_dp_prepare_reduce(const mhub_ddp_config *cfg, mhub_backend *be,
         return MHUB_OK;
     }
     return be->ops->scale(be, data, n, 1.0f / (float)dp->size);
+}
+
+/* ---- layouts ------------------------------------------------------------------ */
+
+static int64_t round_up(int64_t x, int64_t multiple)
+{
+    return (x + multiple - 1) / multiple * multiple;
+}
+
+static int64_t lcm64(int64_t a, int64_t b)
+{
+    int64_t x = a, y = b;
+    while (y) {
+        int64_t r = x % y;
+        x = y;
+        y = r;
+    }
+    return a / x * b;
+}
+
+int64_t mhub_distopt_bucket_align(int dp_size)
+{
+    return lcm64(dp_size > 0 ? dp_size : 1, MHUB_DISTOPT_BUCKET_ALIGN);
+}
+
+void mhub_bucket_plan_free(mhub_bucket_plan *plan)
+{
+    if (!plan)
+        return;
+    free(plan->param_bucket);
+    free(plan->param_offset);
+    free(plan->buckets);
+    memset(plan, 0, sizeof *plan);
+}
+
+/* Pad the open bucket's end to the bucket alignment; the next bucket
+ * starts there. */
+static int64_t close_bucket(mhub_bucket_plan *plan, mhub_plan_bucket *b, int64_t end,
+                            int64_t bucket_align)
+{
+    int64_t padded = round_up(end, bucket_align);
+    b->numel = padded - b->offset;
+    plan->padding += b->numel - b->param_numel;
+    return padded;
+}
+
+mhub_status mhub_bucket_plan_make(const mhub_param_list *params, int64_t bucket_elems,
+                                  int64_t param_align, int64_t bucket_align,
+                                  mhub_bucket_plan *out)
+{
+    memset(out, 0, sizeof *out);
+    if (bucket_elems < 1 || param_align < 1 || bucket_align < 1)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
+                          "bucket plan: bucket size %lld, alignments %lld and %lld (all >= 1)",
+                          (long long)bucket_elems, (long long)param_align,
+                          (long long)bucket_align);
+    int n = params->count;
+    out->num_params = n;
+    out->param_bucket = malloc(((size_t)n + 1) * sizeof *out->param_bucket);
+    out->param_offset = calloc((size_t)n + 1, sizeof *out->param_offset);
+    out->buckets = calloc((size_t)n + 1, sizeof *out->buckets); /* at most one per parameter */
+    if (!out->param_bucket || !out->param_offset || !out->buckets) {
+        mhub_bucket_plan_free(out);
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "bucket tables for %d parameters", n);
+    }
+    int64_t offset = 0;
+    mhub_plan_bucket *open = NULL;
+    for (int i = n - 1; i >= 0; i--) {
+        const mhub_param *p = &params->items[i];
+        out->param_bucket[i] = -1;
+        if (!p->requires_grad)
+            continue;
+        if (!open) {
+            open = &out->buckets[out->num_buckets++];
+            open->offset = offset;
+            open->first_param = i;
+        }
+        offset = round_up(offset, param_align);
+        out->param_offset[i] = offset;
+        out->param_bucket[i] = (int)(open - out->buckets);
+        offset += p->value.numel;
+        open->param_numel += p->value.numel;
+        open->num_params++;
+        if (offset - open->offset >= bucket_elems) {
+            offset = close_bucket(out, open, offset, bucket_align);
+            open = NULL;
+        }
+    }
+    if (open)
+        offset = close_bucket(out, open, offset, bucket_align);
+    out->numel = offset;
+    return MHUB_OK;
+}
+
+void mhub_unit_plan_free(mhub_unit_plan *plan)
+{
+    if (!plan)
+        return;
+    free(plan->units);
+    free(plan->order);
+    free(plan->param_offset);
+    memset(plan, 0, sizeof *plan);
+}
+
+/* Lay out one unit: its parameters in list order, then the padding. */
+static void plan_unit(const mhub_param_list *params, int unit, int64_t dp, int *next,
+                      mhub_unit_plan *plan)
+{
+    mhub_unit_layout *u = &plan->units[unit];
+    u->first = *next;
+    for (int i = 0; i < params->count; i++) {
+        if (params->items[i].unit != unit)
+            continue;
+        plan->order[(*next)++] = i;
+        plan->param_offset[i] = u->numel;
+        u->numel += params->items[i].value.numel;
+    }
+    u->count = *next - u->first;
+    u->padded = round_up(u->numel, dp);
+    u->shard = u->padded / dp;
+    u->shard_offset = plan->shard_numel;
+    plan->shard_numel += u->shard;
+    plan->largest_padded = u->padded > plan->largest_padded ? u->padded : plan->largest_padded;
+    plan->largest_shard = u->shard > plan->largest_shard ? u->shard : plan->largest_shard;
+}
+
+mhub_status mhub_unit_plan_make(const mhub_param_list *params, int dp_size,
+                                mhub_unit_plan *out)
+{
+    memset(out, 0, sizeof *out);
+    if (dp_size < 1)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "unit plan for %d ranks", dp_size);
+    int max_unit = 0;
+    for (int i = 0; i < params->count; i++)
+        max_unit = params->items[i].unit > max_unit ? params->items[i].unit : max_unit;
+    out->num_units = max_unit + 1;
+    out->units = calloc((size_t)out->num_units, sizeof *out->units);
+    out->order = malloc(((size_t)params->count + 1) * sizeof *out->order);
+    out->param_offset = calloc((size_t)params->count + 1, sizeof *out->param_offset);
+    if (!out->units || !out->order || !out->param_offset) {
+        int units = out->num_units;
+        mhub_unit_plan_free(out);
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "unit tables for %d units", units);
+    }
+    int next = 0;
+    for (int unit = 0; unit < out->num_units; unit++)
+        plan_unit(params, unit, dp_size, &next, out);
+    return MHUB_OK;
 }
 
 /* ---- the bucket schedule ---------------------------------------------------- */
@@ -194,15 +368,32 @@ mhub_status mhub_schedule_no_sync_end(mhub_grad_schedule *s)
 mhub_status mhub_sumtree_init(mhub_sumtree *t, mhub_backend *be, mhub_comm *dp, int64_t numel)
 {
     memset(t, 0, sizeof *t);
-    if ((dp->size & (dp->size - 1)) != 0)
-        return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
-                          "deterministic mode needs a power-of-two data-parallel size; the "
-                          "\"%s\" group has %d ranks",
-                          dp->name, dp->size);
+    MHUB_TRY(mhub_dp_check_pow2(dp->size, dp->name));
     t->be = be;
     t->dp = dp;
     t->numel = numel;
     return MHUB_OK;
+}
+
+/* The halving exchange receives at most half the vector (rounded up). */
+static int64_t exchange_scratch_elems(int64_t numel) { return numel / 2 + 1; }
+
+mhub_status mhub_dp_check_pow2(int size, const char *group)
+{
+    if (size < 1 || (size & (size - 1)) != 0)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
+                          "deterministic mode needs a power-of-two data-parallel size; the "
+                          "\"%s\" group has %d ranks",
+                          group, size);
+    return MHUB_OK;
+}
+
+int64_t mhub_sumtree_bytes(int64_t numel, int dp_size, bool exchange)
+{
+    /* the receive scratch of mhub_sumtree_exchange, allocated on its first
+     * call, which returns before that on one rank */
+    int64_t scratch = exchange && dp_size > 1 ? exchange_scratch_elems(numel) : 0;
+    return (numel + scratch) * (int64_t)sizeof(float);
 }
 
 void mhub_sumtree_free(mhub_sumtree *t)
@@ -296,7 +487,8 @@ mhub_status mhub_sumtree_exchange(mhub_sumtree *t, float *buf)
     int64_t cur_lo = 0, cur_hi = t->numel;
     if (!t->scratch) {
         void *mem = NULL;
-        MHUB_TRY(t->be->ops->alloc(t->be, (size_t)(t->numel / 2 + 1) * sizeof(float), &mem));
+        MHUB_TRY(t->be->ops->alloc(t->be, (size_t)exchange_scratch_elems(t->numel) * sizeof(float),
+                                   &mem));
         t->scratch = mem;
     }
     for (int dist = 1; dist < p; dist <<= 1, steps++) {

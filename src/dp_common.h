@@ -1,5 +1,9 @@
 /* dp_common.h - pieces the data-parallel engines share (internal).
  *
+ *   mhub_bucket_plan      the bucketed buffer layout of DDP and the
+ *                         distributed optimizer (one planner for both)
+ *   mhub_unit_plan        FSDP's per-unit flat vectors and shards
+ *   *_estimate_memory     what each engine will allocate, from shapes only
  *   mhub_dp_agree_on_nan  every rank fails the same step with one report
  *   mhub_sumtree          the fixed-shape gradient sum of deterministic
  *                         mode (see ddp.h): a per-rank binary counter over
@@ -14,7 +18,111 @@
 #include "mhub/backend.h"
 #include "mhub/comm.h"
 #include "mhub/ddp.h"
+#include "mhub/engine.h"
 #include "mhub/module.h"
+#include "mhub/optim.h"
+
+/* ---- layouts ---------------------------------------------------------------
+ * Planners are pure: they read only shapes (param->value.numel, the unit)
+ * and requires_grad, so they work on meta lists (no storage) as well as on
+ * a live model, and an engine and its memory estimate use the same one. */
+
+/* One bucket of a bucket plan. */
+typedef struct mhub_plan_bucket {
+    int64_t offset;       /* first element in the buffer */
+    int64_t numel;        /* elements, padding included */
+    int64_t param_numel;  /* of those, elements that hold parameters */
+    int first_param;      /* list index of its first (highest-index) parameter */
+    int num_params;
+} mhub_plan_bucket;
+
+/* The gradient buffer of DDP and the distributed optimizer. Parameters
+ * requiring a gradient are laid out in reverse list order (about the order
+ * backward produces them), each starting at a multiple of param_align;
+ * a bucket closes once it spans >= bucket_elems elements (alignment gaps
+ * count, as in Megatron-Core) and its end is rounded up to a multiple of
+ * bucket_align, where the next bucket starts. A parameter never straddles
+ * two buckets. DDP uses alignments 1 and 1 (no padding); the distributed
+ * optimizer MHUB_DISTOPT_PARAM_ALIGN and mhub_distopt_bucket_align(dp), so
+ * every bucket splits into dp equal shards. */
+typedef struct mhub_bucket_plan {
+    int num_params;        /* the list's count */
+    int *param_bucket;     /* per parameter: its bucket, -1 without gradient */
+    int64_t *param_offset; /* per parameter: first element in the buffer (0 if none) */
+    mhub_plan_bucket *buckets;
+    int num_buckets;
+    int64_t numel;         /* buffer elements, padding included */
+    int64_t padding;       /* of those, elements that hold no parameter */
+} mhub_bucket_plan;
+
+/* bucket_elems >= 1 (INT64_MAX: one bucket), alignments >= 1. On error
+ * *out is empty (and safe to free). */
+mhub_status mhub_bucket_plan_make(const mhub_param_list *params, int64_t bucket_elems,
+                                  int64_t param_align, int64_t bucket_align,
+                                  mhub_bucket_plan *out);
+void mhub_bucket_plan_free(mhub_bucket_plan *plan);
+/* lcm(dp, MHUB_DISTOPT_BUCKET_ALIGN): the distributed optimizer's bucket
+ * alignment (a bucket splits into dp shards that keep NCCL's 128-element
+ * alignment). */
+int64_t mhub_distopt_bucket_align(int dp_size);
+
+/* One FSDP unit: its parameters flattened in list order into a vector
+ * padded with zeros to a multiple of dp, of which each rank keeps one
+ * `shard`-long slice. */
+typedef struct mhub_unit_layout {
+    int first;            /* into order[]: its parameters are order[first .. first+count) */
+    int count;
+    int64_t numel;
+    int64_t padded;       /* numel rounded up to a multiple of dp */
+    int64_t shard;        /* padded / dp */
+    int64_t shard_offset; /* where its slice starts in the rank's shard vectors */
+} mhub_unit_layout;
+
+typedef struct mhub_unit_plan {
+    int num_units;         /* highest unit + 1 (units without parameters are empty) */
+    mhub_unit_layout *units;
+    int *order;            /* parameter indices grouped by unit, list order within */
+    int64_t *param_offset; /* per parameter: first element in its unit vector */
+    int64_t shard_numel;   /* sum of the units' shards */
+    int64_t largest_padded, largest_shard;
+} mhub_unit_plan;
+
+/* Units are numbered from 0 (the caller checked). On error *out is empty
+ * (and safe to free). */
+mhub_status mhub_unit_plan_make(const mhub_param_list *params, int dp_size,
+                                mhub_unit_plan *out);
+void mhub_unit_plan_free(mhub_unit_plan *plan);
+
+/* ---- memory estimates (engine.h's mhub_dp_engine_estimate_memory) ----------
+ * Each engine sizes its allocations from a plan; these size them from the
+ * same plan without allocating, and check what create checks short of
+ * storage. DDP's estimate covers the DDP engine (gradient buffer,
+ * deterministic mode), not the wrapper's optimizer state. */
+mhub_status mhub_ddp_estimate_memory(const mhub_param_list *params, int dp_size,
+                                     const mhub_ddp_config *cfg, mhub_dp_memory *out);
+mhub_status mhub_distopt_estimate_memory(const mhub_param_list *params, int dp_size,
+                                         const mhub_ddp_config *ddp_cfg,
+                                         const mhub_optim_config *opt_cfg, mhub_dp_memory *out);
+mhub_status mhub_fsdp_estimate_memory(const mhub_param_list *params, int dp_size,
+                                      const mhub_ddp_config *ddp_cfg,
+                                      const mhub_fsdp_options *opts,
+                                      const mhub_optim_config *opt_cfg, mhub_dp_memory *out);
+
+/* What mhub_dp_check_params_any checks that a meta list can show: one
+ * dtype for the trainable parameters (in *dtype), f32 or same-dtype
+ * gradients, units >= 0, at least one parameter requiring a gradient. */
+mhub_status mhub_dp_check_shapes(const mhub_param_list *params, const char *engine,
+                                 mhub_dtype *dtype);
+
+/* Deterministic mode's group size rule: a power of two (MHUB_ERR_INVALID_ARG
+ * naming the group otherwise). */
+mhub_status mhub_dp_check_pow2(int size, const char *group);
+
+/* Bytes a sum tree over numel f32 elements allocates during the first
+ * step with one micro-shard per rank: one level, plus, when `exchange`
+ * runs across dp_size > 1 ranks, the half-buffer receive scratch. Each
+ * doubling of the micro-shards per rank adds one level (numel floats). */
+int64_t mhub_sumtree_bytes(int64_t numel, int dp_size, bool exchange);
 
 /* Every rank learns the highest rank that saw a NaN and which parameter,
  * packed as rank * (params + 1) + param + 1 (exact in f32 below 2^24) and

@@ -9,6 +9,7 @@
 #include "mhub/digest.h"
 #include "mhub/distopt.h"
 #include "mhub/engine.h"
+#include "src/dp_common.h"
 
 struct mhub_dp_engine {
     mhub_dp_engine_kind kind;
@@ -20,7 +21,8 @@ struct mhub_dp_engine {
     mhub_distopt *distopt;
     mhub_fsdp *fsdp;
     /* DDP only: per parameter [f32 main copy of a 16-bit parameter,
-     * optimizer state 0, 1]; f32 scratch for widening 16-bit gradients */
+     * optimizer state 0, 1]; f32 scratch for widening 16-bit gradients
+     * (NULL when the gradient buffer is f32) */
     float **state;
     float *grad32;
     int64_t optim_steps;
@@ -49,6 +51,31 @@ const char *mhub_dp_engine_name(mhub_dp_engine_kind kind)
  * gradients. */
 enum { SLOT_MAIN = 0, SLOTS = 3 };
 
+/* What alloc_ddp_state allocates, in f32 elements; the memory estimate
+ * reads the same sizes. */
+typedef struct ddp_state_elems {
+    int64_t main;    /* main copies of 16-bit parameters */
+    int64_t state;   /* optimizer state, every array */
+    int64_t widen;   /* the gradient scratch: the largest trainable parameter */
+} ddp_state_elems;
+
+static ddp_state_elems ddp_state_size(const mhub_param_list *params,
+                                      const mhub_optim_config *optim, bool grads_16bit)
+{
+    ddp_state_elems n = {0, 0, 0};
+    int arrays = mhub_optim_state_arrays(optim);
+    for (int i = 0; i < params->count; i++) {
+        const mhub_param *p = &params->items[i];
+        if (!p->requires_grad)
+            continue;
+        n.state += arrays * p->value.numel;
+        n.main += p->value.dtype != MHUB_F32 ? p->value.numel : 0;
+        if (grads_16bit && p->value.numel > n.widen)
+            n.widen = p->value.numel;
+    }
+    return n;
+}
+
 static mhub_status alloc_f32(mhub_backend *be, int64_t n, float **out)
 {
     void *mem = NULL;
@@ -63,7 +90,7 @@ static mhub_status alloc_ddp_state(mhub_dp_engine *e)
     e->state = calloc((size_t)n * SLOTS, sizeof *e->state);
     if (!e->state)
         return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "optimizer state table");
-    int64_t widest = 0;
+    bool grads_16bit = false;
     for (int i = 0; i < n; i++) {
         mhub_param *p = &e->params->items[i];
         if (!p->requires_grad)
@@ -76,9 +103,13 @@ static mhub_status alloc_ddp_state(mhub_dp_engine *e)
             MHUB_TRY(e->be->ops->cast(e->be, slot[SLOT_MAIN], MHUB_F32, p->value.data,
                                       p->value.dtype, p->value.numel));
         }
-        widest = p->value.numel > widest ? p->value.numel : widest;
+        /* the DDP engine gave every gradient the buffer's dtype */
+        grads_16bit = grads_16bit || p->grad.dtype != MHUB_F32;
     }
-    return alloc_f32(e->be, widest, &e->grad32);
+    /* f32 gradients are read in place: no scratch */
+    if (!grads_16bit)
+        return MHUB_OK;
+    return alloc_f32(e->be, ddp_state_size(e->params, &e->optim, true).widen, &e->grad32);
 }
 
 static void free_ddp_state(mhub_dp_engine *e)
@@ -146,6 +177,64 @@ void mhub_dp_engine_free(mhub_dp_engine *e)
     mhub_distopt_free(e->distopt);
     mhub_fsdp_free(e->fsdp);
     free(e);
+}
+
+/* ---- memory estimate ------------------------------------------------------- */
+
+/* DDP: the model keeps its parameters; the DDP engine adds the gradient
+ * buffer (and deterministic mode's tree); this wrapper the optimizer state,
+ * main copies of 16-bit parameters and the widening scratch. */
+static mhub_status estimate_ddp(const mhub_param_list *params, int dp_size,
+                                const mhub_ddp_config *ddp_cfg, const mhub_optim_config *optim,
+                                mhub_dp_memory *out)
+{
+    MHUB_TRY(mhub_ddp_estimate_memory(params, dp_size, ddp_cfg, out));
+    mhub_dtype model_dt, gdt;
+    MHUB_TRY(mhub_dp_check_shapes(params, "ddp", &model_dt));
+    MHUB_TRY(mhub_dp_grad_dtype(ddp_cfg, model_dt, "ddp", &gdt));
+    for (int i = 0; i < params->count; i++)
+        out->param_bytes += params->items[i].value.numel *
+                            (int64_t)mhub_dtype_size(params->items[i].value.dtype);
+    ddp_state_elems n = ddp_state_size(params, optim, gdt != MHUB_F32);
+    const int64_t f32 = sizeof(float);
+    out->main_param_bytes = n.main * f32;
+    out->optim_state_bytes = n.state * f32;
+    out->scratch_bytes += n.widen * f32;
+    return MHUB_OK;
+}
+
+mhub_status mhub_dp_engine_estimate_memory(mhub_dp_engine_kind kind,
+                                           const mhub_param_list *params, int dp_size,
+                                           const mhub_ddp_config *ddp_cfg,
+                                           const mhub_optim_config *optim_cfg,
+                                           const mhub_fsdp_options *fsdp_opts,
+                                           mhub_dp_memory *out)
+{
+    if (!params || !ddp_cfg || !optim_cfg || !out)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "params, configs or out is NULL");
+    memset(out, 0, sizeof *out);
+    if (kind < MHUB_DP_DDP || kind > MHUB_DP_FSDP)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "unknown data-parallel engine %d", (int)kind);
+    if (dp_size < 1)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "dp size %d: give at least one rank", dp_size);
+    MHUB_TRY(mhub_optim_config_validate(optim_cfg));
+    mhub_status s;
+    switch (kind) {
+    case MHUB_DP_DDP: s = estimate_ddp(params, dp_size, ddp_cfg, optim_cfg, out); break;
+    case MHUB_DP_DISTOPT:
+        s = mhub_distopt_estimate_memory(params, dp_size, ddp_cfg, optim_cfg, out);
+        break;
+    default:
+        s = mhub_fsdp_estimate_memory(params, dp_size, ddp_cfg, fsdp_opts, optim_cfg, out);
+        break;
+    }
+    if (s != MHUB_OK) {
+        memset(out, 0, sizeof *out);
+        return s;
+    }
+    out->total_bytes = out->param_bytes + out->grad_bytes + out->main_param_bytes +
+                       out->optim_state_bytes + out->gathered_bytes + out->scratch_bytes;
+    return MHUB_OK;
 }
 
 mhub_dp_engine_kind mhub_dp_engine_kind_of(const mhub_dp_engine *e)

@@ -50,15 +50,6 @@ typedef struct grad_slot {
     mhub_request req;
 } grad_slot;
 
-typedef struct unit_layout {
-    int first;           /* into order[]: its parameters are order[first .. first+count) */
-    int count;
-    int64_t numel;
-    int64_t padded;      /* numel rounded up to a multiple of dp */
-    int64_t shard;       /* padded / dp */
-    int64_t shard_offset;
-} unit_layout;
-
 struct mhub_fsdp {
     mhub_param_list *params;
     mhub_comm *dp;
@@ -66,11 +57,7 @@ struct mhub_fsdp {
     mhub_ddp_config ddp_cfg;
     mhub_fsdp_options opts;
     mhub_optim_config opt_cfg;
-    int num_units;
-    unit_layout *units;
-    int *order;              /* parameter indices grouped by unit, list order within */
-    int64_t *param_offset;   /* per parameter: first element in its unit vector */
-    int64_t shard_numel;     /* sum of the units' shards */
+    mhub_unit_plan plan;     /* units, their parameters' order and offsets, shards */
     mhub_dtype mdt;          /* the model's parameter dtype: gather slots, vshard */
     mhub_dtype gdt;          /* the full-gradient slots: f32 or mdt */
     size_t msize, gsize;     /* their element sizes */
@@ -150,40 +137,42 @@ static mhub_status point_at(mhub_fsdp *f, mhub_tensor *t, const mhub_param *p, v
 
 static mhub_status bind_values(mhub_fsdp *f, int unit, void *full)
 {
-    const unit_layout *u = &f->units[unit];
+    const mhub_unit_layout *u = &f->plan.units[unit];
     for (int k = 0; k < u->count; k++) {
-        int i = f->order[u->first + k];
+        int i = f->plan.order[u->first + k];
         mhub_param *p = &f->params->items[i];
-        MHUB_TRY(point_at(f, &p->value, p, elem_at(full, f->param_offset[i], f->msize), f->mdt));
+        MHUB_TRY(point_at(f, &p->value, p, elem_at(full, f->plan.param_offset[i], f->msize),
+                          f->mdt));
     }
     return MHUB_OK;
 }
 
 static void unbind_values(mhub_fsdp *f, int unit)
 {
-    const unit_layout *u = &f->units[unit];
+    const mhub_unit_layout *u = &f->plan.units[unit];
     for (int k = 0; k < u->count; k++) {
-        mhub_param *p = &f->params->items[f->order[u->first + k]];
+        mhub_param *p = &f->params->items[f->plan.order[u->first + k]];
         make_meta(&p->value, p, f->mdt);
     }
 }
 
 static mhub_status bind_grads(mhub_fsdp *f, int unit, void *full)
 {
-    const unit_layout *u = &f->units[unit];
+    const mhub_unit_layout *u = &f->plan.units[unit];
     for (int k = 0; k < u->count; k++) {
-        int i = f->order[u->first + k];
+        int i = f->plan.order[u->first + k];
         mhub_param *p = &f->params->items[i];
-        MHUB_TRY(point_at(f, &p->grad, p, elem_at(full, f->param_offset[i], f->gsize), f->gdt));
+        MHUB_TRY(point_at(f, &p->grad, p, elem_at(full, f->plan.param_offset[i], f->gsize),
+                          f->gdt));
     }
     return MHUB_OK;
 }
 
 static void unbind_grads(mhub_fsdp *f, int unit)
 {
-    const unit_layout *u = &f->units[unit];
+    const mhub_unit_layout *u = &f->plan.units[unit];
     for (int k = 0; k < u->count; k++) {
-        mhub_param *p = &f->params->items[f->order[u->first + k]];
+        mhub_param *p = &f->params->items[f->plan.order[u->first + k]];
         make_meta(&p->grad, p, f->gdt);
     }
 }
@@ -214,7 +203,7 @@ static mhub_status clear_slot(mhub_fsdp *f, gather_slot *g)
 
 static mhub_status issue_gather(mhub_fsdp *f, int unit, bool prefetched)
 {
-    const unit_layout *u = &f->units[unit];
+    const mhub_unit_layout *u = &f->plan.units[unit];
     gather_slot *g = &f->gather[slot_of(f, unit)];
     MHUB_TRY(mhub_comm_iallgather(f->dp, elem_at(f->vshard, u->shard_offset, f->msize), g->data,
                                   u->shard, f->mdt, &g->req));
@@ -253,7 +242,8 @@ static mhub_status ensure_gathered(mhub_fsdp *f, int unit)
  * post hooks); the unit's own pre hook will evict it. */
 static mhub_status prefetch(mhub_fsdp *f, int unit)
 {
-    if (!f->opts.prefetch || unit < 0 || unit >= f->num_units || f->units[unit].padded == 0)
+    if (!f->opts.prefetch || unit < 0 || unit >= f->plan.num_units ||
+        f->plan.units[unit].padded == 0)
         return MHUB_OK;
     gather_slot *g = &f->gather[slot_of(f, unit)];
     if (g->unit == unit || g->state != SLOT_EMPTY)
@@ -285,7 +275,7 @@ static mhub_status release_all_values(mhub_fsdp *f)
  * micro-batches), widened to f32 first when the slot is 16-bit. */
 static mhub_status accumulate_shard(mhub_fsdp *f, grad_slot *g)
 {
-    const unit_layout *u = &f->units[g->unit];
+    const mhub_unit_layout *u = &f->plan.units[g->unit];
     const void *mine = elem_at(g->data, (int64_t)f->dp->rank * u->shard, f->gsize);
     const float *add = mine;
     mhub_status s = MHUB_OK;
@@ -345,7 +335,7 @@ static mhub_status begin_backward(mhub_fsdp *f, int unit)
                           "(post_backward(%d) missing) on dp rank %d",
                           unit, (long long)f->step, g->unit, g->unit, f->dp->rank);
     MHUB_TRY(complete_reduce(f, g));
-    const unit_layout *u = &f->units[unit];
+    const mhub_unit_layout *u = &f->plan.units[unit];
     MHUB_TRY(f->be->ops->memset_zero(f->be, g->data, (size_t)u->padded * f->gsize));
     MHUB_TRY(bind_grads(f, unit, g->data));
     g->unit = unit;
@@ -356,14 +346,14 @@ static mhub_status begin_backward(mhub_fsdp *f, int unit)
 /* Remember the first parameter of `unit` whose gradient is not finite. */
 static mhub_status scan_for_nan(mhub_fsdp *f, int unit, const float *full)
 {
-    const unit_layout *u = &f->units[unit];
+    const mhub_unit_layout *u = &f->plan.units[unit];
     double ss = 0;
     MHUB_TRY(f->be->ops->sum_squares(f->be, full, u->numel, &ss));
     if (isfinite(ss) || f->nan_param >= 0)
         return MHUB_OK;
     for (int k = 0; k < u->count; k++) {
-        int i = f->order[u->first + k];
-        MHUB_TRY(f->be->ops->sum_squares(f->be, full + f->param_offset[i],
+        int i = f->plan.order[u->first + k];
+        MHUB_TRY(f->be->ops->sum_squares(f->be, full + f->plan.param_offset[i],
                                          f->params->items[i].value.numel, &ss));
         if (!isfinite(ss)) {
             f->nan_param = i;
@@ -383,7 +373,7 @@ static mhub_status end_backward(mhub_fsdp *f, int unit)
                           "post_backward(%d) at step %lld on dp rank %d without "
                           "pre_backward(%d): the unit's gradient was never set up",
                           unit, (long long)f->step, f->dp->rank, unit);
-    const unit_layout *u = &f->units[unit];
+    const mhub_unit_layout *u = &f->plan.units[unit];
     unbind_grads(f, unit);
     g->bound = false;
     if (f->ddp_cfg.check_for_nan_in_grad)
@@ -414,10 +404,10 @@ static mhub_status hook_engine(void *user, int unit, const char *hook, mhub_fsdp
     mhub_fsdp *f = user;
     if (!f)
         return mhub_error(MHUB_ERR_INVALID_ARG, "fsdp %s hook: engine is NULL", hook);
-    if (unit < 0 || unit >= f->num_units)
+    if (unit < 0 || unit >= f->plan.num_units)
         return mhub_error(MHUB_ERR_INVALID_ARG,
                           "fsdp %s hook: unit %d is outside [0, %d) (dp rank %d, step %lld)",
-                          hook, unit, f->num_units, f->dp->rank, (long long)f->step);
+                          hook, unit, f->plan.num_units, f->dp->rank, (long long)f->step);
     *out = f;
     return poll_outstanding(f);
 }
@@ -426,7 +416,7 @@ static mhub_status pre_forward(void *user, int unit)
 {
     mhub_fsdp *f;
     MHUB_TRY(hook_engine(user, unit, "pre_forward", &f));
-    if (f->units[unit].padded == 0)
+    if (f->plan.units[unit].padded == 0)
         return MHUB_OK;
     MHUB_TRY(ensure_gathered(f, unit));
     return prefetch(f, unit + 1);
@@ -437,7 +427,7 @@ static mhub_status post_forward(void *user, int unit)
     mhub_fsdp *f;
     MHUB_TRY(hook_engine(user, unit, "post_forward", &f));
     /* the last unit is the first one backward needs: keep it */
-    if (!f->opts.reshard_after_forward || unit == f->num_units - 1)
+    if (!f->opts.reshard_after_forward || unit == f->plan.num_units - 1)
         return MHUB_OK;
     return release_values(f, unit);
 }
@@ -446,7 +436,7 @@ static mhub_status pre_backward(void *user, int unit)
 {
     mhub_fsdp *f;
     MHUB_TRY(hook_engine(user, unit, "pre_backward", &f));
-    if (f->units[unit].padded == 0)
+    if (f->plan.units[unit].padded == 0)
         return MHUB_OK;
     MHUB_TRY(ensure_gathered(f, unit));
     MHUB_TRY(prefetch(f, unit - 1));
@@ -457,7 +447,7 @@ static mhub_status post_backward(void *user, int unit)
 {
     mhub_fsdp *f;
     MHUB_TRY(hook_engine(user, unit, "post_backward", &f));
-    if (f->units[unit].padded == 0)
+    if (f->plan.units[unit].padded == 0)
         return MHUB_OK;
     MHUB_TRY(end_backward(f, unit));
     return release_values(f, unit);
@@ -477,13 +467,9 @@ mhub_status mhub_fsdp_unit_hooks(mhub_fsdp *f, mhub_unit_hooks *out)
 
 /* ---- create ----------------------------------------------------------------- */
 
-/* One parameter dtype (f32, bf16 or f16) with f32 or same-dtype
- * gradients, storage, units >= 0, one backend (mhub_dp_check_params_any),
- * and every parameter trainable. */
-static mhub_status check_params(const mhub_param_list *params, mhub_backend **be,
-                                mhub_dtype *mdt)
+/* FSDP shards every parameter of the list, so each must be trainable. */
+static mhub_status check_all_trainable(const mhub_param_list *params)
 {
-    *be = NULL;
     if (params->count < 1)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "the parameter list is empty");
     for (int i = 0; i < params->count; i++)
@@ -492,42 +478,59 @@ static mhub_status check_params(const mhub_param_list *params, mhub_backend **be
                               "parameter '%s' does not require a gradient: the FSDP engine "
                               "trains every parameter it shards",
                               params->items[i].name);
+    return MHUB_OK;
+}
+
+/* One parameter dtype (f32, bf16 or f16) with f32 or same-dtype
+ * gradients, storage, units >= 0, one backend (mhub_dp_check_params_any),
+ * and every parameter trainable. */
+static mhub_status check_params(const mhub_param_list *params, mhub_backend **be,
+                                mhub_dtype *mdt)
+{
+    *be = NULL;
+    MHUB_TRY(check_all_trainable(params));
     return mhub_dp_check_params_any(params, "fsdp", be, mdt);
 }
 
 /* Units, the order of their parameters, offsets in unit vectors and
- * shards. */
+ * shards: the shared unit planner. */
 static mhub_status plan_units(mhub_fsdp *f)
 {
-    const mhub_param_list *pl = f->params;
-    int max_unit = 0;
-    for (int i = 0; i < pl->count; i++)
-        max_unit = pl->items[i].unit > max_unit ? pl->items[i].unit : max_unit;
-    f->num_units = max_unit + 1;
-    f->units = calloc((size_t)f->num_units, sizeof *f->units);
-    f->order = malloc((size_t)pl->count * sizeof *f->order);
-    f->param_offset = calloc((size_t)pl->count, sizeof *f->param_offset);
-    if (!f->units || !f->order || !f->param_offset)
-        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "unit tables for %d units", f->num_units);
-    int next = 0;
-    int64_t dp = f->dp->size;
-    for (int unit = 0; unit < f->num_units; unit++) {
-        unit_layout *u = &f->units[unit];
-        u->first = next;
-        for (int i = 0; i < pl->count; i++) {
-            if (pl->items[i].unit != unit)
-                continue;
-            f->order[next++] = i;
-            f->param_offset[i] = u->numel;
-            u->numel += pl->items[i].value.numel;
-        }
-        u->count = next - u->first;
-        u->padded = (u->numel + dp - 1) / dp * dp;
-        u->shard = u->padded / dp;
-        u->shard_offset = f->shard_numel;
-        f->shard_numel += u->shard;
-    }
-    return MHUB_OK;
+    return mhub_unit_plan_make(f->params, f->dp->size, &f->plan);
+}
+
+/* ---- sizes: what create allocates, shared with the memory estimate -------- */
+
+/* Full-value slots: with reshard_after_forward, two used alternately (unit
+ * u in u % 2) once there are more than two units; otherwise one per unit.
+ * Full-gradient slots: two alternately, or one per unit for up to two. */
+static int gather_slot_count(bool reshard, int units) { return reshard && units > 2 ? 2 : units; }
+
+static int grad_slot_count(int units) { return units > 2 ? 2 : units; }
+
+/* Largest padded unit among those that use slot `slot` of `slots` slots
+ * assigned by unit % slots. */
+static int64_t slot_capacity(const mhub_unit_plan *plan, int slot, int slots)
+{
+    int64_t cap = 0;
+    for (int unit = slot; unit < plan->num_units; unit += slots)
+        cap = plan->units[unit].padded > cap ? plan->units[unit].padded : cap;
+    return cap;
+}
+
+/* Elements of `slots` slots together. */
+static int64_t slots_elems(const mhub_unit_plan *plan, int slots)
+{
+    int64_t total = 0;
+    for (int i = 0; i < slots; i++)
+        total += slot_capacity(plan, i, slots);
+    return total;
+}
+
+/* Deterministic mode's halving scratch: half the largest unit. */
+static int64_t tree_scratch_elems(const mhub_unit_plan *plan)
+{
+    return plan->largest_padded / 2 + 1;
 }
 
 static mhub_status alloc_elems(mhub_fsdp *f, int64_t n, size_t size, void **out)
@@ -549,7 +552,7 @@ static mhub_status alloc_floats(mhub_fsdp *f, int64_t n, float **out)
 
 static mhub_status alloc_shards(mhub_fsdp *f)
 {
-    int64_t s = f->shard_numel;
+    int64_t s = f->plan.shard_numel;
     f->num_state = mhub_optim_state_arrays(&f->opt_cfg);
     MHUB_TRY(alloc_floats(f, s * (2 + f->num_state), &f->shard_mem));
     f->values = f->shard_mem;
@@ -565,26 +568,16 @@ static mhub_status alloc_shards(mhub_fsdp *f)
     return MHUB_OK;
 }
 
-/* Largest padded unit among those that use slot `slot` of `slots` slots
- * assigned by unit % slots. */
-static int64_t slot_capacity(const mhub_fsdp *f, int slot, int slots)
-{
-    int64_t cap = 0;
-    for (int unit = slot; unit < f->num_units; unit += slots)
-        cap = f->units[unit].padded > cap ? f->units[unit].padded : cap;
-    return cap;
-}
-
 static mhub_status alloc_buffers(mhub_fsdp *f)
 {
-    f->num_gather = f->opts.reshard_after_forward && f->num_units > 2 ? 2 : f->num_units;
-    f->num_grad = f->num_units > 2 ? 2 : f->num_units;
+    f->num_gather = gather_slot_count(f->opts.reshard_after_forward, f->plan.num_units);
+    f->num_grad = grad_slot_count(f->plan.num_units);
     f->gather = calloc((size_t)f->num_gather, sizeof *f->gather);
     if (!f->gather)
         return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "%d gather slots", f->num_gather);
     int64_t total = 0;
     for (int i = 0; i < f->num_gather; i++) {
-        f->gather[i].capacity = slot_capacity(f, i, f->num_gather);
+        f->gather[i].capacity = slot_capacity(&f->plan, i, f->num_gather);
         f->gather[i].unit = -1;
         total += f->gather[i].capacity;
     }
@@ -596,7 +589,7 @@ static mhub_status alloc_buffers(mhub_fsdp *f)
     }
     total = 0;
     for (int i = 0; i < f->num_grad; i++) {
-        f->grad[i].capacity = slot_capacity(f, i, f->num_grad);
+        f->grad[i].capacity = slot_capacity(&f->plan, i, f->num_grad);
         f->grad[i].unit = -1;
         total += f->grad[i].capacity;
     }
@@ -604,12 +597,8 @@ static mhub_status alloc_buffers(mhub_fsdp *f)
     f->grad[0].data = f->grad_mem;
     if (f->num_grad > 1)
         f->grad[1].data = elem_at(f->grad_mem, f->grad[0].capacity, f->gsize);
-    if (f->gdt != MHUB_F32) {
-        int64_t largest = 0;
-        for (int u = 0; u < f->num_units; u++)
-            largest = f->units[u].shard > largest ? f->units[u].shard : largest;
-        MHUB_TRY(alloc_floats(f, largest, &f->widen));
-    }
+    if (f->gdt != MHUB_F32)
+        MHUB_TRY(alloc_floats(f, f->plan.largest_shard, &f->widen));
     f->stats.buffer_bytes = f->stats.bytes_held - f->stats.shard_bytes;
     return MHUB_OK;
 }
@@ -619,13 +608,13 @@ static mhub_status alloc_buffers(mhub_fsdp *f)
  * f32 master for a 16-bit model. */
 static mhub_status take_value_shards(mhub_fsdp *f)
 {
-    for (int unit = 0; unit < f->num_units; unit++) {
-        const unit_layout *u = &f->units[unit];
+    for (int unit = 0; unit < f->plan.num_units; unit++) {
+        const mhub_unit_layout *u = &f->plan.units[unit];
         int64_t lo = (int64_t)f->dp->rank * u->shard, hi = lo + u->shard;
         for (int k = 0; k < u->count; k++) {
-            int i = f->order[u->first + k];
+            int i = f->plan.order[u->first + k];
             const mhub_param *p = &f->params->items[i];
-            int64_t a = f->param_offset[i], b = a + p->value.numel;
+            int64_t a = f->plan.param_offset[i], b = a + p->value.numel;
             int64_t from = a > lo ? a : lo, to = b < hi ? b : hi;
             if (from >= to)
                 continue;
@@ -637,7 +626,7 @@ static mhub_status take_value_shards(mhub_fsdp *f)
     }
     if (f->mdt != MHUB_F32)
         MHUB_TRY(f->be->ops->cast(f->be, f->values, MHUB_F32, f->vshard, f->mdt,
-                                  f->shard_numel));
+                                  f->plan.shard_numel));
     return MHUB_OK;
 }
 
@@ -674,9 +663,7 @@ static void destroy(mhub_fsdp *f)
         f->be->ops->free(f->be, f->tree_scratch);
     mhub_sumtree_free(&f->tree);
     free(f->gather);
-    free(f->units);
-    free(f->order);
-    free(f->param_offset);
+    mhub_unit_plan_free(&f->plan);
     free(f);
 }
 
@@ -684,12 +671,60 @@ static void destroy(mhub_fsdp *f)
  * scratch, plus the sum tree's levels (allocated in the first step). */
 static mhub_status alloc_deterministic(mhub_fsdp *f)
 {
-    int64_t largest = 0;
-    for (int u = 0; u < f->num_units; u++)
-        largest = f->units[u].padded > largest ? f->units[u].padded : largest;
-    MHUB_TRY(mhub_sumtree_init(&f->tree, f->be, f->dp, f->shard_numel));
-    MHUB_TRY(alloc_floats(f, f->shard_numel, &f->round));
-    return alloc_floats(f, largest / 2 + 1, &f->tree_scratch);
+    MHUB_TRY(mhub_sumtree_init(&f->tree, f->be, f->dp, f->plan.shard_numel));
+    MHUB_TRY(alloc_floats(f, f->plan.shard_numel, &f->round));
+    return alloc_floats(f, tree_scratch_elems(&f->plan), &f->tree_scratch);
+}
+
+/* Bytes of what alloc_shards, alloc_buffers and alloc_deterministic (plus
+ * the sum tree's one level in the first step) allocate, by kind. */
+static void estimate_from_plan(const mhub_unit_plan *plan, int dp_size, mhub_dtype mdt,
+                               mhub_dtype gdt, bool reshard, bool deterministic, int num_state,
+                               mhub_dp_memory *out)
+{
+    const int64_t f32 = sizeof(float), msize = (int64_t)mhub_dtype_size(mdt),
+                  gsize = (int64_t)mhub_dtype_size(gdt), s = plan->shard_numel;
+    /* the model-dtype value shard; for an f32 model it is the master itself */
+    out->param_bytes = s * msize;
+    out->main_param_bytes = mdt != MHUB_F32 ? s * f32 : 0;
+    out->grad_bytes = s * f32;
+    out->optim_state_bytes = num_state * s * f32;
+    out->gathered_bytes =
+        slots_elems(plan, gather_slot_count(reshard, plan->num_units)) * msize +
+        slots_elems(plan, grad_slot_count(plan->num_units)) * gsize;
+    if (gdt != MHUB_F32)
+        out->scratch_bytes = plan->largest_shard * f32;
+    if (deterministic)
+        out->scratch_bytes += (s + tree_scratch_elems(plan)) * f32 +
+                              mhub_sumtree_bytes(s, dp_size, false);
+    for (int u = 0; u < plan->num_units; u++)
+        out->padding_elems += plan->units[u].padded - plan->units[u].numel;
+}
+
+mhub_status mhub_fsdp_estimate_memory(const mhub_param_list *params, int dp_size,
+                                      const mhub_ddp_config *ddp_cfg,
+                                      const mhub_fsdp_options *opts,
+                                      const mhub_optim_config *opt_cfg, mhub_dp_memory *out)
+{
+    memset(out, 0, sizeof *out);
+    MHUB_TRY(mhub_ddp_config_validate(ddp_cfg));
+    MHUB_TRY(mhub_optim_config_validate(opt_cfg));
+    MHUB_TRY(check_all_trainable(params));
+    mhub_dtype mdt, gdt;
+    MHUB_TRY(mhub_dp_check_shapes(params, "fsdp", &mdt));
+    MHUB_TRY(mhub_dp_grad_dtype(ddp_cfg, mdt, "fsdp", &gdt));
+    if (ddp_cfg->deterministic)
+        MHUB_TRY(mhub_dp_check_pow2(dp_size, "dp"));
+    mhub_fsdp_options o;
+    mhub_fsdp_options_init(&o);
+    if (opts)
+        o = *opts;
+    mhub_unit_plan plan;
+    MHUB_TRY(mhub_unit_plan_make(params, dp_size, &plan));
+    estimate_from_plan(&plan, dp_size, mdt, gdt, o.reshard_after_forward,
+                       ddp_cfg->deterministic, mhub_optim_state_arrays(opt_cfg), out);
+    mhub_unit_plan_free(&plan);
+    return MHUB_OK;
 }
 
 mhub_status mhub_fsdp_create(mhub_param_list *params, mhub_comm *dp,
@@ -769,7 +804,7 @@ mhub_status mhub_fsdp_zero_grad(mhub_fsdp *f)
     f->nan_param = -1;
     if (f->ddp_cfg.deterministic)
         mhub_sumtree_reset(&f->tree);
-    return f->be->ops->memset_zero(f->be, f->grads, (size_t)f->shard_numel * sizeof(float));
+    return f->be->ops->memset_zero(f->be, f->grads, (size_t)f->plan.shard_numel * sizeof(float));
 }
 
 mhub_status mhub_fsdp_shard_done(mhub_fsdp *f)
@@ -818,11 +853,11 @@ mhub_status mhub_fsdp_step(mhub_fsdp *f)
     MHUB_TRY(release_all_values(f));
     /* padding elements hold 0 with gradient 0: every update keeps them 0 */
     MHUB_TRY(mhub_optim_update(f->be, &f->opt_cfg, f->values, f->grads, f->state,
-                               f->shard_numel, f->opt_step + 1));
+                               f->plan.shard_numel, f->opt_step + 1));
     /* the model-dtype shard that the gathers send: rounded once per step */
     if (f->mdt != MHUB_F32)
         MHUB_TRY(f->be->ops->cast(f->be, f->vshard, f->mdt, f->values, MHUB_F32,
-                                  f->shard_numel));
+                                  f->plan.shard_numel));
     f->opt_step++;
     f->stats.optimizer_steps++;
     return MHUB_OK;
@@ -867,11 +902,11 @@ static mhub_status check_destination(const mhub_fsdp *f, const mhub_param_list *
 static mhub_status copy_unit_out(mhub_fsdp *f, int unit, const void *full,
                                  mhub_param_list *dst)
 {
-    const unit_layout *u = &f->units[unit];
+    const mhub_unit_layout *u = &f->plan.units[unit];
     for (int k = 0; k < u->count; k++) {
-        int i = f->order[u->first + k];
+        int i = f->plan.order[u->first + k];
         mhub_tensor *d = &dst->items[i].value;
-        const void *src = elem_at(full, f->param_offset[i], f->msize);
+        const void *src = elem_at(full, f->plan.param_offset[i], f->msize);
         if (d->dtype == f->mdt)
             MHUB_TRY(f->be->ops->copy(f->be, d->data, src, mhub_tensor_nbytes(d),
                                       MHUB_COPY_DEVICE_TO_DEVICE));
@@ -886,8 +921,8 @@ mhub_status mhub_fsdp_full_params(mhub_fsdp *f, mhub_param_list *dst)
     if (!f || !dst)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine or destination is NULL");
     MHUB_TRY(check_destination(f, dst));
-    for (int unit = 0; unit < f->num_units; unit++) {
-        if (f->units[unit].padded == 0)
+    for (int unit = 0; unit < f->plan.num_units; unit++) {
+        if (f->plan.units[unit].padded == 0)
             continue;
         const gather_slot *g = &f->gather[slot_of(f, unit)];
         bool was_gathered = g->unit == unit && g->state == SLOT_READY;
@@ -906,7 +941,7 @@ mhub_status mhub_fsdp_full_params(mhub_fsdp *f, mhub_param_list *dst)
 static mhub_status gather_now(mhub_fsdp *f, int unit, const void *shards, mhub_dtype dt,
                               void *full)
 {
-    const unit_layout *u = &f->units[unit];
+    const mhub_unit_layout *u = &f->plan.units[unit];
     mhub_request req = {0};
     MHUB_TRY(mhub_comm_iallgather(f->dp, elem_at(shards, u->shard_offset, mhub_dtype_size(dt)),
                                   full, u->shard, dt, &req));
@@ -946,12 +981,12 @@ static mhub_status own_storage(mhub_fsdp *f, mhub_param *p, const void *values,
 static mhub_status scatter_grads(mhub_fsdp *f, int unit, int64_t lo, int64_t n,
                                  const float *src)
 {
-    const unit_layout *u = &f->units[unit];
+    const mhub_unit_layout *u = &f->plan.units[unit];
     int64_t hi = lo + n;
     for (int k = 0; k < u->count; k++) {
-        int i = f->order[u->first + k];
+        int i = f->plan.order[u->first + k];
         mhub_tensor *g = &f->params->items[i].grad;
-        int64_t a = f->param_offset[i], b = a + g->numel;
+        int64_t a = f->plan.param_offset[i], b = a + g->numel;
         int64_t from = a > lo ? a : lo, to = b < hi ? b : hi;
         if (from >= to || !g->data)
             continue;
@@ -970,7 +1005,7 @@ static mhub_status scatter_grads(mhub_fsdp *f, int unit, int64_t lo, int64_t n,
  * even after a failure, so no rank is left waiting. */
 static mhub_status restore_unit(mhub_fsdp *f, int unit)
 {
-    const unit_layout *u = &f->units[unit];
+    const mhub_unit_layout *u = &f->plan.units[unit];
     void *values = f->gather[slot_of(f, unit)].data;
     float *grads = f->gdt == MHUB_F32 ? grad_slot_of(f, unit)->data : NULL;
     mhub_status s = MHUB_OK;
@@ -982,8 +1017,8 @@ static mhub_status restore_unit(mhub_fsdp *f, int unit)
         }
     }
     for (int k = 0; k < u->count; k++) {
-        int i = f->order[u->first + k];
-        int64_t off = f->param_offset[i];
+        int i = f->plan.order[u->first + k];
+        int64_t off = f->plan.param_offset[i];
         mhub_status a = own_storage(f, &f->params->items[i],
                                     s == MHUB_OK ? elem_at(values, off, f->msize) : NULL,
                                     s == MHUB_OK && grads ? grads + off : NULL);
@@ -1021,25 +1056,25 @@ void mhub_fsdp_free(mhub_fsdp *f)
         complete_reduce(f, g);
     }
     release_all_values(f);
-    for (int unit = 0; unit < f->num_units; unit++)
+    for (int unit = 0; unit < f->plan.num_units; unit++)
         restore_unit(f, unit);
     destroy(f);
 }
 
 /* ---- inspection ------------------------------------------------------------ */
 
-int mhub_fsdp_num_units(const mhub_fsdp *f) { return f ? f->num_units : 0; }
+int mhub_fsdp_num_units(const mhub_fsdp *f) { return f ? f->plan.num_units : 0; }
 
 mhub_status mhub_fsdp_unit(const mhub_fsdp *f, int unit, mhub_fsdp_unit_info *out)
 {
     if (!f || !out)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine or out is NULL");
-    if (unit < 0 || unit >= f->num_units)
+    if (unit < 0 || unit >= f->plan.num_units)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "unit %d is outside [0, %d)", unit,
-                          f->num_units);
-    const unit_layout *u = &f->units[unit];
+                          f->plan.num_units);
+    const mhub_unit_layout *u = &f->plan.units[unit];
     out->num_params = u->count;
-    out->first_param = u->count > 0 ? f->order[u->first] : -1;
+    out->first_param = u->count > 0 ? f->plan.order[u->first] : -1;
     out->numel = u->numel;
     out->padded_numel = u->padded;
     out->shard_numel = u->shard;
@@ -1048,7 +1083,7 @@ mhub_status mhub_fsdp_unit(const mhub_fsdp *f, int unit, mhub_fsdp_unit_info *ou
 
 bool mhub_fsdp_unit_gathered(const mhub_fsdp *f, int unit)
 {
-    if (!f || unit < 0 || unit >= f->num_units)
+    if (!f || unit < 0 || unit >= f->plan.num_units)
         return false;
     const gather_slot *g = &f->gather[slot_of(f, unit)];
     return g->unit == unit && g->state == SLOT_READY;

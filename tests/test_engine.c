@@ -1,8 +1,10 @@
 /* test_engine.c - the engine wrapper under mpiexec -n 1, 2, 4: every
  * engine trains like one process on the same global batch; deterministic
  * mode gives the same bits on P ranks as on one, and the same bits for DDP
- * and the distributed optimizer; bad input. */
+ * and the distributed optimizer; bad input; the memory estimate against
+ * the allocator, and on a 175-billion-parameter meta list. */
 #include <string.h>
+#include <time.h>
 
 #include "testutil_mpi.h"
 
@@ -25,6 +27,44 @@ typedef struct run {
 
 enum { MAX_PARAMS = 10 * 13 + 13 + 13 * 7 + 7 + 7 * 4 + 4 };
 
+/* Overlap with 60-element buckets (several per model), the run's mode and
+ * gradient dtype; SGD with momentum or AdamW. */
+static void configs(const run *r, mhub_ddp_config *dc, mhub_optim_config *oc)
+{
+    mhub_ddp_config_init(dc);
+    dc->overlap_grad_reduce = true;
+    dc->bucket_size = 60;
+    dc->deterministic = r->deterministic;
+    dc->grad_reduce_in_fp32 = r->grad_in_fp32;
+    mhub_optim_config_init(oc, r->optim);
+    oc->lr = r->optim == MHUB_OPTIM_SGD ? 0.2f : 0.01f;
+    oc->momentum = r->optim == MHUB_OPTIM_SGD ? 0.5f : 0.0f;
+}
+
+/* One optimizer step on this rank's part of step s's global batch. */
+static void train_step(const run *r, mhub_comm *dp, mhub_dp_engine *e, mhub_mlp *m,
+                       mhub_synthetic_task *task, int s)
+{
+    int64_t local = GLOBAL_BATCH / dp->size, rows = local / r->micro;
+    /* deterministic: weight 1/G for any P; otherwise the rank's mean */
+    float weight = r->deterministic ? 1.0f / GLOBAL_BATCH : 1.0f / (float)local;
+    float x[GLOBAL_BATCH * 10];
+    int32_t y[GLOBAL_BATCH];
+    CK_OK(mhub_dp_engine_zero_grad(e));
+    for (int k = 0; k < r->micro; k++) {
+        int64_t shard = mhub_dp_engine_shard_index(e, dp->rank, dp->size, k, r->micro);
+        ck_assert_int_ge(shard, 0);
+        uint64_t first = (uint64_t)(s * GLOBAL_BATCH + shard * rows);
+        CK_OK(mhub_synthetic_batch(task, first, rows, x, y));
+        CK_OK(mhub_dp_engine_micro_begin(e, k, r->micro));
+        CK_OK(mhub_mlp_forward(m, x, y, rows, NULL));
+        CK_OK(mhub_mlp_backward(m, weight));
+        CK_OK(mhub_dp_engine_micro_end(e, k, r->micro));
+    }
+    CK_OK(mhub_dp_engine_finish_grad_sync(e));
+    CK_OK(mhub_dp_engine_step(e));
+}
+
 /* Train through the wrapper: the digest of the final parameters (through
  * the engine, gathered when sharded) and, if `flat` is given, their values
  * read back after the engine returned them to the model. */
@@ -37,15 +77,8 @@ static void train(const run *r, mhub_comm *dp, char hex[65], float *flat)
     mhub_synthetic_task task;
     CK_OK(mhub_synthetic_init(&task, model_cfg.inputs, model_cfg.classes, 2));
     mhub_ddp_config dc;
-    mhub_ddp_config_init(&dc);
-    dc.overlap_grad_reduce = true;
-    dc.bucket_size = 60;
-    dc.deterministic = r->deterministic;
-    dc.grad_reduce_in_fp32 = r->grad_in_fp32;
     mhub_optim_config oc;
-    mhub_optim_config_init(&oc, r->optim);
-    oc.lr = r->optim == MHUB_OPTIM_SGD ? 0.2f : 0.01f;
-    oc.momentum = r->optim == MHUB_OPTIM_SGD ? 0.5f : 0.0f;
+    configs(r, &dc, &oc);
     mhub_dp_engine *e;
     CK_OK(mhub_dp_engine_create(r->kind, mhub_mlp_params(m), dp, &dc, &oc, NULL, &e));
     ck_assert_int_eq(mhub_dp_engine_kind_of(e), r->kind);
@@ -55,26 +88,8 @@ static void train(const run *r, mhub_comm *dp, char hex[65], float *flat)
     CK_OK(mhub_dp_engine_hooks(e, &fn, &user, &hooks));
     mhub_mlp_set_grad_ready(m, fn, user);
     mhub_mlp_set_unit_hooks(m, &hooks);
-    int64_t local = GLOBAL_BATCH / dp->size, rows = local / r->micro;
-    /* deterministic: weight 1/G for any P; otherwise the rank's mean */
-    float weight = r->deterministic ? 1.0f / GLOBAL_BATCH : 1.0f / (float)local;
-    float x[GLOBAL_BATCH * 10];
-    int32_t y[GLOBAL_BATCH];
-    for (int s = 0; s < STEPS; s++) {
-        CK_OK(mhub_dp_engine_zero_grad(e));
-        for (int k = 0; k < r->micro; k++) {
-            int64_t shard = mhub_dp_engine_shard_index(e, dp->rank, dp->size, k, r->micro);
-            ck_assert_int_ge(shard, 0);
-            uint64_t first = (uint64_t)(s * GLOBAL_BATCH + shard * rows);
-            CK_OK(mhub_synthetic_batch(&task, first, rows, x, y));
-            CK_OK(mhub_dp_engine_micro_begin(e, k, r->micro));
-            CK_OK(mhub_mlp_forward(m, x, y, rows, NULL));
-            CK_OK(mhub_mlp_backward(m, weight));
-            CK_OK(mhub_dp_engine_micro_end(e, k, r->micro));
-        }
-        CK_OK(mhub_dp_engine_finish_grad_sync(e));
-        CK_OK(mhub_dp_engine_step(e));
-    }
+    for (int s = 0; s < STEPS; s++)
+        train_step(r, dp, e, m, &task, s);
     mhub_dp_engine_stats st;
     mhub_dp_engine_get_stats(e, &st);
     ck_assert_int_eq(st.steps, STEPS);
@@ -253,6 +268,363 @@ START_TEST(test_bad_input)
 }
 END_TEST
 
+/* ---- the memory estimate ---------------------------------------------------- */
+
+/* DDP puts its gradient buffer in the communicator's shared-memory window
+ * when dp > 1, where the backend's allocator does not see it. A copy of
+ * the world communicator whose alloc/free_mem count those bytes lets the
+ * test measure every byte the engine holds. */
+enum { MAX_COMM_BLOCKS = 8 };
+static struct {
+    void *ptr;
+    size_t bytes;
+} comm_blocks[MAX_COMM_BLOCKS];
+static size_t comm_held;
+static const mhub_comm_ops *world_ops;
+
+static mhub_status counting_alloc(mhub_comm *c, size_t bytes, void **out)
+{
+    MHUB_TRY(world_ops->alloc(c, bytes, out));
+    for (int i = 0; i < MAX_COMM_BLOCKS; i++)
+        if (!comm_blocks[i].ptr) {
+            comm_blocks[i].ptr = *out;
+            comm_blocks[i].bytes = bytes;
+            comm_held += bytes;
+            return MHUB_OK;
+        }
+    world_ops->free_mem(c, *out);
+    return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "test: more than %d communicator blocks",
+                      MAX_COMM_BLOCKS);
+}
+
+static void counting_free(mhub_comm *c, void *ptr)
+{
+    for (int i = 0; i < MAX_COMM_BLOCKS; i++)
+        if (ptr && comm_blocks[i].ptr == ptr) {
+            comm_held -= comm_blocks[i].bytes;
+            comm_blocks[i].ptr = NULL;
+        }
+    world_ops->free_mem(c, ptr);
+}
+
+/* `counted` shares world's MPI state; it is never freed itself. */
+static void make_counting_comm(mhub_comm *counted, mhub_comm_ops *ops)
+{
+    world_ops = world->ops;
+    *ops = *world->ops;
+    if (ops->alloc) {
+        ops->alloc = counting_alloc;
+        ops->free_mem = counting_free;
+    }
+    *counted = *world;
+    counted->ops = ops;
+}
+
+static int64_t backend_bytes(void)
+{
+    size_t cur = 0;
+    CK_OK(be->ops->memory_usage(be, &cur, NULL));
+    return (int64_t)cur;
+}
+
+/* The model's parameter storage (values and f32 gradients), which the
+ * engines keep, adopt into their buffers or free. */
+static int64_t param_storage_bytes(const mhub_param_list *pl)
+{
+    int64_t bytes = 0;
+    for (int p = 0; p < pl->count; p++)
+        bytes += (int64_t)(mhub_tensor_nbytes(&pl->items[p].value) +
+                           mhub_tensor_nbytes(&pl->items[p].grad));
+    return bytes;
+}
+
+static void print_estimate_row(const run *r, bool reshard, const mhub_dp_memory *est,
+                               int64_t measured, int64_t expect)
+{
+    if (world->rank != 0)
+        return;
+    printf("estimate dp %d %-7s %-4s %-5s %-5s micro %d%s: param %6lld grad %6lld main %6lld "
+           "state %6lld gathered %6lld scratch %6lld pad %4lld | total %6lld expected %6lld "
+           "measured %6lld\n",
+           world->size, mhub_dp_engine_name(r->kind), mhub_dtype_name(r->dtype),
+           mhub_optim_kind_name(r->optim), r->deterministic ? "det" : "plain", r->micro,
+           r->kind == MHUB_DP_FSDP && !reshard ? " keep" : "", (long long)est->param_bytes,
+           (long long)est->grad_bytes, (long long)est->main_param_bytes,
+           (long long)est->optim_state_bytes, (long long)est->gathered_bytes,
+           (long long)est->scratch_bytes, (long long)est->padding_elems,
+           (long long)est->total_bytes, (long long)expect, (long long)measured);
+}
+
+/* The estimate for this model and configs against what the allocator (and
+ * the communicator's window) count for the engine after create and one
+ * training step, including the model's parameter storage still in use.
+ * Exact: the estimate counts the engines' scratch too. The one known
+ * difference is deterministic mode with more than one micro-shard per
+ * rank: the estimate counts one sum-tree level, and each doubling of the
+ * micro-shards adds one more gradient-sized f32 buffer. */
+static void check_estimate(const run *r, bool reshard)
+{
+    mhub_comm counted;
+    mhub_comm_ops ops;
+    make_counting_comm(&counted, &ops);
+    mhub_mlp_config cfg = model_cfg;
+    cfg.param_dtype = r->dtype;
+    mhub_mlp *m;
+    CK_OK(mhub_mlp_create(&cfg, be, GLOBAL_BATCH, 8, &m));
+    mhub_param_list *pl = mhub_mlp_params(m);
+    mhub_ddp_config dc;
+    mhub_optim_config oc;
+    configs(r, &dc, &oc);
+    mhub_fsdp_options fo;
+    mhub_fsdp_options_init(&fo);
+    fo.reshard_after_forward = reshard;
+    mhub_dp_memory est;
+    int64_t before = backend_bytes();
+    CK_OK(mhub_dp_engine_estimate_memory(r->kind, pl, world->size, &dc, &oc, &fo, &est));
+    ck_assert_int_eq(backend_bytes(), before); /* estimating allocates nothing */
+    ck_assert_int_eq(est.total_bytes, est.param_bytes + est.grad_bytes + est.main_param_bytes +
+                                          est.optim_state_bytes + est.gathered_bytes +
+                                          est.scratch_bytes);
+    int64_t outside = before - param_storage_bytes(pl);
+    size_t comm_before = comm_held;
+
+    mhub_dp_engine *e;
+    CK_OK(mhub_dp_engine_create(r->kind, pl, &counted, &dc, &oc, &fo, &e));
+    mhub_grad_ready_fn fn;
+    void *user;
+    mhub_unit_hooks hooks;
+    CK_OK(mhub_dp_engine_hooks(e, &fn, &user, &hooks));
+    mhub_mlp_set_grad_ready(m, fn, user);
+    mhub_mlp_set_unit_hooks(m, &hooks);
+    mhub_synthetic_task task;
+    CK_OK(mhub_synthetic_init(&task, model_cfg.inputs, model_cfg.classes, 2));
+    train_step(r, &counted, e, m, &task, 0);
+    int64_t measured = backend_bytes() - outside + (int64_t)(comm_held - comm_before);
+    int64_t levels = 0;
+    for (int k = r->micro; r->deterministic && k > 1; k /= 2)
+        levels++;
+    int64_t expect = est.total_bytes + levels * est.grad_bytes; /* f32 gradients here */
+    print_estimate_row(r, reshard, &est, measured, expect);
+    ck_assert_msg(measured == expect, "%s, %s, deterministic %d, dp %d: measured %lld B, "
+                  "estimated %lld B",
+                  mhub_dp_engine_name(r->kind), mhub_dtype_name(r->dtype), r->deterministic,
+                  world->size, (long long)measured, (long long)expect);
+    mhub_mlp_set_grad_ready(m, NULL, NULL);
+    mhub_mlp_set_unit_hooks(m, NULL);
+    mhub_dp_engine_free(e);
+    ck_assert_uint_eq(comm_held, comm_before);
+    mhub_synthetic_free(&task);
+    mhub_mlp_free(m);
+}
+
+/* The split into kinds agrees with what the engines report of themselves. */
+static void check_estimate_fields(mhub_dtype dt)
+{
+    mhub_mlp_config cfg = model_cfg;
+    cfg.param_dtype = dt;
+    run r = {MHUB_DP_DISTOPT, MHUB_OPTIM_ADAMW, false, 1, dt, false};
+    mhub_ddp_config dc;
+    mhub_optim_config oc;
+    configs(&r, &dc, &oc);
+    mhub_mlp *m;
+    CK_OK(mhub_mlp_create(&cfg, be, 4, 8, &m));
+    mhub_dp_memory est;
+    CK_OK(mhub_dp_engine_estimate_memory(MHUB_DP_DISTOPT, mhub_mlp_params(m), world->size, &dc,
+                                         &oc, NULL, &est));
+    mhub_distopt *d;
+    CK_OK(mhub_distopt_create(mhub_mlp_params(m), world, &dc, &oc, &d));
+    mhub_distopt_memory got;
+    mhub_distopt_get_memory(d, &got);
+    ck_assert_int_eq(est.grad_bytes, (int64_t)got.grad_buffer_bytes);
+    ck_assert_int_eq(est.param_bytes, (int64_t)got.param_buffer_bytes);
+    ck_assert_int_eq(est.main_param_bytes, (int64_t)got.main_param_bytes);
+    ck_assert_int_eq(est.optim_state_bytes, (int64_t)got.optimizer_state_bytes);
+    ck_assert_int_eq(est.padding_elems, mhub_distopt_padding_elems(d));
+    ck_assert_int_gt(est.padding_elems, 0); /* 128-element buckets always pad this model */
+    mhub_distopt_free(d);
+
+    CK_OK(mhub_dp_engine_estimate_memory(MHUB_DP_FSDP, mhub_mlp_params(m), world->size, &dc, &oc,
+                                         NULL, &est));
+    mhub_fsdp *f;
+    CK_OK(mhub_fsdp_create(mhub_mlp_params(m), world, &dc, NULL, &oc, &f));
+    mhub_fsdp_stats st;
+    mhub_fsdp_get_stats(f, &st);
+    ck_assert_int_eq(est.param_bytes + est.main_param_bytes + est.grad_bytes +
+                         est.optim_state_bytes,
+                     st.shard_bytes);
+    ck_assert_int_eq(est.gathered_bytes + est.scratch_bytes, st.buffer_bytes);
+    int64_t padding = 0;
+    for (int u = 0; u < mhub_fsdp_num_units(f); u++) {
+        mhub_fsdp_unit_info info;
+        CK_OK(mhub_fsdp_unit(f, u, &info));
+        padding += info.padded_numel - info.numel;
+    }
+    ck_assert_int_eq(est.padding_elems, padding);
+    mhub_fsdp_free(f);
+    mhub_mlp_free(m);
+}
+
+START_TEST(test_memory_estimate_matches_allocator)
+{
+    ck_assert_ptr_nonnull(be->ops->memory_usage);
+    const mhub_dp_engine_kind kinds[] = {MHUB_DP_DDP, MHUB_DP_DISTOPT, MHUB_DP_FSDP};
+    const mhub_dtype dts[] = {MHUB_F32, MHUB_BF16};
+    for (int k = 0; k < 3; k++) {
+        for (int d = 0; d < 2; d++) {
+            /* bf16 gradients reduced in bf16: the widening scratch is used */
+            run r = {kinds[k], MHUB_OPTIM_ADAMW, false, 2, dts[d], false};
+            check_estimate(&r, true);
+            if (kinds[k] == MHUB_DP_FSDP)
+                check_estimate(&r, false); /* every unit keeps its gather buffer */
+            r.optim = MHUB_OPTIM_SGD;      /* one state array */
+            check_estimate(&r, true);
+        }
+        /* deterministic mode: one micro-shard per rank, then several */
+        run det = {kinds[k], MHUB_OPTIM_ADAMW, true, 1, MHUB_F32, false};
+        check_estimate(&det, true);
+        det.micro = SHARDS / world->size;
+        det.dtype = MHUB_BF16;
+        det.grad_in_fp32 = true;
+        check_estimate(&det, true);
+    }
+    check_estimate_fields(MHUB_F32);
+    check_estimate_fields(MHUB_BF16);
+}
+END_TEST
+
+/* A GPT-3-sized meta list: 96 blocks of d = 12288 (175 billion elements). */
+static void gpt3_meta(mhub_param_list *pl, mhub_dtype dt)
+{
+    const int64_t d = 12288, vocab = 50257, ctx = 2048;
+    const int64_t shapes[][2] = {{vocab, d}, {ctx, d}};
+    CK_OK(mhub_param_list_add(pl, "wte", dt, 2, shapes[0], MHUB_INIT_NORMAL, 0.02f, NULL));
+    CK_OK(mhub_param_list_add(pl, "wpe", dt, 2, shapes[1], MHUB_INIT_NORMAL, 0.02f, NULL));
+    const struct {
+        const char *name;
+        int ndim;
+        int64_t shape[2];
+    } block[] = {{"ln1.w", 1, {d, 0}},         {"ln1.b", 1, {d, 0}},
+                 {"attn.qkv.w", 2, {3 * d, d}}, {"attn.qkv.b", 1, {3 * d, 0}},
+                 {"attn.proj.w", 2, {d, d}},    {"attn.proj.b", 1, {d, 0}},
+                 {"ln2.w", 1, {d, 0}},         {"ln2.b", 1, {d, 0}},
+                 {"mlp.fc.w", 2, {4 * d, d}},   {"mlp.fc.b", 1, {4 * d, 0}},
+                 {"mlp.proj.w", 2, {d, 4 * d}}, {"mlp.proj.b", 1, {d, 0}}};
+    for (int layer = 0; layer < 96; layer++)
+        for (size_t k = 0; k < sizeof block / sizeof block[0]; k++) {
+            char name[64];
+            snprintf(name, sizeof name, "blocks.%d.%s", layer, block[k].name);
+            int at;
+            CK_OK(mhub_param_list_add(pl, name, dt, block[k].ndim, block[k].shape,
+                                      MHUB_INIT_NORMAL, 0.02f, &at));
+            pl->items[at].unit = layer + 1; /* the embeddings are unit 0 */
+        }
+}
+
+static double seconds_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+START_TEST(test_memory_estimate_of_a_meta_model)
+{
+    mhub_param_list pl = {0};
+    gpt3_meta(&pl, MHUB_BF16);
+    int64_t total = mhub_param_list_numel(&pl);
+    ck_assert_int_gt(total, (int64_t)1e11);
+    mhub_ddp_config dc;
+    mhub_ddp_config_init(&dc);
+    dc.overlap_grad_reduce = true; /* default buckets: max(40M, 1M * dp) */
+    mhub_optim_config oc;
+    mhub_optim_config_init(&oc, MHUB_OPTIM_ADAMW);
+    int dp = world->size;
+    int64_t before = backend_bytes();
+    double t0 = seconds_now();
+    mhub_dp_memory est[3];
+    for (int k = 0; k < 3; k++)
+        CK_OK(mhub_dp_engine_estimate_memory((mhub_dp_engine_kind)k, &pl, dp, &dc, &oc, NULL,
+                                             &est[k]));
+    double elapsed = seconds_now() - t0;
+    ck_assert_int_eq(backend_bytes(), before);
+    ck_assert_msg(elapsed < 1.0, "estimating took %g s", elapsed);
+    /* DDP: bf16 values and (no grad_reduce_in_fp32) bf16 gradients, f32
+     * main copies and two AdamW moments, all full size */
+    ck_assert_int_eq(est[0].param_bytes, 2 * total);
+    ck_assert_int_eq(est[0].grad_bytes, 2 * total);
+    ck_assert_int_eq(est[0].main_param_bytes + est[0].optim_state_bytes, 12 * total);
+    /* distopt: full padded buffers, 1/dp of the f32 state */
+    ck_assert_int_ge(est[1].grad_bytes, 2 * total);
+    ck_assert_int_eq(est[1].grad_bytes, 2 * (total + est[1].padding_elems));
+    ck_assert_int_le(est[1].optim_state_bytes, 8 * (total + est[1].padding_elems) / dp);
+    /* FSDP: about 1/dp of everything plus two blocks' full buffers */
+    int64_t shard = (total + dp - 1) / dp;
+    ck_assert_int_ge(est[2].grad_bytes, 4 * shard);
+    ck_assert_int_le(est[2].grad_bytes, 4 * (shard + 97));
+    /* with more than one rank, each level of sharding holds less */
+    if (dp > 1) {
+        ck_assert_int_lt(est[2].total_bytes, est[1].total_bytes);
+        ck_assert_int_lt(est[1].total_bytes, est[0].total_bytes);
+    }
+    if (world->rank == 0)
+        for (int k = 0; k < 3; k++)
+            printf("175B meta estimate dp %d %-7s: %.1f GB per rank (%lld padding elements) "
+                   "in %.3f ms for all three\n",
+                   dp, mhub_dp_engine_name((mhub_dp_engine_kind)k),
+                   (double)est[k].total_bytes / 1e9, (long long)est[k].padding_elems,
+                   elapsed * 1e3);
+    mhub_param_list_free(&pl);
+}
+END_TEST
+
+START_TEST(test_memory_estimate_refuses_what_create_refuses)
+{
+    mhub_mlp_config cfg = model_cfg;
+    cfg.param_dtype = MHUB_BF16;
+    mhub_mlp *m;
+    CK_OK(mhub_mlp_create(&cfg, be, 4, 1, &m));
+    mhub_param_list *pl = mhub_mlp_params(m);
+    mhub_ddp_config dc;
+    mhub_ddp_config_init(&dc);
+    mhub_optim_config oc;
+    mhub_optim_config_init(&oc, MHUB_OPTIM_SGD);
+    mhub_dp_memory est;
+    CK_FAILS(MHUB_ERR_INVALID_ARG,
+             mhub_dp_engine_estimate_memory(MHUB_DP_DDP, NULL, 2, &dc, &oc, NULL, &est));
+    CK_FAILS(MHUB_ERR_INVALID_ARG,
+             mhub_dp_engine_estimate_memory((mhub_dp_engine_kind)5, pl, 2, &dc, &oc, NULL, &est));
+    CK_FAILS(MHUB_ERR_INVALID_ARG,
+             mhub_dp_engine_estimate_memory(MHUB_DP_FSDP, pl, 0, &dc, &oc, NULL, &est));
+    dc.bucket_size = 0;
+    CK_FAILS(MHUB_ERR_INVALID_ARG,
+             mhub_dp_engine_estimate_memory(MHUB_DP_DDP, pl, 2, &dc, &oc, NULL, &est));
+    mhub_ddp_config_init(&dc);
+    dc.deterministic = true; /* needs f32 gradients */
+    for (int k = 0; k < 3; k++)
+        CK_FAILS(MHUB_ERR_UNSUPPORTED,
+                 mhub_dp_engine_estimate_memory((mhub_dp_engine_kind)k, pl, 2, &dc, &oc, NULL,
+                                                &est));
+    dc.grad_reduce_in_fp32 = true; /* and a power-of-two dp size */
+    CK_FAILS(MHUB_ERR_INVALID_ARG,
+             mhub_dp_engine_estimate_memory(MHUB_DP_DISTOPT, pl, 3, &dc, &oc, NULL, &est));
+    CK_OK(mhub_dp_engine_estimate_memory(MHUB_DP_DISTOPT, pl, 4, &dc, &oc, NULL, &est));
+    mhub_ddp_config_init(&dc);
+    pl->items[0].requires_grad = false; /* FSDP trains every parameter */
+    CK_FAILS(MHUB_ERR_UNSUPPORTED,
+             mhub_dp_engine_estimate_memory(MHUB_DP_FSDP, pl, 2, &dc, &oc, NULL, &est));
+    ck_assert_int_eq(est.total_bytes, 0);
+    /* the others leave it out of the buffers; distopt still counts its values */
+    CK_OK(mhub_dp_engine_estimate_memory(MHUB_DP_DISTOPT, pl, 2, &dc, &oc, NULL, &est));
+    mhub_dp_memory all_trainable;
+    pl->items[0].requires_grad = true;
+    CK_OK(mhub_dp_engine_estimate_memory(MHUB_DP_DISTOPT, pl, 2, &dc, &oc, NULL,
+                                         &all_trainable));
+    ck_assert_int_lt(est.grad_bytes, all_trainable.grad_bytes);
+    ck_assert_int_ge(est.param_bytes, (int64_t)mhub_tensor_nbytes(&pl->items[0].value));
+    mhub_mlp_free(m);
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     Suite *s = suite_create("engine");
@@ -263,6 +635,9 @@ static Suite *make_suite(void)
     tcase_add_test(tc, test_deterministic_bits);
     tcase_add_test(tc, test_every_engine_trains_like_one_process);
     tcase_add_test(tc, test_half_precision_models);
+    tcase_add_test(tc, test_memory_estimate_matches_allocator);
+    tcase_add_test(tc, test_memory_estimate_of_a_meta_model);
+    tcase_add_test(tc, test_memory_estimate_refuses_what_create_refuses);
     suite_add_tcase(s, tc);
     return s;
 }

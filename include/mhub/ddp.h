@@ -8,7 +8,8 @@
  *      straight into the buffer (no copy);
  *   2. cuts the buffer into buckets of about `bucket_size` elements (a
  *      bucket closes once it holds >= bucket_size; a parameter never
- *      straddles two buckets);
+ *      straddles two buckets), with the planner it shares with the
+ *      distributed optimizer (src/dp_common.c);
  *   3. with overlap_grad_reduce, starts a bucket's nonblocking all-reduce
  *      as soon as the model reports the bucket's last gradient ready
  *      (mhub_ddp_grad_ready, the model's grad-ready hook), so the reduction

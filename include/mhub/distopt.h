@@ -174,6 +174,8 @@ int64_t mhub_distopt_numel(const mhub_distopt *d);
 /* Of those, elements that hold no parameter. */
 int64_t mhub_distopt_padding_elems(const mhub_distopt *d);
 
+/* The same sizes from shapes alone, before any engine exists:
+ * mhub_dp_engine_estimate_memory (engine.h). */
 typedef struct mhub_distopt_memory {
     size_t grad_buffer_bytes;      /* the full padded gradient buffer */
     size_t param_buffer_bytes;     /* the full padded parameter buffer */

@@ -52,6 +52,51 @@ mhub_status mhub_dp_engine_create(mhub_dp_engine_kind kind, mhub_param_list *par
                                   const mhub_fsdp_options *fsdp_opts, mhub_dp_engine **out);
 void mhub_dp_engine_free(mhub_dp_engine *e);
 
+/* Per-rank memory of an engine over a parameter list, in bytes: what
+ * mhub_dp_engine_create plus the first training step allocate, counted as
+ * the backend's allocator counts (requested bytes), plus the model's own
+ * parameter storage that stays in use. */
+typedef struct mhub_dp_memory {
+    int64_t param_bytes;       /* parameter values the rank holds: DDP every parameter
+                                * in its dtype (the model's storage); distopt the padded
+                                * value buffer (model dtype) + parameters outside it;
+                                * FSDP the model-dtype value shards */
+    int64_t grad_bytes;        /* DDP the gradient buffer, distopt the padded gradient
+                                * buffer (f32 or model dtype, see mhub_dp_grad_dtype's
+                                * rule in ddp.h); FSDP the f32 gradient shards */
+    int64_t main_param_bytes;  /* f32 main copies: DDP and FSDP of 16-bit models only
+                                * (full for DDP, shards for FSDP); distopt always, for
+                                * this rank's shards */
+    int64_t optim_state_bytes; /* f32 optimizer state (0, 1 or 2 arrays): full for DDP,
+                                * shards for distopt and FSDP */
+    int64_t gathered_bytes;    /* FSDP: the full-unit buffers allocated once and reused:
+                                * value gather slots (model dtype) and gradient slots
+                                * (gradient dtype); 0 for the others */
+    int64_t scratch_bytes;     /* f32 widening scratch for 16-bit gradients, and
+                                * deterministic mode's buffers for one micro-shard per
+                                * rank (each doubling of micro-shards per rank adds a
+                                * gradient-sized f32 buffer, allocated in the first step) */
+    int64_t padding_elems;     /* elements of the padded flat layout holding no
+                                * parameter: distopt's buffers, FSDP's unit vectors
+                                * (summed over the ranks' shards); 0 for DDP */
+    int64_t total_bytes;       /* the sum of the *_bytes fields */
+} mhub_dp_memory;
+
+/* Estimate, without allocating anything proportional to the model, the
+ * memory one of dp_size ranks holds with engine `kind` over `params`,
+ * which may be a meta list (shapes, no storage), so a 175-billion-
+ * parameter model is sized at once. It uses the engines' own planners and
+ * sizing rules and returns the errors mhub_dp_engine_create would for the
+ * same list and configs (short of the storage checks). fsdp_opts may be
+ * NULL (defaults). DDP's gradient buffer is counted even when it lives in
+ * the communicator's shared-memory window rather than on the backend. */
+mhub_status mhub_dp_engine_estimate_memory(mhub_dp_engine_kind kind,
+                                           const mhub_param_list *params, int dp_size,
+                                           const mhub_ddp_config *ddp_cfg,
+                                           const mhub_optim_config *optim_cfg,
+                                           const mhub_fsdp_options *fsdp_opts,
+                                           mhub_dp_memory *out);
+
 mhub_dp_engine_kind mhub_dp_engine_kind_of(const mhub_dp_engine *e);
 
 /* What the model must call: a grad-ready hook (NULL for FSDP, which works

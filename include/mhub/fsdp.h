@@ -42,7 +42,8 @@
  * gather buffers used alternately (unit u in buffer u % 2, each sized to
  * the largest unit of its parity) and two full-gradient buffers likewise,
  * so a rank holds its shards plus at most two units' full values and two
- * units' full gradients. Without reshard_after_forward every unit keeps
+ * units' full gradients (mhub_dp_engine_estimate_memory, engine.h, gives
+ * the exact bytes from shapes alone). Without reshard_after_forward every unit keeps
  * its own gather buffer from forward to backward (ZeRO-2-like: fewer
  * all-gathers, full-size values in memory).
  *
