@@ -105,19 +105,32 @@ mhub_status mhub_param_list_init_values(mhub_param_list *list, uint64_t seed)
     return MHUB_OK;
 }
 
+/* Storage for whichever of value and grad is still meta. */
+static mhub_status give_storage(mhub_param *p, mhub_backend *be)
+{
+    if (!p->value.data)
+        MHUB_TRY(mhub_tensor_materialize(&p->value, be));
+    if (!p->grad.data)
+        MHUB_TRY(mhub_tensor_materialize(&p->grad, be));
+    return MHUB_OK;
+}
+
 mhub_status mhub_param_list_materialize(mhub_param_list *list, mhub_backend *be,
                                         uint64_t seed)
 {
     if (!list || !be)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "list or backend is NULL");
-    for (int i = 0; i < list->count; i++) {
-        mhub_param *p = &list->items[i];
-        if (!p->value.data)
-            MHUB_TRY(mhub_tensor_materialize(&p->value, be));
-        if (!p->grad.data)
-            MHUB_TRY(mhub_tensor_materialize(&p->grad, be));
-    }
+    for (int i = 0; i < list->count; i++)
+        MHUB_TRY(give_storage(&list->items[i], be));
     return mhub_param_list_init_values(list, seed);
+}
+
+mhub_status mhub_param_materialize(mhub_param *p, mhub_backend *be, uint64_t seed)
+{
+    if (!p || !be)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "parameter or backend is NULL");
+    MHUB_TRY(give_storage(p, be));
+    return init_one(p, seed);
 }
 
 mhub_status mhub_param_list_zero_grad(mhub_param_list *list)

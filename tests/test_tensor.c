@@ -224,6 +224,39 @@ START_TEST(test_param_list_many_and_half)
 }
 END_TEST
 
+/* One parameter materialized with its own seed: storage for value and
+ * grad, values from that seed alone (the list's other parameters keep
+ * theirs). */
+START_TEST(test_param_materialize_one)
+{
+    mhub_param_list list = {0};
+    int64_t s[1] = {6};
+    CK_OK(mhub_param_list_add(&list, "split.weight", MHUB_F32, 1, s, MHUB_INIT_NORMAL, 1.0f,
+                              NULL));
+    CK_OK(mhub_param_list_add(&list, "replicated.weight", MHUB_F32, 1, s, MHUB_INIT_NORMAL,
+                              1.0f, NULL));
+    CK_OK(mhub_param_materialize(&list.items[0], be, 7));
+    CK_OK(mhub_param_materialize(&list.items[1], be, 8));
+    for (int k = 0; k < 2; k++) {
+        const mhub_param *p = &list.items[k];
+        ck_assert_ptr_nonnull(p->grad.data);
+        for (int i = 0; i < 6; i++) {
+            ck_assert(((const float *)p->value.data)[i] ==
+                      mhub_rng_normal(7u + (uint64_t)k, p->rng_stream, (uint64_t)i));
+            ck_assert(((const float *)p->grad.data)[i] == 0.0f);
+        }
+    }
+    /* storage already there: only the values are drawn again */
+    const void *data = list.items[0].value.data;
+    CK_OK(mhub_param_materialize(&list.items[0], be, 8));
+    ck_assert_ptr_eq(list.items[0].value.data, data);
+    ck_assert(((const float *)data)[0] == mhub_rng_normal(8, list.items[0].rng_stream, 0));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_param_materialize(NULL, be, 1));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_param_materialize(&list.items[0], NULL, 1));
+    mhub_param_list_free(&list);
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     Suite *s = suite_create("tensor");
@@ -237,6 +270,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, test_bad_args);
     tcase_add_test(tc, test_param_list);
     tcase_add_test(tc, test_param_list_many_and_half);
+    tcase_add_test(tc, test_param_materialize_one);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -19,5 +19,8 @@
 #include "mhub/engine.h"
 #include "mhub/fsdp.h"
 #include "mhub/distopt.h"
+#include "mhub/config.h"
+#include "mhub/provider.h"
+#include "mhub/gpt.h"
 
 #endif

@@ -18,6 +18,7 @@
 
 #include "mhub/backend.h"
 #include "mhub/module.h"
+#include "mhub/provider.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -31,6 +32,8 @@ typedef struct mhub_mlp_config {
     int num_hidden;                    /* 0 gives logistic regression */
     int classes;
     mhub_dtype param_dtype;            /* storage of the parameters; 0 = f32 */
+    float init_std;                    /* > 0: weights N(0, init_std^2);
+                                        * 0: N(0, 1/fan_in) */
 } mhub_mlp_config;
 
 typedef struct mhub_mlp mhub_mlp;
@@ -41,6 +44,17 @@ typedef struct mhub_mlp mhub_mlp;
 mhub_status mhub_mlp_create(const mhub_mlp_config *cfg, mhub_backend *be, int64_t max_rows,
                             uint64_t seed, mhub_mlp **out);
 void mhub_mlp_free(mhub_mlp *m);
+
+/* A pipeline chunk: linear layers [first_layer, first_layer + num_layers)
+ * of the model's num_hidden + 1, parameters named by their global layer
+ * index. Only a whole model (all layers) runs forward and backward; a
+ * partial chunk holds its parameters (for counting, wrapping and
+ * checkpoints) and its forward is MHUB_ERR_UNSUPPORTED. */
+mhub_status mhub_mlp_create_chunk(const mhub_mlp_config *cfg, int first_layer, int num_layers,
+                                  mhub_backend *be, int64_t max_rows, uint64_t seed,
+                                  mhub_mlp **out);
+/* Global index of the chunk's first layer (0 for a whole model). */
+int mhub_mlp_first_layer(const mhub_mlp *m);
 
 mhub_param_list *mhub_mlp_params(mhub_mlp *m);
 const mhub_mlp_config *mhub_mlp_config_of(const mhub_mlp *m);
@@ -72,6 +86,23 @@ mhub_status mhub_mlp_count_correct(mhub_mlp *m, int64_t *correct);
 /* FLOPs of one forward+backward on `rows` rows (2 per multiply-add; the
  * backward is twice the forward's GEMMs). */
 double mhub_mlp_flops_per_step(const mhub_mlp_config *cfg, int64_t rows);
+
+/* ---- the "mlp" provider type (provider.h) ----
+ * Config keys: the common ones plus inputs, hidden (array of widths) and
+ * classes; params_dtype/fp16/bf16 give the parameter storage, init_method
+ * "normal" uses init_method_std. Chunk g of C (pipeline x virtual
+ * stages) holds linear layers [g L / C, (g+1) L / C): the input layer in
+ * the first chunk, the output layer and the loss in the last; a config
+ * with fewer layers than chunks is an error. */
+typedef struct mhub_mlp_provider_config {
+    mhub_provider_config base;
+    mhub_mlp_config mlp;   /* param_dtype and init_std come from base */
+} mhub_mlp_provider_config;
+
+const mhub_provider_type *mhub_mlp_provider_type(void);
+
+/* Parameters of the whole model, by formula. */
+int64_t mhub_mlp_param_count(const mhub_mlp_config *cfg);
 
 #ifdef __cplusplus
 }

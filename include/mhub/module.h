@@ -60,6 +60,12 @@ mhub_status mhub_param_list_add(mhub_param_list *list, const char *name, mhub_dt
 mhub_status mhub_param_list_materialize(mhub_param_list *list, mhub_backend *be,
                                         uint64_t seed);
 
+/* One parameter of a list: storage as mhub_param_list_materialize gives
+ * it, values from `seed`. For a model whose parameters draw from
+ * different seeds (a tensor-parallel shard's split weights from the
+ * tensor-parallel seed, its replicated ones from the rank's seed). */
+mhub_status mhub_param_materialize(mhub_param *p, mhub_backend *be, uint64_t seed);
+
 /* Refill every parameter's value from (seed, its stream, element index). */
 mhub_status mhub_param_list_init_values(mhub_param_list *list, uint64_t seed);
 

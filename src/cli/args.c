@@ -89,3 +89,13 @@ const char *cli_flag_value(const char *cmd, int argc, char **argv, int *i,
     *i += 1;
     return argv[*i];
 }
+
+/* The library prefixes its messages with the function's name; the user
+ * typed flags, not function calls, so drop it. */
+const char *cli_error_text(const char *msg)
+{
+    const char *colon = strstr(msg, ": ");
+    if (strncmp(msg, "mhub_", 5) == 0 && colon)
+        return colon + 2;
+    return msg;
+}

@@ -15,6 +15,7 @@
 /* Subcommands: argv[0] is the subcommand's name. */
 int mhub_cli_layout(int argc, char **argv);
 int mhub_cli_train(int argc, char **argv);
+int mhub_cli_info(int argc, char **argv);
 
 /* Parse `text` as the value of `flag`: a whole decimal integer in
  * [lo, hi]. On failure print "mhub <cmd>: <flag>: ..." to stderr and
@@ -34,5 +35,8 @@ const char *cli_flag_value(const char *cmd, int argc, char **argv, int *i,
 /* Split "--flag=value": returns true and points *value past '=' if arg
  * has the form, writing the flag name (without value) into name[cap]. */
 bool cli_split_flag(const char *arg, char *name, int cap, const char **value);
+
+/* A library error message without its leading "mhub_function: ". */
+const char *cli_error_text(const char *msg);
 
 #endif

@@ -403,16 +403,6 @@ static void print_text(const mhub_layout *l)
 
 /* ---- the command ---------------------------------------------------------- */
 
-/* The library prefixes its messages with the function's name; the user
- * typed flags, not function calls, so drop it. */
-static const char *without_function(const char *msg)
-{
-    const char *colon = strstr(msg, ": ");
-    if (strncmp(msg, "mhub_", 5) == 0 && colon)
-        return colon + 2;
-    return msg;
-}
-
 int mhub_cli_layout(int argc, char **argv)
 {
     layout_args a = {0};
@@ -425,7 +415,7 @@ int mhub_cli_layout(int argc, char **argv)
     mhub_layout *l = NULL;
     mhub_status st = mhub_layout_create(a.world, &a.sizes, &l);
     if (st == MHUB_ERR_INVALID_ARG) {
-        fprintf(stderr, "mhub " CMD ": %s\n", without_function(mhub_last_error()));
+        fprintf(stderr, "mhub " CMD ": %s\n", cli_error_text(mhub_last_error()));
         usage_error();
         return MHUB_EXIT_USAGE;
     }

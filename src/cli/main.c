@@ -12,6 +12,7 @@ static void usage(FILE *f)
             "\n"
             "commands:\n"
             "  train    train a model (mhub train --help)\n"
+            "  info     a model's parameters and per-rank memory, from its config (mhub info --help)\n"
             "  layout   show which ranks form each parallel group (mhub layout --help)\n"
             "\n"
             "  mhub --version   print the version\n");
@@ -34,6 +35,8 @@ int main(int argc, char **argv)
     }
     if (!strcmp(cmd, "train"))
         return mhub_cli_train(argc - 1, argv + 1);
+    if (!strcmp(cmd, "info"))
+        return mhub_cli_info(argc - 1, argv + 1);
     if (!strcmp(cmd, "layout"))
         return mhub_cli_layout(argc - 1, argv + 1);
     fprintf(stderr, "mhub: unknown command '%s'\n\n", cmd);

@@ -313,7 +313,9 @@ typedef struct trainer {
     int rank, world;
     mhub_comm *comm;       /* the data-parallel group: every rank */
     mhub_backend *be;
-    mhub_mlp *model;
+    mhub_provider *provider;
+    mhub_chunk_list chunks;   /* get_model's result: one wrapped chunk */
+    mhub_mlp *model;          /* the chunk's model and engine */
     mhub_dp_engine *engine;
     mhub_synthetic_task task;
     mhub_sampler sampler;
@@ -335,10 +337,8 @@ static void trainer_free(trainer *t)
         if (t->y)
             t->be->ops->free(t->be, t->y);
     }
-    mhub_mlp_set_grad_ready(t->model, NULL, NULL);
-    mhub_mlp_set_unit_hooks(t->model, NULL);
-    mhub_dp_engine_free(t->engine);
-    mhub_mlp_free(t->model);
+    mhub_chunk_list_free(&t->chunks);
+    mhub_provider_free(t->provider);
     mhub_synthetic_free(&t->task);
     mhub_backend_free(t->be);
     mhub_comm_free(t->comm);
@@ -348,6 +348,48 @@ static void trainer_free(trainer *t)
 }
 
 enum { EVAL_CHUNK = 4096 };
+
+/* The model through the provider path: an "mlp" provider from the flags,
+ * its process groups, and get_model wrapping it with the chosen engine.
+ * Every rank builds the same initial model: values depend only on (seed,
+ * parameter name, element), never on the rank. */
+static mhub_status build_model(trainer *t, int64_t rows)
+{
+    const train_options *o = &t->o;
+    mhub_provider_config *base = NULL;
+    MHUB_TRY(mhub_config_create(mhub_mlp_provider_type(), &base));
+    mhub_mlp_provider_config *cfg = (mhub_mlp_provider_config *)base;
+    cfg->mlp = o->mlp;
+    cfg->base.params_dtype = o->mlp.param_dtype;
+    cfg->base.seed = o->seed;
+    mhub_status s = mhub_provider_create(base, &t->provider);
+    mhub_config_free(base);
+    MHUB_TRY(s);
+    mhub_provider_set_backend(t->provider, t->be);
+    mhub_provider_set_micro_batch(t->provider, rows);
+    MHUB_TRY(mhub_provider_initialize_model_parallel(t->provider, t->comm, NULL, NULL));
+    mhub_optim_config oc;
+    mhub_optim_config_init(&oc, o->optimizer);
+    oc.lr = (float)o->lr;
+    oc.momentum = o->optimizer == MHUB_OPTIM_SGD ? (float)o->momentum : 0.0f;
+    oc.weight_decay = (float)o->weight_decay;
+    mhub_ddp_config ddp = o->ddp;
+    ddp.use_distributed_optimizer = o->engine == MHUB_DP_DISTOPT;
+    mhub_get_model_options opts;
+    mhub_get_model_options_init(&opts);
+    opts.ddp_config = &ddp;
+    opts.use_fsdp = o->engine == MHUB_DP_FSDP;
+    opts.optim = &oc;
+    FILE *devnull = o->quiet ? fopen("/dev/null", "w") : NULL;
+    opts.log = devnull;
+    s = mhub_get_model(t->provider, &opts, &t->chunks);
+    if (devnull)
+        fclose(devnull);
+    MHUB_TRY(s);
+    t->model = mhub_chunk_model(t->chunks.items[0]);
+    t->engine = mhub_chunk_engine(t->chunks.items[0]);
+    return MHUB_OK;
+}
 
 static mhub_status trainer_init(trainer *t)
 {
@@ -384,22 +426,7 @@ static mhub_status trainer_init(trainer *t)
     MHUB_TRY(mhub_cpu_backend_create(&copts, &t->be));
     MHUB_TRY(mhub_synthetic_init(&t->task, o->features, o->classes, (uint64_t)o->seed));
     MHUB_TRY(mhub_sampler_init(&t->sampler, 0, o->batch, (uint64_t)o->seed, false));
-    /* every rank builds the same initial model: values depend only on
-     * (seed, parameter name, element), never on the rank */
-    MHUB_TRY(mhub_mlp_create(&o->mlp, t->be, rows, (uint64_t)o->seed, &t->model));
-    mhub_optim_config oc;
-    mhub_optim_config_init(&oc, o->optimizer);
-    oc.lr = (float)o->lr;
-    oc.momentum = o->optimizer == MHUB_OPTIM_SGD ? (float)o->momentum : 0.0f;
-    oc.weight_decay = (float)o->weight_decay;
-    MHUB_TRY(mhub_dp_engine_create(o->engine, mhub_mlp_params(t->model), t->comm, &o->ddp, &oc,
-                                   NULL, &t->engine));
-    mhub_grad_ready_fn ready;
-    void *ready_user;
-    mhub_unit_hooks hooks;
-    MHUB_TRY(mhub_dp_engine_hooks(t->engine, &ready, &ready_user, &hooks));
-    mhub_mlp_set_grad_ready(t->model, ready, ready_user);
-    mhub_mlp_set_unit_hooks(t->model, &hooks);
+    MHUB_TRY(build_model(t, rows));
     void *p = NULL;
     MHUB_TRY(t->be->ops->alloc(t->be, (size_t)rows * (size_t)o->features * sizeof(float), &p));
     t->x = p;

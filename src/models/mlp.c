@@ -21,7 +21,9 @@
 struct mhub_mlp {
     mhub_mlp_config cfg;
     mhub_backend *be;           /* NULL for a meta model */
-    int layers;                 /* L */
+    int layers;                 /* linear layers in this model (L when whole) */
+    int first_layer;            /* global index of layers[0] (pipeline chunks) */
+    bool whole;                 /* all L layers: forward and backward can run */
     int64_t width[MAX_LAYERS + 1];
     int64_t max_rows;
     mhub_param_list params;     /* layers.<i>.weight, layers.<i>.bias */
@@ -58,6 +60,9 @@ static mhub_status check_config(const mhub_mlp_config *cfg, int64_t max_rows, bo
     if (cfg->num_hidden < 0 || cfg->num_hidden > MHUB_MLP_MAX_HIDDEN)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "num_hidden = %d must be in [0, %d]",
                           cfg->num_hidden, MHUB_MLP_MAX_HIDDEN);
+    if (!(cfg->init_std >= 0.0f) || cfg->init_std > 1e3f)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "init_std = %g must be in [0, 1000]",
+                          (double)cfg->init_std);
     if (!mhub_dtype_valid(cfg->param_dtype))
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "param_dtype %d is not a dtype",
                           (int)cfg->param_dtype);
@@ -78,11 +83,11 @@ static mhub_status add_params(mhub_mlp *m)
         int64_t wshape[2] = {m->width[i + 1], m->width[i]};
         int64_t bshape[1] = {m->width[i + 1]};
         /* std 1/sqrt(fan_in) keeps activations O(1) through the stack */
-        float std = 1.0f / sqrtf((float)m->width[i]);
-        snprintf(name, sizeof name, "layers.%d.weight", i);
+        float std = m->cfg.init_std > 0 ? m->cfg.init_std : 1.0f / sqrtf((float)m->width[i]);
+        snprintf(name, sizeof name, "layers.%d.weight", m->first_layer + i);
         MHUB_TRY(mhub_param_list_add(&m->params, name, m->cfg.param_dtype, 2, wshape,
                                      MHUB_INIT_NORMAL, std, NULL));
-        snprintf(name, sizeof name, "layers.%d.bias", i);
+        snprintf(name, sizeof name, "layers.%d.bias", m->first_layer + i);
         MHUB_TRY(mhub_param_list_add(&m->params, name, m->cfg.param_dtype, 1, bshape,
                                      MHUB_INIT_ZEROS, 0.0f, NULL));
         m->params.items[weight_index(i)].unit = i;
@@ -128,28 +133,44 @@ static mhub_status alloc_activations(mhub_mlp *m)
     return MHUB_OK;
 }
 
-mhub_status mhub_mlp_create(const mhub_mlp_config *cfg, mhub_backend *be, int64_t max_rows,
-                            uint64_t seed, mhub_mlp **out)
+/* Width d[j] of the whole model (d[0] = inputs, d[L] = classes). */
+static int64_t global_width(const mhub_mlp_config *cfg, int j)
+{
+    if (j == 0)
+        return cfg->inputs;
+    return j <= cfg->num_hidden ? cfg->hidden[j - 1] : cfg->classes;
+}
+
+mhub_status mhub_mlp_create_chunk(const mhub_mlp_config *cfg, int first_layer, int num_layers,
+                                  mhub_backend *be, int64_t max_rows, uint64_t seed,
+                                  mhub_mlp **out)
 {
     if (!cfg || !out)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "config or out is NULL");
     *out = NULL;
-    MHUB_TRY(check_config(cfg, max_rows, be == NULL));
+    int total = cfg->num_hidden + 1;
+    bool whole = first_layer == 0 && num_layers == total;
+    MHUB_TRY(check_config(cfg, max_rows, be == NULL || !whole));
+    if (first_layer < 0 || num_layers < 1 || first_layer + num_layers > total)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
+                          "layers [%d, %d) are not a non-empty range of the model's %d",
+                          first_layer, first_layer + num_layers, total);
     mhub_mlp *m = calloc(1, sizeof *m);
     if (!m)
         return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "model struct");
     m->cfg = *cfg;
     m->be = be;
-    m->layers = cfg->num_hidden + 1;
+    m->layers = num_layers;
+    m->first_layer = first_layer;
+    m->whole = whole;
     m->max_rows = max_rows;
-    m->width[0] = cfg->inputs;
-    for (int i = 0; i < cfg->num_hidden; i++)
-        m->width[i + 1] = cfg->hidden[i];
-    m->width[m->layers] = cfg->classes;
+    for (int i = 0; i <= num_layers; i++)
+        m->width[i] = global_width(cfg, first_layer + i);
     mhub_status s = add_params(m);
     if (s == MHUB_OK && be) {
         s = mhub_param_list_materialize(&m->params, be, seed);
-        if (s == MHUB_OK)
+        /* a pipeline chunk holds its parameters but cannot run alone */
+        if (s == MHUB_OK && whole)
             s = alloc_activations(m);
     }
     if (s != MHUB_OK) {
@@ -160,11 +181,21 @@ mhub_status mhub_mlp_create(const mhub_mlp_config *cfg, mhub_backend *be, int64_
     return MHUB_OK;
 }
 
+mhub_status mhub_mlp_create(const mhub_mlp_config *cfg, mhub_backend *be, int64_t max_rows,
+                            uint64_t seed, mhub_mlp **out)
+{
+    if (!cfg || !out)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "config or out is NULL");
+    return mhub_mlp_create_chunk(cfg, 0, cfg->num_hidden + 1, be, max_rows, seed, out);
+}
+
+int mhub_mlp_first_layer(const mhub_mlp *m) { return m ? m->first_layer : 0; }
+
 void mhub_mlp_free(mhub_mlp *m)
 {
     if (!m)
         return;
-    if (m->be) {
+    if (m->be && m->z[0]) {
         float *bufs[] = {m->probs, m->losses, m->w32, m->b32, m->gw32, m->gb32, m->acc32};
         for (int i = 0; i < m->layers; i++) {
             m->be->ops->free(m->be, m->z[i]);
@@ -273,6 +304,11 @@ mhub_status mhub_mlp_forward(mhub_mlp *m, const float *x, const int32_t *y, int6
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "model, x or y is NULL");
     if (!m->be)
         return MHUB_ERROR(MHUB_ERR_STATE, "the model is meta (built without a backend)");
+    if (!m->whole)
+        return MHUB_ERROR(MHUB_ERR_UNSUPPORTED,
+                          "this chunk holds layers %d-%d of %d; forward runs on a whole "
+                          "model (pipeline_model_parallel_size 1)",
+                          m->first_layer, m->first_layer + m->layers - 1, m->cfg.num_hidden + 1);
     if (rows < 1 || rows > m->max_rows)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "rows = %lld must be in [1, %lld] (max_rows)",
                           (long long)rows, (long long)m->max_rows);
