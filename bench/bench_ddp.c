@@ -94,14 +94,15 @@ static bool parse(int argc, char **argv, bench_options *o)
             return false;
         i++;
         if (!strcmp(a, "--hidden")) {
+            char widths[256];
+            if (snprintf(widths, sizeof widths, "%s", val) >= (int)sizeof widths)
+                return false;
             o->mlp.num_hidden = 0;
-            for (char *dup = strdup(val), *save = NULL, *t = strtok_r(dup, ",", &save); t;
+            for (char *save = NULL, *t = strtok_r(widths, ",", &save); t;
                  t = strtok_r(NULL, ",", &save)) {
                 if (o->mlp.num_hidden == MHUB_MLP_MAX_HIDDEN || !parse_int(t, 1, 1 << 16, &v))
                     return false;
                 o->mlp.hidden[o->mlp.num_hidden++] = (int)v;
-                if (!save || !*save)
-                    free(dup);
             }
         } else if (!strcmp(a, "--engine")) {
             mhub_dp_engine_kind k;

@@ -26,6 +26,7 @@
 
 #include "mhub/config.h"
 #include "mhub/provider.h"
+#include "src/fileio.h"
 
 /* 2^53: the largest integer below which every integer is a double, so
  * JSON numbers up to it are read exactly. */
@@ -205,23 +206,6 @@ static const char *shown(const char *s, char buf[SHOWN_CAP + 4])
     return shown_n(s, SIZE_MAX, buf);
 }
 
-/* What a JSON value is, for "must be X, not Y" messages. */
-static const char *json_kind(const cJSON *item)
-{
-    if (cJSON_IsNull(item))
-        return "null";
-    if (cJSON_IsBool(item))
-        return "a boolean";
-    if (cJSON_IsNumber(item))
-        return "a number";
-    if (cJSON_IsString(item))
-        return "a string";
-    if (cJSON_IsArray(item))
-        return "an array";
-    if (cJSON_IsObject(item))
-        return "an object";
-    return "an unknown JSON value";
-}
 
 /* Prefix the recorded message with where the text came from, so the
  * readers below need not carry the source around. */
@@ -834,7 +818,7 @@ static mhub_status read_integer(const cJSON *item, const char *what, double lo, 
 {
     if (!cJSON_IsNumber(item))
         return mhub_error(MHUB_ERR_PARSE, "%s must be an integer%s, not %s", what,
-                          nullable ? " or null" : "", json_kind(item));
+                          nullable ? " or null" : "", mhub_json_kind(item));
     double d = item->valuedouble;
     char ds[32];
     format_double(d, ds, sizeof ds);
@@ -856,7 +840,7 @@ static mhub_status read_bool(const cJSON *item, const mhub_config_field *f, bool
 {
     if (!cJSON_IsBool(item))
         return mhub_error(MHUB_ERR_PARSE, "%s must be true or false, not %s", f->key,
-                          json_kind(item));
+                          mhub_json_kind(item));
     *out = cJSON_IsTrue(item);
     return MHUB_OK;
 }
@@ -865,7 +849,7 @@ static mhub_status read_double(const cJSON *item, const mhub_config_field *f, do
 {
     if (!cJSON_IsNumber(item))
         return mhub_error(MHUB_ERR_PARSE, "%s must be a number, not %s", f->key,
-                          json_kind(item));
+                          mhub_json_kind(item));
     if (!isfinite(item->valuedouble))
         return mhub_error(MHUB_ERR_PARSE, "%s is not a finite number (too large for a double)",
                           f->key);
@@ -881,7 +865,7 @@ static mhub_status read_enum(const cJSON *item, const mhub_config_field *f, int 
     choices_list(f, names, sizeof names);
     if (!cJSON_IsString(item))
         return mhub_error(MHUB_ERR_PARSE, "%s must be a string (one of: %s), not %s", f->key,
-                          names, json_kind(item));
+                          names, mhub_json_kind(item));
     for (int i = 0; f->choices && f->choices[i]; i++)
         if (strcmp(item->valuestring, f->choices[i]) == 0) {
             *out = i;
@@ -897,7 +881,7 @@ static mhub_status read_dtype(const cJSON *item, const mhub_config_field *f, mhu
     if (!cJSON_IsString(item))
         return mhub_error(MHUB_ERR_PARSE,
                           "%s must be a dtype name (float32, bfloat16, float16), not %s", f->key,
-                          json_kind(item));
+                          mhub_json_kind(item));
     if (mhub_dtype_parse(item->valuestring, out) != 0)
         return mhub_error(MHUB_ERR_PARSE,
                           "%s = '%s' is not a dtype (float32, bfloat16, float16)", f->key,
@@ -910,7 +894,7 @@ static mhub_status read_int_array(const cJSON *item, const mhub_config_field *f,
 {
     if (!cJSON_IsArray(item))
         return mhub_error(MHUB_ERR_PARSE, "%s must be an array of integers, not %s", f->key,
-                          json_kind(item));
+                          mhub_json_kind(item));
     int *v = field_ptr(cfg, f->offset);
     double lo, hi;
     integer_range(f, &lo, &hi);
@@ -1038,7 +1022,7 @@ static mhub_status read_provider(const cJSON *root, const mhub_provider_type **t
                           names);
     }
     if (!cJSON_IsString(p))
-        return mhub_error(MHUB_ERR_PARSE, "provider must be a string, not %s", json_kind(p));
+        return mhub_error(MHUB_ERR_PARSE, "provider must be a string, not %s", mhub_json_kind(p));
     *type = mhub_provider_type_find(p->valuestring);
     if (!*type) {
         registered_types_list(names, sizeof names);
@@ -1053,7 +1037,7 @@ static mhub_status config_from_tree(const cJSON *root, mhub_config_mode mode,
 {
     if (!cJSON_IsObject(root))
         return mhub_error(MHUB_ERR_PARSE, "the config must be a JSON object, not %s",
-                          json_kind(root));
+                          mhub_json_kind(root));
     const mhub_provider_type *type = NULL;
     MHUB_TRY(read_provider(root, &type));
     mhub_provider_config *cfg = NULL;
@@ -1093,11 +1077,11 @@ static mhub_status apply_tree(mhub_provider_config *cfg, const cJSON *root,
 {
     if (!cJSON_IsObject(root))
         return mhub_error(MHUB_ERR_PARSE, "overrides must be a JSON object, not %s",
-                          json_kind(root));
+                          mhub_json_kind(root));
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "provider");
     char sh[SHOWN_CAP + 4];
     if (p && !cJSON_IsString(p))
-        return mhub_error(MHUB_ERR_PARSE, "provider must be a string, not %s", json_kind(p));
+        return mhub_error(MHUB_ERR_PARSE, "provider must be a string, not %s", mhub_json_kind(p));
     if (p && strcmp(p->valuestring, cfg->type->name) != 0)
         return mhub_error(MHUB_ERR_PARSE, "provider '%s' does not match the config's type '%s'",
                           shown(p->valuestring, sh), cfg->type->name);
@@ -1221,65 +1205,6 @@ static mhub_status check_config_name(const char *name)
     return MHUB_OK;
 }
 
-static mhub_status make_dir(const char *dir)
-{
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
-        return mhub_error(MHUB_ERR_IO, "cannot create directory %s: %s", dir, strerror(errno));
-    struct stat st;
-    if (stat(dir, &st) != 0)
-        return mhub_error(MHUB_ERR_IO, "%s: %s", dir, strerror(errno));
-    if (!S_ISDIR(st.st_mode))
-        return mhub_error(MHUB_ERR_IO, "%s exists and is not a directory", dir);
-    return MHUB_OK;
-}
-
-static mhub_status write_all(int fd, const char *path, const char *data, size_t n)
-{
-    while (n > 0) {
-        ssize_t w = write(fd, data, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return mhub_error(MHUB_ERR_IO, "cannot write %s: %s", path,
-                              w < 0 ? strerror(errno) : "no progress");
-        data += w;
-        n -= (size_t)w;
-    }
-    return MHUB_OK;
-}
-
-/* Write text and a newline to tmp, flush it to disk, then rename it over
- * path: readers see the old file or the whole new one, never half. */
-static mhub_status write_atomic(const char *dir, const char *tmp, const char *path,
-                                const char *text)
-{
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return mhub_error(MHUB_ERR_IO, "cannot create %s: %s", tmp, strerror(errno));
-    mhub_status s = write_all(fd, tmp, text, strlen(text));
-    if (s == MHUB_OK)
-        s = write_all(fd, tmp, "\n", 1);
-    if (s == MHUB_OK && fsync(fd) != 0)
-        s = mhub_error(MHUB_ERR_IO, "cannot sync %s: %s", tmp, strerror(errno));
-    if (close(fd) != 0 && s == MHUB_OK)
-        s = mhub_error(MHUB_ERR_IO, "cannot close %s: %s", tmp, strerror(errno));
-    if (s == MHUB_OK && rename(tmp, path) != 0)
-        s = mhub_error(MHUB_ERR_IO, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
-    if (s != MHUB_OK) {
-        unlink(tmp);
-        return s;
-    }
-    /* Make the rename itself durable; some file systems cannot sync a
-     * directory, and the file is complete either way, so errors here
-     * are not failures. */
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        (void)fsync(dfd);
-        close(dfd);
-    }
-    return MHUB_OK;
-}
-
 mhub_status mhub_config_save_pretrained(const mhub_provider_config *cfg, const char *dir,
                                         const char *format, const char *config_name)
 {
@@ -1296,80 +1221,16 @@ mhub_status mhub_config_save_pretrained(const mhub_provider_config *cfg, const c
     MHUB_TRY(mhub_config_validate(cfg));
     char *text = NULL;
     MHUB_TRY(mhub_config_to_json(cfg, true, &text));
-    mhub_status s = make_dir(dir);
-    char *tmp = path_printf("%s/.%s.json.tmp.%ld", dir, name, (long)getpid());
+    mhub_status s = mhub_dir_ensure(dir);
     char *path = path_printf("%s/%s.json", dir, name);
-    if (s == MHUB_OK && (!tmp || !path))
+    char *file_text = path_printf("%s\n", text);
+    if (s == MHUB_OK && (!path || !file_text))
         s = MHUB_ERROR(MHUB_ERR_NO_MEMORY, "path in %s", dir);
     if (s == MHUB_OK)
-        s = write_atomic(dir, tmp, path, text);
-    free(tmp);
+        s = mhub_file_write_atomic(path, file_text, strlen(file_text));
+    free(file_text);
     free(path);
     free(text);
-    return s;
-}
-
-/* Refuse what cannot be a config file before reading it: a directory,
- * or a regular file over the size limit. *hint: bytes to expect. */
-static mhub_status check_open_file(FILE *f, const char *path, size_t *hint)
-{
-    struct stat st;
-    if (fstat(fileno(f), &st) != 0)
-        return mhub_error(MHUB_ERR_IO, "cannot stat %s: %s", path, strerror(errno));
-    if (S_ISDIR(st.st_mode))
-        return mhub_error(MHUB_ERR_IO, "%s is a directory, expected a config file", path);
-    if (S_ISREG(st.st_mode) && (uintmax_t)st.st_size > MAX_CONFIG_BYTES)
-        return mhub_error(MHUB_ERR_IO, "%s is %jd bytes; a config file may be at most 16 MiB",
-                          path, (intmax_t)st.st_size);
-    *hint = S_ISREG(st.st_mode) ? (size_t)st.st_size : 4096;
-    return MHUB_OK;
-}
-
-/* Read f to its end into a NUL-terminated buffer of at most
- * MAX_CONFIG_BYTES. Reads until end of file rather than trusting the
- * size, so pipes, devices and files that grow are bounded too. */
-static mhub_status read_stream(FILE *f, const char *path, size_t hint, char **text,
-                               size_t *len)
-{
-    size_t cap = hint + 1, n = 0; /* +1: see end of file without a second buffer */
-    char *buf = malloc(cap + 1);
-    if (!buf)
-        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "%zu bytes for %s", cap, path);
-    for (;;) {
-        n += fread(buf + n, 1, cap - n, f);
-        mhub_status s = MHUB_OK;
-        if (ferror(f))
-            s = mhub_error(MHUB_ERR_IO, "cannot read %s: %s", path, strerror(errno));
-        else if (n > MAX_CONFIG_BYTES)
-            s = mhub_error(MHUB_ERR_IO, "%s is larger than 16 MiB; not a config file", path);
-        else if (n < cap)
-            break; /* end of file */
-        char *grown = s == MHUB_OK ? realloc(buf, 2 * cap + 1) : NULL;
-        if (s == MHUB_OK && !grown)
-            s = MHUB_ERROR(MHUB_ERR_NO_MEMORY, "%zu bytes for %s", 2 * cap, path);
-        if (s != MHUB_OK) {
-            free(buf);
-            return s;
-        }
-        buf = grown;
-        cap *= 2;
-    }
-    buf[n] = '\0';
-    *text = buf;
-    *len = n;
-    return MHUB_OK;
-}
-
-static mhub_status read_text_file(const char *path, char **text, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return mhub_error(MHUB_ERR_IO, "cannot open %s: %s", path, strerror(errno));
-    size_t hint = 0;
-    mhub_status s = check_open_file(f, path, &hint);
-    if (s == MHUB_OK)
-        s = read_stream(f, path, hint, text, len);
-    fclose(f);
     return s;
 }
 
@@ -1391,7 +1252,7 @@ mhub_status mhub_config_from_pretrained(const char *path, mhub_config_mode mode,
         return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "path in %s", path);
     char *text = NULL;
     size_t len = 0;
-    mhub_status s = read_text_file(file, &text, &len);
+    mhub_status s = mhub_file_read_all(file, MAX_CONFIG_BYTES, "a config file", &text, &len);
     if (s == MHUB_OK)
         s = mhub_config_from_json(text, len, file, mode, out);
     free(text);

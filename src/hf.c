@@ -51,6 +51,7 @@
 
 #include "mhub/gpt.h"
 #include "mhub/provider.h"
+#include "src/fileio.h"
 
 #define HF_CONFIG_NAME "config.json"
 /* A real config.json is a few KiB; anything near this is not one. */
@@ -127,20 +128,6 @@ typedef struct hf_reader {
     const cJSON *root;
 } hf_reader;
 
-static const char *json_kind(const cJSON *it)
-{
-    if (cJSON_IsNull(it))
-        return "null";
-    if (cJSON_IsBool(it))
-        return "a boolean";
-    if (cJSON_IsNumber(it))
-        return "a number";
-    if (cJSON_IsString(it))
-        return "a string";
-    if (cJSON_IsArray(it))
-        return "an array";
-    return "an object";
-}
 
 /* The key's value, or NULL when it is absent or null (Hugging Face
  * writes null for "use the default"). */
@@ -160,7 +147,7 @@ static mhub_status wrong_type(const hf_reader *r, const char *key, const char *w
                               const cJSON *it)
 {
     return mhub_error(MHUB_ERR_PARSE, "%s: key \"%s\" must be %s, got %s", r->file, key, want,
-                      json_kind(it));
+                      mhub_json_kind(it));
 }
 
 /* An integer in [lo, hi]: exact (no fraction, no 1e400). */
@@ -429,51 +416,11 @@ static mhub_status resolve_file(const char *path, char **out)
     return MHUB_OK;
 }
 
-static mhub_status read_text(const char *file, char **text, size_t *len)
-{
-    FILE *f = fopen(file, "rb");
-    if (!f)
-        return mhub_error(MHUB_ERR_IO, "%s: %s", file, strerror(errno));
-    char *buf = NULL;
-    size_t used = 0, cap = 0;
-    mhub_status s = MHUB_OK;
-    for (;;) {
-        if (used == cap) {
-            cap = cap ? 2 * cap : 4096;
-            char *grown = cap <= HF_MAX_BYTES ? realloc(buf, cap + 1) : NULL;
-            if (!grown) {
-                s = cap > HF_MAX_BYTES
-                        ? mhub_error(MHUB_ERR_PARSE, "%s: over %d bytes, not a config.json", file,
-                                     HF_MAX_BYTES)
-                        : mhub_error(MHUB_ERR_NO_MEMORY, "%s: %zu bytes", file, cap);
-                break;
-            }
-            buf = grown;
-        }
-        size_t got = fread(buf + used, 1, cap - used, f);
-        used += got;
-        if (got == 0) {
-            if (ferror(f))
-                s = mhub_error(MHUB_ERR_IO, "%s: read failed", file);
-            break;
-        }
-    }
-    fclose(f);
-    if (s != MHUB_OK) {
-        free(buf);
-        return s;
-    }
-    buf[used] = '\0';
-    *text = buf;
-    *len = used;
-    return MHUB_OK;
-}
-
 static mhub_status parse_file(const char *file, cJSON **root)
 {
     char *text = NULL;
     size_t len = 0;
-    MHUB_TRY(read_text(file, &text, &len));
+    MHUB_TRY(mhub_file_read_all(file, HF_MAX_BYTES, "a config.json", &text, &len));
     *root = len ? cJSON_ParseWithLength(text, len) : NULL;
     mhub_status s = MHUB_OK;
     if (!len)
@@ -484,7 +431,7 @@ static mhub_status parse_file(const char *file, cJSON **root)
         s = mhub_error(MHUB_ERR_PARSE, "%s: not valid JSON (error near byte %ld)", file, off);
     } else if (!cJSON_IsObject(*root)) {
         s = mhub_error(MHUB_ERR_PARSE, "%s: the top level must be a JSON object, got %s", file,
-                       json_kind(*root));
+                       mhub_json_kind(*root));
         cJSON_Delete(*root);
         *root = NULL;
     }
@@ -636,59 +583,6 @@ static mhub_status build_json(const mhub_gpt_config *c, hf_family fam, cJSON *ob
                     cJSON_CreateString(torch_dtype(mhub_provider_config_param_dtype(&c->base))));
 }
 
-static mhub_status ensure_dir(const char *dir)
-{
-    struct stat st;
-    if (stat(dir, &st) == 0) {
-        if (!S_ISDIR(st.st_mode))
-            return mhub_error(MHUB_ERR_IO, "%s: exists and is not a directory", dir);
-        return MHUB_OK;
-    }
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
-        return mhub_error(MHUB_ERR_IO, "%s: cannot create the directory: %s", dir,
-                          strerror(errno));
-    return MHUB_OK;
-}
-
-/* Write `text` to `file` through a temporary file in the same directory
- * and a rename, so readers see the old file or the whole new one. */
-static mhub_status write_atomically(const char *dir, const char *file, const char *text)
-{
-    size_t n = strlen(dir) + sizeof "/.config.json.XXXXXX";
-    char *tmp = malloc(n);
-    if (!tmp)
-        return mhub_error(MHUB_ERR_NO_MEMORY, "%s: path", dir);
-    snprintf(tmp, n, "%s/.config.json.XXXXXX", dir);
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        mhub_status s = mhub_error(MHUB_ERR_IO, "%s: cannot create a temporary file: %s", dir,
-                                   strerror(errno));
-        free(tmp);
-        return s;
-    }
-    /* mkstemp makes it private; a config is for everyone to read */
-    bool ok = fchmod(fd, 0644) == 0;
-    FILE *f = ok ? fdopen(fd, "wb") : NULL;
-    size_t len = strlen(text);
-    ok = f && fwrite(text, 1, len, f) == len && fputc('\n', f) != EOF && fflush(f) == 0 &&
-         fsync(fd) == 0;
-    int err = ok ? 0 : errno;
-    if (!f)
-        close(fd);
-    else if (fclose(f) != 0 && ok) {
-        ok = false;
-        err = errno;
-    }
-    if (ok && rename(tmp, file) != 0) {
-        ok = false;
-        err = errno;
-    }
-    if (!ok)
-        unlink(tmp);
-    free(tmp);
-    return ok ? MHUB_OK : mhub_error(MHUB_ERR_IO, "%s: cannot write: %s", file, strerror(err));
-}
-
 typedef struct hf_line {
     const char *key;
     char *value;    /* the value's JSON text */
@@ -767,7 +661,7 @@ mhub_status mhub_config_save_hf(const mhub_provider_config *cfg, const char *dir
     MHUB_TRY(classify(c, &fam));
     if (fam == HF_GPT2)
         MHUB_TRY(check_gpt2(c));
-    MHUB_TRY(ensure_dir(dir));
+    MHUB_TRY(mhub_dir_ensure(dir));
     cJSON *obj = cJSON_CreateObject();
     if (!obj)
         return mhub_error(MHUB_ERR_NO_MEMORY, "JSON object");
@@ -776,17 +670,22 @@ mhub_status mhub_config_save_hf(const mhub_provider_config *cfg, const char *dir
     if (s == MHUB_OK)
         s = format_hf(obj, &text);
     cJSON_Delete(obj);
-    char *file = NULL;
+    char *file = NULL, *file_text = NULL;
     if (s == MHUB_OK) {
-        size_t n = strlen(dir) + sizeof "/" HF_CONFIG_NAME;
+        size_t n = strlen(dir) + sizeof "/" HF_CONFIG_NAME, t = strlen(text);
         file = malloc(n);
-        if (file)
+        file_text = malloc(t + 2);
+        if (file && file_text) {
             snprintf(file, n, "%s/%s", dir, HF_CONFIG_NAME);
-        else
+            memcpy(file_text, text, t);
+            memcpy(file_text + t, "\n", 2);
+        } else {
             s = mhub_error(MHUB_ERR_NO_MEMORY, "%s: path", dir);
+        }
     }
     if (s == MHUB_OK)
-        s = write_atomically(dir, file, text);
+        s = mhub_file_write_atomic(file, file_text, strlen(file_text));
+    free(file_text);
     free(file);
     free(text);
     return s;

@@ -1,0 +1,34 @@
+/* fileio.h - file and JSON helpers shared inside the library (config
+ * files, Hugging Face configs, and later checkpoints). Not public.
+ *
+ * Every error names the path; nothing here prints. */
+#ifndef MHUB_FILEIO_H
+#define MHUB_FILEIO_H
+
+#include <cjson/cJSON.h>
+#include <stddef.h>
+
+#include "mhub/status.h"
+
+/* Read a whole file into a NUL-terminated buffer (caller free()s it).
+ * A directory, or a file over max_bytes (checked on the size and again
+ * while reading, so pipes and growing files are bounded too), is
+ * MHUB_ERR_IO naming the path; `what` names what the file should be
+ * ("a config file"). */
+mhub_status mhub_file_read_all(const char *path, size_t max_bytes, const char *what,
+                               char **data, size_t *len);
+
+/* Create `dir` (mode 0755) unless it exists; an existing non-directory
+ * is an error. Only the last component is created. */
+mhub_status mhub_dir_ensure(const char *dir);
+
+/* Write `len` bytes to `path` through a temporary file in the same
+ * directory, fsync it, rename it over `path` and sync the directory:
+ * readers see the old file or the whole new one, never half of it. The
+ * file is created with mode 0644. */
+mhub_status mhub_file_write_atomic(const char *path, const void *data, size_t len);
+
+/* What a JSON value is, for "must be X, not Y" messages ("a number"). */
+const char *mhub_json_kind(const cJSON *item);
+
+#endif
