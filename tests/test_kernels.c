@@ -17,6 +17,7 @@
 
 #include <cblas.h>
 
+#include "backends/cpu/cpu_internal.h"
 #include "testutil.h"
 
 static mhub_backend *be;
@@ -364,6 +365,108 @@ START_TEST(test_bias_backward_fd_and_accumulation)
 }
 END_TEST
 
+/* =================================================================== exp */
+
+/* |got - e^x| in units of the float spacing at e^x (2^-149 below FLT_MIN),
+ * e^x in double. */
+static double exp_ulps(float x, float got)
+{
+    double want = exp((double)x);
+    int e;
+    frexp(want, &e);
+    double ulp = want < FLT_MIN ? ldexp(1.0, -149) : ldexp(1.0, e - 24);
+    return fabs((double)got - want) / ulp;
+}
+
+static float f32_from_bits(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* The kernels' exp (GELU, softmax) is measured at <= 0.99 ulp over every
+ * float; 2 ulp is the promise checked here, on a dense grid and at random
+ * points, including random bit patterns (so tiny |x| too). */
+START_TEST(test_expf_accuracy)
+{
+    double worst = 0.0;
+    float worst_x = 0.0f;
+#define EXP_TRACK(x)                                   \
+    do {                                               \
+        float x_ = (x);                                \
+        double u_ = exp_ulps(x_, mhub_cpu_expf(x_));   \
+        if (!(u_ <= worst)) {                          \
+            worst = u_;                                \
+            worst_x = x_;                              \
+        }                                              \
+    } while (0)
+    for (int64_t k = -87 * 1024; k <= 88 * 1024; k++)
+        EXP_TRACK((float)ldexp((double)k, -10)); /* exact in float */
+    for (uint64_t i = 0; i < 200000; i++)
+        EXP_TRACK(-87.0f + 175.0f * mhub_rng_uniform(5, 1, i));
+    for (uint64_t i = 0; i < 200000; i++) {
+        uint32_t r[4];
+        mhub_rng_block(5, 2, i, r);
+        float x = f32_from_bits(r[0]);
+        if (x >= -87.0f && x <= 88.0f)
+            EXP_TRACK(x);
+    }
+#undef EXP_TRACK
+    ck_assert_msg(worst <= 2.0, "mhub_cpu_expf: %.3f ulp at x = %a", worst, (double)worst_x);
+
+    /* Results below FLT_MIN: gradual underflow, within a unit of 2^-149. */
+    for (int64_t k = -104 * 256; k < -87 * 256; k++) {
+        float x = (float)ldexp((double)k, -8);
+        double u = exp_ulps(x, mhub_cpu_expf(x));
+        ck_assert_msg(u <= 1.0, "mhub_cpu_expf(%a): %.3f units of 2^-149", (double)x, u);
+    }
+}
+END_TEST
+
+START_TEST(test_expf_special_values)
+{
+    ck_assert(mhub_cpu_expf(0.0f) == 1.0f);
+    ck_assert(mhub_cpu_expf(-0.0f) == 1.0f);
+    ck_assert(mhub_cpu_expf(1e-30f) == 1.0f);
+    ck_assert(mhub_cpu_expf(-1e-30f) == 1.0f);
+    ck_assert(mhub_cpu_expf(FLT_TRUE_MIN) == 1.0f);
+    ck_assert(isnan(mhub_cpu_expf(NAN)));
+    ck_assert(isnan(mhub_cpu_expf(-NAN)));
+    ck_assert(isnan(mhub_cpu_expf(f32_from_bits(0x7f800001u)))); /* signaling, payload 1 */
+    ck_assert(isnan(mhub_cpu_expf(f32_from_bits(0xffbfffffu))));
+    float inf = mhub_cpu_expf(INFINITY);
+    ck_assert(isinf(inf) && inf > 0.0f);
+    float zero = mhub_cpu_expf(-INFINITY);
+    ck_assert(zero == 0.0f && !signbit(zero));
+    /* e^89 > FLT_MAX; e^-104 < 2^-150, half the smallest subnormal. */
+    const float huge[] = {89.0f, 100.0f, 104.0f, 105.0f, 1e4f, 1e30f, FLT_MAX};
+    for (size_t i = 0; i < sizeof huge / sizeof huge[0]; i++) {
+        float hi = mhub_cpu_expf(huge[i]);
+        ck_assert_msg(isinf(hi) && hi > 0.0f, "exp(%g) = %g", (double)huge[i], (double)hi);
+        if (huge[i] < 104.0f)
+            continue;
+        float lo = mhub_cpu_expf(-huge[i]);
+        ck_assert_msg(lo == 0.0f && !signbit(lo), "exp(%g) = %g", -(double)huge[i], (double)lo);
+    }
+    /* Overflow to +Inf and underflow to +0 start exactly where libm's expf
+     * has them: checked over 4096 floats on each side of both edges. */
+    const float edges[] = {88.72283935546875f, -103.97207641601562f};
+    for (size_t e = 0; e < 2; e++) {
+        uint32_t b = f32_bits(edges[e]);
+        for (uint32_t d = 0; d < 8192; d++) {
+            float x = f32_from_bits(b - 4096u + d);
+            float got = mhub_cpu_expf(x), want = expf(x);
+            ck_assert_msg(isinf(got) == isinf(want) && (got == 0.0f) == (want == 0.0f),
+                          "exp(%a): %a, expf gives %a", (double)x, (double)got, (double)want);
+        }
+    }
+    /* The largest and smallest normal results are in range. */
+    ck_assert(isfinite(mhub_cpu_expf(88.72f)) && mhub_cpu_expf(88.72f) > 3.3e38f);
+    ck_assert(mhub_cpu_expf(-87.33f) >= FLT_MIN);
+}
+END_TEST
+
 /* ================================================================== GELU */
 
 /* GPT-2's formula, in double. */
@@ -418,6 +521,44 @@ START_TEST(test_gelu_backward_fd)
     float *alias = fcopy(dout, N_ODD);
     CK_OK(be->ops->gelu_backward(be, alias, in, alias, N_ODD));
     ck_assert_int_eq(memcmp(alias, din, N_ODD * sizeof(float)), 0);
+}
+END_TEST
+
+/* An element's result must not depend on whether it falls in a kernel's
+ * vectorized prefix or in its scalar remainder (the deterministic mode's
+ * equal digests at any rank count rely on this): each element again, alone. */
+START_TEST(test_gelu_same_bits_vector_or_scalar)
+{
+    float *in = gelu_inputs();
+    float *dout = randn(N_ODD, 12, 1.0f);
+    float *out = fbuf(N_ODD), *din = fbuf(N_ODD);
+    CK_OK(be->ops->gelu_forward(be, out, in, N_ODD));
+    CK_OK(be->ops->gelu_backward(be, din, in, dout, N_ODD));
+    for (int64_t i = 0; i < N_ODD; i++) {
+        float one, grad;
+        CK_OK(be->ops->gelu_forward(be, &one, &in[i], 1));
+        CK_OK(be->ops->gelu_backward(be, &grad, &in[i], &dout[i], 1));
+        ck_assert_msg(f32_bits(one) == f32_bits(out[i]) && f32_bits(grad) == f32_bits(din[i]),
+                      "gelu at %lld (x = %a) differs alone", (long long)i, (double)in[i]);
+    }
+}
+END_TEST
+
+/* Far out, the sigmoid reaches exactly 0 and 1 (u^3 even overflows to
+ * +-Inf); NaN stays NaN. */
+START_TEST(test_gelu_limits)
+{
+    enum { N = 6 };
+    const float x[N] = {1e30f, -1e30f, 50.0f, -50.0f, NAN, 0.0f};
+    float out[N], din[N];
+    const float ones[N] = {1, 1, 1, 1, 1, 1};
+    CK_OK(be->ops->gelu_forward(be, out, x, N));
+    CK_OK(be->ops->gelu_backward(be, din, x, ones, N));
+    ck_assert(out[0] == 1e30f && out[2] == 50.0f);
+    ck_assert(out[1] == 0.0f && signbit(out[1]) && out[3] == 0.0f && signbit(out[3]));
+    ck_assert(isnan(out[4]) && isnan(din[4]));
+    ck_assert(din[2] == 1.0f && din[3] == 0.0f);
+    ck_assert(out[5] == 0.0f && din[5] == 0.5f);
 }
 END_TEST
 
@@ -522,6 +663,33 @@ START_TEST(test_softmax_xent_large_logits)
     CK_CLOSE(losses[1], 2e4 + log1p(exp(-1.0)), 1e-6, 1.0, "loss", 1);
     CK_CLOSE(losses[2], log(5.0), 1e-6, 1.0, "loss", 2);
     CK_CLOSE(probs[2 * CLASSES + 1], 0.2, 1e-6, 1.0, "flat probs", 1);
+}
+END_TEST
+
+/* Many short rows (the kernel handles rows in groups of ~4096 elements,
+ * with one flat exp loop per group) and a few rows longer than a group:
+ * against the reference, and bit for bit the same as one row at a time. */
+START_TEST(test_softmax_xent_row_shapes)
+{
+    const int64_t shapes[][2] = {{1000, 10}, {3, 5000}, {40, 1}};
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        int64_t rows = shapes[k][0], classes = shapes[k][1];
+        float *logits = randn(rows * classes, 40 + k, 4.0f);
+        int32_t *targets = random_targets(rows, classes, 50 + k);
+        float *probs = fbuf(rows * classes), *losses = fbuf(rows);
+        CK_OK(be->ops->softmax_xent_forward(be, probs, losses, logits, targets, rows, classes));
+        check_softmax_rows(probs, losses, logits, targets, rows, classes);
+        float *row = fbuf(classes);
+        for (int64_t r = 0; r < rows; r++) {
+            float loss;
+            CK_OK(be->ops->softmax_xent_forward(be, row, &loss, logits + r * classes,
+                                                targets + r, 1, classes));
+            ck_assert_msg(memcmp(row, probs + r * classes, (size_t)classes * sizeof(float)) == 0 &&
+                              f32_bits(loss) == f32_bits(losses[r]),
+                          "%lld x %lld: row %lld differs alone", (long long)rows,
+                          (long long)classes, (long long)r);
+        }
+    }
 }
 END_TEST
 
@@ -1066,10 +1234,15 @@ static Suite *make_suite(void)
     tcase_add_checked_fixture(layer, setup, teardown);
     tcase_add_test(layer, test_bias_add);
     tcase_add_test(layer, test_bias_backward_fd_and_accumulation);
+    tcase_add_test(layer, test_expf_accuracy);
+    tcase_add_test(layer, test_expf_special_values);
     tcase_add_test(layer, test_gelu_forward);
+    tcase_add_test(layer, test_gelu_same_bits_vector_or_scalar);
+    tcase_add_test(layer, test_gelu_limits);
     tcase_add_test(layer, test_gelu_backward_fd);
     tcase_add_test(layer, test_softmax_xent_forward);
     tcase_add_test(layer, test_softmax_xent_large_logits);
+    tcase_add_test(layer, test_softmax_xent_row_shapes);
     tcase_add_test(layer, test_softmax_xent_backward_fd);
     tcase_add_test(layer, test_softmax_xent_bad_targets);
     suite_add_tcase(s, layer);

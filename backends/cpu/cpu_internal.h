@@ -35,6 +35,10 @@ mhub_status mhub_cpu_softmax_xent_backward(mhub_backend *be, float *dlogits, con
                                            const int32_t *targets, int64_t rows,
                                            int64_t classes, float dloss);
 
+/* ---- for the tests ---- */
+/* e^x by the kernels' inline, vectorizable exp (vexpf in cpu_kernels.c). */
+float mhub_cpu_expf(float x);
+
 /* ---- elementwise utilities ---- */
 mhub_status mhub_cpu_cast(mhub_backend *be, void *dst, mhub_dtype dst_dtype, const void *src,
                           mhub_dtype src_dtype, int64_t n);

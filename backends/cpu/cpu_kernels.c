@@ -3,10 +3,11 @@
  * GEMM goes to OpenBLAS (cblas_sgemm). Everything else is a plain C loop
  * written so that gcc vectorizes it at -O2: restrict-qualified pointers,
  * no branches in the loop body, and a split of each loop into a prefix of
- * whole vector blocks plus a short remainder (see VEC_BLOCK). Loops that
- * call expf or sqrtf stay scalar: libm calls do not vectorize without
- * -ffast-math. Each kernel first checks all of its arguments and writes
- * nothing when one is bad; messages name the kernel and the argument. */
+ * whole vector blocks plus a short remainder (see VEC_BLOCK). Calls to
+ * libm's expf do not vectorize without -ffast-math, so GELU and softmax
+ * use vexpf instead, an inline exp in plain C (max error 0.99 ulp). Each
+ * kernel first checks all of its arguments and writes nothing when one is
+ * bad; messages name the kernel and the argument. */
 #include <inttypes.h>
 #include <limits.h>
 #include <math.h>
@@ -263,6 +264,112 @@ mhub_status mhub_cpu_bias_backward(mhub_backend *be, float *dbias, const float *
     return MHUB_OK;
 }
 
+/* ---- exp ---- */
+
+/* Bit casts between float and its IEEE-754 pattern. memcpy is the
+ * well-defined way in C11, and gcc turns it into a plain register move
+ * (a vector lane reinterpretation inside vectorized loops). */
+static inline uint32_t f32_as_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static inline float bits_as_f32(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* |x| is clamped to VEXP_LIMIT: e^-104 < 2^-150 rounds to +0 in float and
+ * e^104 > 2^128 to +Inf, so the clamp changes no result, and it keeps n
+ * (below) within [-150, 150]. */
+#define VEXP_LIMIT 104.0f
+/* 1.5 * 2^23: adding it to |v| < 2^22 rounds v to an integer (in the
+ * default round-to-nearest mode) and leaves that integer, plus 2^22, in
+ * the low mantissa bits; subtracting it again gives the integer as a
+ * float. Unlike rintf, this vectorizes with plain SSE2. */
+#define VEXP_SHIFTER 0x1.8p23f
+#define VEXP_LOG2_E 0x1.715476p0f
+/* ln 2 = LN2_HI + LN2_LO (Cody-Waite). LN2_HI = 355/512 has 9 significant
+ * bits, so n * LN2_HI is exact for |n| <= 2^15, and so is x - n * LN2_HI
+ * (the two are within a factor of 2, or both small); LN2_LO carries the
+ * rest. These are Cephes' values. */
+#define VEXP_LN2_HI 0x1.63p-1f
+#define VEXP_LN2_LO -2.12194440e-4f
+
+/* e^x in float: inline, branch-free, vectorizable, no libm call.
+ *
+ * x = n ln2 + r with n = round(x / ln2) and |r| <= ln2 / 2, so
+ * e^x = 2^n e^r, and e^r ~ 1 + r + r^2 P(r), P of degree 5 with Cephes'
+ * expf minimax coefficients. 2^n is built directly in the exponent bits,
+ * as two normal powers of two 2^n1 and 2^n2 (n1 + n2 = n) applied by
+ * multiplication: so results below FLT_MIN come out as rounded
+ * subnormals (gradual underflow, as expf) and results above FLT_MAX as
+ * +Inf. (Adding n << 23 to p's bits would save a multiplication but wrap
+ * the exponent at both ends.)
+ *
+ * The clamp and the NaN check work on the bits, with integer ternaries
+ * (min and a mask): float ternaries such as x < lo ? lo : x made gcc 12's
+ * PRE move the whole computation behind a branch (the clamped value is a
+ * constant on one path), and the loop's if-conversion then refuses to
+ * execute float operations speculatively (-ftrapping-math), so nothing
+ * vectorized. A NaN's magnitude bits exceed every finite limit, so it is
+ * clamped like +-104 and then turned back into a NaN by OR-ing a quiet
+ * NaN's bits into the result (which makes any float a NaN).
+ *
+ * Special values: e^+-0 = 1 exactly, e^NaN = NaN, e^-Inf = +0,
+ * e^+Inf = +Inf. Over all 2^32 floats, vexpf gives +Inf exactly where
+ * expf does (x > 88.7228), +0 exactly where expf does (x < -103.97), and
+ * NaN for every NaN. So 1 / (1 + vexpf(-2u)) still reaches exactly 0 and
+ * 1 for large |u|.
+ *
+ * Accuracy against double exp, measured exhaustively over every float
+ * (gcc 12, -std=c11 -O2, so no FMA contraction): max error 0.990 ulp
+ * (at x = 70.40; inside [-87, 88] and overall), subnormal results within
+ * 0.75 units of 2^-149. test_kernels checks <= 2 ulp on a 2^-10 grid and
+ * random points. Scalar and vectorized code give the same bits, since
+ * every step is a separately rounded IEEE operation. */
+static inline float vexpf(float x)
+{
+    uint32_t bits = f32_as_bits(x);
+    uint32_t sign = bits & 0x80000000u;
+    int32_t mag = (int32_t)(bits ^ sign); /* < 2^31: the conversion is exact */
+    const int32_t limit = (int32_t)f32_as_bits(VEXP_LIMIT);
+    uint32_t nan_bits = mag > 0x7f800000 ? 0x7fc00000u : 0u;
+    mag = mag < limit ? mag : limit;
+    x = bits_as_f32((uint32_t)mag | sign);
+
+    float t = x * VEXP_LOG2_E + VEXP_SHIFTER;
+    float nf = t - VEXP_SHIFTER;
+    float r = x - nf * VEXP_LN2_HI;
+    r = r - nf * VEXP_LN2_LO;
+    float r2 = r * r;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r2 + r + 1.0f;
+
+    /* m = n + 256 in [106, 406], from t's low bits, in unsigned arithmetic
+     * (well defined whatever the bits). n1 = floor(m / 2) - 128 and
+     * n2 = n - n1 lie in [-75, 75], so 2^n1 and 2^n2 are normal, with
+     * exponent fields n1 + 127 = h - 1 and n2 + 127 = m - h - 1; p * 2^n1
+     * is exact and the second product rounds once. */
+    uint32_t m = f32_as_bits(t) - f32_as_bits(VEXP_SHIFTER) + 256u;
+    uint32_t h = m >> 1;
+    float s1 = bits_as_f32((h - 1u) << 23);
+    float s2 = bits_as_f32((m - h - 1u) << 23);
+    return bits_as_f32(f32_as_bits(p * s1 * s2) | nan_bits);
+}
+
+/* The same function, out of line, for the tests. */
+float mhub_cpu_expf(float x) { return vexpf(x); }
+
 /* ---- GELU ---- */
 
 #define GELU_SQRT_2_OVER_PI 0.7978845608028654f
@@ -273,11 +380,13 @@ mhub_status mhub_cpu_bias_backward(mhub_backend *be, float *dbias, const float *
  * gelu(x) = x * sigmoid(2u): the same function, without the cancellation
  * of 1 + tanh(u) ~ 0 that costs the tanh form all its relative accuracy
  * for x below about -3. For x below about -10, e^(-2u) overflows to Inf
- * and the sigmoid is 0, its correct limit. */
+ * and the sigmoid is 0, its correct limit; for x above about 10 it
+ * underflows to 0 and the sigmoid is 1. vexpf, not expf, so that the
+ * loops below vectorize. */
 static inline float gelu_sigmoid(float x)
 {
     float u = GELU_SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x);
-    return 1.0f / (1.0f + expf(-2.0f * u));
+    return 1.0f / (1.0f + vexpf(-2.0f * u));
 }
 
 /* d/dx [x s(2u)] = s + x s (1 - s) 2 u'(x), u' = sqrt(2/pi) (1 + 3 c x^2). */
@@ -288,19 +397,54 @@ static inline float gelu_grad(float x)
     return s + 2.0f * (x * s) * (1.0f - s) * du;
 }
 
-/* out may be in: element i is read before it is written. */
+/* The in-place kernels get their own loops: restrict (which the
+ * vectorizer needs, to rule out overlap without a runtime check) may not
+ * be given to two pointers to the same array. */
+static inline void gelu_run(float *restrict out, const float *restrict in, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        out[i] = in[i] * gelu_sigmoid(in[i]);
+}
+
+static inline void gelu_in_place_run(float *restrict x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        x[i] = x[i] * gelu_sigmoid(x[i]);
+}
+
+static inline void gelu_grad_run(float *restrict din, const float *restrict in,
+                                 const float *restrict dout, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        din[i] = dout[i] * gelu_grad(in[i]);
+}
+
+/* d = d * gelu'(in): din over dout. */
+static inline void gelu_grad_in_place_run(float *restrict d, const float *restrict in, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        d[i] = d[i] * gelu_grad(in[i]);
+}
+
+/* out may be in. */
 mhub_status mhub_cpu_gelu_forward(mhub_backend *be, float *out, const float *in, int64_t n)
 {
     MHUB_TRY(check_count(__func__, "n", n));
     MHUB_TRY(check_ptr(__func__, "out", out, n));
     MHUB_TRY(check_ptr(__func__, "in", in, n));
     MHUB_TRY(check_same_or_separate(__func__, "out", out, "in", in, f32_bytes(n)));
-    for (int64_t i = 0; i < n; i++)
-        out[i] = in[i] * gelu_sigmoid(in[i]);
+    int64_t body = vec_prefix(n);
+    if (out == in) {
+        gelu_in_place_run(out, body);
+        gelu_in_place_run(out + body, n - body);
+    } else {
+        gelu_run(out, in, body);
+        gelu_run(out + body, in + body, n - body);
+    }
     return MHUB_OK;
 }
 
-/* din may be dout (same element-by-element argument as the forward). */
+/* din may be dout; in is separate from din. */
 mhub_status mhub_cpu_gelu_backward(mhub_backend *be, float *din, const float *in,
                                    const float *dout, int64_t n)
 {
@@ -310,8 +454,14 @@ mhub_status mhub_cpu_gelu_backward(mhub_backend *be, float *din, const float *in
     MHUB_TRY(check_ptr(__func__, "dout", dout, n));
     MHUB_TRY(check_same_or_separate(__func__, "din", din, "dout", dout, f32_bytes(n)));
     MHUB_TRY(check_separate(__func__, "din", din, f32_bytes(n), "in", in, f32_bytes(n)));
-    for (int64_t i = 0; i < n; i++)
-        din[i] = dout[i] * gelu_grad(in[i]);
+    int64_t body = vec_prefix(n);
+    if (din == dout) {
+        gelu_grad_in_place_run(din, in, body);
+        gelu_grad_in_place_run(din + body, in + body, n - body);
+    } else {
+        gelu_grad_run(din, in, dout, body);
+        gelu_grad_run(din + body, in + body, dout + body, n - body);
+    }
     return MHUB_OK;
 }
 
@@ -330,30 +480,132 @@ static mhub_status check_targets(const char *kernel, const int32_t *targets, int
     return MHUB_OK;
 }
 
+/* VEC_BLOCK running maxima, one per lane (a single running max is a serial
+ * dependency, like a sum). Each lane keeps its first value if that is a
+ * NaN, and the lanes are combined into a max that starts from x[0], so as
+ * with one running max the result is NaN exactly when x[0] is. */
+static inline void max_run(float *restrict acc, const float *restrict x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i += VEC_BLOCK)
+        for (int j = 0; j < VEC_BLOCK; j++)
+            acc[j] = x[i + j] > acc[j] ? x[i + j] : acc[j];
+}
+
 static float row_max(const float *x, int64_t n)
 {
     float m = x[0];
-    for (int64_t i = 1; i < n; i++)
+    int64_t body = vec_prefix(n);
+    if (body > 0) {
+        float acc[VEC_BLOCK];
+        memcpy(acc, x, sizeof acc);
+        max_run(acc, x + VEC_BLOCK, body - VEC_BLOCK);
+        for (int j = 0; j < VEC_BLOCK; j++)
+            m = acc[j] > m ? acc[j] : m;
+    }
+    for (int64_t i = body; i < n; i++)
         m = x[i] > m ? x[i] : m;
     return m;
 }
 
-/* One row: p = softmax(x), returns -log p[t]. The max is subtracted
- * before exp so nothing overflows, and the loss is computed from the
- * logits as log(sum) - (x[t] - max) rather than as -log(p[t]), which
- * would be Inf once p[t] underflows. p may be x. */
-static float softmax_xent_row(float *p, const float *x, int32_t t, int64_t classes)
+/* The same lane scheme for a double sum of floats (cf. sum_squares). */
+static inline void sum_run(double *restrict acc, const float *restrict x, int64_t n)
 {
-    float xt = x[t];
-    float mx = row_max(x, classes);
+    for (int64_t i = 0; i < n; i += VEC_BLOCK)
+        for (int j = 0; j < VEC_BLOCK; j++)
+            acc[j] += (double)x[i + j];
+}
+
+/* Short rows (an MLP's 10 classes) skip the lanes: combining them would
+ * cost more than the row. */
+static double row_sum(const float *x, int64_t n)
+{
     double sum = 0.0;
-    for (int64_t c = 0; c < classes; c++) {
-        float e = expf(x[c] - mx);
-        p[c] = e;
-        sum += e;
+    int64_t body = vec_prefix(n);
+    if (body > 0) {
+        double acc[VEC_BLOCK] = {0};
+        sum_run(acc, x, body);
+        for (int j = 0; j < VEC_BLOCK; j++)
+            sum += acc[j];
     }
-    scale_in_place(p, classes, (float)(1.0 / sum));
-    return (float)(log(sum) - ((double)xt - (double)mx));
+    for (int64_t i = body; i < n; i++)
+        sum += (double)x[i];
+    return sum;
+}
+
+/* x[0..n) -= s, n a multiple of VEC_BLOCK, one block per outer step.
+ * The usual single loop over a vec_prefix() length does not vectorize
+ * here: inlined into the row loop, gcc 12 hoists the prefix length out as
+ * a new value that no longer records its zero low bits, so the count no
+ * longer looks like whole vectors; the inner loop's count is a constant. */
+static inline void sub_blocks(float *restrict x, int64_t n, float s)
+{
+    for (int64_t i = 0; i < n; i += VEC_BLOCK)
+        for (int j = 0; j < VEC_BLOCK; j++)
+            x[i + j] -= s;
+}
+
+static inline void sub_into_blocks(float *restrict dst, const float *restrict src, int64_t n,
+                                   float s)
+{
+    for (int64_t i = 0; i < n; i += VEC_BLOCK)
+        for (int j = 0; j < VEC_BLOCK; j++)
+            dst[i + j] = src[i + j] - s;
+}
+
+/* dst = src - s, where dst is src or a separate array. */
+static void sub_into(float *dst, const float *src, int64_t n, float s)
+{
+    int64_t body = vec_prefix(n);
+    if (dst == src) {
+        sub_blocks(dst, body, s);
+        for (int64_t i = body; i < n; i++)
+            dst[i] -= s;
+    } else {
+        sub_into_blocks(dst, src, body, s);
+        for (int64_t i = body; i < n; i++)
+            dst[i] = src[i] - s;
+    }
+}
+
+static inline void exp_run(float *restrict x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        x[i] = vexpf(x[i]);
+}
+
+/* Rows are handled in groups of about this many elements, small enough
+ * to stay in L1/L2 between the passes over them below. */
+#define SOFTMAX_GROUP 4096
+
+/* A group of rows: p = softmax(x) row by row, losses = -log p[t]; p may
+ * be x. Three passes, so that the exps run as one flat loop over the
+ * whole group, which vectorizes however short the rows are (an MLP's 10
+ * classes would leave a per-row loop all remainder):
+ *   1. d = x - max(x) into p (so no exp overflows), and d[t] into losses
+ *      (losses is separate from p and x, so it can hold d[t] meanwhile);
+ *   2. p = e^d over the group;
+ *   3. per row, the sum, p /= sum, and the loss log(sum) - d[t].
+ * The loss comes from the logits rather than as -log(p[t]), which would
+ * be Inf once p[t] underflows. d[t] is the float difference that p[t]
+ * came from; since d[t] <= 0 <= log(sum), its rounding (half an ulp of
+ * d[t]) is at most half an ulp of the loss. */
+static void softmax_xent_group(float *p, float *losses, const float *x, const int32_t *targets,
+                               int64_t rows, int64_t classes)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        float *pr = p + r * classes;
+        sub_into(pr, x + r * classes, classes, row_max(x + r * classes, classes));
+        losses[r] = pr[targets[r]];
+    }
+    int64_t n = rows * classes, body = vec_prefix(n);
+    exp_run(p, body);
+    exp_run(p + body, n - body);
+    for (int64_t r = 0; r < rows; r++) {
+        float *pr = p + r * classes;
+        double sum = row_sum(pr, classes); /* >= 1: the max contributes e^0 */
+        scale_in_place(pr, classes, (float)(1.0 / sum));
+        losses[r] = (float)(log(sum) - (double)losses[r]);
+    }
 }
 
 /* probs may be logits (the softmax then overwrites them). */
@@ -374,9 +626,12 @@ mhub_status mhub_cpu_softmax_xent_forward(mhub_backend *be, float *probs, float 
                             f32_bytes(total)));
     MHUB_TRY(check_separate(__func__, "losses", losses, f32_bytes(rows), "logits", logits,
                             f32_bytes(total)));
-    for (int64_t r = 0; r < rows; r++)
-        losses[r] = softmax_xent_row(probs + r * classes, logits + r * classes, targets[r],
-                                     classes);
+    int64_t group = classes > 0 && classes < SOFTMAX_GROUP ? SOFTMAX_GROUP / classes : 1;
+    for (int64_t r = 0; r < rows; r += group) {
+        int64_t k = rows - r < group ? rows - r : group;
+        softmax_xent_group(probs + r * classes, losses + r, logits + r * classes, targets + r,
+                           k, classes);
+    }
     return MHUB_OK;
 }
 
