@@ -603,47 +603,6 @@ mhub_status mhub_config_to_json(const mhub_provider_config *cfg, bool pretty, ch
 
 /* ---- checking the text before cJSON sees it --------------------------------- */
 
-/* Offset of the first byte that does not start well-formed UTF-8
- * (RFC 3629: no overlong forms, no surrogates, nothing past U+10FFFF),
- * or len when it all is. */
-static size_t utf8_invalid_at(const unsigned char *s, size_t len)
-{
-    size_t i = 0;
-    while (i < len) {
-        unsigned char c = s[i];
-        size_t more;
-        unsigned char lo = 0x80, hi = 0xBF; /* range of the second byte */
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if (c >= 0xC2 && c <= 0xDF) {
-            more = 1;
-        } else if (c == 0xE0) {
-            more = 2, lo = 0xA0;
-        } else if (c == 0xED) {
-            more = 2, hi = 0x9F;
-        } else if (c >= 0xE1 && c <= 0xEF) {
-            more = 2;
-        } else if (c == 0xF0) {
-            more = 3, lo = 0x90;
-        } else if (c >= 0xF1 && c <= 0xF3) {
-            more = 3;
-        } else if (c == 0xF4) {
-            more = 3, hi = 0x8F;
-        } else {
-            return i;
-        }
-        if (len - i <= more)
-            return i;
-        if (s[i + 1] < lo || s[i + 1] > hi)
-            return i;
-        for (size_t k = 2; k <= more; k++)
-            if (s[i + k] < 0x80 || s[i + k] > 0xBF)
-                return i;
-        i += more + 1;
-    }
-    return len;
-}
 
 static bool json_space(char c)
 {
@@ -784,7 +743,7 @@ static mhub_status parse_json(const char *text, size_t len, cJSON **out)
     if (nul)
         return mhub_error(MHUB_ERR_PARSE, "NUL byte at byte offset %zu (a config is text)",
                           (size_t)(nul - text));
-    size_t bad = utf8_invalid_at((const unsigned char *)text, len);
+    size_t bad = mhub_utf8_invalid_at((const unsigned char *)text, len);
     if (bad < len)
         return mhub_error(MHUB_ERR_PARSE, "invalid UTF-8 at byte offset %zu (byte 0x%02x)", bad,
                           (unsigned)(unsigned char)text[bad]);

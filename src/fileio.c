@@ -135,31 +135,83 @@ static void sync_parent(const char *path)
     free(dir);
 }
 
+/* Close f's descriptor (when open) and forget both paths. */
+static void atomic_release(mhub_atomic_file *f)
+{
+    if (f->fd >= 0)
+        close(f->fd);
+    free(f->tmp);
+    free(f->path);
+    f->fd = -1;
+    f->tmp = f->path = NULL;
+}
+
+mhub_status mhub_atomic_begin(const char *path, mhub_atomic_file *f)
+{
+    *f = (mhub_atomic_file){.fd = -1};
+    size_t n = strlen(path) + 32;
+    f->tmp = malloc(n);
+    f->path = strdup(path);
+    if (!f->tmp || !f->path) {
+        atomic_release(f);
+        return mhub_error(MHUB_ERR_NO_MEMORY, "path for %s", path);
+    }
+    snprintf(f->tmp, n, "%s.tmp.%ld", path, (long)getpid());
+    f->fd = open(f->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (f->fd < 0) {
+        mhub_status s = mhub_error(MHUB_ERR_IO, "cannot create %s: %s", f->tmp, strerror(errno));
+        atomic_release(f);
+        return s;
+    }
+    return MHUB_OK;
+}
+
+mhub_status mhub_atomic_write(mhub_atomic_file *f, const void *data, size_t len)
+{
+    if (f->fd < 0)
+        return mhub_error(MHUB_ERR_STATE, "write to an atomic file that is not open");
+    return write_all(f->fd, f->tmp, data, len);
+}
+
+void mhub_atomic_abort(mhub_atomic_file *f)
+{
+    if (f->fd >= 0)
+        unlink(f->tmp);
+    atomic_release(f);
+}
+
+mhub_status mhub_atomic_commit(mhub_atomic_file *f)
+{
+    if (f->fd < 0)
+        return mhub_error(MHUB_ERR_STATE, "commit of an atomic file that is not open");
+    mhub_status s = MHUB_OK;
+    if (fsync(f->fd) != 0)
+        s = mhub_error(MHUB_ERR_IO, "cannot sync %s: %s", f->tmp, strerror(errno));
+    int fd = f->fd;
+    f->fd = -1; /* closed here, whatever close says */
+    if (close(fd) != 0 && s == MHUB_OK)
+        s = mhub_error(MHUB_ERR_IO, "cannot close %s: %s", f->tmp, strerror(errno));
+    if (s == MHUB_OK && rename(f->tmp, f->path) != 0)
+        s = mhub_error(MHUB_ERR_IO, "cannot rename %s to %s: %s", f->tmp, f->path,
+                       strerror(errno));
+    if (s != MHUB_OK)
+        unlink(f->tmp);
+    else
+        sync_parent(f->path);
+    atomic_release(f);
+    return s;
+}
+
 mhub_status mhub_file_write_atomic(const char *path, const void *data, size_t len)
 {
-    size_t n = strlen(path) + 32;
-    char *tmp = malloc(n);
-    if (!tmp)
-        return mhub_error(MHUB_ERR_NO_MEMORY, "path for %s", path);
-    snprintf(tmp, n, "%s.tmp.%ld", path, (long)getpid());
-    mhub_status s = MHUB_OK;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
-        s = mhub_error(MHUB_ERR_IO, "cannot create %s: %s", tmp, strerror(errno));
-    if (s == MHUB_OK)
-        s = write_all(fd, tmp, data, len);
-    if (s == MHUB_OK && fsync(fd) != 0)
-        s = mhub_error(MHUB_ERR_IO, "cannot sync %s: %s", tmp, strerror(errno));
-    if (fd >= 0 && close(fd) != 0 && s == MHUB_OK)
-        s = mhub_error(MHUB_ERR_IO, "cannot close %s: %s", tmp, strerror(errno));
-    if (s == MHUB_OK && rename(tmp, path) != 0)
-        s = mhub_error(MHUB_ERR_IO, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
-    if (s != MHUB_OK && fd >= 0)
-        unlink(tmp);
-    free(tmp);
-    if (s == MHUB_OK)
-        sync_parent(path);
-    return s;
+    mhub_atomic_file f;
+    MHUB_TRY(mhub_atomic_begin(path, &f));
+    mhub_status s = mhub_atomic_write(&f, data, len);
+    if (s != MHUB_OK) {
+        mhub_atomic_abort(&f);
+        return s;
+    }
+    return mhub_atomic_commit(&f);
 }
 
 const char *mhub_json_kind(const cJSON *item)
@@ -177,4 +229,43 @@ const char *mhub_json_kind(const cJSON *item)
     if (cJSON_IsObject(item))
         return "an object";
     return "an unknown JSON value";
+}
+
+size_t mhub_utf8_invalid_at(const unsigned char *s, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        unsigned char c = s[i];
+        size_t more;
+        unsigned char lo = 0x80, hi = 0xBF; /* range of the second byte */
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if (c >= 0xC2 && c <= 0xDF) {
+            more = 1;
+        } else if (c == 0xE0) {
+            more = 2, lo = 0xA0; /* no overlong 3-byte forms */
+        } else if (c == 0xED) {
+            more = 2, hi = 0x9F; /* no surrogates */
+        } else if (c >= 0xE1 && c <= 0xEF) {
+            more = 2;
+        } else if (c == 0xF0) {
+            more = 3, lo = 0x90; /* no overlong 4-byte forms */
+        } else if (c >= 0xF1 && c <= 0xF3) {
+            more = 3;
+        } else if (c == 0xF4) {
+            more = 3, hi = 0x8F; /* nothing past U+10FFFF */
+        } else {
+            return i;
+        }
+        if (len - i <= more)
+            return i;
+        if (s[i + 1] < lo || s[i + 1] > hi)
+            return i;
+        for (size_t k = 2; k <= more; k++)
+            if (s[i + k] < 0x80 || s[i + k] > 0xBF)
+                return i;
+        i += more + 1;
+    }
+    return len;
 }

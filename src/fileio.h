@@ -31,4 +31,29 @@ mhub_status mhub_file_write_atomic(const char *path, const void *data, size_t le
 /* What a JSON value is, for "must be X, not Y" messages ("a number"). */
 const char *mhub_json_kind(const cJSON *item);
 
+/* A file written in pieces and published atomically, for files too large
+ * to build in memory first (checkpoints). mhub_atomic_begin creates a
+ * temporary file beside `path`; mhub_atomic_write appends to it; then
+ * exactly one of mhub_atomic_commit (fsync, rename over `path`, sync the
+ * directory: readers see the old file or the whole new one) or
+ * mhub_atomic_abort (remove the temporary) ends it. Commit releases
+ * everything even when it fails. Abort is safe on a file whose begin
+ * failed or that was already ended, so cleanup paths may always call it.
+ * The file is created with mode 0644. */
+typedef struct mhub_atomic_file {
+    int fd;    /* -1 when not open */
+    char *tmp; /* the temporary's path; NULL when not open */
+    char *path;
+} mhub_atomic_file;
+
+mhub_status mhub_atomic_begin(const char *path, mhub_atomic_file *f);
+mhub_status mhub_atomic_write(mhub_atomic_file *f, const void *data, size_t len);
+mhub_status mhub_atomic_commit(mhub_atomic_file *f);
+void mhub_atomic_abort(mhub_atomic_file *f);
+
+/* Offset of the first byte of s[0, len) that does not start well-formed
+ * UTF-8 (RFC 3629: no overlong forms, no surrogates, nothing past
+ * U+10FFFF), or len when all of it is. */
+size_t mhub_utf8_invalid_at(const unsigned char *s, size_t len);
+
 #endif

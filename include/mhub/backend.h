@@ -99,6 +99,70 @@ typedef struct mhub_backend_ops {
                                          const float *probs, const int32_t *targets,
                                          int64_t rows, int64_t classes, float dloss);
 
+    /* ---- transformer kernels (f32; activations row-major [rows, dim]) ----
+     * Activation gradients are overwritten, parameter gradients
+     * accumulate (+=), as everywhere in this table. */
+    /* out[r] = table[ids[r]] (accumulate: out[r] += table[ids[r]]).
+     * An id outside [0, vocab) is MHUB_ERR_INVALID_ARG naming the row. */
+    mhub_status (*embedding_forward)(mhub_backend *be, float *out, const float *table,
+                                     const int32_t *ids, int64_t rows, int64_t vocab,
+                                     int64_t dim, bool accumulate);
+    /* dtable[ids[r]] += dout[r], rows in order (deterministic). */
+    mhub_status (*embedding_backward)(mhub_backend *be, float *dtable, const float *dout,
+                                      const int32_t *ids, int64_t rows, int64_t vocab,
+                                      int64_t dim);
+    /* out = (in - mean) * rstd * weight + bias per row (bias may be NULL);
+     * mean[rows] and rstd[rows] are saved for the backward. out may not
+     * alias in. */
+    mhub_status (*layernorm_forward)(mhub_backend *be, float *out, float *mean, float *rstd,
+                                     const float *in, const float *weight, const float *bias,
+                                     int64_t rows, int64_t dim, float eps);
+    /* din = d/din; dweight (and dbias unless NULL) accumulate. */
+    mhub_status (*layernorm_backward)(mhub_backend *be, float *din, float *dweight,
+                                      float *dbias, const float *dout, const float *in,
+                                      const float *weight, const float *mean,
+                                      const float *rstd, int64_t rows, int64_t dim);
+    /* out = in * rstd * weight, rstd = 1/sqrt(mean(in^2) + eps) saved. */
+    mhub_status (*rmsnorm_forward)(mhub_backend *be, float *out, float *rstd, const float *in,
+                                   const float *weight, int64_t rows, int64_t dim, float eps);
+    mhub_status (*rmsnorm_backward)(mhub_backend *be, float *din, float *dweight,
+                                    const float *dout, const float *in, const float *weight,
+                                    const float *rstd, int64_t rows, int64_t dim);
+    /* SwiGLU: in[rows, 2F] holds, per row, the F gate values then the F
+     * up values; out[rows, F] = silu(gate) * up. */
+    mhub_status (*swiglu_forward)(mhub_backend *be, float *out, const float *in, int64_t rows,
+                                  int64_t ffn);
+    mhub_status (*swiglu_backward)(mhub_backend *be, float *din, const float *dout,
+                                   const float *in, int64_t rows, int64_t ffn);
+    /* Rotary position embedding, in place on the query and key heads of
+     * qkv[batch*seq, (heads + 2 groups) * head_dim] (layout as in
+     * causal_attention_forward), position = row % seq. Pairs are
+     * (x[i], x[i + head_dim/2]) rotated by pos * base^(-2i/head_dim), as
+     * Hugging Face's Llama ("rotate_half"). The backward applies the
+     * inverse rotation to the gradient in place. */
+    mhub_status (*rope_forward)(mhub_backend *be, float *qkv, int64_t batch, int64_t seq,
+                                int64_t heads, int64_t groups, int64_t head_dim, float base);
+    mhub_status (*rope_backward)(mhub_backend *be, float *dqkv, int64_t batch, int64_t seq,
+                                 int64_t heads, int64_t groups, int64_t head_dim, float base);
+    /* Causal multi-head self-attention with grouped queries. Each row of
+     * qkv[batch*seq, (heads + 2 groups) * head_dim] holds, per query group
+     * (Megatron-Core's order), its heads/groups query heads, then its key
+     * head, then its value head, head_dim values each. Query head h
+     * attends with key/value group h / (heads/groups), over positions
+     * <= its own, scaled by 1/sqrt(head_dim).
+     * out[batch*seq, heads*head_dim] (head h in columns [h*d, (h+1)*d));
+     * probs[batch, heads, seq, seq] keeps the softmax for the backward
+     * (entries above the diagonal are 0). */
+    mhub_status (*causal_attention_forward)(mhub_backend *be, float *out, float *probs,
+                                            const float *qkv, int64_t batch, int64_t seq,
+                                            int64_t heads, int64_t groups, int64_t head_dim);
+    /* dqkv (overwritten, same layout as qkv) from dout; scratch holds
+     * batch*heads*seq*seq floats. */
+    mhub_status (*causal_attention_backward)(mhub_backend *be, float *dqkv, float *scratch,
+                                             const float *dout, const float *qkv,
+                                             const float *probs, int64_t batch, int64_t seq,
+                                             int64_t heads, int64_t groups, int64_t head_dim);
+
     /* ---- elementwise utilities ---- */
     /* Convert n elements between dtypes (RNE to 16-bit; NaN/Inf kept). */
     mhub_status (*cast)(mhub_backend *be, void *dst, mhub_dtype dst_dtype,

@@ -207,6 +207,39 @@ int mhub_gpt_num_units(const mhub_gpt *m);
  * tp > 1. */
 void mhub_gpt_describe_chunk(const mhub_gpt *m, char *buf, size_t len);
 
+/* ---- forward and backward (gpt_model.c) ---------------------------------
+ * A chunk runs when it is the whole model (pre_process and post_process,
+ * tensor_model_parallel_size 1) with f32 parameters on a backend; its
+ * activations are sized at create for args->micro_batch sequences of
+ * seq_length tokens, and a step allocates nothing. Other chunks hold
+ * parameters only: their forward is MHUB_ERR_UNSUPPORTED. */
+bool mhub_gpt_runnable(const mhub_gpt *m);
+
+/* Forward on batch sequences of seq tokens: tokens and targets
+ * [batch * seq] (row b * seq + t), in backend memory. *mean_loss (may be
+ * NULL) gets the mean next-token cross-entropy over the batch * seq
+ * targets. A token or target outside [0, vocab) is an error naming it. */
+mhub_status mhub_gpt_forward(mhub_gpt *m, const int32_t *tokens, const int32_t *targets,
+                             int64_t batch, int64_t seq, float *mean_loss);
+/* Backward of the last forward; each target's loss weighs loss_weight
+ * (1 / (batch * seq) for this batch's mean). Parameter gradients
+ * accumulate; grad-ready fires once per parameter, in backward order. */
+mhub_status mhub_gpt_backward(mhub_gpt *m, float loss_weight);
+/* The last forward's logits [batch * seq, padded vocab] and per-token
+ * losses [batch * seq], in backend memory. */
+const float *mhub_gpt_logits(const mhub_gpt *m);
+const float *mhub_gpt_losses(const mhub_gpt *m);
+
+void mhub_gpt_set_grad_ready(mhub_gpt *m, mhub_grad_ready_fn fn, void *user);
+/* Units: the embedding (0), each layer, the head (module.h). */
+void mhub_gpt_set_unit_hooks(mhub_gpt *m, const mhub_unit_hooks *hooks);
+
+/* FLOPs of one forward + backward on batch x seq tokens, as llm.c and
+ * Megatron count them: 6 per parameter used in a matrix product per
+ * token, plus attention's 12 L T H per token (causal masking not
+ * discounted). */
+double mhub_gpt_flops_per_step(const mhub_gpt_config *cfg, int64_t batch, int64_t seq);
+
 #ifdef __cplusplus
 }
 #endif

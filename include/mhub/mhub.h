@@ -15,6 +15,7 @@
 #include "mhub/mlp.h"
 #include "mhub/digest.h"
 #include "mhub/sampler.h"
+#include "mhub/dataset.h"
 #include "mhub/ddp.h"
 #include "mhub/engine.h"
 #include "mhub/fsdp.h"
@@ -22,5 +23,6 @@
 #include "mhub/config.h"
 #include "mhub/provider.h"
 #include "mhub/gpt.h"
+#include "mhub/safetensors.h"
 
 #endif

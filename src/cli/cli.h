@@ -16,6 +16,8 @@
 int mhub_cli_layout(int argc, char **argv);
 int mhub_cli_train(int argc, char **argv);
 int mhub_cli_info(int argc, char **argv);
+/* `mhub train --config FILE` (train_gpt.c). */
+int mhub_cli_train_config(int argc, char **argv);
 
 /* Parse `text` as the value of `flag`: a whole decimal integer in
  * [lo, hi]. On failure print "mhub <cmd>: <flag>: ..." to stderr and

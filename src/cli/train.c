@@ -605,6 +605,9 @@ static mhub_status run(trainer *t)
 
 int mhub_cli_train(int argc, char **argv)
 {
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--config"))
+            return mhub_cli_train_config(argc, argv);
     train_options o;
     int rc = parse_args(argc, argv, &o);
     if (rc >= 0)

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "mhub/gpt.h"
+#include "src/models/gpt_internal.h"
 
 /* Past 2^53 parameters a count is no longer exact in a double (JSON,
  * mhub info); no real model is near it. */
@@ -197,20 +198,6 @@ static bool splits_evenly(const mhub_gpt_config *c)
     return c->num_attention_heads % tp == 0 && mhub_gpt_query_groups(c) % tp == 0 &&
            mhub_gpt_ffn_size(c) % tp == 0;
 }
-
-/* The sizes one tensor-parallel rank holds when the split layers are cut
- * into `shards` (tp for a rank, 1 for the whole model). Megatron's
- * column-parallel layers (linear_qkv by query groups, linear_fc1, the
- * vocabulary) are cut along their output rows, the row-parallel ones
- * (linear_proj, linear_fc2) along their input columns; H and the
- * sequence are never cut. */
-typedef struct gpt_dims {
-    int64_t qkv_rows;     /* (a + 2g) d / shards */
-    int64_t attn_width;   /* a d / shards: linear_proj's input */
-    int64_t ffn;          /* F / shards: linear_fc2's input */
-    int64_t fc1_rows;     /* ffn, or 2 ffn for swiglu (gate shard, then up shard) */
-    int64_t vocab;        /* padded V / shards */
-} gpt_dims;
 
 static gpt_dims dims_of(const mhub_gpt_config *c, int shards)
 {
@@ -409,19 +396,6 @@ static void gpt_type_describe(const mhub_provider_config *cfg, char *buf, size_t
 
 /* ---- the model object ------------------------------------------------------ */
 
-struct mhub_gpt {
-    mhub_gpt_config cfg;
-    int first_layer;      /* global index of the chunk's first layer */
-    int num_layers;       /* layers in this chunk */
-    bool pre_process, post_process;
-    int tp_rank, tp_size; /* the tensor-parallel shard this chunk holds */
-    gpt_dims dims;        /* this shard's sizes of the split layers */
-    mhub_dtype dtype;
-    int unit;             /* unit of the parameters being added */
-    mhub_param_list params;
-    bool *split;          /* per parameter: a tensor-parallel shard */
-    int split_cap;
-};
 
 /* Add one parameter of the current unit; cols == 0 makes it 1-D.
  * `split` marks a tensor-parallel shard, which draws its initial values
@@ -654,6 +628,12 @@ mhub_status mhub_gpt_create(const mhub_gpt_config *cfg, const mhub_provide_args 
         s = build_params(m);
     if (s == MHUB_OK && args->backend)
         s = materialize(m, args);
+    /* only a whole, unsharded model runs forward and backward (no
+     * pipeline or tensor-parallel schedule yet); other chunks hold
+     * parameters for counting, wrapping and checkpoints */
+    m->be = args->backend;
+    if (s == MHUB_OK && args->backend && mhub_gpt_runnable(m))
+        s = mhub_gpt_compute_create(m, args->micro_batch);
     if (s != MHUB_OK) {
         mhub_gpt_free(m);
         return s;
@@ -666,6 +646,7 @@ void mhub_gpt_free(mhub_gpt *m)
 {
     if (!m)
         return;
+    mhub_gpt_compute_free(m);
     mhub_param_list_free(&m->params);
     free(m->split);
     free(m);
@@ -717,13 +698,20 @@ static void chunk_describe(const void *model, char *buf, size_t len)
     mhub_gpt_describe_chunk(model, buf, len);
 }
 
-/* Forward and backward are not part of the layout: no grad-ready or
- * unit hooks to set yet. */
+static void chunk_grad_ready(void *model, mhub_grad_ready_fn fn, void *user)
+{
+    mhub_gpt_set_grad_ready(model, fn, user);
+}
+static void chunk_unit_hooks(void *model, const mhub_unit_hooks *hooks)
+{
+    mhub_gpt_set_unit_hooks(model, hooks);
+}
+
 static const mhub_chunk_ops gpt_chunk_ops = {
     .params = chunk_params,
     .free = chunk_free,
-    .set_grad_ready = NULL,
-    .set_unit_hooks = NULL,
+    .set_grad_ready = chunk_grad_ready,
+    .set_unit_hooks = chunk_unit_hooks,
     .describe = chunk_describe,
 };
 

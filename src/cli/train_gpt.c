@@ -1,0 +1,677 @@
+/* train_gpt.c - `mhub train --config FILE`: train a provider's model on
+ * a token dataset, data parallel under mpiexec.
+ *
+ * The config is one JSON object:
+ *   "model":     a provider config (mhub_model.json's form)
+ *   "ddp":       DDP settings (Megatron-Core's names; optional)
+ *   "optimizer": {"type": "adamw"|"sgd", "lr", "min_lr", "warmup_steps",
+ *                 "beta1", "beta2", "eps", "weight_decay", "momentum",
+ *                 "clip_grad"}
+ *   "training":  {"steps", "micro_batch", "global_batch", "seq_len",
+ *                 "dp_engine", "seed", "log_every"}
+ *   "data":      {"path": FILE} (text or Megatron .bin/.idx), or the
+ *                bundled task {"task": "addition", "digits", "problems",
+ *                "seed", "path"} which mhub writes itself
+ * Flags after --config override it. The learning rate warms up linearly
+ * over warmup_steps, then follows a cosine from lr down to min_lr at the
+ * last step. */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "mhub/mhub.h"
+#include "src/cli/cli.h"
+#include "src/fileio.h"
+
+#define CMD "train"
+
+typedef struct gpt_options {
+    const char *config_path;
+    mhub_provider_config *model;
+    mhub_ddp_config ddp;
+    mhub_dp_engine_kind engine;
+    mhub_optim_config optim;
+    double min_lr, clip_grad;
+    int warmup, steps, micro_batch, global_batch, seq_len, log_every;
+    long seed;
+    char data_path[512];
+    bool task_addition;
+    int digits;
+    long problems, data_seed;
+    int eval_problems;
+    const char *metrics_path;
+    bool quiet;
+} gpt_options;
+
+/* ---- the config file --------------------------------------------------------- */
+
+static mhub_status bad_key(const char *file, const char *section, const char *key,
+                           const char *want)
+{
+    return mhub_error(MHUB_ERR_PARSE, "%s: %s%s%s must be %s", file, section,
+                      section[0] ? "." : "", key, want);
+}
+
+/* The number at key, integral when `integer`, within [lo, hi]; absent
+ * keys leave *out alone. */
+static mhub_status get_number(const cJSON *obj, const char *file, const char *section,
+                              const char *key, bool integer, double lo, double hi, double *out)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!v)
+        return MHUB_OK;
+    char want[96];
+    snprintf(want, sizeof want, "%s in [%g, %g]", integer ? "an integer" : "a number", lo, hi);
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || v->valuedouble < lo ||
+        v->valuedouble > hi || (integer && v->valuedouble != floor(v->valuedouble)))
+        return bad_key(file, section, key, want);
+    *out = v->valuedouble;
+    return MHUB_OK;
+}
+
+static mhub_status get_int(const cJSON *obj, const char *file, const char *section,
+                           const char *key, double lo, double hi, int *out)
+{
+    double d = *out;
+    MHUB_TRY(get_number(obj, file, section, key, true, lo, hi, &d));
+    *out = (int)d;
+    return MHUB_OK;
+}
+
+static mhub_status get_long(const cJSON *obj, const char *file, const char *section,
+                            const char *key, double lo, double hi, long *out)
+{
+    double d = (double)*out;
+    MHUB_TRY(get_number(obj, file, section, key, true, lo, hi, &d));
+    *out = (long)d;
+    return MHUB_OK;
+}
+
+static mhub_status get_string(const cJSON *obj, const char *file, const char *section,
+                              const char *key, const char **out)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+    if (!v)
+        return MHUB_OK;
+    if (!cJSON_IsString(v))
+        return bad_key(file, section, key, "a string");
+    *out = v->valuestring;
+    return MHUB_OK;
+}
+
+/* Every key of obj must be one of `known` (NULL-terminated). */
+static mhub_status check_keys(const cJSON *obj, const char *file, const char *section,
+                              const char *const *known)
+{
+    if (!cJSON_IsObject(obj))
+        return mhub_error(MHUB_ERR_PARSE, "%s: %s must be a JSON object, not %s", file,
+                          section[0] ? section : "the config", mhub_json_kind(obj));
+    for (const cJSON *it = obj->child; it; it = it->next) {
+        bool ok = false;
+        for (int i = 0; known[i] && !ok; i++)
+            ok = !strcmp(it->string, known[i]);
+        if (!ok)
+            return mhub_error(MHUB_ERR_PARSE, "%s: unknown key '%s%s%s'", file, section,
+                              section[0] ? "." : "", it->string);
+    }
+    return MHUB_OK;
+}
+
+static mhub_status read_model(const cJSON *root, const char *file, gpt_options *o)
+{
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(root, "model");
+    if (!m)
+        return mhub_error(MHUB_ERR_PARSE, "%s: the \"model\" section is missing", file);
+    char *text = cJSON_PrintUnformatted(m);
+    if (!text)
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "model section");
+    char source[600];
+    snprintf(source, sizeof source, "%s (model)", file);
+    mhub_status s = mhub_config_from_json(text, strlen(text), source, MHUB_CONFIG_STRICT,
+                                          &o->model);
+    free(text);
+    return s;
+}
+
+static mhub_status read_ddp(const cJSON *root, const char *file, gpt_options *o)
+{
+    const cJSON *d = cJSON_GetObjectItemCaseSensitive(root, "ddp");
+    if (!d)
+        return MHUB_OK;
+    char *text = cJSON_PrintUnformatted(d);
+    if (!text)
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "ddp section");
+    char source[600];
+    snprintf(source, sizeof source, "%s (ddp)", file);
+    mhub_status s = mhub_ddp_config_from_json(text, source, &o->ddp);
+    free(text);
+    return s;
+}
+
+static mhub_status read_optimizer(const cJSON *root, const char *file, gpt_options *o)
+{
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(root, "optimizer");
+    if (!p)
+        return MHUB_OK;
+    static const char *const keys[] = {"type",  "lr",    "min_lr",       "warmup_steps",
+                                       "beta1", "beta2", "eps",          "weight_decay",
+                                       "momentum", "clip_grad", NULL};
+    MHUB_TRY(check_keys(p, file, "optimizer", keys));
+    const char *type = NULL;
+    MHUB_TRY(get_string(p, file, "optimizer", "type", &type));
+    if (type) {
+        mhub_optim_kind kind;
+        if (mhub_optim_kind_parse(type, &kind) != 0)
+            return bad_key(file, "optimizer", "type", "\"adamw\" or \"sgd\"");
+        float lr = o->optim.lr;
+        mhub_optim_config_init(&o->optim, kind);
+        o->optim.lr = lr;
+    }
+    double lr = o->optim.lr, b1 = o->optim.beta1, b2 = o->optim.beta2, eps = o->optim.eps;
+    double wd = o->optim.weight_decay, mom = o->optim.momentum;
+    MHUB_TRY(get_number(p, file, "optimizer", "lr", false, 0, 10, &lr));
+    MHUB_TRY(get_number(p, file, "optimizer", "min_lr", false, 0, 10, &o->min_lr));
+    MHUB_TRY(get_int(p, file, "optimizer", "warmup_steps", 0, 1e9, &o->warmup));
+    MHUB_TRY(get_number(p, file, "optimizer", "beta1", false, 0, 0.999999, &b1));
+    MHUB_TRY(get_number(p, file, "optimizer", "beta2", false, 0, 0.999999, &b2));
+    MHUB_TRY(get_number(p, file, "optimizer", "eps", false, 0, 1, &eps));
+    MHUB_TRY(get_number(p, file, "optimizer", "weight_decay", false, 0, 10, &wd));
+    MHUB_TRY(get_number(p, file, "optimizer", "momentum", false, 0, 0.999999, &mom));
+    MHUB_TRY(get_number(p, file, "optimizer", "clip_grad", false, 0, 1e9, &o->clip_grad));
+    o->optim.lr = (float)lr;
+    o->optim.beta1 = (float)b1;
+    o->optim.beta2 = (float)b2;
+    o->optim.eps = (float)eps;
+    o->optim.weight_decay = (float)wd;
+    o->optim.momentum = (float)mom;
+    return MHUB_OK;
+}
+
+static mhub_status read_training(const cJSON *root, const char *file, gpt_options *o)
+{
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "training");
+    if (!t)
+        return MHUB_OK;
+    static const char *const keys[] = {"steps", "micro_batch", "global_batch", "seq_len",
+                                       "dp_engine", "seed", "log_every", "eval_problems",
+                                       NULL};
+    MHUB_TRY(check_keys(t, file, "training", keys));
+    MHUB_TRY(get_int(t, file, "training", "steps", 1, 1e9, &o->steps));
+    MHUB_TRY(get_int(t, file, "training", "micro_batch", 1, 1 << 20, &o->micro_batch));
+    MHUB_TRY(get_int(t, file, "training", "global_batch", 1, 1 << 24, &o->global_batch));
+    MHUB_TRY(get_int(t, file, "training", "seq_len", 1, 1 << 24, &o->seq_len));
+    MHUB_TRY(get_int(t, file, "training", "log_every", 1, 1e9, &o->log_every));
+    MHUB_TRY(get_int(t, file, "training", "eval_problems", 0, 1e6, &o->eval_problems));
+    MHUB_TRY(get_long(t, file, "training", "seed", 0, 9007199254740992.0, &o->seed));
+    const char *engine = NULL;
+    MHUB_TRY(get_string(t, file, "training", "dp_engine", &engine));
+    if (engine && mhub_dp_engine_parse(engine, &o->engine) != 0)
+        return bad_key(file, "training", "dp_engine", "\"ddp\", \"distopt\" or \"fsdp\"");
+    return MHUB_OK;
+}
+
+static mhub_status read_data(const cJSON *root, const char *file, gpt_options *o)
+{
+    const cJSON *d = cJSON_GetObjectItemCaseSensitive(root, "data");
+    if (!d)
+        return mhub_error(MHUB_ERR_PARSE, "%s: the \"data\" section is missing", file);
+    static const char *const keys[] = {"path", "task", "digits", "problems", "seed", NULL};
+    MHUB_TRY(check_keys(d, file, "data", keys));
+    const char *path = NULL, *task = NULL;
+    MHUB_TRY(get_string(d, file, "data", "path", &path));
+    MHUB_TRY(get_string(d, file, "data", "task", &task));
+    MHUB_TRY(get_int(d, file, "data", "digits", 1, 9, &o->digits));
+    MHUB_TRY(get_long(d, file, "data", "problems", 1, 1e9, &o->problems));
+    MHUB_TRY(get_long(d, file, "data", "seed", 0, 9007199254740992.0, &o->data_seed));
+    if (task && strcmp(task, "addition") != 0)
+        return bad_key(file, "data", "task", "\"addition\" (the bundled task)");
+    o->task_addition = task != NULL;
+    if (!path && !task)
+        return mhub_error(MHUB_ERR_PARSE, "%s: data needs a \"path\" or a \"task\"", file);
+    if (path)
+        snprintf(o->data_path, sizeof o->data_path, "%s", path);
+    else
+        snprintf(o->data_path, sizeof o->data_path, "mhub-addition-%dd-%ld-%ld.txt", o->digits,
+                 o->problems, o->data_seed);
+    return MHUB_OK;
+}
+
+static mhub_status read_config(gpt_options *o)
+{
+    char *text = NULL;
+    size_t len = 0;
+    MHUB_TRY(mhub_file_read_all(o->config_path, 16 << 20, "a training config", &text, &len));
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    if (!root)
+        return mhub_error(MHUB_ERR_PARSE, "%s: not valid JSON", o->config_path);
+    static const char *const keys[] = {"model", "ddp", "optimizer", "training", "data", NULL};
+    const char *f = o->config_path;
+    mhub_status s = check_keys(root, f, "", keys);
+    if (s == MHUB_OK)
+        s = read_model(root, f, o);
+    if (s == MHUB_OK)
+        s = read_ddp(root, f, o);
+    if (s == MHUB_OK)
+        s = read_optimizer(root, f, o);
+    if (s == MHUB_OK)
+        s = read_training(root, f, o);
+    if (s == MHUB_OK)
+        s = read_data(root, f, o);
+    cJSON_Delete(root);
+    return s;
+}
+
+/* ---- flags ---------------------------------------------------------------------- */
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: mhub train --config FILE [--steps N] [--micro-batch N] [--global-batch N]\n"
+            "                  [--lr F] [--dp-engine ddp|distopt|fsdp] [--backend cpu]\n"
+            "                  [--metrics FILE] [--quiet]\n"
+            "\n"
+            "Train the model a JSON config describes (model, ddp, optimizer, training,\n"
+            "data; see examples/configs/gpt-addition.json) on every rank of mpiexec.\n"
+            "Rank 0 prints a progress line per logged step; --metrics writes one JSON\n"
+            "object per step. Flags override the config.\n");
+}
+
+static void set_defaults(gpt_options *o)
+{
+    memset(o, 0, sizeof *o);
+    mhub_ddp_config_init(&o->ddp);
+    mhub_optim_config_init(&o->optim, MHUB_OPTIM_ADAMW);
+    o->optim.lr = 1e-3f;
+    o->steps = 100;
+    o->micro_batch = 8;
+    o->global_batch = 32;
+    o->log_every = 1;
+    o->digits = 3;
+    o->problems = 20000;
+    o->data_seed = 1;
+    o->seed = 1234;
+    o->eval_problems = 200;
+}
+
+/* Returns -1 to go on, or an exit status. Reads the config first so
+ * flags override it. */
+static int parse_args(int argc, char **argv, gpt_options *o)
+{
+    set_defaults(o);
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "--config") && i + 1 < argc)
+            o->config_path = argv[i + 1];
+    if (!o->config_path) {
+        usage(stderr);
+        return MHUB_EXIT_USAGE;
+    }
+    if (read_config(o) != MHUB_OK) {
+        fprintf(stderr, "mhub %s: %s\n", CMD, cli_error_text(mhub_last_error()));
+        return MHUB_EXIT_USAGE;
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        bool ok = true;
+        if (!strcmp(a, "--quiet")) {
+            o->quiet = true;
+            continue;
+        }
+        if (!strcmp(a, "--help")) {
+            usage(stdout);
+            return MHUB_EXIT_OK;
+        }
+        if (!v) {
+            fprintf(stderr, "mhub %s: %s needs a value\n", CMD, a);
+            return MHUB_EXIT_USAGE;
+        }
+        i++;
+        double lr = 0;
+        if (!strcmp(a, "--config"))
+            continue;
+        else if (!strcmp(a, "--steps"))
+            ok = cli_parse_int(CMD, a, v, 1, 1 << 30, &o->steps);
+        else if (!strcmp(a, "--micro-batch"))
+            ok = cli_parse_int(CMD, a, v, 1, 1 << 20, &o->micro_batch);
+        else if (!strcmp(a, "--global-batch"))
+            ok = cli_parse_int(CMD, a, v, 1, 1 << 24, &o->global_batch);
+        else if (!strcmp(a, "--lr") && (ok = cli_parse_double(CMD, a, v, 0, 10, &lr)))
+            o->optim.lr = (float)lr;
+        else if (!strcmp(a, "--metrics"))
+            o->metrics_path = v;
+        else if (!strcmp(a, "--backend") && strcmp(v, "cpu") != 0) {
+            fprintf(stderr, "mhub %s: --backend: '%s' is not built in (available: cpu)\n", CMD,
+                    v);
+            ok = false;
+        } else if (!strcmp(a, "--dp-engine") && mhub_dp_engine_parse(v, &o->engine) != 0) {
+            fprintf(stderr, "mhub %s: --dp-engine: unknown engine '%s'\n", CMD, v);
+            ok = false;
+        } else if (strcmp(a, "--backend") && strcmp(a, "--dp-engine") && strcmp(a, "--lr")) {
+            fprintf(stderr, "mhub %s: unknown flag '%s' (with --config)\n", CMD, a);
+            ok = false;
+        }
+        if (!ok)
+            return MHUB_EXIT_USAGE;
+    }
+    return -1;
+}
+
+/* ---- training -------------------------------------------------------------------- */
+
+typedef struct gpt_trainer {
+    gpt_options o;
+    mhub_comm *world;
+    mhub_backend *be;
+    mhub_provider *provider;
+    mhub_chunk_list chunks;
+    mhub_gpt *model;
+    mhub_dp_engine *engine;
+    mhub_dataset *data;
+    mhub_sampler sampler;
+    int micro_per_rank, rows, seq;
+    int32_t *inputs, *targets;   /* backend memory, one micro-batch */
+    int32_t *host_in, *host_tg;
+    FILE *metrics;
+} gpt_trainer;
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Linear warmup, then a cosine from lr to min_lr at the last step. */
+static float lr_at(const gpt_options *o, int step)
+{
+    if (step < o->warmup)
+        return o->optim.lr * (float)(step + 1) / (float)o->warmup;
+    int span = o->steps - o->warmup;
+    double progress = span > 1 ? (double)(step - o->warmup) / (double)(span - 1) : 1.0;
+    return (float)(o->min_lr + 0.5 * (o->optim.lr - o->min_lr) * (1.0 + cos(M_PI * progress)));
+}
+
+/* The bundled task's file, written by rank 0 when missing. */
+static mhub_status prepare_data(gpt_trainer *t)
+{
+    const gpt_options *o = &t->o;
+    struct stat st;
+    mhub_status s = MHUB_OK;
+    if (o->task_addition && t->world->rank == 0 && stat(o->data_path, &st) != 0)
+        s = mhub_addition_generate(o->data_path, o->problems, o->digits,
+                                   (uint64_t)o->data_seed);
+    /* every rank learns whether rank 0 could write it, so none waits */
+    float failed = s != MHUB_OK, any = 0;
+    MHUB_TRY(mhub_comm_allreduce(t->world, &failed, &any, 1, MHUB_F32, MHUB_MAX));
+    if (s != MHUB_OK)
+        return s;
+    if (any != 0)
+        return mhub_error(MHUB_ERR_IO, "rank 0 could not write the task's data to %s",
+                          o->data_path);
+    MHUB_TRY(mhub_dataset_open(o->data_path, &t->data));
+    int64_t windows = 0;
+    MHUB_TRY(mhub_dataset_windows(t->data, t->seq, &windows));
+    return mhub_sampler_init(&t->sampler, (uint64_t)windows, o->global_batch, (uint64_t)o->seed,
+                             true);
+}
+
+static mhub_status build(gpt_trainer *t)
+{
+    gpt_options *o = &t->o;
+    if (o->model->type != mhub_gpt_provider_type())
+        return mhub_error(MHUB_ERR_INVALID_ARG, "%s: --config trains \"gpt\" models; this one "
+                          "is \"%s\" (use --model mlp for the MLP)", o->config_path,
+                          o->model->type->name);
+    mhub_gpt_config *g = (mhub_gpt_config *)o->model;
+    t->seq = o->seq_len ? o->seq_len : g->seq_length;
+    if (t->seq > g->seq_length)
+        return mhub_error(MHUB_ERR_INVALID_ARG, "%s: training.seq_len %d exceeds the model's "
+                          "seq_length %d", o->config_path, t->seq, g->seq_length);
+    int ranks = t->world->size;
+    if (o->global_batch % (ranks * o->micro_batch) != 0)
+        return mhub_error(MHUB_ERR_INVALID_ARG,
+                          "global_batch %d must be a multiple of ranks x micro_batch = %d x %d",
+                          o->global_batch, ranks, o->micro_batch);
+    t->micro_per_rank = o->global_batch / (ranks * o->micro_batch);
+    t->rows = o->micro_batch;
+    MHUB_TRY(mhub_cpu_backend_create(&(mhub_cpu_options){.local_ranks = ranks}, &t->be));
+    o->model->seed = o->seed;
+    MHUB_TRY(mhub_provider_create(o->model, &t->provider));
+    mhub_provider_set_backend(t->provider, t->be);
+    mhub_provider_set_micro_batch(t->provider, t->rows);
+    MHUB_TRY(mhub_provider_initialize_model_parallel(t->provider, t->world, NULL, NULL));
+    mhub_ddp_config ddp = o->ddp;
+    ddp.use_distributed_optimizer = o->engine == MHUB_DP_DISTOPT;
+    ddp.loss_is_global_mean = true;   /* each token weighs 1 / (global batch x seq) */
+    mhub_get_model_options go;
+    mhub_get_model_options_init(&go);
+    go.ddp_config = &ddp;
+    go.use_fsdp = o->engine == MHUB_DP_FSDP;
+    go.optim = &o->optim;
+    FILE *devnull = o->quiet ? fopen("/dev/null", "w") : NULL;
+    go.log = devnull;
+    mhub_status s = mhub_get_model(t->provider, &go, &t->chunks);
+    if (devnull)
+        fclose(devnull);
+    MHUB_TRY(s);
+    t->model = mhub_chunk_model(t->chunks.items[0]);
+    t->engine = mhub_chunk_engine(t->chunks.items[0]);
+    if (!mhub_gpt_runnable(t->model))
+        return mhub_error(MHUB_ERR_UNSUPPORTED, "this model cannot train yet: training runs on "
+                          "one pipeline stage with tensor_model_parallel_size 1 and f32 "
+                          "parameters");
+    size_t bytes = (size_t)t->rows * (size_t)t->seq * sizeof(int32_t);
+    void *p = NULL;
+    MHUB_TRY(t->be->ops->alloc(t->be, bytes, &p));
+    t->inputs = p;
+    MHUB_TRY(t->be->ops->alloc(t->be, bytes, &p));
+    t->targets = p;
+    t->host_in = malloc(bytes);
+    t->host_tg = malloc(bytes);
+    if (!t->host_in || !t->host_tg)
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "batch staging");
+    if (o->metrics_path && t->world->rank == 0 && !(t->metrics = fopen(o->metrics_path, "w")))
+        return mhub_error(MHUB_ERR_IO, "cannot write metrics to %s", o->metrics_path);
+    return prepare_data(t);
+}
+
+/* L2 norm of every gradient; the gradients are full and reduced on every
+ * rank (DDP) after finish_grad_sync. */
+static mhub_status clip_gradients(gpt_trainer *t, double *norm)
+{
+    mhub_param_list *pl = mhub_gpt_params(t->model);
+    double ss = 0;
+    for (int i = 0; i < pl->count; i++) {
+        double part = 0;
+        MHUB_TRY(t->be->ops->sum_squares(t->be, pl->items[i].grad.data,
+                                         pl->items[i].grad.numel, &part));
+        ss += part;
+    }
+    *norm = sqrt(ss);
+    if (!(*norm > t->o.clip_grad))
+        return MHUB_OK;
+    float scale = (float)(t->o.clip_grad / (*norm + 1e-6));
+    for (int i = 0; i < pl->count; i++)
+        MHUB_TRY(t->be->ops->scale(t->be, pl->items[i].grad.data, pl->items[i].grad.numel,
+                                   scale));
+    return MHUB_OK;
+}
+
+static mhub_status train_step(gpt_trainer *t, int step, float *loss, double *gnorm)
+{
+    const gpt_options *o = &t->o;
+    size_t bytes = (size_t)t->rows * (size_t)t->seq * sizeof(int32_t);
+    float weight = 1.0f / ((float)o->global_batch * (float)t->seq), sum = 0;
+    MHUB_TRY(mhub_dp_engine_zero_grad(t->engine));
+    for (int k = 0; k < t->micro_per_rank; k++) {
+        MHUB_TRY(mhub_dataset_batch(t->data, &t->sampler, t->seq, step, t->world->rank,
+                                    t->world->size, t->micro_per_rank, k, t->host_in,
+                                    t->host_tg));
+        MHUB_TRY(t->be->ops->copy(t->be, t->inputs, t->host_in, bytes, MHUB_COPY_HOST_TO_DEVICE));
+        MHUB_TRY(t->be->ops->copy(t->be, t->targets, t->host_tg, bytes, MHUB_COPY_HOST_TO_DEVICE));
+        float micro = 0;
+        MHUB_TRY(mhub_dp_engine_micro_begin(t->engine, k, t->micro_per_rank));
+        MHUB_TRY(mhub_gpt_forward(t->model, t->inputs, t->targets, t->rows, t->seq, &micro));
+        MHUB_TRY(mhub_gpt_backward(t->model, weight));
+        MHUB_TRY(mhub_dp_engine_micro_end(t->engine, k, t->micro_per_rank));
+        sum += micro;
+    }
+    MHUB_TRY(mhub_dp_engine_finish_grad_sync(t->engine));
+    *gnorm = -1;
+    if (o->clip_grad > 0) {
+        if (o->engine != MHUB_DP_DDP)
+            return mhub_error(MHUB_ERR_UNSUPPORTED, "clip_grad works with the ddp engine only "
+                              "so far (distopt and fsdp shard the gradients)");
+        MHUB_TRY(clip_gradients(t, gnorm));
+    }
+    MHUB_TRY(mhub_dp_engine_set_lr(t->engine, lr_at(o, step)));
+    MHUB_TRY(mhub_dp_engine_step(t->engine));
+    float mine = sum / (float)t->micro_per_rank;
+    MHUB_TRY(mhub_comm_allreduce(t->world, &mine, loss, 1, MHUB_F32, MHUB_SUM));
+    *loss /= (float)t->world->size;
+    return MHUB_OK;
+}
+
+static void print_progress(const gpt_trainer *t, int step, float loss, double ms, double eta)
+{
+    double tokens = (double)t->o.global_batch * t->seq;
+    printf("step %5d/%d | loss %.4f | lr %.2e | %8.0f tok/s | %7.1f ms/step | ETA %dm%02ds\n",
+           step + 1, t->o.steps, loss, lr_at(&t->o, step), tokens / (ms / 1e3), ms, (int)eta / 60,
+           (int)eta % 60);
+    fflush(stdout);
+}
+
+/* Greedy completion for the addition score: one forward per generated
+ * character (no cache; the prompts are short). The prompt follows a
+ * newline, as every problem does in the training text. */
+static mhub_status complete(void *ctx, const char *prompt_in, char *out, int out_size)
+{
+    gpt_trainer *t = ctx;
+    char prompt[64];
+    snprintf(prompt, sizeof prompt, "\n%s", prompt_in);
+    int len = (int)strlen(prompt), n = 0;
+    int64_t vocab = mhub_gpt_padded_vocab_size(mhub_gpt_config_of(t->model));
+    const float *logits = mhub_gpt_logits(t->model);
+    float *row = malloc((size_t)vocab * sizeof *row);
+    if (!row)
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "a logits row");
+    mhub_status s = MHUB_OK;
+    while (s == MHUB_OK && n < out_size - 1 && len + n < t->seq) {
+        int T = len + n;
+        for (int i = 0; i < T; i++) {
+            t->host_in[i] = (unsigned char)(i < len ? prompt[i] : out[i - len]);
+            t->host_tg[i] = 0;
+        }
+        s = t->be->ops->copy(t->be, t->inputs, t->host_in, (size_t)T * sizeof(int32_t),
+                             MHUB_COPY_HOST_TO_DEVICE);
+        if (s == MHUB_OK)
+            s = t->be->ops->copy(t->be, t->targets, t->host_tg, (size_t)T * sizeof(int32_t),
+                                 MHUB_COPY_HOST_TO_DEVICE);
+        if (s == MHUB_OK)
+            s = mhub_gpt_forward(t->model, t->inputs, t->targets, 1, T, NULL);
+        if (s == MHUB_OK)
+            s = t->be->ops->copy(t->be, row, logits + (int64_t)(T - 1) * vocab,
+                                 (size_t)vocab * sizeof(float), MHUB_COPY_DEVICE_TO_HOST);
+        int best = 0;
+        for (int v = 1; v < 256 && v < vocab; v++)
+            best = row[v] > row[best] ? v : best;
+        out[n++] = (char)best;
+        if (best == '\n')
+            break;
+    }
+    out[n] = '\0';
+    if (getenv("MHUB_DEBUG_COMPLETE"))
+        fprintf(stderr, "complete %s -> %s", prompt_in, out);
+    free(row);
+    return s;
+}
+
+static mhub_status run(gpt_trainer *t)
+{
+    const gpt_options *o = &t->o;
+    MHUB_TRY(mhub_comm_create_mpi_world(&t->world));
+    MHUB_TRY(build(t));
+    bool talk = t->world->rank == 0 && !o->quiet;
+    if (talk) {
+        char arch[256];
+        mhub_gpt_describe(mhub_gpt_config_of(t->model), arch, sizeof arch);
+        printf("%s\n%d rank(s), engine %s, global batch %d x %d tokens (%d per micro-batch, %d "
+               "micro-batch(es) per rank), %d steps, %s lr %.1e, data %s\n",
+               arch, t->world->size, mhub_dp_engine_name(o->engine), o->global_batch, t->seq,
+               o->micro_batch, t->micro_per_rank, o->steps, mhub_optim_kind_name(o->optim.kind),
+               o->optim.lr, o->data_path);
+    }
+    double start = now_seconds();
+    float first = 0, loss = 0;
+    for (int step = 0; step < o->steps; step++) {
+        double t0 = now_seconds(), gnorm = -1;
+        MHUB_TRY(train_step(t, step, &loss, &gnorm));
+        double ms = 1e3 * (now_seconds() - t0);
+        if (step == 0)
+            first = loss;
+        double eta = (now_seconds() - start) / (step + 1) * (o->steps - step - 1);
+        if (talk && (step % o->log_every == 0 || step + 1 == o->steps))
+            print_progress(t, step, loss, ms, eta);
+        if (t->metrics)
+            fprintf(t->metrics,
+                    "{\"step\":%d,\"loss\":%.6f,\"lr\":%.6e,\"ms\":%.3f,\"grad_norm\":%.6g}\n",
+                    step + 1, loss, lr_at(o, step), ms, gnorm);
+    }
+    MHUB_TRY(mhub_dp_engine_sync_params(t->engine));
+    if (t->world->rank == 0 && !o->quiet)
+        printf("loss %.4f -> %.4f in %.1f s\n", first, loss, now_seconds() - start);
+    if (o->task_addition && o->eval_problems > 0 && t->world->rank == 0) {
+        double acc = 0;
+        MHUB_TRY(mhub_addition_score(o->digits, (uint64_t)o->data_seed, o->problems,
+                                     o->eval_problems, complete, t, &acc));
+        printf("addition accuracy: %.1f%% on %d held-out %d-digit problems\n", 100 * acc,
+               o->eval_problems, o->digits);
+    }
+    return MHUB_OK;
+}
+
+static void trainer_free(gpt_trainer *t)
+{
+    if (t->metrics)
+        fclose(t->metrics);
+    if (t->be) {
+        if (t->inputs)
+            t->be->ops->free(t->be, t->inputs);
+        if (t->targets)
+            t->be->ops->free(t->be, t->targets);
+    }
+    free(t->host_in);
+    free(t->host_tg);
+    mhub_dataset_close(t->data);
+    mhub_chunk_list_free(&t->chunks);
+    mhub_provider_free(t->provider);
+    mhub_backend_free(t->be);
+    mhub_comm_free(t->world);
+    mhub_config_free(t->o.model);
+}
+
+int mhub_cli_train_config(int argc, char **argv)
+{
+    gpt_trainer t;
+    memset(&t, 0, sizeof t);
+    int rc = parse_args(argc, argv, &t.o);
+    if (rc >= 0) {
+        mhub_config_free(t.o.model);
+        return rc;
+    }
+    MPI_Init(NULL, NULL);
+    mhub_status s = run(&t);
+    if (s != MHUB_OK)
+        fprintf(stderr, "mhub %s: rank %d: %s: %s\n", CMD, t.world ? t.world->rank : -1,
+                mhub_status_name(s), mhub_last_error());
+    trainer_free(&t);
+    MPI_Finalize();
+    if (s == MHUB_ERR_INVALID_ARG)
+        return MHUB_EXIT_USAGE;
+    return s == MHUB_OK ? MHUB_EXIT_OK : MHUB_EXIT_FAILED;
+}

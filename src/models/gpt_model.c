@@ -1,0 +1,579 @@
+/* gpt_model.c - the GPT's forward and backward on the backend table.
+ *
+ * Notation: B sequences of T tokens, N = B T rows; H hidden, a heads of
+ * d channels in g query groups, A = a d, Q = (a + 2g) d, F the MLP width
+ * (F1 = F, or 2F with SwiGLU), V the (padded) vocabulary, L layers.
+ *
+ *   x = wte[tokens] (+ wpe[positions])                       [N, H]
+ *   per layer:  h = norm1(x); qkv = h Wqkv^T (+b); rope(q, k)
+ *               y = causal_attention(qkv)                     [N, A]
+ *               x = x + y Wproj^T (+b)
+ *               h = norm2(x); u = act(h Wfc1^T (+b))          [N, F]
+ *               x = x + u Wfc2^T (+b)
+ *   logits = normf(x) Wout^T (Wout = wte when tied)           [N, V]
+ *   loss_n = -log softmax(logits_n)[target_n]
+ *
+ * Backward walks the same steps in reverse with the residual gradient
+ * dres; each kernel's backward sits next to its forward in the backend.
+ * A layer's parameter gradients are final when its backward ends, so
+ * grad-ready fires for them then and an engine can reduce them while
+ * earlier layers still run. Every buffer is sized at create. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "src/models/gpt_internal.h"
+
+/* Parameter indices of one layer; -1 when the config has no such
+ * parameter (biases, LayerNorm's bias under RMSNorm). */
+typedef struct layer_params {
+    int ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b;
+    int ln2_w, ln2_b, fc1_w, fc1_b, fc2_w, fc2_b;
+} layer_params;
+
+/* What a layer's forward keeps for its backward. */
+typedef struct layer_acts {
+    float *in;                      /* [N, H] residual stream entering the layer */
+    float *ln1, *ln1_mean, *ln1_rstd;
+    float *qkv;                     /* [N, Q], rotated when rope */
+    float *probs;                   /* [B, a, T, T] attention softmax */
+    float *attn;                    /* [N, A] */
+    float *mid;                     /* [N, H] residual after attention */
+    float *ln2, *ln2_mean, *ln2_rstd;
+    float *fc1;                     /* [N, F1] before the activation */
+    float *act;                     /* [N, F] */
+} layer_acts;
+
+struct gpt_compute {
+    int64_t max_batch, seq_cap, max_rows;
+    int wte, wpe, lnf_w, lnf_b, out_w;
+    layer_params *lp;
+    layer_acts *la;
+    float *out;                     /* [N, H] after the last layer */
+    float *lnf, *lnf_mean, *lnf_rstd;
+    float *logits, *probs, *losses; /* probs becomes dlogits in backward */
+    int32_t *positions;             /* [N]: row b T + t holds t */
+    int64_t positions_seq;          /* the T positions were filled for */
+    int32_t *host_positions;
+    float *host_losses;
+    /* backward scratch */
+    float *dres, *dtmp, *dnorm, *dqkv, *dattn, *dfc1, *dact, *att_scratch;
+    /* the last forward */
+    const int32_t *tokens, *targets;
+    int64_t batch, seq;
+    bool have_forward;
+    mhub_grad_ready_fn ready;
+    void *ready_user;
+    mhub_unit_hooks hooks;
+};
+
+/* ---- small helpers ------------------------------------------------------- */
+
+static float *value(mhub_gpt *m, int i) { return i >= 0 ? m->params.items[i].value.data : NULL; }
+/* Read at use time: an engine may re-point gradients at its buffer. */
+static float *grad(mhub_gpt *m, int i) { return i >= 0 ? m->params.items[i].grad.data : NULL; }
+
+static bool is_layernorm(const mhub_gpt *m) { return m->cfg.normalization == MHUB_GPT_LAYERNORM; }
+static bool is_rope(const mhub_gpt *m) { return m->cfg.position_embedding_type == MHUB_GPT_ROPE; }
+static bool is_swiglu(const mhub_gpt *m) { return m->cfg.activation == MHUB_GPT_SWIGLU; }
+
+static int find(const mhub_gpt *m, const char *fmt, int layer)
+{
+    char name[MHUB_NAME_MAX];
+    snprintf(name, sizeof name, fmt, layer);
+    return mhub_param_list_find(&m->params, name);
+}
+
+static mhub_status hook(const gpt_compute *c, mhub_status (*fn)(void *, int), int unit)
+{
+    return fn ? fn(c->hooks.user, unit) : MHUB_OK;
+}
+
+static mhub_status announce(gpt_compute *c, int param)
+{
+    return param >= 0 && c->ready ? c->ready(c->ready_user, param) : MHUB_OK;
+}
+
+bool mhub_gpt_runnable(const mhub_gpt *m)
+{
+    return m && m->pre_process && m->post_process && m->tp_size == 1 && m->dtype == MHUB_F32;
+}
+
+/* ---- buffers --------------------------------------------------------------- */
+
+static mhub_status alloc_f(mhub_backend *be, int64_t n, float **out)
+{
+    void *p = NULL;
+    MHUB_TRY(be->ops->alloc(be, (size_t)n * sizeof(float), &p));
+    *out = p;
+    return MHUB_OK;
+}
+
+static mhub_status find_params(mhub_gpt *m, gpt_compute *c)
+{
+    c->lp = calloc((size_t)m->num_layers, sizeof *c->lp);
+    if (!c->lp)
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "layer tables");
+    c->wte = find(m, "embedding.word_embeddings.weight", 0);
+    c->wpe = find(m, "embedding.position_embeddings.weight", 0);
+    c->lnf_w = find(m, "decoder.final_layernorm.weight", 0);
+    c->lnf_b = find(m, "decoder.final_layernorm.bias", 0);
+    int out = find(m, "output_layer.weight", 0);
+    c->out_w = out >= 0 ? out : c->wte;
+    for (int l = 0; l < m->num_layers; l++) {
+        int g = m->first_layer + l;
+        layer_params *p = &c->lp[l];
+        p->ln1_w = find(m, "decoder.layers.%d.self_attention.linear_qkv.layer_norm_weight", g);
+        p->ln1_b = find(m, "decoder.layers.%d.self_attention.linear_qkv.layer_norm_bias", g);
+        p->qkv_w = find(m, "decoder.layers.%d.self_attention.linear_qkv.weight", g);
+        p->qkv_b = find(m, "decoder.layers.%d.self_attention.linear_qkv.bias", g);
+        p->proj_w = find(m, "decoder.layers.%d.self_attention.linear_proj.weight", g);
+        p->proj_b = find(m, "decoder.layers.%d.self_attention.linear_proj.bias", g);
+        p->ln2_w = find(m, "decoder.layers.%d.mlp.linear_fc1.layer_norm_weight", g);
+        p->ln2_b = find(m, "decoder.layers.%d.mlp.linear_fc1.layer_norm_bias", g);
+        p->fc1_w = find(m, "decoder.layers.%d.mlp.linear_fc1.weight", g);
+        p->fc1_b = find(m, "decoder.layers.%d.mlp.linear_fc1.bias", g);
+        p->fc2_w = find(m, "decoder.layers.%d.mlp.linear_fc2.weight", g);
+        p->fc2_b = find(m, "decoder.layers.%d.mlp.linear_fc2.bias", g);
+        if (p->ln1_w < 0 || p->qkv_w < 0 || p->proj_w < 0 || p->ln2_w < 0 || p->fc1_w < 0 ||
+            p->fc2_w < 0)
+            return MHUB_ERROR(MHUB_ERR_STATE, "layer %d lacks a weight", g);
+    }
+    if (c->wte < 0 || c->lnf_w < 0 || c->out_w < 0)
+        return MHUB_ERROR(MHUB_ERR_STATE, "the model lacks its embedding or head");
+    return MHUB_OK;
+}
+
+static mhub_status alloc_layer(mhub_backend *be, const mhub_gpt *m, int64_t n, int64_t b,
+                               int64_t t, layer_acts *a)
+{
+    int64_t h = m->cfg.hidden_size, heads = m->cfg.num_attention_heads;
+    MHUB_TRY(alloc_f(be, n * h, &a->in));
+    MHUB_TRY(alloc_f(be, n * h, &a->ln1));
+    MHUB_TRY(alloc_f(be, n, &a->ln1_mean));
+    MHUB_TRY(alloc_f(be, n, &a->ln1_rstd));
+    MHUB_TRY(alloc_f(be, n * m->dims.qkv_rows, &a->qkv));
+    MHUB_TRY(alloc_f(be, b * heads * t * t, &a->probs));
+    MHUB_TRY(alloc_f(be, n * m->dims.attn_width, &a->attn));
+    MHUB_TRY(alloc_f(be, n * h, &a->mid));
+    MHUB_TRY(alloc_f(be, n * h, &a->ln2));
+    MHUB_TRY(alloc_f(be, n, &a->ln2_mean));
+    MHUB_TRY(alloc_f(be, n, &a->ln2_rstd));
+    MHUB_TRY(alloc_f(be, n * m->dims.fc1_rows, &a->fc1));
+    return alloc_f(be, n * m->dims.ffn, &a->act);
+}
+
+static mhub_status alloc_buffers(mhub_gpt *m, gpt_compute *c)
+{
+    mhub_backend *be = m->be;
+    int64_t n = c->max_rows, h = m->cfg.hidden_size, v = m->dims.vocab;
+    int64_t att = c->max_batch * m->cfg.num_attention_heads * c->seq_cap * c->seq_cap;
+    c->la = calloc((size_t)m->num_layers, sizeof *c->la);
+    if (!c->la)
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "layer activations");
+    for (int l = 0; l < m->num_layers; l++)
+        MHUB_TRY(alloc_layer(be, m, n, c->max_batch, c->seq_cap, &c->la[l]));
+    MHUB_TRY(alloc_f(be, n * h, &c->out));
+    MHUB_TRY(alloc_f(be, n * h, &c->lnf));
+    MHUB_TRY(alloc_f(be, n, &c->lnf_mean));
+    MHUB_TRY(alloc_f(be, n, &c->lnf_rstd));
+    MHUB_TRY(alloc_f(be, n * v, &c->logits));
+    MHUB_TRY(alloc_f(be, n * v, &c->probs));
+    MHUB_TRY(alloc_f(be, n, &c->losses));
+    MHUB_TRY(alloc_f(be, n * h, &c->dres));
+    MHUB_TRY(alloc_f(be, n * h, &c->dtmp));
+    MHUB_TRY(alloc_f(be, n * h, &c->dnorm));
+    MHUB_TRY(alloc_f(be, n * m->dims.qkv_rows, &c->dqkv));
+    MHUB_TRY(alloc_f(be, n * m->dims.attn_width, &c->dattn));
+    MHUB_TRY(alloc_f(be, n * m->dims.fc1_rows, &c->dfc1));
+    MHUB_TRY(alloc_f(be, n * m->dims.ffn, &c->dact));
+    MHUB_TRY(alloc_f(be, att, &c->att_scratch));
+    void *p = NULL;
+    MHUB_TRY(be->ops->alloc(be, (size_t)n * sizeof(int32_t), &p));
+    c->positions = p;
+    c->host_positions = malloc((size_t)n * sizeof(int32_t));
+    c->host_losses = malloc((size_t)n * sizeof(float));
+    if (!c->host_positions || !c->host_losses)
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "host staging for %lld rows", (long long)n);
+    return MHUB_OK;
+}
+
+mhub_status mhub_gpt_compute_create(mhub_gpt *m, int64_t batch)
+{
+    if (batch < 1)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "micro_batch = %lld must be >= 1",
+                          (long long)batch);
+    gpt_compute *c = calloc(1, sizeof *c);
+    if (!c)
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "GPT activations");
+    m->compute = c;
+    c->max_batch = batch;
+    c->seq_cap = m->cfg.seq_length;
+    c->max_rows = batch * c->seq_cap;
+    MHUB_TRY(find_params(m, c));
+    return alloc_buffers(m, c);
+}
+
+static void free_f(mhub_backend *be, void *p)
+{
+    if (p)
+        be->ops->free(be, p);
+}
+
+void mhub_gpt_compute_free(mhub_gpt *m)
+{
+    gpt_compute *c = m ? m->compute : NULL;
+    if (!c)
+        return;
+    mhub_backend *be = m->be;
+    for (int l = 0; c->la && l < m->num_layers; l++) {
+        layer_acts *a = &c->la[l];
+        float *bufs[] = {a->in,  a->ln1, a->ln1_mean, a->ln1_rstd, a->qkv,      a->probs, a->attn,
+                         a->mid, a->ln2, a->ln2_mean, a->ln2_rstd, a->fc1, a->act};
+        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+            free_f(be, bufs[i]);
+    }
+    float *bufs[] = {c->out,  c->lnf,   c->lnf_mean, c->lnf_rstd, c->logits, c->probs,
+                     c->losses, c->dres, c->dtmp,     c->dnorm,    c->dqkv,   c->dattn,
+                     c->dfc1, c->dact, c->att_scratch};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        free_f(be, bufs[i]);
+    free_f(be, c->positions);
+    free(c->host_positions);
+    free(c->host_losses);
+    free(c->lp);
+    free(c->la);
+    free(c);
+    m->compute = NULL;
+}
+
+void mhub_gpt_set_grad_ready(mhub_gpt *m, mhub_grad_ready_fn fn, void *user)
+{
+    if (!m || !m->compute)
+        return;
+    m->compute->ready = fn;
+    m->compute->ready_user = user;
+}
+
+void mhub_gpt_set_unit_hooks(mhub_gpt *m, const mhub_unit_hooks *hooks)
+{
+    if (!m || !m->compute)
+        return;
+    if (hooks)
+        m->compute->hooks = *hooks;
+    else
+        memset(&m->compute->hooks, 0, sizeof m->compute->hooks);
+}
+
+const float *mhub_gpt_logits(const mhub_gpt *m) { return m && m->compute ? m->compute->logits : NULL; }
+const float *mhub_gpt_losses(const mhub_gpt *m) { return m && m->compute ? m->compute->losses : NULL; }
+
+/* ---- building blocks: each forward, then its backward ----------------------- */
+
+/* y[N, out] = x[N, in] W[out, in]^T (+ bias), accumulating into y when
+ * `add` (the residual connections). */
+static mhub_status linear_forward(mhub_gpt *m, float *y, const float *x, int w, int b, int64_t n,
+                                  int64_t in, int64_t out, bool add)
+{
+    const mhub_backend_ops *op = m->be->ops;
+    MHUB_TRY(op->gemm(m->be, false, true, n, out, in, 1.0f, x, in, value(m, w), in,
+                      add ? 1.0f : 0.0f, y, out));
+    return b >= 0 ? op->bias_add(m->be, y, value(m, b), n, out) : MHUB_OK;
+}
+
+/* dx = dy W (overwritten; skipped when dx is NULL); dW += dy^T x;
+ * db += column sums of dy. */
+static mhub_status linear_backward(mhub_gpt *m, float *dx, const float *dy, const float *x, int w,
+                                   int b, int64_t n, int64_t in, int64_t out)
+{
+    const mhub_backend_ops *op = m->be->ops;
+    if (dx)
+        MHUB_TRY(op->gemm(m->be, false, false, n, in, out, 1.0f, dy, out, value(m, w), in, 0.0f,
+                          dx, in));
+    MHUB_TRY(op->gemm(m->be, true, false, out, in, n, 1.0f, dy, out, x, in, 1.0f, grad(m, w),
+                      in));
+    return b >= 0 ? op->bias_backward(m->be, grad(m, b), dy, n, out) : MHUB_OK;
+}
+
+static mhub_status norm_forward(mhub_gpt *m, float *out, float *mean, float *rstd,
+                                const float *in, int w, int b, int64_t n)
+{
+    const mhub_backend_ops *op = m->be->ops;
+    int64_t h = m->cfg.hidden_size;
+    float eps = (float)m->cfg.layernorm_epsilon;
+    if (is_layernorm(m))
+        return op->layernorm_forward(m->be, out, mean, rstd, in, value(m, w), value(m, b), n, h,
+                                     eps);
+    return op->rmsnorm_forward(m->be, out, rstd, in, value(m, w), n, h, eps);
+}
+
+static mhub_status norm_backward(mhub_gpt *m, float *din, const float *dout, const float *in,
+                                 const float *mean, const float *rstd, int w, int b, int64_t n)
+{
+    const mhub_backend_ops *op = m->be->ops;
+    int64_t h = m->cfg.hidden_size;
+    if (is_layernorm(m))
+        return op->layernorm_backward(m->be, din, grad(m, w), b >= 0 ? grad(m, b) : NULL, dout,
+                                      in, value(m, w), mean, rstd, n, h);
+    return op->rmsnorm_backward(m->be, din, grad(m, w), dout, in, value(m, w), rstd, n, h);
+}
+
+/* ---- one layer ------------------------------------------------------------------- */
+
+static mhub_status layer_forward(mhub_gpt *m, int l, float *x_out, int64_t b, int64_t t)
+{
+    gpt_compute *c = m->compute;
+    const layer_params *p = &c->lp[l];
+    layer_acts *a = &c->la[l];
+    const mhub_backend_ops *op = m->be->ops;
+    int64_t n = b * t, h = m->cfg.hidden_size, q = m->dims.qkv_rows, aw = m->dims.attn_width;
+    int64_t heads = m->cfg.num_attention_heads, groups = mhub_gpt_query_groups(&m->cfg);
+    int64_t d = mhub_gpt_head_dim(&m->cfg), f = m->dims.ffn, f1 = m->dims.fc1_rows;
+    /* attention block */
+    MHUB_TRY(norm_forward(m, a->ln1, a->ln1_mean, a->ln1_rstd, a->in, p->ln1_w, p->ln1_b, n));
+    MHUB_TRY(linear_forward(m, a->qkv, a->ln1, p->qkv_w, p->qkv_b, n, h, q, false));
+    if (is_rope(m))
+        MHUB_TRY(op->rope_forward(m->be, a->qkv, b, t, heads, groups, d,
+                                  (float)m->cfg.rotary_base));
+    MHUB_TRY(op->causal_attention_forward(m->be, a->attn, a->probs, a->qkv, b, t, heads, groups,
+                                          d));
+    MHUB_TRY(op->copy(m->be, a->mid, a->in, (size_t)(n * h) * sizeof(float),
+                      MHUB_COPY_DEVICE_TO_DEVICE));
+    MHUB_TRY(linear_forward(m, a->mid, a->attn, p->proj_w, p->proj_b, n, aw, h, true));
+    /* MLP block */
+    MHUB_TRY(norm_forward(m, a->ln2, a->ln2_mean, a->ln2_rstd, a->mid, p->ln2_w, p->ln2_b, n));
+    MHUB_TRY(linear_forward(m, a->fc1, a->ln2, p->fc1_w, p->fc1_b, n, h, f1, false));
+    if (is_swiglu(m))
+        MHUB_TRY(op->swiglu_forward(m->be, a->act, a->fc1, n, f));
+    else
+        MHUB_TRY(op->gelu_forward(m->be, a->act, a->fc1, n * f));
+    MHUB_TRY(op->copy(m->be, x_out, a->mid, (size_t)(n * h) * sizeof(float),
+                      MHUB_COPY_DEVICE_TO_DEVICE));
+    return linear_forward(m, x_out, a->act, p->fc2_w, p->fc2_b, n, f, h, true);
+}
+
+/* c->dres holds d loss / d(layer output) on entry and d loss / d(layer
+ * input) on return. */
+static mhub_status layer_backward(mhub_gpt *m, int l, int64_t b, int64_t t)
+{
+    gpt_compute *c = m->compute;
+    const layer_params *p = &c->lp[l];
+    layer_acts *a = &c->la[l];
+    const mhub_backend_ops *op = m->be->ops;
+    int64_t n = b * t, h = m->cfg.hidden_size, q = m->dims.qkv_rows, aw = m->dims.attn_width;
+    int64_t heads = m->cfg.num_attention_heads, groups = mhub_gpt_query_groups(&m->cfg);
+    int64_t d = mhub_gpt_head_dim(&m->cfg), f = m->dims.ffn, f1 = m->dims.fc1_rows;
+    /* MLP block: x_out = mid + fc2(act(fc1(norm2(mid)))) */
+    MHUB_TRY(linear_backward(m, c->dact, c->dres, a->act, p->fc2_w, p->fc2_b, n, f, h));
+    if (is_swiglu(m))
+        MHUB_TRY(op->swiglu_backward(m->be, c->dfc1, c->dact, a->fc1, n, f));
+    else
+        MHUB_TRY(op->gelu_backward(m->be, c->dfc1, a->fc1, c->dact, n * f));
+    MHUB_TRY(linear_backward(m, c->dtmp, c->dfc1, a->ln2, p->fc1_w, p->fc1_b, n, h, f1));
+    MHUB_TRY(norm_backward(m, c->dnorm, c->dtmp, a->mid, a->ln2_mean, a->ln2_rstd, p->ln2_w,
+                           p->ln2_b, n));
+    MHUB_TRY(op->axpy(m->be, c->dres, c->dnorm, n * h, 1.0f));
+    /* attention block: mid = in + proj(attention(qkv(norm1(in)))) */
+    MHUB_TRY(linear_backward(m, c->dattn, c->dres, a->attn, p->proj_w, p->proj_b, n, aw, h));
+    MHUB_TRY(op->causal_attention_backward(m->be, c->dqkv, c->att_scratch, c->dattn, a->qkv,
+                                           a->probs, b, t, heads, groups, d));
+    if (is_rope(m))
+        MHUB_TRY(op->rope_backward(m->be, c->dqkv, b, t, heads, groups, d,
+                                   (float)m->cfg.rotary_base));
+    MHUB_TRY(linear_backward(m, c->dtmp, c->dqkv, a->ln1, p->qkv_w, p->qkv_b, n, h, q));
+    MHUB_TRY(norm_backward(m, c->dnorm, c->dtmp, a->in, a->ln1_mean, a->ln1_rstd, p->ln1_w,
+                           p->ln1_b, n));
+    return op->axpy(m->be, c->dres, c->dnorm, n * h, 1.0f);
+}
+
+/* A layer's gradients are final: report them, last parameter first (the
+ * order the engines lay buckets out in). */
+static mhub_status announce_layer(gpt_compute *c, int l)
+{
+    const layer_params *p = &c->lp[l];
+    const int order[] = {p->fc2_b, p->fc2_w, p->fc1_b,  p->fc1_w,  p->ln2_b, p->ln2_w,
+                         p->proj_b, p->proj_w, p->qkv_b, p->qkv_w, p->ln1_b, p->ln1_w};
+    for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)
+        MHUB_TRY(announce(c, order[i]));
+    return MHUB_OK;
+}
+
+/* ---- the model ---------------------------------------------------------------------- */
+
+static mhub_status check_batch(const mhub_gpt *m, const int32_t *tokens, const int32_t *targets,
+                               int64_t b, int64_t t)
+{
+    if (!tokens || !targets)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "tokens or targets is NULL");
+    if (!mhub_gpt_runnable(m) || !m->compute)
+        return MHUB_ERROR(MHUB_ERR_UNSUPPORTED,
+                          "this GPT chunk cannot run: forward and backward need the whole model "
+                          "(one pipeline stage, tensor_model_parallel_size 1) with f32 "
+                          "parameters on a backend");
+    const gpt_compute *c = m->compute;
+    /* Backward unit hooks mean the parameters live only while their unit
+     * runs (FSDP). A tied output layer reads unit 0's embedding in the
+     * last unit, so it cannot work that way. */
+    if (c->hooks.pre_backward && c->out_w == c->wte)
+        return MHUB_ERROR(MHUB_ERR_UNSUPPORTED,
+                          "a tied output layer (share_embeddings_and_output_weights) cannot be "
+                          "sharded per unit (FSDP): untie it or use ddp/distopt");
+    if (b < 1 || b > c->max_batch)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "batch = %lld must be in [1, %lld] (micro_batch)",
+                          (long long)b, (long long)c->max_batch);
+    if (t < 1 || t > c->seq_cap)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "seq = %lld must be in [1, %lld] (seq_length)",
+                          (long long)t, (long long)c->seq_cap);
+    return MHUB_OK;
+}
+
+/* positions[b T + t] = t, refilled only when T changes. */
+static mhub_status fill_positions(mhub_gpt *m, int64_t b, int64_t t)
+{
+    gpt_compute *c = m->compute;
+    if (c->positions_seq == t)
+        return MHUB_OK;
+    for (int64_t r = 0; r < c->max_rows; r++)
+        c->host_positions[r] = (int32_t)(r % t);
+    (void)b;
+    MHUB_TRY(m->be->ops->copy(m->be, c->positions, c->host_positions,
+                              (size_t)c->max_rows * sizeof(int32_t), MHUB_COPY_HOST_TO_DEVICE));
+    c->positions_seq = t;
+    return MHUB_OK;
+}
+
+static mhub_status embed_forward(mhub_gpt *m, const int32_t *tokens, int64_t n)
+{
+    gpt_compute *c = m->compute;
+    const mhub_backend_ops *op = m->be->ops;
+    int64_t h = m->cfg.hidden_size;
+    MHUB_TRY(op->embedding_forward(m->be, c->la[0].in, value(m, c->wte), tokens, n,
+                                   m->dims.vocab, h, false));
+    if (c->wpe < 0)
+        return MHUB_OK;
+    return op->embedding_forward(m->be, c->la[0].in, value(m, c->wpe), c->positions, n,
+                                 m->cfg.seq_length, h, true);
+}
+
+static mhub_status head_forward(mhub_gpt *m, const int32_t *targets, int64_t n)
+{
+    gpt_compute *c = m->compute;
+    int64_t h = m->cfg.hidden_size, v = m->dims.vocab;
+    MHUB_TRY(norm_forward(m, c->lnf, c->lnf_mean, c->lnf_rstd, c->out, c->lnf_w, c->lnf_b, n));
+    MHUB_TRY(linear_forward(m, c->logits, c->lnf, c->out_w, -1, n, h, v, false));
+    return m->be->ops->softmax_xent_forward(m->be, c->probs, c->losses, c->logits, targets, n, v);
+}
+
+static mhub_status mean_loss_of(mhub_gpt *m, int64_t n, float *out)
+{
+    gpt_compute *c = m->compute;
+    MHUB_TRY(m->be->ops->copy(m->be, c->host_losses, c->losses, (size_t)n * sizeof(float),
+                              MHUB_COPY_DEVICE_TO_HOST));
+    double sum = 0;
+    for (int64_t i = 0; i < n; i++)
+        sum += c->host_losses[i];
+    *out = (float)(sum / (double)n);
+    return MHUB_OK;
+}
+
+mhub_status mhub_gpt_forward(mhub_gpt *m, const int32_t *tokens, const int32_t *targets,
+                             int64_t batch, int64_t seq, float *mean_loss)
+{
+    if (!m)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "model is NULL");
+    MHUB_TRY(check_batch(m, tokens, targets, batch, seq));
+    gpt_compute *c = m->compute;
+    int64_t n = batch * seq;
+    int L = m->num_layers;
+    c->have_forward = false;
+    MHUB_TRY(fill_positions(m, batch, seq));
+    MHUB_TRY(hook(c, c->hooks.pre_forward, 0));
+    MHUB_TRY(embed_forward(m, tokens, n));
+    MHUB_TRY(hook(c, c->hooks.post_forward, 0));
+    for (int l = 0; l < L; l++) {
+        float *x_out = l + 1 < L ? c->la[l + 1].in : c->out;
+        MHUB_TRY(hook(c, c->hooks.pre_forward, l + 1));
+        MHUB_TRY(layer_forward(m, l, x_out, batch, seq));
+        MHUB_TRY(hook(c, c->hooks.post_forward, l + 1));
+    }
+    MHUB_TRY(hook(c, c->hooks.pre_forward, L + 1));
+    MHUB_TRY(head_forward(m, targets, n));
+    MHUB_TRY(hook(c, c->hooks.post_forward, L + 1));
+    c->tokens = tokens;
+    c->targets = targets;
+    c->batch = batch;
+    c->seq = seq;
+    c->have_forward = true;
+    return mean_loss ? mean_loss_of(m, n, mean_loss) : MHUB_OK;
+}
+
+/* dres = d loss / d(last layer's output); the head's gradients. */
+static mhub_status head_backward(mhub_gpt *m, int64_t n, float loss_weight)
+{
+    gpt_compute *c = m->compute;
+    int64_t h = m->cfg.hidden_size, v = m->dims.vocab;
+    /* probs turns into dlogits in place */
+    MHUB_TRY(m->be->ops->softmax_xent_backward(m->be, c->probs, c->probs, c->targets, n, v,
+                                               loss_weight));
+    MHUB_TRY(linear_backward(m, c->dtmp, c->probs, c->lnf, c->out_w, -1, n, h, v));
+    return norm_backward(m, c->dres, c->dtmp, c->out, c->lnf_mean, c->lnf_rstd, c->lnf_w,
+                         c->lnf_b, n);
+}
+
+static mhub_status embed_backward(mhub_gpt *m, int64_t n)
+{
+    gpt_compute *c = m->compute;
+    const mhub_backend_ops *op = m->be->ops;
+    int64_t h = m->cfg.hidden_size;
+    MHUB_TRY(op->embedding_backward(m->be, grad(m, c->wte), c->dres, c->tokens, n,
+                                    m->dims.vocab, h));
+    if (c->wpe < 0)
+        return MHUB_OK;
+    return op->embedding_backward(m->be, grad(m, c->wpe), c->dres, c->positions, n,
+                                  m->cfg.seq_length, h);
+}
+
+mhub_status mhub_gpt_backward(mhub_gpt *m, float loss_weight)
+{
+    if (!m)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "model is NULL");
+    gpt_compute *c = m->compute;
+    if (!c || !c->have_forward)
+        return MHUB_ERROR(MHUB_ERR_STATE, "backward needs a forward first");
+    int64_t n = c->batch * c->seq;
+    int L = m->num_layers;
+    MHUB_TRY(hook(c, c->hooks.pre_backward, L + 1));
+    MHUB_TRY(head_backward(m, n, loss_weight));
+    /* a tied output layer is the embedding: final only after the lookup's
+     * gradient is added, below */
+    if (c->out_w != c->wte)
+        MHUB_TRY(announce(c, c->out_w));
+    MHUB_TRY(announce(c, c->lnf_b));
+    MHUB_TRY(announce(c, c->lnf_w));
+    MHUB_TRY(hook(c, c->hooks.post_backward, L + 1));
+    for (int l = L - 1; l >= 0; l--) {
+        MHUB_TRY(hook(c, c->hooks.pre_backward, l + 1));
+        MHUB_TRY(layer_backward(m, l, c->batch, c->seq));
+        MHUB_TRY(announce_layer(c, l));
+        MHUB_TRY(hook(c, c->hooks.post_backward, l + 1));
+    }
+    MHUB_TRY(hook(c, c->hooks.pre_backward, 0));
+    MHUB_TRY(embed_backward(m, n));
+    MHUB_TRY(announce(c, c->wpe));
+    MHUB_TRY(announce(c, c->wte));
+    return hook(c, c->hooks.post_backward, 0);
+}
+
+double mhub_gpt_flops_per_step(const mhub_gpt_config *cfg, int64_t batch, int64_t seq)
+{
+    if (!cfg)
+        return 0;
+    double h = cfg->hidden_size, a = cfg->num_attention_heads, d = mhub_gpt_head_dim(cfg);
+    double g = mhub_gpt_query_groups(cfg), f = mhub_gpt_ffn_size(cfg);
+    double f1 = cfg->activation == MHUB_GPT_SWIGLU ? 2 * f : f;
+    double v = (double)mhub_gpt_padded_vocab_size(cfg);
+    double per_layer = h * (a + 2 * g) * d + a * d * h + f1 * h + h * f;
+    double matmul_params = cfg->num_layers * per_layer + v * h;
+    double tokens = (double)batch * (double)seq;
+    return 6.0 * matmul_params * tokens + 12.0 * cfg->num_layers * (double)seq * a * d * tokens;
+}

@@ -1,0 +1,126 @@
+#!/bin/sh
+# test_cli_gpt.sh - `mhub train --config FILE`: a tiny GPT trains on a
+# text file at 1 and 2 ranks with each engine (the loss falls), the
+# bundled addition task is generated and scored, metrics are JSON lines,
+# and bad configs fail with a message naming the file and key.
+# $MHUB is the binary, $MPIEXEC the launcher (the Makefile sets both).
+
+MHUB=${MHUB:-./mhub}
+MPIEXEC=${MPIEXEC:-mpiexec}
+if [ ! -x "$MHUB" ]; then
+    echo "FAIL: $MHUB is not an executable (set MHUB to the mhub binary)"
+    exit 1
+fi
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/mhub-gpt.XXXXXX") || exit 1
+trap 'rm -rf "$tmp"' EXIT
+out=$tmp/out
+err=$tmp/err
+failures=0
+checks=0
+
+pass() { checks=$((checks + 1)); echo "ok   $1"; }
+fail() {
+    checks=$((checks + 1))
+    failures=$((failures + 1))
+    echo "FAIL $1"
+    if [ -n "$2" ]; then printf '%s\n' "$2" | sed 's/^/     | /'; fi
+}
+
+# a text file with structure to learn: each line repeats its first number
+awk 'BEGIN { srand(7); for (i = 0; i < 3000; i++) { n = int(rand() * 100); printf "%02d-%02d\n", n, n } }' >"$tmp/copy.txt"
+
+# config NAME ENGINE STEPS EXTRA_DATA: write $tmp/NAME.json
+config() {
+    cat >"$tmp/$1.json" <<EOF
+{
+  "model": {"provider": "gpt", "num_layers": 2, "hidden_size": 32, "num_attention_heads": 4,
+            "ffn_hidden_size": 64, "seq_length": 32, "vocab_size": 256,
+            "position_embedding_type": "rope", "normalization": "RMSNorm",
+            "activation": "swiglu", "share_embeddings_and_output_weights": false,
+            "add_bias_linear": false, "init_method": "normal", "init_method_std": 0.02},
+  "ddp": {"overlap_grad_reduce": true, "bucket_size": 5000},
+  "optimizer": {"type": "adamw", "lr": 0.01, "warmup_steps": 5, "min_lr": 0.001},
+  "training": {"steps": $3, "micro_batch": 4, "global_batch": 8, "seq_len": 32,
+               "dp_engine": "$2", "log_every": 10, "eval_problems": 5},
+  "data": $4
+}
+EOF
+}
+
+# run_train NAME RANKS FLAGS...: train; stdout in $out, stderr in $err, status in $rc
+run_train() {
+    name=$1 ranks=$2
+    shift 2
+    (cd "$tmp" && timeout 240 "$MPIEXEC" -n "$ranks" "$MHUB" train --config "$tmp/$name.json" "$@") \
+        >"$out" 2>"$err"
+    rc=$?
+}
+
+# loss_fell: the summary line says "loss A -> B" with B < A / 2
+loss_fell() {
+    awk '/^loss .* -> / { if ($4 < $2 / 2) ok = 1 } END { exit !ok }' "$out"
+}
+
+for engine in ddp distopt fsdp; do
+    config "copy-$engine" "$engine" 60 "{\"path\": \"$tmp/copy.txt\"}"
+    for ranks in 1 2; do
+        run_train "copy-$engine" "$ranks" --metrics "$tmp/m.jsonl"
+        if [ "$rc" -eq 0 ] && loss_fell; then
+            pass "$engine at $ranks rank(s): the loss falls ($(grep '^loss' "$out"))"
+        else
+            fail "$engine at $ranks rank(s)" "rc=$rc $(tail -3 "$out") $(cat "$err")"
+        fi
+    done
+done
+
+# metrics: one JSON object per step
+lines=$(wc -l <"$tmp/m.jsonl")
+if [ "$lines" -eq 60 ] && head -1 "$tmp/m.jsonl" | grep -q '^{"step":1,"loss":'; then
+    pass "metrics: 60 JSON lines"
+else
+    fail "metrics" "$(head -2 "$tmp/m.jsonl")"
+fi
+
+# the bundled task: written by mhub, scored on held-out problems
+config addition ddp 5 '{"task": "addition", "digits": 2, "problems": 500, "seed": 3}'
+run_train addition 2
+if [ "$rc" -eq 0 ] && grep -q '^addition accuracy: [0-9.]*% on 5 held-out 2-digit problems' "$out" &&
+    [ -s "$tmp/mhub-addition-2d-500-3.txt" ]; then
+    pass "addition task generated and scored"
+else
+    fail "addition task" "rc=$rc $(tail -3 "$out") $(cat "$err")"
+fi
+
+# flags override the config
+run_train addition 1 --steps 3 --quiet
+if [ "$rc" -eq 0 ] && ! grep -q '^step' "$out"; then pass "--steps and --quiet"; else fail "--steps/--quiet" "$(cat "$out" "$err")"; fi
+
+# expect_error NAME PATTERN: the last run failed with status 2 and PATTERN on stderr
+expect_error() {
+    if [ "$rc" -eq 2 ] && grep -E -q -- "$2" "$err"; then pass "$1"; else fail "$1" "rc=$rc $(cat "$err")"; fi
+}
+printf '{"model": {"provider": "gpt"}, "data": {"path": "x"}, "colour": 1}' >"$tmp/bad1.json"
+run_train bad1 1
+expect_error "unknown top-level key" "bad1.json: unknown key 'colour'"
+printf '{"model": {"provider": "gpt"}}' >"$tmp/bad2.json"
+run_train bad2 1
+expect_error "missing data" "bad2.json: the \"data\" section is missing"
+printf '{"model": {"provider": "gpt", "hidden_size": -1}, "data": {"path": "x"}}' >"$tmp/bad3.json"
+run_train bad3 1
+expect_error "bad model key" "hidden_size"
+printf '{"model": {"provider": "gpt"}, "data": {"path": "x"}, "training": {"dp_engine": "zero"}}' >"$tmp/bad4.json"
+run_train bad4 1
+expect_error "bad engine" "training.dp_engine"
+printf '{"model": {"provider": "gpt"' >"$tmp/bad5.json"
+run_train bad5 1
+expect_error "truncated config" "bad5.json: not valid JSON"
+config bad6 ddp 5 "{\"path\": \"$tmp/copy.txt\"}"
+run_train bad6 2 --global-batch 6
+expect_error "batch not divisible" "global_batch 6 must be a multiple"
+config bad7 ddp 5 "{\"path\": \"$tmp/none.txt\"}"
+run_train bad7 2
+if [ "$rc" -ne 0 ] && grep -q "none.txt" "$err"; then pass "missing data file"; else fail "missing data file" "rc=$rc $(cat "$err")"; fi
+
+echo "$checks checks, $failures failed"
+[ "$failures" -eq 0 ]

@@ -1,0 +1,374 @@
+/* test_gpt_model.c - the GPT's forward and backward against PyTorch.
+ *
+ * tests/data/gpt/golden.safetensors comes from tests/reference/
+ * gpt_reference.py: two tiny models (GPT-2-style and Llama-style with
+ * GQA, RoPE, SwiGLU, RMSNorm, untied head), computed in float64 by
+ * PyTorch from the same float32 weights. mhub must match the logits and
+ * loss within 1e-5 relative, the gradients within 1e-4, and the
+ * parameters after 3 AdamW steps within 1e-4. A finite-difference check
+ * of the loss and the bad-input cases follow. */
+#include <string.h>
+
+#include "testutil.h"
+
+static mhub_backend *be;
+static mhub_safetensors *golden;
+
+static void setup(void)
+{
+    CK_OK(mhub_cpu_backend_create(&(mhub_cpu_options){.blas_threads = 1}, &be));
+    /* make check sets top_srcdir; elsewhere the data sits beside this
+     * file (__FILE__ is as the compiler was given it) */
+    const char *src = getenv("top_srcdir");
+    char path[1024];
+    if (src) {
+        snprintf(path, sizeof path, "%s/tests/data/gpt/golden.safetensors", src);
+    } else {
+        const char *slash = strrchr(__FILE__, '/');
+        int dir = slash ? (int)(slash - __FILE__) : 1;
+        snprintf(path, sizeof path, "%.*s/data/gpt/golden.safetensors", dir,
+                 slash ? __FILE__ : ".");
+    }
+    CK_OK(mhub_safetensors_open(path, &golden));
+}
+
+static void teardown(void)
+{
+    mhub_safetensors_close(golden);
+    mhub_backend_free(be);
+}
+
+/* The golden config of `model` ("gpt2" or "llama"). */
+static mhub_gpt_config *golden_config(const char *model)
+{
+    char key[64];
+    snprintf(key, sizeof key, "%s/config", model);
+    const char *text = mhub_safetensors_metadata(golden, key);
+    ck_assert_ptr_nonnull(text);
+    mhub_provider_config *cfg = NULL;
+    CK_OK(mhub_config_from_json(text, strlen(text), key, MHUB_CONFIG_STRICT, &cfg));
+    return (mhub_gpt_config *)cfg;
+}
+
+static int golden_int(const char *key)
+{
+    const char *v = mhub_safetensors_metadata(golden, key);
+    ck_assert_ptr_nonnull(v);
+    return atoi(v);
+}
+
+static mhub_gpt *build(const mhub_gpt_config *cfg, int64_t batch)
+{
+    mhub_provide_args a = {.pre_process = true, .post_process = true, .vp_stage = -1,
+                           .pp_size = 1, .vp_size = 1, .tp_size = 1, .backend = be,
+                           .seed = 5, .tp_seed = 6, .micro_batch = batch};
+    mhub_gpt *m = NULL;
+    CK_OK(mhub_gpt_create(cfg, &a, &m));
+    ck_assert(mhub_gpt_runnable(m));
+    return m;
+}
+
+/* Set every parameter to the golden "<model>/<kind>/<name>" values. */
+static void load(mhub_gpt *m, const char *model, const char *kind)
+{
+    mhub_param_list *pl = mhub_gpt_params(m);
+    for (int i = 0; i < pl->count; i++) {
+        char key[160];
+        snprintf(key, sizeof key, "%s/%s/%s", model, kind, pl->items[i].name);
+        mhub_tensor *v = &pl->items[i].value;
+        CK_OK(mhub_safetensors_read_f32(golden, key, v->shape, v->ndim, v->data));
+    }
+}
+
+static const int32_t *golden_ids(const char *model, const char *what, int64_t n)
+{
+    char key[64];
+    snprintf(key, sizeof key, "%s/%s", model, what);
+    int i = mhub_safetensors_find(golden, key);
+    ck_assert_int_ge(i, 0);
+    mhub_safetensors_tensor t;
+    CK_OK(mhub_safetensors_info(golden, i, &t));
+    ck_assert_str_eq(t.dtype_name, "I32");
+    ck_assert_int_eq(t.numel, n);
+    int32_t *ids = malloc((size_t)n * sizeof *ids);
+    memcpy(ids, t.data, (size_t)n * sizeof *ids);
+    return ids;
+}
+
+/* Worst |a - b| / max(|b|, floor) over n values. */
+static double worst_relerr(const float *a, const float *b, int64_t n, double floor)
+{
+    double w = 0;
+    for (int64_t i = 0; i < n; i++)
+        w = fmax(w, mhub_test_relerr(a[i], b[i], floor));
+    return w;
+}
+
+/* ||a - b|| / ||b||: the error of the tensor as a whole, which f32
+ * arithmetic bounds; elementwise errors of values near zero are
+ * dominated by absolute rounding and say little. */
+static double norm_relerr(const float *a, const float *b, int64_t n)
+{
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        den += (double)b[i] * b[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static double max_abs(const float *x, int64_t n)
+{
+    double m = 0;
+    for (int64_t i = 0; i < n; i++)
+        m = fmax(m, fabs(x[i]));
+    return m;
+}
+
+/* Compare each parameter's value (or gradient) with golden
+ * "<model>/<kind>/<name>" within tol: as a whole (norm_relerr) and per
+ * element relative to the larger of the element and 0.1 of the tensor's
+ * largest. With `skip_flat`, elements whose golden gradient is below
+ * 1e-6 but not 0 are left out: their gradient is zero in exact arithmetic (the key
+ * bias, see gpt_reference.py) and AdamW steps them by rounding noise. */
+static void compare_params(mhub_gpt *m, const char *model, const char *kind, bool grads,
+                           bool skip_flat, double tol)
+{
+    mhub_param_list *pl = mhub_gpt_params(m);
+    int64_t skipped = 0, total = 0;
+    for (int i = 0; i < pl->count; i++) {
+        mhub_param *p = &pl->items[i];
+        char key[160];
+        snprintf(key, sizeof key, "%s/%s/%s", model, kind, p->name);
+        int64_t n = p->value.numel;
+        float *ref = malloc((size_t)n * sizeof *ref), *g = malloc((size_t)n * sizeof *g);
+        float *got = malloc((size_t)n * sizeof *got);
+        CK_OK(mhub_safetensors_read_f32(golden, key, p->value.shape, p->value.ndim, ref));
+        memcpy(got, grads ? p->grad.data : p->value.data, (size_t)n * sizeof *got);
+        if (skip_flat) {
+            snprintf(key, sizeof key, "%s/grad/%s", model, p->name);
+            CK_OK(mhub_safetensors_read_f32(golden, key, p->value.shape, p->value.ndim, g));
+            for (int64_t e = 0; e < n; e++)
+                if (g[e] != 0.0f && fabsf(g[e]) < 1e-6f) {
+                    got[e] = ref[e];
+                    skipped++;
+                }
+        }
+        total += n;
+        double err = norm_relerr(got, ref, n);
+        double worst = worst_relerr(got, ref, n, fmax(0.1 * max_abs(ref, n), 1e-30));
+        ck_assert_msg(err < tol && worst < tol, "%s/%s/%s: %s relative error %.3g, worst "
+                      "element %.3g (limit %.0e)", model, kind, p->name,
+                      grads ? "gradient" : "value", err, worst, tol);
+        free(ref);
+        free(g);
+        free(got);
+    }
+    /* the flat ones are few: the key biases (exact zeros, unused embedding
+     * rows, compare exactly: only weight decay moves them) */
+    ck_assert_msg(skipped * 20 < total, "%lld of %lld elements had no gradient",
+                  (long long)skipped, (long long)total);
+}
+
+static void check_model(const char *model)
+{
+    mhub_gpt_config *cfg = golden_config(model);
+    int b = golden_int("batch"), t = golden_int("seq");
+    int64_t n = (int64_t)b * t, v = mhub_gpt_padded_vocab_size(cfg);
+    mhub_gpt *m = build(cfg, b);
+    load(m, model, "param");
+    const int32_t *tokens = golden_ids(model, "tokens", n);
+    const int32_t *targets = golden_ids(model, "targets", n);
+    float loss = 0, ref_loss = 0;
+    CK_OK(mhub_param_list_zero_grad(mhub_gpt_params(m)));
+    CK_OK(mhub_gpt_forward(m, tokens, targets, b, t, &loss));
+    char key[64];
+    snprintf(key, sizeof key, "%s/loss", model);
+    CK_OK(mhub_safetensors_read_f32(golden, key, NULL, -1, &ref_loss));
+    ck_assert_msg(mhub_test_relerr(loss, ref_loss, 1e-30) < 1e-5, "%s loss %.9g vs %.9g", model,
+                  loss, ref_loss);
+    float *logits = malloc((size_t)(n * v) * sizeof *logits);
+    snprintf(key, sizeof key, "%s/logits", model);
+    int64_t shape[2] = {n, v};
+    CK_OK(mhub_safetensors_read_f32(golden, key, shape, 2, logits));
+    double err = norm_relerr(mhub_gpt_logits(m), logits, n * v);
+    double worst = worst_relerr(mhub_gpt_logits(m), logits, n * v, 0.1 * max_abs(logits, n * v));
+    fprintf(stderr, "%s logits: relative error %.3g (worst element %.3g)\n", model, err, worst);
+    ck_assert_msg(err < 1e-5, "%s logits relative error %.3g", model, err);
+    ck_assert_msg(worst < 1e-5, "%s logits worst element error %.3g", model, worst);
+    free(logits);
+    CK_OK(mhub_gpt_backward(m, 1.0f / (float)n));
+    compare_params(m, model, "grad", true, false, 1e-4);
+
+    /* 3 AdamW steps on the same batch, from the same start */
+    const char *adam = mhub_safetensors_metadata(golden, "adamw");
+    ck_assert_ptr_nonnull(adam);
+    mhub_optim_config oc;
+    mhub_optim_config_init(&oc, MHUB_OPTIM_ADAMW);
+    oc.lr = 1e-2f;
+    oc.beta1 = 0.9f;
+    oc.beta2 = 0.95f;
+    oc.eps = 1e-5f;
+    oc.weight_decay = 0.1f;
+    ck_assert_ptr_nonnull(strstr(adam, "\"lr\": 0.01"));
+    ck_assert_ptr_nonnull(strstr(adam, "\"beta2\": 0.95"));
+    ck_assert_ptr_nonnull(strstr(adam, "\"weight_decay\": 0.1"));
+    ck_assert_ptr_nonnull(strstr(adam, "\"eps\": 1e-05"));
+    mhub_param_list *pl = mhub_gpt_params(m);
+    float **state = calloc((size_t)pl->count * 2, sizeof *state);
+    for (int i = 0; i < 2 * pl->count; i++)
+        state[i] = calloc((size_t)pl->items[i / 2].value.numel, sizeof(float));
+    load(m, model, "param");
+    for (int step = 1; step <= 3; step++) {
+        CK_OK(mhub_param_list_zero_grad(pl));
+        CK_OK(mhub_gpt_forward(m, tokens, targets, b, t, NULL));
+        CK_OK(mhub_gpt_backward(m, 1.0f / (float)n));
+        for (int i = 0; i < pl->count; i++)
+            CK_OK(mhub_optim_update(be, &oc, pl->items[i].value.data, pl->items[i].grad.data,
+                                    &state[2 * i], pl->items[i].value.numel, step));
+    }
+    compare_params(m, model, "step3", false, true, 1e-4);
+    for (int i = 0; i < 2 * pl->count; i++)
+        free(state[i]);
+    free(state);
+    free((void *)tokens);
+    free((void *)targets);
+    mhub_gpt_free(m);
+    mhub_config_free(&cfg->base);
+}
+
+START_TEST(test_gpt2_matches_pytorch) { check_model("gpt2"); }
+END_TEST
+
+START_TEST(test_llama_matches_pytorch) { check_model("llama"); }
+END_TEST
+
+/* Central differences of the mean loss (summed in double) against the
+ * analytic gradient, for a few elements of several parameters. */
+START_TEST(test_finite_differences)
+{
+    const char *models[] = {"gpt2", "llama"};
+    for (int k = 0; k < 2; k++) {
+        mhub_gpt_config *cfg = golden_config(models[k]);
+        int b = golden_int("batch"), t = golden_int("seq");
+        int64_t n = (int64_t)b * t;
+        mhub_gpt *m = build(cfg, b);
+        load(m, models[k], "param");
+        const int32_t *tokens = golden_ids(models[k], "tokens", n);
+        const int32_t *targets = golden_ids(models[k], "targets", n);
+        mhub_param_list *pl = mhub_gpt_params(m);
+        CK_OK(mhub_param_list_zero_grad(pl));
+        CK_OK(mhub_gpt_forward(m, tokens, targets, b, t, NULL));
+        CK_OK(mhub_gpt_backward(m, 1.0f / (float)n));
+        int checked = 0;
+        for (int i = 0; i < pl->count; i += 3) {
+            mhub_param *p = &pl->items[i];
+            float *w = p->value.data;
+            const float *g = p->grad.data;
+            /* the element with the largest gradient: a clear signal */
+            int64_t j = 0;
+            for (int64_t e = 1; e < p->value.numel; e++)
+                if (fabsf(g[e]) > fabsf(g[j]))
+                    j = e;
+            if (fabsf(g[j]) < 1e-4f)
+                continue;
+            float keep = w[j], h = 1e-2f * fmaxf(fabsf(keep), 0.1f), lp = 0, lm = 0;
+            w[j] = keep + h;
+            CK_OK(mhub_gpt_forward(m, tokens, targets, b, t, &lp));
+            w[j] = keep - h;
+            CK_OK(mhub_gpt_forward(m, tokens, targets, b, t, &lm));
+            w[j] = keep;
+            double fd = ((double)lp - (double)lm) / (2.0 * ((double)(keep + h) - keep));
+            ck_assert_msg(mhub_test_relerr(g[j], fd, 1e-3) < 3e-2,
+                          "%s %s[%lld]: analytic %.6g, finite difference %.6g", models[k],
+                          p->name, (long long)j, g[j], fd);
+            checked++;
+        }
+        ck_assert_int_ge(checked, 5);
+        free((void *)tokens);
+        free((void *)targets);
+        mhub_gpt_free(m);
+        mhub_config_free(&cfg->base);
+    }
+}
+END_TEST
+
+START_TEST(test_bad_input)
+{
+    mhub_gpt_config *cfg = golden_config("gpt2");
+    mhub_gpt *m = build(cfg, 2);
+    int32_t tokens[16] = {0}, targets[16] = {0};
+    CK_FAILS(MHUB_ERR_STATE, mhub_gpt_backward(m, 1.0f));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_gpt_forward(m, tokens, targets, 3, 8, NULL));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_gpt_forward(m, tokens, targets, 1, 17, NULL));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_gpt_forward(m, NULL, targets, 1, 8, NULL));
+    tokens[3] = 64;
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_gpt_forward(m, tokens, targets, 1, 8, NULL));
+    tokens[3] = 0;
+    targets[5] = -1;
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_gpt_forward(m, tokens, targets, 1, 8, NULL));
+    targets[5] = 0;
+    float loss;
+    CK_OK(mhub_gpt_forward(m, tokens, targets, 1, 8, &loss));
+    ck_assert(isfinite(loss));
+    mhub_gpt_free(m);
+    /* a pipeline chunk holds parameters but cannot run */
+    cfg->base.pipeline_model_parallel_size = 2;
+    mhub_provide_args a = {.pre_process = true, .post_process = false, .vp_stage = -1,
+                           .pp_size = 2, .vp_size = 1, .tp_size = 1, .backend = be,
+                           .seed = 5, .tp_seed = 6, .micro_batch = 2};
+    CK_OK(mhub_gpt_create(cfg, &a, &m));
+    ck_assert(!mhub_gpt_runnable(m));
+    CK_FAILS(MHUB_ERR_UNSUPPORTED, mhub_gpt_forward(m, tokens, targets, 1, 8, NULL));
+    mhub_gpt_free(m);
+    mhub_config_free(&cfg->base);
+}
+END_TEST
+
+/* A few SGD steps on one batch lower the loss: the model learns. */
+START_TEST(test_loss_falls)
+{
+    mhub_gpt_config *cfg = golden_config("llama");
+    mhub_gpt *m = build(cfg, 2);
+    int32_t tokens[16], targets[16];
+    for (int i = 0; i < 16; i++) {
+        tokens[i] = (7 * i + 3) % 64;
+        targets[i] = (7 * i + 10) % 64;
+    }
+    mhub_param_list *pl = mhub_gpt_params(m);
+    mhub_optim_config oc;
+    mhub_optim_config_init(&oc, MHUB_OPTIM_SGD);
+    oc.lr = 0.5f;
+    float first = 0, last = 0;
+    for (int s = 0; s < 20; s++) {
+        CK_OK(mhub_param_list_zero_grad(pl));
+        CK_OK(mhub_gpt_forward(m, tokens, targets, 2, 8, &last));
+        if (s == 0)
+            first = last;
+        CK_OK(mhub_gpt_backward(m, 1.0f / 16));
+        for (int i = 0; i < pl->count; i++)
+            CK_OK(mhub_optim_update(be, &oc, pl->items[i].value.data, pl->items[i].grad.data,
+                                    NULL, pl->items[i].value.numel, s + 1));
+    }
+    ck_assert_msg(last < 0.5f * first, "loss %.4f -> %.4f", first, last);
+    mhub_gpt_free(m);
+    mhub_config_free(&cfg->base);
+}
+END_TEST
+
+static Suite *make_suite(void)
+{
+    Suite *s = suite_create("gpt_model");
+    TCase *tc = tcase_create("gpt_model");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_gpt2_matches_pytorch);
+    tcase_add_test(tc, test_llama_matches_pytorch);
+    tcase_add_test(tc, test_finite_differences);
+    tcase_add_test(tc, test_bad_input);
+    tcase_add_test(tc, test_loss_falls);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void) { return mhub_test_main(make_suite()); }
