@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # setup.sh - install what is missing, build mhub, then run the demo or the tests.
 #
-#   scripts/setup.sh demo   # set up, build, train the MLP demo (the main job)
+#   scripts/setup.sh demo   # set up, build, train the GPT addition demo (the main job)
 #   scripts/setup.sh test   # set up, build, run every test (make check)
 #   scripts/setup.sh build  # set up and build only
 #
@@ -47,7 +47,7 @@ make -j"$jobs"
 
 case "$what" in
 demo)
-    mpiexec -n 2 ./mhub train --model mlp ;;
+    mpiexec -n 2 ./mhub train --config examples/configs/gpt-addition.json ;;
 test)
     make check -j"$jobs" || { cat tests/*.log 2>/dev/null | tail -200; exit 1; } ;;
 build) ;;

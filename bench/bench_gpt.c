@@ -1,0 +1,187 @@
+/* bench_gpt.c - one GPT training step (forward, backward, AdamW) on the
+ * CPU backend, next to the floor a BLAS-based step cannot beat: the same
+ * step's weight GEMMs alone, timed in the same run.
+ *
+ *   bench/bench_gpt [--shape 124m|small] [--batch B] [--seq T] [--threads N]
+ *                   [--steps N] [--json]
+ *
+ * 124m: GPT-2 small (12 layers, 12 heads, width 768, vocab 50257, tied);
+ * small: 6 layers, 8 heads, width 512, vocab 256. Prints the median
+ * ms/step over --steps timed steps (after 1 warmup), tokens/s, GFLOP/s
+ * by llm.c's count (6 per matmul parameter per token plus attention) and
+ * the ratio to the GEMM floor. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "mhub/mhub.h"
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp);
+    return v[n / 2];
+}
+
+typedef struct opts {
+    const char *shape;
+    int batch, seq, threads, steps;
+    bool json;
+} opts;
+
+static bool parse(int argc, char **argv, opts *o)
+{
+    *o = (opts){.shape = "124m", .batch = 4, .seq = 64, .threads = 2, .steps = 5};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--json")) {
+            o->json = true;
+            continue;
+        }
+        if (!v)
+            return false;
+        i++;
+        if (!strcmp(a, "--shape"))
+            o->shape = v;
+        else if (!strcmp(a, "--batch"))
+            o->batch = atoi(v);
+        else if (!strcmp(a, "--seq"))
+            o->seq = atoi(v);
+        else if (!strcmp(a, "--threads"))
+            o->threads = atoi(v);
+        else if (!strcmp(a, "--steps"))
+            o->steps = atoi(v);
+        else
+            return false;
+    }
+    return o->batch > 0 && o->seq > 0 && o->threads > 0 && o->steps > 0 &&
+           (!strcmp(o->shape, "124m") || !strcmp(o->shape, "small"));
+}
+
+static mhub_gpt_config *shape_config(const opts *o)
+{
+    char text[512];
+    bool big = !strcmp(o->shape, "124m");
+    snprintf(text, sizeof text,
+             "{\"provider\": \"gpt\", \"num_layers\": %d, \"hidden_size\": %d, "
+             "\"num_attention_heads\": %d, \"seq_length\": %d, \"vocab_size\": %d, "
+             "\"init_method\": \"normal\", \"init_method_std\": 0.02}",
+             big ? 12 : 6, big ? 768 : 512, big ? 12 : 8, o->seq, big ? 50257 : 256);
+    mhub_provider_config *cfg = NULL;
+    if (mhub_config_from_json(text, strlen(text), "bench", MHUB_CONFIG_STRICT, &cfg) != MHUB_OK)
+        return NULL;
+    return (mhub_gpt_config *)cfg;
+}
+
+/* The step's weight GEMMs alone (forward, input gradient, weight
+ * gradient of every linear layer and the head) on buffers of the right
+ * shapes: what no BLAS-based step can beat. */
+static double gemm_floor(mhub_backend *be, const mhub_gpt_config *c, int64_t n)
+{
+    int64_t h = c->hidden_size, f = mhub_gpt_ffn_size(c), v = mhub_gpt_padded_vocab_size(c);
+    int64_t q = 3 * h;
+    int64_t shapes[5][2] = {{q, h}, {h, h}, {f, h}, {h, f}, {v, h}};
+    int64_t biggest = v * h > f * h ? v * h : f * h;
+    int64_t acts = n * (v > f ? v : f);
+    float *w, *g, *x, *y, *dx;
+    be->ops->alloc(be, (size_t)biggest * 4, (void **)&w);
+    be->ops->alloc(be, (size_t)biggest * 4, (void **)&g);
+    be->ops->alloc(be, (size_t)acts * 4, (void **)&x);
+    be->ops->alloc(be, (size_t)acts * 4, (void **)&y);
+    be->ops->alloc(be, (size_t)acts * 4, (void **)&dx);
+    double times[5];
+    for (int r = 0; r < 5; r++) {
+        double t0 = now();
+        for (int k = 0; k < 5; k++) {
+            int reps = k < 4 ? c->num_layers : 1;
+            int64_t out = shapes[k][0], in = shapes[k][1];
+            for (int l = 0; l < reps; l++) {
+                be->ops->gemm(be, false, true, n, out, in, 1, x, in, w, in, 0, y, out);
+                be->ops->gemm(be, false, false, n, in, out, 1, y, out, w, in, 0, dx, in);
+                be->ops->gemm(be, true, false, out, in, n, 1, y, out, x, in, 1, g, in);
+            }
+        }
+        times[r] = now() - t0;
+    }
+    float *bufs[] = {w, g, x, y, dx};
+    for (int i = 0; i < 5; i++)
+        be->ops->free(be, bufs[i]);
+    return median(times, 5);
+}
+
+int main(int argc, char **argv)
+{
+    opts o;
+    if (!parse(argc, argv, &o)) {
+        fprintf(stderr, "usage: bench_gpt [--shape 124m|small] [--batch B] [--seq T] "
+                        "[--threads N] [--steps N] [--json]\n");
+        return 2;
+    }
+    mhub_backend *be;
+    mhub_gpt_config *cfg = shape_config(&o);
+    if (!cfg || mhub_cpu_backend_create(&(mhub_cpu_options){.blas_threads = o.threads}, &be))
+        return fprintf(stderr, "bench_gpt: %s\n", mhub_last_error()), 1;
+    mhub_provide_args a = {.pre_process = true, .post_process = true, .vp_stage = -1,
+                           .pp_size = 1, .vp_size = 1, .tp_size = 1, .backend = be, .seed = 1,
+                           .tp_seed = 2, .micro_batch = o.batch};
+    mhub_gpt *m;
+    if (mhub_gpt_create(cfg, &a, &m) != MHUB_OK)
+        return fprintf(stderr, "bench_gpt: %s\n", mhub_last_error()), 1;
+    int64_t n = (int64_t)o.batch * o.seq;
+    int32_t *tokens = malloc((size_t)n * 4), *targets = malloc((size_t)n * 4);
+    for (int64_t i = 0; i < n; i++) {
+        tokens[i] = (int32_t)((i * 7919) % cfg->vocab_size);
+        targets[i] = (int32_t)((i * 104729 + 1) % cfg->vocab_size);
+    }
+    mhub_param_list *pl = mhub_gpt_params(m);
+    mhub_optim_config oc;
+    mhub_optim_config_init(&oc, MHUB_OPTIM_ADAMW);
+    float **state = calloc((size_t)pl->count * 2, sizeof *state);
+    for (int i = 0; i < 2 * pl->count; i++)
+        be->ops->alloc(be, (size_t)pl->items[i / 2].value.numel * 4, (void **)&state[i]);
+    double *t = malloc((size_t)(o.steps + 1) * sizeof *t);
+    for (int s = 0; s <= o.steps; s++) {
+        double t0 = now();
+        mhub_status st = mhub_param_list_zero_grad(pl);
+        if (st == MHUB_OK)
+            st = mhub_gpt_forward(m, tokens, targets, o.batch, o.seq, NULL);
+        if (st == MHUB_OK)
+            st = mhub_gpt_backward(m, 1.0f / (float)n);
+        for (int i = 0; st == MHUB_OK && i < pl->count; i++)
+            st = mhub_optim_update(be, &oc, pl->items[i].value.data, pl->items[i].grad.data,
+                                   &state[2 * i], pl->items[i].value.numel, s + 1);
+        if (st != MHUB_OK)
+            return fprintf(stderr, "bench_gpt: %s\n", mhub_last_error()), 1;
+        t[s] = now() - t0;
+    }
+    double step = median(t + 1, o.steps);
+    double floor_s = gemm_floor(be, cfg, n);
+    double flops = mhub_gpt_flops_per_step(cfg, o.batch, o.seq);
+    int64_t params = mhub_param_list_numel(pl);
+    if (o.json)
+        printf("{\"shape\":\"%s\",\"params\":%lld,\"batch\":%d,\"seq\":%d,\"threads\":%d,"
+               "\"ms_per_step\":%.2f,\"tokens_per_s\":%.1f,\"gflops\":%.2f,"
+               "\"gemm_floor_ms\":%.2f,\"ratio_to_floor\":%.3f}\n",
+               o.shape, (long long)params, o.batch, o.seq, o.threads, 1e3 * step, n / step,
+               flops / step / 1e9, 1e3 * floor_s, step / floor_s);
+    else
+        printf("%-5s %lld params  B=%d T=%d  %d thread(s): %.1f ms/step, %.0f tokens/s, "
+               "%.1f GFLOP/s; weight GEMMs alone %.1f ms: %.2fx the floor\n",
+               o.shape, (long long)params, o.batch, o.seq, o.threads, 1e3 * step, n / step,
+               flops / step / 1e9, 1e3 * floor_s, step / floor_s);
+    return 0;
+}
