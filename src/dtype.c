@@ -13,20 +13,6 @@
 #define F32_ABS_MASK 0x7FFFFFFFu
 #define F32_INF_BITS 0x7F800000u
 
-static inline uint32_t f32_bits(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-
-static inline float f32_from_bits(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
 size_t mhub_dtype_size(mhub_dtype dt)
 {
     switch (dt) {
@@ -94,13 +80,13 @@ static inline uint32_t select_u32(int c, uint32_t x, uint32_t y)
  * rounding a NaN whose payload sits in the dropped bits would give Inf. */
 uint16_t mhub_f32_to_bf16(float f)
 {
-    uint32_t u = f32_bits(f);
+    uint32_t u = mhub_f32_to_bits(f);
     uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
     uint32_t quiet_nan = (u >> 16) | 0x0040u;
     return (uint16_t)select_u32((u & F32_ABS_MASK) > F32_INF_BITS, quiet_nan, rounded);
 }
 
-float mhub_bf16_to_f32(uint16_t h) { return f32_from_bits((uint32_t)h << 16); }
+float mhub_bf16_to_f32(uint16_t h) { return mhub_f32_from_bits((uint32_t)h << 16); }
 
 /* Three candidate answers for |f|, selected at the end:
  *   normal:    rebias the exponent (127 -> 15) in place and round away 13
@@ -119,7 +105,7 @@ float mhub_bf16_to_f32(uint16_t h) { return f32_from_bits((uint32_t)h << 16); }
  *   NaN:       keep the high payload bits and force the quiet bit. */
 uint16_t mhub_f32_to_f16(float f)
 {
-    uint32_t u = f32_bits(f);
+    uint32_t u = mhub_f32_to_bits(f);
     uint32_t sign = (u >> 16) & 0x8000u;
     uint32_t a = u & F32_ABS_MASK;
 
@@ -127,7 +113,7 @@ uint16_t mhub_f32_to_f16(float f)
     uint32_t normal = (rebiased + 0x0FFFu + ((rebiased >> 13) & 1u)) >> 13;
     normal = select_u32(normal < 0x7C00u, normal, 0x7C00u);
 
-    uint32_t subnormal = f32_bits(f32_from_bits(a) + 0.5f) - f32_bits(0.5f);
+    uint32_t subnormal = mhub_f32_to_bits(mhub_f32_from_bits(a) + 0.5f) - mhub_f32_to_bits(0.5f);
     uint32_t quiet_nan = 0x7E00u | ((a >> 13) & 0x03FFu);
 
     uint32_t mag = select_u32(a < 0x38800000u /* 2^-14 */, subnormal, normal);
@@ -146,10 +132,10 @@ float mhub_f16_to_f32(uint16_t h)
     uint32_t mant = (uint32_t)h & 0x03FFu;
 
     uint32_t normal = ((exp + (127u - 15u)) << 23) | (mant << 13);
-    uint32_t subnormal = f32_bits((float)(int32_t)mant * 0x1p-24f);
+    uint32_t subnormal = mhub_f32_to_bits((float)(int32_t)mant * 0x1p-24f);
     uint32_t special = F32_INF_BITS | (mant << 13);
 
     uint32_t mag = select_u32(exp == 0, subnormal, normal);
     mag = select_u32(exp == 0x1Fu, special, mag);
-    return f32_from_bits(sign | mag);
+    return mhub_f32_from_bits(sign | mag);
 }

@@ -205,22 +205,6 @@ CPU_HELPER size_t f32_bytes(int64_t n) { return (size_t)n * sizeof(float); }
 
 /* ---- exp ---- */
 
-/* Bit casts between float and its IEEE-754 pattern. memcpy is the
- * well-defined way in C11, and gcc turns it into a plain register move
- * (a vector lane reinterpretation inside vectorized loops). */
-static inline uint32_t f32_as_bits(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-
-static inline float bits_as_f32(uint32_t u)
-{
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
 
 /* |x| is clamped to VEXP_LIMIT: e^-104 < 2^-150 rounds to +0 in float and
  * e^104 > 2^128 to +Inf, so the clamp changes no result, and it keeps n
@@ -273,13 +257,13 @@ static inline float bits_as_f32(uint32_t u)
  * every step is a separately rounded IEEE operation. */
 static inline float vexpf(float x)
 {
-    uint32_t bits = f32_as_bits(x);
+    uint32_t bits = mhub_f32_to_bits(x);
     uint32_t sign = bits & 0x80000000u;
     int32_t mag = (int32_t)(bits ^ sign); /* < 2^31: the conversion is exact */
-    const int32_t limit = (int32_t)f32_as_bits(VEXP_LIMIT);
+    const int32_t limit = (int32_t)mhub_f32_to_bits(VEXP_LIMIT);
     uint32_t nan_bits = mag > 0x7f800000 ? 0x7fc00000u : 0u;
     mag = mag < limit ? mag : limit;
-    x = bits_as_f32((uint32_t)mag | sign);
+    x = mhub_f32_from_bits((uint32_t)mag | sign);
 
     float t = x * VEXP_LOG2_E + VEXP_SHIFTER;
     float nf = t - VEXP_SHIFTER;
@@ -299,11 +283,11 @@ static inline float vexpf(float x)
      * n2 = n - n1 lie in [-75, 75], so 2^n1 and 2^n2 are normal, with
      * exponent fields n1 + 127 = h - 1 and n2 + 127 = m - h - 1; p * 2^n1
      * is exact and the second product rounds once. */
-    uint32_t m = f32_as_bits(t) - f32_as_bits(VEXP_SHIFTER) + 256u;
+    uint32_t m = mhub_f32_to_bits(t) - mhub_f32_to_bits(VEXP_SHIFTER) + 256u;
     uint32_t h = m >> 1;
-    float s1 = bits_as_f32((h - 1u) << 23);
-    float s2 = bits_as_f32((m - h - 1u) << 23);
-    return bits_as_f32(f32_as_bits(p * s1 * s2) | nan_bits);
+    float s1 = mhub_f32_from_bits((h - 1u) << 23);
+    float s2 = mhub_f32_from_bits((m - h - 1u) << 23);
+    return mhub_f32_from_bits(mhub_f32_to_bits(p * s1 * s2) | nan_bits);
 }
 
 #endif

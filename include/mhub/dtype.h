@@ -8,6 +8,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -30,6 +31,23 @@ const char *mhub_dtype_name(mhub_dtype dt);
 int mhub_dtype_parse(const char *name, mhub_dtype *out);
 /* 1 if dt is one of the three valid dtypes. */
 int mhub_dtype_valid(mhub_dtype dt);
+
+/* Bit casts between a float and its IEEE-754 pattern. memcpy is the
+ * well-defined way in C11; compilers turn it into a register move (a lane
+ * reinterpretation inside vectorized loops). */
+static inline uint32_t mhub_f32_to_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static inline float mhub_f32_from_bits(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
 
 uint16_t mhub_f32_to_bf16(float f);
 float mhub_bf16_to_f32(uint16_t h);

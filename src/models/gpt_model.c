@@ -318,6 +318,20 @@ static mhub_status norm_backward(mhub_gpt *m, float *din, const float *dout, con
     return op->rmsnorm_backward(m->be, din, grad(m, w), dout, in, value(m, w), rstd, n, h);
 }
 
+/* The sizes a layer's kernels take (notation at the top). */
+typedef struct layer_sizes {
+    int64_t n, h, q, aw, heads, groups, d, f, f1;
+} layer_sizes;
+
+static layer_sizes sizes_of(const mhub_gpt *m, int64_t b, int64_t t)
+{
+    return (layer_sizes){.n = b * t, .h = m->cfg.hidden_size, .q = m->dims.qkv_rows,
+                         .aw = m->dims.attn_width, .heads = m->cfg.num_attention_heads,
+                         .groups = mhub_gpt_query_groups(&m->cfg),
+                         .d = mhub_gpt_head_dim(&m->cfg), .f = m->dims.ffn,
+                         .f1 = m->dims.fc1_rows};
+}
+
 /* ---- one layer ------------------------------------------------------------------- */
 
 static mhub_status layer_forward(mhub_gpt *m, int l, float *x_out, int64_t b, int64_t t)
@@ -326,9 +340,9 @@ static mhub_status layer_forward(mhub_gpt *m, int l, float *x_out, int64_t b, in
     const layer_params *p = &c->lp[l];
     layer_acts *a = &c->la[l];
     const mhub_backend_ops *op = m->be->ops;
-    int64_t n = b * t, h = m->cfg.hidden_size, q = m->dims.qkv_rows, aw = m->dims.attn_width;
-    int64_t heads = m->cfg.num_attention_heads, groups = mhub_gpt_query_groups(&m->cfg);
-    int64_t d = mhub_gpt_head_dim(&m->cfg), f = m->dims.ffn, f1 = m->dims.fc1_rows;
+    const layer_sizes z = sizes_of(m, b, t);
+    int64_t n = z.n, h = z.h, q = z.q, aw = z.aw, heads = z.heads, groups = z.groups, d = z.d;
+    int64_t f = z.f, f1 = z.f1;
     /* attention block */
     MHUB_TRY(norm_forward(m, a->ln1, a->ln1_mean, a->ln1_rstd, a->in, p->ln1_w, p->ln1_b, n));
     MHUB_TRY(linear_forward(m, a->qkv, a->ln1, p->qkv_w, p->qkv_b, n, h, q, false));
@@ -360,9 +374,9 @@ static mhub_status layer_backward(mhub_gpt *m, int l, int64_t b, int64_t t)
     const layer_params *p = &c->lp[l];
     layer_acts *a = &c->la[l];
     const mhub_backend_ops *op = m->be->ops;
-    int64_t n = b * t, h = m->cfg.hidden_size, q = m->dims.qkv_rows, aw = m->dims.attn_width;
-    int64_t heads = m->cfg.num_attention_heads, groups = mhub_gpt_query_groups(&m->cfg);
-    int64_t d = mhub_gpt_head_dim(&m->cfg), f = m->dims.ffn, f1 = m->dims.fc1_rows;
+    const layer_sizes z = sizes_of(m, b, t);
+    int64_t n = z.n, h = z.h, q = z.q, aw = z.aw, heads = z.heads, groups = z.groups, d = z.d;
+    int64_t f = z.f, f1 = z.f1;
     /* MLP block: x_out = mid + fc2(act(fc1(norm2(mid)))) */
     MHUB_TRY(linear_backward(m, c->dact, c->dres, a->act, p->fc2_w, p->fc2_b, n, f, h));
     if (is_swiglu(m))
