@@ -860,3 +860,97 @@ void mhub_distopt_get_stats(const mhub_distopt *d, mhub_distopt_stats *out)
     }
     *out = d->stats;
 }
+
+/* ---- checkpoint state ------------------------------------------------------- */
+
+static mhub_status check_state_args(const mhub_distopt *d, int param_index, int which,
+                                    const float *full)
+{
+    if (!d || !full)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine or full is NULL");
+    if (param_index < 0 || param_index >= d->params->count ||
+        d->plan.param_bucket[param_index] < 0)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "parameter %d has no optimizer state",
+                          param_index);
+    if (which < -1 || which >= d->num_state)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "state %d of %d", which, d->num_state);
+    return MHUB_OK;
+}
+
+/* The f32 array, laid out as the main params, that holds `which`. */
+static float *state_array(const mhub_distopt *d, int which)
+{
+    return which < 0 ? d->main : d->state[which];
+}
+
+/* Copy this rank's pieces of parameter i out to to_full, or in from
+ * from_full (the other NULL): numel floats of host memory indexed from
+ * the parameter's first element. */
+static mhub_status copy_pieces(mhub_distopt *d, int i, int which, float *to_full,
+                               const float *from_full)
+{
+    int64_t p0 = d->plan.param_offset[i], p1 = p0 + d->params->items[i].value.numel;
+    float *arr = state_array(d, which);
+    for (int k = 0; k < d->num_segments; k++) {
+        const segment *sg = &d->segments[k];
+        if (sg->buf + sg->numel <= p0 || sg->buf >= p1)
+            continue;   /* another parameter's piece; a piece never spans two */
+        int64_t at = sg->buf - p0;
+        size_t bytes = (size_t)sg->numel * sizeof(float);
+        MHUB_TRY(to_full ? d->be->ops->copy(d->be, to_full + at, arr + sg->main, bytes,
+                                            MHUB_COPY_DEVICE_TO_HOST)
+                         : d->be->ops->copy(d->be, arr + sg->main, from_full + at, bytes,
+                                            MHUB_COPY_HOST_TO_DEVICE));
+    }
+    return MHUB_OK;
+}
+
+/* Every rank contributes its pieces in a zeroed full-size array; rank r's
+ * shard of the bucket is then taken from rank r's array. Gathering
+ * (rather than summing) keeps every bit, the sign of zero included. */
+mhub_status mhub_distopt_get_state(mhub_distopt *d, int param_index, int which, float *full)
+{
+    MHUB_TRY(check_state_args(d, param_index, which, full));
+    int64_t n = d->params->items[param_index].value.numel, ranks = d->dp->size;
+    float *all = calloc((size_t)(ranks * n + 1), sizeof *all);
+    float *mine = calloc((size_t)(n + 1), sizeof *mine);
+    mhub_status s = all && mine ? MHUB_OK : MHUB_ERROR(MHUB_ERR_NO_MEMORY, "state gather");
+    if (s == MHUB_OK)
+        s = copy_pieces(d, param_index, which, mine, NULL);
+    if (s == MHUB_OK)
+        s = mhub_comm_allgather(d->dp, mine, all, n, MHUB_F32);
+    if (s == MHUB_OK) {
+        const bucket *b = &d->buckets[d->plan.param_bucket[param_index]];
+        int64_t p0 = d->plan.param_offset[param_index], sn = shard_numel(d, b);
+        for (int64_t r = 0; r < ranks; r++) {
+            int64_t s0 = b->at->offset + r * sn;
+            int64_t lo = p0 > s0 ? p0 : s0, hi = p0 + n < s0 + sn ? p0 + n : s0 + sn;
+            if (lo < hi)
+                memcpy(full + (lo - p0), all + r * n + (lo - p0),
+                       (size_t)(hi - lo) * sizeof(float));
+        }
+    }
+    free(all);
+    free(mine);
+    return s;
+}
+
+mhub_status mhub_distopt_set_state(mhub_distopt *d, int param_index, int which,
+                                   const float *full)
+{
+    MHUB_TRY(check_state_args(d, param_index, which, full));
+    return copy_pieces(d, param_index, which, NULL, full);
+}
+
+int64_t mhub_distopt_optim_steps(const mhub_distopt *d)
+{
+    return d ? d->stats.steps : 0;
+}
+
+mhub_status mhub_distopt_set_optim_steps(mhub_distopt *d, int64_t steps)
+{
+    if (!d || steps < 0)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL or steps < 0");
+    d->stats.steps = steps;
+    return MHUB_OK;
+}

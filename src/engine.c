@@ -452,3 +452,185 @@ void mhub_dp_engine_get_stats(const mhub_dp_engine *e, mhub_dp_engine_stats *out
                                       st.wait_seconds};
     }
 }
+
+/* ---- checkpoint state ------------------------------------------------------ */
+
+const mhub_param_list *mhub_dp_engine_params(const mhub_dp_engine *e)
+{
+    return e ? e->params : NULL;
+}
+
+static bool valid_param(const mhub_dp_engine *e, int i)
+{
+    return e && i >= 0 && i < e->params->count;
+}
+
+int mhub_dp_engine_state_count(const mhub_dp_engine *e, int param_index)
+{
+    if (!valid_param(e, param_index) || !e->params->items[param_index].requires_grad)
+        return 0;
+    const mhub_param *p = &e->params->items[param_index];
+    return mhub_optim_state_arrays(&e->optim) + (p->value.dtype != MHUB_F32 ? 1 : 0);
+}
+
+const char *mhub_dp_engine_state_name(const mhub_dp_engine *e, int param_index, int which)
+{
+    if (which < 0 || which >= mhub_dp_engine_state_count(e, param_index))
+        return NULL;
+    int arrays = mhub_optim_state_arrays(&e->optim);
+    if (which == arrays)
+        return "main_param";
+    if (e->optim.kind == MHUB_OPTIM_ADAMW)
+        return which == 0 ? "exp_avg" : "exp_avg_sq";
+    return "momentum";
+}
+
+/* DDP keeps everything full on every rank; the distributed optimizer and
+ * FSDP gather their shards (distopt.h, fsdp.h). */
+static mhub_status check_state_access(const mhub_dp_engine *e, int param_index)
+{
+    MHUB_TRY(check_engine(e));
+    if (!valid_param(e, param_index))
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "parameter index %d of %d", param_index,
+                          e->params->count);
+    return MHUB_OK;
+}
+
+/* Checked state index `which` of parameter i, and the sharded engines'
+ * name for it (-1: the f32 main params). */
+static mhub_status check_which(const mhub_dp_engine *e, int i, int which, int *distopt_which)
+{
+    if (which < 0 || which >= mhub_dp_engine_state_count(e, i))
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "state %d of parameter %d", which, i);
+    int arrays = mhub_optim_state_arrays(&e->optim);
+    *distopt_which = which == arrays ? -1 : which;
+    return MHUB_OK;
+}
+
+/* The DDP slot that state `which` of parameter i lives in. */
+static float *ddp_state_slot(mhub_dp_engine *e, int i, int which)
+{
+    int arrays = mhub_optim_state_arrays(&e->optim);
+    return e->state[SLOTS * i + (which == arrays ? SLOT_MAIN : 1 + which)];
+}
+
+/* n values of dtype dt on the backend to/from f32 host memory; 16-bit
+ * values go through an f32 scratch on the backend (ops->cast works on
+ * backend memory). */
+static mhub_status to_host_f32(mhub_backend *be, float *dst, const void *src, mhub_dtype dt,
+                               int64_t n)
+{
+    size_t bytes = (size_t)n * sizeof(float);
+    if (dt == MHUB_F32)
+        return be->ops->copy(be, dst, src, bytes, MHUB_COPY_DEVICE_TO_HOST);
+    float *tmp = NULL;
+    MHUB_TRY(alloc_f32(be, n, &tmp));
+    mhub_status s = be->ops->cast(be, tmp, MHUB_F32, src, dt, n);
+    if (s == MHUB_OK)
+        s = be->ops->copy(be, dst, tmp, bytes, MHUB_COPY_DEVICE_TO_HOST);
+    be->ops->free(be, tmp);
+    return s;
+}
+
+static mhub_status from_host_f32(mhub_backend *be, void *dst, mhub_dtype dt, const float *src,
+                                 int64_t n)
+{
+    size_t bytes = (size_t)n * sizeof(float);
+    if (dt == MHUB_F32)
+        return be->ops->copy(be, dst, src, bytes, MHUB_COPY_HOST_TO_DEVICE);
+    float *tmp = NULL;
+    MHUB_TRY(alloc_f32(be, n, &tmp));
+    mhub_status s = be->ops->copy(be, tmp, src, bytes, MHUB_COPY_HOST_TO_DEVICE);
+    if (s == MHUB_OK)
+        s = be->ops->cast(be, dst, dt, tmp, MHUB_F32, n);
+    be->ops->free(be, tmp);
+    return s;
+}
+
+/* DDP's and the distributed optimizer's parameters are full on every rank
+ * (the latter once its gathers are waited for); FSDP's are its f32 master
+ * shards, gathered. */
+mhub_status mhub_dp_engine_get_param(mhub_dp_engine *e, int param_index, float *full)
+{
+    MHUB_TRY(check_state_access(e, param_index));
+    if (!full)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "full is NULL");
+    if (e->kind == MHUB_DP_FSDP)
+        return mhub_fsdp_get_state(e->fsdp, param_index, -1, full);
+    MHUB_TRY(mhub_dp_engine_sync_params(e));
+    const mhub_tensor *v = &e->params->items[param_index].value;
+    return to_host_f32(e->be, full, v->data, v->dtype, v->numel);
+}
+
+/* The distributed optimizer updates its f32 main shards and copies them
+ * into the parameters, so those shards take the values too ("main_param"
+ * state, when the checkpoint has it, then restores the unrounded f32). */
+mhub_status mhub_dp_engine_set_param(mhub_dp_engine *e, int param_index, const float *full)
+{
+    MHUB_TRY(check_state_access(e, param_index));
+    if (!full)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "full is NULL");
+    if (e->kind == MHUB_DP_FSDP)
+        return mhub_fsdp_set_state(e->fsdp, param_index, -1, full);
+    MHUB_TRY(mhub_dp_engine_sync_params(e));
+    mhub_param *p = &e->params->items[param_index];
+    MHUB_TRY(from_host_f32(e->be, p->value.data, p->value.dtype, full, p->value.numel));
+    if (e->kind == MHUB_DP_DISTOPT && p->requires_grad)
+        return mhub_distopt_set_state(e->distopt, param_index, -1, full);
+    return MHUB_OK;
+}
+
+mhub_status mhub_dp_engine_get_state(mhub_dp_engine *e, int param_index, int which,
+                                     float *full)
+{
+    MHUB_TRY(check_state_access(e, param_index));
+    int dw = 0;
+    MHUB_TRY(check_which(e, param_index, which, &dw));
+    if (!full)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "full is NULL");
+    if (e->kind == MHUB_DP_DISTOPT)
+        return mhub_distopt_get_state(e->distopt, param_index, dw, full);
+    if (e->kind == MHUB_DP_FSDP)
+        return mhub_fsdp_get_state(e->fsdp, param_index, dw, full);
+    return to_host_f32(e->be, full, ddp_state_slot(e, param_index, which), MHUB_F32,
+                       e->params->items[param_index].value.numel);
+}
+
+mhub_status mhub_dp_engine_set_state(mhub_dp_engine *e, int param_index, int which,
+                                     const float *full)
+{
+    MHUB_TRY(check_state_access(e, param_index));
+    int dw = 0;
+    MHUB_TRY(check_which(e, param_index, which, &dw));
+    if (!full)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "full is NULL");
+    if (e->kind == MHUB_DP_DISTOPT)
+        return mhub_distopt_set_state(e->distopt, param_index, dw, full);
+    if (e->kind == MHUB_DP_FSDP)
+        return mhub_fsdp_set_state(e->fsdp, param_index, dw, full);
+    return from_host_f32(e->be, ddp_state_slot(e, param_index, which), MHUB_F32, full,
+                         e->params->items[param_index].value.numel);
+}
+
+int64_t mhub_dp_engine_optim_steps(const mhub_dp_engine *e)
+{
+    if (!e)
+        return 0;
+    switch (e->kind) {
+    case MHUB_DP_DDP: return e->optim_steps;
+    case MHUB_DP_DISTOPT: return mhub_distopt_optim_steps(e->distopt);
+    default: return mhub_fsdp_optim_steps(e->fsdp);
+    }
+}
+
+mhub_status mhub_dp_engine_set_optim_steps(mhub_dp_engine *e, int64_t steps)
+{
+    MHUB_TRY(check_engine(e));
+    if (steps < 0)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "optimizer steps %lld", (long long)steps);
+    switch (e->kind) {
+    case MHUB_DP_DDP: e->optim_steps = steps; return MHUB_OK;
+    case MHUB_DP_DISTOPT: return mhub_distopt_set_optim_steps(e->distopt, steps);
+    default: return mhub_fsdp_set_optim_steps(e->fsdp, steps);
+    }
+}

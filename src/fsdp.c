@@ -1099,3 +1099,101 @@ void mhub_fsdp_get_stats(const mhub_fsdp *f, mhub_fsdp_stats *out)
     }
     *out = f->stats;
 }
+
+/* ---- checkpoint state --------------------------------------------------------- */
+
+static mhub_status check_state_args(const mhub_fsdp *f, int param_index, int which,
+                                    const float *full)
+{
+    if (!f || !full)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine or full is NULL");
+    if (param_index < 0 || param_index >= f->params->count)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "parameter %d of %d", param_index,
+                          f->params->count);
+    if (which < -1 || which >= f->num_state)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "state %d of %d", which, f->num_state);
+    return MHUB_OK;
+}
+
+/* Where parameter i's elements [lo, hi) of rank r's slice lie: rank r
+ * holds elements [r * shard, (r + 1) * shard) of the unit vector. Returns
+ * false when the slice holds none of the parameter. */
+static bool piece_of(const mhub_fsdp *f, int i, int r, int64_t *lo, int64_t *hi)
+{
+    const mhub_unit_layout *u = &f->plan.units[f->params->items[i].unit];
+    int64_t a = f->plan.param_offset[i], b = a + f->params->items[i].value.numel;
+    int64_t s0 = (int64_t)r * u->shard, s1 = s0 + u->shard;
+    *lo = a > s0 ? a : s0;
+    *hi = b < s1 ? b : s1;
+    return *lo < *hi;
+}
+
+/* This rank's piece of parameter i out to to_full or in from from_full
+ * (the other NULL): numel floats of host memory from the parameter's
+ * first element. */
+static mhub_status copy_piece(mhub_fsdp *f, int i, int which, float *to_full,
+                              const float *from_full)
+{
+    int64_t lo, hi;
+    if (!piece_of(f, i, f->dp->rank, &lo, &hi))
+        return MHUB_OK;
+    const mhub_unit_layout *u = &f->plan.units[f->params->items[i].unit];
+    float *arr = (which < 0 ? f->values : f->state[which]) + u->shard_offset +
+                 (lo - (int64_t)f->dp->rank * u->shard);
+    int64_t at = lo - f->plan.param_offset[i];
+    size_t bytes = (size_t)(hi - lo) * sizeof(float);
+    if (to_full)
+        return f->be->ops->copy(f->be, to_full + at, arr, bytes, MHUB_COPY_DEVICE_TO_HOST);
+    return f->be->ops->copy(f->be, arr, from_full + at, bytes, MHUB_COPY_HOST_TO_DEVICE);
+}
+
+/* Gathering (rather than summing zero-padded pieces) keeps every bit,
+ * the sign of zero included. */
+mhub_status mhub_fsdp_get_state(mhub_fsdp *f, int param_index, int which, float *full)
+{
+    MHUB_TRY(check_state_args(f, param_index, which, full));
+    int64_t n = f->params->items[param_index].value.numel, ranks = f->dp->size;
+    float *all = calloc((size_t)(ranks * n + 1), sizeof *all);
+    float *mine = calloc((size_t)(n + 1), sizeof *mine);
+    mhub_status s = all && mine ? MHUB_OK : MHUB_ERROR(MHUB_ERR_NO_MEMORY, "state gather");
+    if (s == MHUB_OK)
+        s = copy_piece(f, param_index, which, mine, NULL);
+    if (s == MHUB_OK)
+        s = mhub_comm_allgather(f->dp, mine, all, n, MHUB_F32);
+    int64_t a = f->plan.param_offset[param_index], lo, hi;
+    for (int r = 0; s == MHUB_OK && r < ranks; r++)
+        if (piece_of(f, param_index, r, &lo, &hi))
+            memcpy(full + (lo - a), all + r * n + (lo - a), (size_t)(hi - lo) * sizeof(float));
+    free(all);
+    free(mine);
+    return s;
+}
+
+mhub_status mhub_fsdp_set_state(mhub_fsdp *f, int param_index, int which, const float *full)
+{
+    MHUB_TRY(check_state_args(f, param_index, which, full));
+    MHUB_TRY(check_no_backward_open(f, "mhub_fsdp_set_state"));
+    if (which >= 0)
+        return copy_piece(f, param_index, which, NULL, full);
+    /* a gathered copy would keep serving the old values */
+    MHUB_TRY(release_all_values(f));
+    MHUB_TRY(copy_piece(f, param_index, which, NULL, full));
+    /* 16-bit models gather the model-dtype copy of the master */
+    if (f->mdt == MHUB_F32)
+        return MHUB_OK;
+    return f->be->ops->cast(f->be, f->vshard, f->mdt, f->values, MHUB_F32,
+                            f->plan.shard_numel);
+}
+
+int64_t mhub_fsdp_optim_steps(const mhub_fsdp *f)
+{
+    return f ? f->opt_step : 0;
+}
+
+mhub_status mhub_fsdp_set_optim_steps(mhub_fsdp *f, int64_t steps)
+{
+    if (!f || steps < 0)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL or steps < 0");
+    f->opt_step = steps;
+    return MHUB_OK;
+}

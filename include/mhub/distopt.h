@@ -151,6 +151,19 @@ mhub_status mhub_distopt_broadcast_params(mhub_distopt *d);
 /* Change the learning rate (schedules); validated like the config. */
 mhub_status mhub_distopt_set_lr(mhub_distopt *d, float lr);
 
+/* ---- checkpoint state ----
+ * Per parameter, as full f32 host arrays of numel floats. `which` is an
+ * optimizer state array (0 .. state arrays - 1) or -1 for the f32 main
+ * params. get is collective (an all-gather of every rank's pieces); set
+ * keeps only this rank's pieces (every rank passes the same full array).
+ * A frozen parameter has no state here: MHUB_ERR_INVALID_ARG. */
+mhub_status mhub_distopt_get_state(mhub_distopt *d, int param_index, int which, float *full);
+mhub_status mhub_distopt_set_state(mhub_distopt *d, int param_index, int which,
+                                   const float *full);
+/* Optimizer steps taken (AdamW's bias correction counts them), and set. */
+int64_t mhub_distopt_optim_steps(const mhub_distopt *d);
+mhub_status mhub_distopt_set_optim_steps(mhub_distopt *d, int64_t steps);
+
 /* ---- inspection ---- */
 typedef struct mhub_distopt_bucket_info {
     int64_t offset;       /* first element in the buffers: a multiple of lcm(dp, 128) */

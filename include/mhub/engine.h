@@ -126,6 +126,37 @@ mhub_status mhub_dp_engine_sync_params(mhub_dp_engine *e);
  * gathered when sharded. Collective. */
 mhub_status mhub_dp_engine_digest(mhub_dp_engine *e, char hex[65]);
 
+/* ---- checkpoint state -------------------------------------------------------
+ * A checkpoint stores everything as FULL f32 tensors by parameter, so it
+ * loads at any dp size and under any engine layout: the getters gather a
+ * sharded engine's pieces (collective: every rank calls them for every
+ * index, in the same order) and the setters keep each rank's own part
+ * (every rank passes the same full array). Call them between steps. */
+
+/* The engine's parameter list (names, shapes, dtypes; FSDP's are meta). */
+const mhub_param_list *mhub_dp_engine_params(const mhub_dp_engine *e);
+
+/* Optimizer-state tensors parameter i has: the optimizer's arrays
+ * (AdamW "exp_avg", "exp_avg_sq"; SGD with momentum "momentum"), then
+ * "main_param", the f32 main copy, for a 16-bit parameter. 0 for a frozen
+ * parameter or a bad index. */
+int mhub_dp_engine_state_count(const mhub_dp_engine *e, int param_index);
+/* The name of state `which` of parameter i, or NULL out of range. */
+const char *mhub_dp_engine_state_name(const mhub_dp_engine *e, int param_index, int which);
+
+/* Parameter i's full values as f32 host memory (numel floats). */
+mhub_status mhub_dp_engine_get_param(mhub_dp_engine *e, int param_index, float *full);
+/* Replace parameter i's values (rounded to its dtype). */
+mhub_status mhub_dp_engine_set_param(mhub_dp_engine *e, int param_index, const float *full);
+/* State `which` of parameter i, full, as f32 host memory. */
+mhub_status mhub_dp_engine_get_state(mhub_dp_engine *e, int param_index, int which,
+                                     float *full);
+mhub_status mhub_dp_engine_set_state(mhub_dp_engine *e, int param_index, int which,
+                                     const float *full);
+/* Optimizer steps taken (AdamW's bias correction counts them). */
+int64_t mhub_dp_engine_optim_steps(const mhub_dp_engine *e);
+mhub_status mhub_dp_engine_set_optim_steps(mhub_dp_engine *e, int64_t steps);
+
 typedef struct mhub_dp_engine_stats {
     int64_t steps;
     int64_t collectives;          /* gradient collectives started */

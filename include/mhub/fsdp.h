@@ -140,6 +140,19 @@ mhub_status mhub_fsdp_step(mhub_fsdp *f);
 /* Change the learning rate (schedules). */
 mhub_status mhub_fsdp_set_lr(mhub_fsdp *f, float lr);
 
+/* ---- checkpoint state ----
+ * Per parameter, as full f32 host arrays of numel floats. `which` is an
+ * optimizer state array (0 .. state arrays - 1) or -1 for the f32 master
+ * values (the parameters themselves for f32 models). get is collective
+ * (an all-gather of every rank's piece); set keeps only this rank's piece
+ * (every rank passes the same full array) and drops any gathered copy,
+ * so the next forward gathers the new values. Call them between steps. */
+mhub_status mhub_fsdp_get_state(mhub_fsdp *f, int param_index, int which, float *full);
+mhub_status mhub_fsdp_set_state(mhub_fsdp *f, int param_index, int which, const float *full);
+/* Optimizer steps taken (AdamW's t), and set. */
+int64_t mhub_fsdp_optim_steps(const mhub_fsdp *f);
+mhub_status mhub_fsdp_set_optim_steps(mhub_fsdp *f, int64_t steps);
+
 /* Collective. Write the full current values into `dst`, a parameter list
  * with the same names and shapes, of the model dtype or f32 (widened from
  * the gathered 16-bit values), with storage (a second copy of the

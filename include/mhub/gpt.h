@@ -240,6 +240,33 @@ void mhub_gpt_set_unit_hooks(mhub_gpt *m, const mhub_unit_hooks *hooks);
  * discounted). */
 double mhub_gpt_flops_per_step(const mhub_gpt_config *cfg, int64_t batch, int64_t seq);
 
+/* ---- Hugging Face weights (hf_weights.c) ----------------------------------
+ * GPT-2 (LayerNorm, gelu, learned positions, biases) and Llama (RMSNorm,
+ * swiglu, rope; Qwen2's q/k/v biases too) checkpoints, in Hugging Face's
+ * tensor names and layouts: GPT-2's Conv1D weights transposed, q/k/v
+ * split (Llama) or concatenated (GPT-2's c_attn) rather than grouped per
+ * query group, gate_proj/up_proj as linear_fc1's halves. The config
+ * itself goes through mhub_config_from_hf / mhub_config_save_hf
+ * (provider.h). */
+
+/* Fill the chunk's parameters from <dir>/model.safetensors, or from the
+ * shards a <dir>/model.safetensors.index.json "weight_map" names. A
+ * pipeline chunk takes its own layers (by global index) and ends; a tied
+ * model's last stage takes the embedding as its output layer. F32, BF16
+ * and F16 tensors are converted to the parameters' f32. A missing
+ * tensor, a wrong shape or dtype, and a tensor that maps to no parameter
+ * are errors naming the file and the tensor (mask buffers such as
+ * GPT-2's attn.bias are skipped). The chunk must have f32 storage and
+ * tensor_model_parallel_size 1 (MHUB_ERR_UNSUPPORTED otherwise). On
+ * error the parameters may be partly filled. */
+mhub_status mhub_gpt_load_hf_weights(mhub_gpt *model, const char *dir);
+
+/* Write <dir>/config.json and <dir>/model.safetensors (F32, Hugging
+ * Face's names and layouts, {"format": "pt"} metadata) for a whole model
+ * (one chunk with both ends, tp 1). Loading the directory back gives the
+ * same parameters, and saving those again the same bytes. */
+mhub_status mhub_gpt_save_hf_weights(const mhub_gpt *model, const char *dir);
+
 #ifdef __cplusplus
 }
 #endif

@@ -24,5 +24,6 @@
 #include "mhub/provider.h"
 #include "mhub/gpt.h"
 #include "mhub/safetensors.h"
+#include "mhub/checkpoint.h"
 
 #endif

@@ -16,6 +16,10 @@
 int mhub_cli_layout(int argc, char **argv);
 int mhub_cli_train(int argc, char **argv);
 int mhub_cli_info(int argc, char **argv);
+/* `mhub eval`: a GPT's mean next-token loss on a token file (eval.c). */
+int mhub_cli_eval(int argc, char **argv);
+/* `mhub convert --to hf|mhub SRC DST` (convert.c). */
+int mhub_cli_convert(int argc, char **argv);
 /* `mhub train --config FILE` (train_gpt.c). */
 int mhub_cli_train_config(int argc, char **argv);
 

@@ -12,6 +12,8 @@ static void usage(FILE *f)
             "\n"
             "commands:\n"
             "  train    train a model (mhub train --help)\n"
+            "  convert  convert a GPT checkpoint between Hugging Face's and mhub's layouts\n"
+            "  eval     a GPT's mean next-token loss on a token file (mhub eval --help)\n"
             "  info     a model's parameters and per-rank memory, from its config (mhub info --help)\n"
             "  layout   show which ranks form each parallel group (mhub layout --help)\n"
             "\n"
@@ -35,6 +37,10 @@ int main(int argc, char **argv)
     }
     if (!strcmp(cmd, "train"))
         return mhub_cli_train(argc - 1, argv + 1);
+    if (!strcmp(cmd, "convert"))
+        return mhub_cli_convert(argc - 1, argv + 1);
+    if (!strcmp(cmd, "eval"))
+        return mhub_cli_eval(argc - 1, argv + 1);
     if (!strcmp(cmd, "info"))
         return mhub_cli_info(argc - 1, argv + 1);
     if (!strcmp(cmd, "layout"))

@@ -12,6 +12,10 @@
  *   "data":      {"path": FILE} (text or Megatron .bin/.idx), or the
  *                bundled task {"task": "addition", "digits", "problems",
  *                "seed", "path"} which mhub writes itself
+ *   "checkpoint": {"save": DIR, "save_every": N, "load": DIR} (optional):
+ *                save to DIR/step-<k> every N steps and after the last
+ *                one; resume from DIR's latest checkpoint (or a step
+ *                directory), bitwise where the dp size is unchanged
  * Flags after --config override it. The learning rate warms up linearly
  * over warmup_steps, then follows a cosine from lr down to min_lr at the
  * last step. */
@@ -45,7 +49,9 @@ typedef struct gpt_options {
     long problems, data_seed;
     int eval_problems;
     const char *metrics_path;
-    bool quiet;
+    char save_dir[512], load_dir[512];
+    int save_every;
+    bool quiet, digest;
 } gpt_options;
 
 /* ---- the config file --------------------------------------------------------- */
@@ -241,6 +247,31 @@ static mhub_status read_data(const cJSON *root, const char *file, gpt_options *o
     return MHUB_OK;
 }
 
+/* A checkpoint directory into its option buffer; too long is an error,
+ * not a silently shortened path. */
+static bool set_dir(char *dst, size_t size, const char *path)
+{
+    int n = snprintf(dst, size, "%s", path);
+    return n >= 0 && (size_t)n < size;
+}
+
+static mhub_status read_checkpoint(const cJSON *root, const char *file, gpt_options *o)
+{
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(root, "checkpoint");
+    if (!c)
+        return MHUB_OK;
+    static const char *const keys[] = {"save", "save_every", "load", NULL};
+    MHUB_TRY(check_keys(c, file, "checkpoint", keys));
+    const char *save = NULL, *load = NULL;
+    MHUB_TRY(get_string(c, file, "checkpoint", "save", &save));
+    MHUB_TRY(get_string(c, file, "checkpoint", "load", &load));
+    MHUB_TRY(get_int(c, file, "checkpoint", "save_every", 0, 1e9, &o->save_every));
+    if ((save && !set_dir(o->save_dir, sizeof o->save_dir, save)) ||
+        (load && !set_dir(o->load_dir, sizeof o->load_dir, load)))
+        return bad_key(file, "checkpoint", save ? "save" : "load", "a shorter path");
+    return MHUB_OK;
+}
+
 static mhub_status read_config(gpt_options *o)
 {
     char *text = NULL;
@@ -250,7 +281,8 @@ static mhub_status read_config(gpt_options *o)
     free(text);
     if (!root)
         return mhub_error(MHUB_ERR_PARSE, "%s: not valid JSON", o->config_path);
-    static const char *const keys[] = {"model", "ddp", "optimizer", "training", "data", NULL};
+    static const char *const keys[] = {"model", "ddp",  "optimizer", "training",
+                                       "data",  "checkpoint", NULL};
     const char *f = o->config_path;
     mhub_status s = check_keys(root, f, "", keys);
     if (s == MHUB_OK)
@@ -263,6 +295,8 @@ static mhub_status read_config(gpt_options *o)
         s = read_training(root, f, o);
     if (s == MHUB_OK)
         s = read_data(root, f, o);
+    if (s == MHUB_OK)
+        s = read_checkpoint(root, f, o);
     cJSON_Delete(root);
     return s;
 }
@@ -274,12 +308,15 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: mhub train --config FILE [--steps N] [--micro-batch N] [--global-batch N]\n"
             "                  [--lr F] [--dp-engine ddp|distopt|fsdp] [--backend cpu]\n"
-            "                  [--metrics FILE] [--quiet]\n"
+            "                  [--metrics FILE] [--quiet] [--digest]\n"
+            "                  [--save DIR [--save-every N]] [--load DIR]\n"
             "\n"
             "Train the model a JSON config describes (model, ddp, optimizer, training,\n"
             "data; see examples/configs/gpt-addition.json) on every rank of mpiexec.\n"
             "Rank 0 prints a progress line per logged step; --metrics writes one JSON\n"
-            "object per step. Flags override the config.\n");
+            "object per step. --save writes checkpoints to DIR/step-N (every N steps\n"
+            "and at the end), --load resumes from DIR's latest one (or a step directory),\n"
+            "--digest prints the final parameters' SHA-256. Flags override the config.\n");
 }
 
 static void set_defaults(gpt_options *o)
@@ -322,6 +359,10 @@ static int parse_args(int argc, char **argv, gpt_options *o)
             o->quiet = true;
             continue;
         }
+        if (!strcmp(a, "--digest")) {
+            o->digest = true;
+            continue;
+        }
         if (!strcmp(a, "--help")) {
             usage(stdout);
             return MHUB_EXIT_OK;
@@ -344,6 +385,14 @@ static int parse_args(int argc, char **argv, gpt_options *o)
             o->optim.lr = (float)lr;
         else if (!strcmp(a, "--metrics"))
             o->metrics_path = v;
+        else if (!strcmp(a, "--save") || !strcmp(a, "--load")) {
+            char *dst = a[2] == 's' ? o->save_dir : o->load_dir;
+            if (!(ok = set_dir(dst, sizeof o->save_dir, v)))
+                fprintf(stderr, "mhub %s: %s: the path is over %zu bytes\n", CMD, a,
+                        sizeof o->save_dir - 1);
+        }
+        else if (!strcmp(a, "--save-every"))
+            ok = cli_parse_int(CMD, a, v, 0, 1 << 30, &o->save_every);
         else if (!strcmp(a, "--backend") && strcmp(v, "cpu") != 0) {
             fprintf(stderr, "mhub %s: --backend: '%s' is not built in (available: cpu)\n", CMD,
                     v);
@@ -508,10 +557,14 @@ static mhub_status train_step(gpt_trainer *t, int step, float *loss, double *gno
     size_t bytes = (size_t)t->rows * (size_t)t->seq * sizeof(int32_t);
     float weight = 1.0f / ((float)o->global_batch * (float)t->seq), sum = 0;
     MHUB_TRY(mhub_dp_engine_zero_grad(t->engine));
+    int shards = t->world->size * t->micro_per_rank;
     for (int k = 0; k < t->micro_per_rank; k++) {
-        MHUB_TRY(mhub_dataset_batch(t->data, &t->sampler, t->seq, step, t->world->rank,
-                                    t->world->size, t->micro_per_rank, k, t->host_in,
-                                    t->host_tg));
+        /* the engine says which global shard this micro-batch is (the
+         * order deterministic FSDP sums in differs from rank-major) */
+        int64_t shard = mhub_dp_engine_shard_index(t->engine, t->world->rank, t->world->size,
+                                                   k, t->micro_per_rank);
+        MHUB_TRY(mhub_dataset_batch(t->data, &t->sampler, t->seq, step, (int)shard, shards, 1,
+                                    0, t->host_in, t->host_tg));
         MHUB_TRY(t->be->ops->copy(t->be, t->inputs, t->host_in, bytes, MHUB_COPY_HOST_TO_DEVICE));
         MHUB_TRY(t->be->ops->copy(t->be, t->targets, t->host_tg, bytes, MHUB_COPY_HOST_TO_DEVICE));
         float micro = 0;
@@ -591,6 +644,40 @@ static mhub_status complete(void *ctx, const char *prompt_in, char *out, int out
     return s;
 }
 
+/* --load: the parameters, optimizer state and step of a checkpoint; the
+ * data order needs nothing more, being a function of (seed, step). */
+static mhub_status resume(gpt_trainer *t, int *begin)
+{
+    const gpt_options *o = &t->o;
+    *begin = 0;
+    if (!o->load_dir[0])
+        return MHUB_OK;
+    mhub_checkpoint_info info;
+    MHUB_TRY(mhub_checkpoint_load(o->load_dir, t->engine, t->world, o->model, &info));
+    if (info.step > o->steps)
+        return mhub_error(MHUB_ERR_INVALID_ARG, "checkpoint %s is at step %lld, past "
+                          "training.steps %d", o->load_dir, (long long)info.step, o->steps);
+    *begin = (int)info.step;
+    if (t->world->rank == 0 && !o->quiet)
+        printf("resumed from %s at step %lld (written at %d rank(s))\n", o->load_dir,
+               (long long)info.step, info.dp_size);
+    return MHUB_OK;
+}
+
+/* --save: every save_every steps, and after the last one. */
+static mhub_status maybe_save(gpt_trainer *t, int done)
+{
+    const gpt_options *o = &t->o;
+    bool due = o->save_every > 0 && done % o->save_every == 0;
+    if (!o->save_dir[0] || !(due || done == o->steps))
+        return MHUB_OK;
+    MHUB_TRY(mhub_dp_engine_sync_params(t->engine));
+    MHUB_TRY(mhub_checkpoint_save(o->save_dir, t->engine, t->world, o->model, done, o->seed));
+    if (t->world->rank == 0 && !o->quiet)
+        printf("saved checkpoint %s/step-%d\n", o->save_dir, done);
+    return MHUB_OK;
+}
+
 static mhub_status run(gpt_trainer *t)
 {
     const gpt_options *o = &t->o;
@@ -606,23 +693,32 @@ static mhub_status run(gpt_trainer *t)
                o->micro_batch, t->micro_per_rank, o->steps, mhub_optim_kind_name(o->optim.kind),
                o->optim.lr, o->data_path);
     }
+    int begin = 0;
+    MHUB_TRY(resume(t, &begin));
     double start = now_seconds();
     float first = 0, loss = 0;
-    for (int step = 0; step < o->steps; step++) {
+    for (int step = begin; step < o->steps; step++) {
         double t0 = now_seconds(), gnorm = -1;
         MHUB_TRY(train_step(t, step, &loss, &gnorm));
         double ms = 1e3 * (now_seconds() - t0);
-        if (step == 0)
+        if (step == begin)
             first = loss;
-        double eta = (now_seconds() - start) / (step + 1) * (o->steps - step - 1);
+        double eta = (now_seconds() - start) / (step + 1 - begin) * (o->steps - step - 1);
         if (talk && (step % o->log_every == 0 || step + 1 == o->steps))
             print_progress(t, step, loss, ms, eta);
         if (t->metrics)
             fprintf(t->metrics,
                     "{\"step\":%d,\"loss\":%.6f,\"lr\":%.6e,\"ms\":%.3f,\"grad_norm\":%.6g}\n",
                     step + 1, loss, lr_at(o, step), ms, gnorm);
+        MHUB_TRY(maybe_save(t, step + 1));
     }
     MHUB_TRY(mhub_dp_engine_sync_params(t->engine));
+    if (o->digest) {
+        char hex[65];
+        MHUB_TRY(mhub_dp_engine_digest(t->engine, hex));
+        if (t->world->rank == 0)
+            printf("params sha256: %s\n", hex);
+    }
     if (t->world->rank == 0 && !o->quiet)
         printf("loss %.4f -> %.4f in %.1f s\n", first, loss, now_seconds() - start);
     if (o->task_addition && o->eval_problems > 0 && t->world->rank == 0) {

@@ -16,6 +16,13 @@ parameter's gradient, and the parameters after 3 AdamW steps on the same
 batch, into tests/data/gpt/golden.safetensors, written by hand per the
 safetensors spec (8-byte little-endian header length, JSON header, data).
 
+It also writes the same weights in Hugging Face's layout (names,
+Conv1D transposes, q/k/v split or concatenated; converted here, apart
+from mhub's C loader) with a config.json each, into
+tests/data/gpt/hf-gpt2/ and tests/data/gpt/hf-llama/, and the gpt2
+model's mean next-token loss on tests/data/gpt/eval-tokens.txt at
+seq_len 8 (mhub eval's windows) into tests/data/gpt/eval-gpt2.json.
+
 Run by hand, not in CI:  /usr/bin/python3 tests/reference/gpt_reference.py
 (Debian's python3-torch). The output is deterministic for a given torch.
 """
@@ -239,16 +246,149 @@ def write_safetensors(path, tensors, metadata):
             f.write(b)
 
 
+# ---- Hugging Face layout ----------------------------------------------------
+# The same weights under Hugging Face's names and layouts, converted here
+# independently of mhub's C loader (hf_weights.c), so the C test checks
+# the loader against a second implementation of the mapping.
+
+
+def split_qkv(c, w):
+    """mhub's grouped linear_qkv rows (per group: its a/g query heads,
+    its key head, its value head) -> (q, k, v) rows in head order."""
+    a = c["num_attention_heads"]
+    g = c.get("num_query_groups") or a
+    d = c["hidden_size"] // a
+    grouped = w.reshape((g, a // g + 2, d) + tuple(w.shape[1:]))
+    q = grouped[:, : a // g].reshape((a * d,) + tuple(w.shape[1:]))
+    k = grouped[:, a // g].reshape((g * d,) + tuple(w.shape[1:]))
+    v = grouped[:, a // g + 1].reshape((g * d,) + tuple(w.shape[1:]))
+    return q, k, v
+
+
+def hf_gpt2(c, P):
+    """GPT2LMHeadModel's state dict: Conv1D weights stored [in, out]."""
+    out = {"transformer.wte.weight": P["embedding.word_embeddings.weight"],
+           "transformer.wpe.weight": P["embedding.position_embeddings.weight"],
+           "transformer.ln_f.weight": P["decoder.final_layernorm.weight"],
+           "transformer.ln_f.bias": P["decoder.final_layernorm.bias"]}
+    for i in range(c["num_layers"]):
+        m, h = "decoder.layers.%d." % i, "transformer.h.%d." % i
+        q, k, v = split_qkv(c, P[m + "self_attention.linear_qkv.weight"])
+        qb, kb, vb = split_qkv(c, P[m + "self_attention.linear_qkv.bias"])
+        out.update({
+            h + "ln_1.weight": P[m + "self_attention.linear_qkv.layer_norm_weight"],
+            h + "ln_1.bias": P[m + "self_attention.linear_qkv.layer_norm_bias"],
+            h + "attn.c_attn.weight": torch.cat([q, k, v], 0).T,
+            h + "attn.c_attn.bias": torch.cat([qb, kb, vb], 0),
+            h + "attn.c_proj.weight": P[m + "self_attention.linear_proj.weight"].T,
+            h + "attn.c_proj.bias": P[m + "self_attention.linear_proj.bias"],
+            h + "ln_2.weight": P[m + "mlp.linear_fc1.layer_norm_weight"],
+            h + "ln_2.bias": P[m + "mlp.linear_fc1.layer_norm_bias"],
+            h + "mlp.c_fc.weight": P[m + "mlp.linear_fc1.weight"].T,
+            h + "mlp.c_fc.bias": P[m + "mlp.linear_fc1.bias"],
+            h + "mlp.c_proj.weight": P[m + "mlp.linear_fc2.weight"].T,
+            h + "mlp.c_proj.bias": P[m + "mlp.linear_fc2.bias"],
+        })
+    return out
+
+
+def hf_llama(c, P):
+    """LlamaForCausalLM's state dict (nn.Linear, [out, in]). No q/k row
+    permutation: the reference's rope is Hugging Face's rotate_half."""
+    f = c["ffn_hidden_size"]
+    out = {"model.embed_tokens.weight": P["embedding.word_embeddings.weight"],
+           "model.norm.weight": P["decoder.final_layernorm.weight"],
+           "lm_head.weight": P["output_layer.weight"]}
+    for i in range(c["num_layers"]):
+        m, h = "decoder.layers.%d." % i, "model.layers.%d." % i
+        q, k, v = split_qkv(c, P[m + "self_attention.linear_qkv.weight"])
+        fc1 = P[m + "mlp.linear_fc1.weight"]
+        out.update({
+            h + "input_layernorm.weight": P[m + "self_attention.linear_qkv.layer_norm_weight"],
+            h + "self_attn.q_proj.weight": q,
+            h + "self_attn.k_proj.weight": k,
+            h + "self_attn.v_proj.weight": v,
+            h + "self_attn.o_proj.weight": P[m + "self_attention.linear_proj.weight"],
+            h + "post_attention_layernorm.weight": P[m + "mlp.linear_fc1.layer_norm_weight"],
+            h + "mlp.gate_proj.weight": fc1[:f],
+            h + "mlp.up_proj.weight": fc1[f:],
+            h + "mlp.down_proj.weight": P[m + "mlp.linear_fc2.weight"],
+        })
+    return out
+
+
+def hf_config(name, c):
+    if name == "gpt2":
+        return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+                "n_embd": c["hidden_size"], "n_layer": c["num_layers"],
+                "n_head": c["num_attention_heads"], "n_inner": c["ffn_hidden_size"],
+                "n_positions": c["seq_length"], "vocab_size": c["vocab_size"],
+                "layer_norm_epsilon": c["layernorm_epsilon"],
+                "activation_function": "gelu_new", "tie_word_embeddings": True,
+                "torch_dtype": "float32"}
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+            "hidden_size": c["hidden_size"], "intermediate_size": c["ffn_hidden_size"],
+            "num_hidden_layers": c["num_layers"],
+            "num_attention_heads": c["num_attention_heads"],
+            "num_key_value_heads": c["num_query_groups"],
+            "max_position_embeddings": c["seq_length"], "vocab_size": c["vocab_size"],
+            "rms_norm_eps": c["layernorm_epsilon"], "rope_theta": c["rotary_base"],
+            "hidden_act": "silu", "tie_word_embeddings": False, "attention_bias": False,
+            "mlp_bias": False, "torch_dtype": "float32"}
+
+
+def write_hf(root, name, c, P):
+    conv = hf_gpt2 if name == "gpt2" else hf_llama
+    tensors = {n: t.detach().float() for n, t in conv(c, P).items()}
+    d = os.path.join(root, "hf-" + name)
+    write_safetensors(os.path.join(d, "model.safetensors"), tensors, {"format": "pt"})
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(hf_config(name, c), f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+# ---- eval: the mean next-token loss of the gpt2 model on a token file ------
+# Bytes 48..63 ('0'..'?') are all below the golden vocabulary of 64.
+EVAL_TEXT = b"0123456789:;<=>?" * 3 + b"31415926535897932384626433832795028841971693993751"
+EVAL_SEQ = 8
+
+
+def eval_loss(c, P, data, seq):
+    """Windows i = tokens [i T, i T + T]: the mean over every target."""
+    ids = torch.tensor(list(data), dtype=torch.long)
+    n = (len(ids) - 1) // seq
+    inputs = torch.stack([ids[i * seq: i * seq + seq] for i in range(n)])
+    targets = torch.stack([ids[i * seq + 1: i * seq + seq + 1] for i in range(n)])
+    with torch.no_grad():
+        return forward(c, P, inputs, targets)[1].item(), n * seq, n
+
+
 def main():
     tensors, meta = {}, {"adamw": json.dumps(ADAMW), "batch": str(BATCH), "seq": str(SEQ),
                          "torch": torch.__version__}
+    root = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                                         "data", "gpt"))
+    params = {}
     for name, c in CONFIGS.items():
+        rng = torch.get_rng_state()
+        P = init_params(c)
+        torch.set_rng_state(rng)  # run() draws the same weights again
+        params[name] = P
         tensors.update(run(name, c))
         meta[name + "/config"] = json.dumps(c)
-    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "gpt")
-    path = os.path.normpath(os.path.join(root, "golden.safetensors"))
+    path = os.path.join(root, "golden.safetensors")
     write_safetensors(path, tensors, meta)
     print("wrote %s (%d tensors, %d bytes)" % (path, len(tensors), os.path.getsize(path)))
+    for name, c in CONFIGS.items():
+        write_hf(root, name, c, params[name])
+    with open(os.path.join(root, "eval-tokens.txt"), "wb") as f:
+        f.write(EVAL_TEXT)
+    loss, tokens, windows = eval_loss(CONFIGS["gpt2"], params["gpt2"], EVAL_TEXT, EVAL_SEQ)
+    with open(os.path.join(root, "eval-gpt2.json"), "w") as f:
+        json.dump({"model": "hf-gpt2", "data": "eval-tokens.txt", "seq_len": EVAL_SEQ,
+                   "loss": loss, "tokens": tokens, "windows": windows}, f, indent=2)
+        f.write("\n")
+    print("wrote the Hugging Face models and the eval loss %.9f" % loss)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,643 @@
+/* checkpoint.c - atomic, reshardable training checkpoints (see
+ * checkpoint.h). Tensors are stored whole, by name, parameter i in rank
+ * i % dp's shard file, so loading at another dp size only changes which
+ * file a tensor is read from. Every collective phase ends in agree(), so
+ * one rank's failure becomes every rank's error instead of a hang. */
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "mhub/checkpoint.h"
+#include "mhub/safetensors.h"
+#include "src/fileio.h"
+
+#define MANIFEST "manifest.json"
+#define LATEST "latest"
+#define FORMAT "mhub-checkpoint"
+#define MSG_BYTES 512
+
+/* ---- agreeing on errors ------------------------------------------------------ */
+
+/* Collective: every rank passes its own status and gets back the same
+ * outcome. The lowest failing rank's message and status are sent to the
+ * others, marked with its rank, so every rank can report what went wrong. */
+static mhub_status agree(mhub_comm *dp, mhub_status mine)
+{
+    /* size - rank for a failing rank, so MAX picks the lowest one; f32
+     * holds these small integers exactly */
+    float mark = mine != MHUB_OK ? (float)(dp->size - dp->rank) : 0.0f, top = 0;
+    MHUB_TRY(mhub_comm_allreduce(dp, &mark, &top, 1, MHUB_F32, MHUB_MAX));
+    if (top == 0)
+        return MHUB_OK;
+    int root = dp->size - (int)top;
+    /* the message travels as raw bytes in an f32 buffer: a broadcast
+     * copies bits, it does no arithmetic */
+    float buf[MSG_BYTES / sizeof(float)];
+    memset(buf, 0, sizeof buf);
+    if (dp->rank == root) {
+        snprintf((char *)buf, sizeof buf, "%s", mhub_last_error());
+        buf[MSG_BYTES / sizeof(float) - 1] = (float)mine;
+    }
+    MHUB_TRY(mhub_comm_broadcast(dp, buf, MSG_BYTES / sizeof(float), MHUB_F32, root));
+    mhub_status code = (mhub_status)(int)buf[MSG_BYTES / sizeof(float) - 1];
+    if (root == dp->rank)
+        return mine;   /* its own message is still the last error */
+    char msg[MSG_BYTES];
+    memcpy(msg, buf, sizeof msg - sizeof(float));
+    msg[sizeof msg - sizeof(float)] = '\0';
+    return mhub_error(code, "(from rank %d) %s", root, msg);
+}
+
+/* ---- small file helpers ------------------------------------------------------ */
+
+/* Paths are bounded up front (check_path), so "dir/name" always fits;
+ * the length check only keeps a would-be truncation from going unseen. */
+static bool join(char *out, size_t size, const char *dir, const char *name)
+{
+    size_t a = strlen(dir), b = strlen(name);
+    if (a + b + 2 > size) {
+        out[0] = '\0';
+        return false;
+    }
+    memcpy(out, dir, a);
+    out[a] = '/';
+    memcpy(out + a + 1, name, b + 1);
+    return true;
+}
+
+#define MAX_DIR 2048
+
+static mhub_status check_path(const char *dir)
+{
+    return strlen(dir) < MAX_DIR ? MHUB_OK
+                                 : mhub_error(MHUB_ERR_INVALID_ARG, "checkpoint: the path "
+                                              "%.64s... is over %d bytes", dir, MAX_DIR);
+}
+
+static bool is_dir(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* Remove a directory of plain files (a checkpoint: it has no subfolders). */
+static void remove_flat_dir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    char path[4096];
+    for (struct dirent *it; (it = readdir(d));) {
+        if (!strcmp(it->d_name, ".") || !strcmp(it->d_name, ".."))
+            continue;
+        join(path, sizeof path, dir, it->d_name);
+        unlink(path);
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
+/* fsync a directory so a rename inside it survives a crash. */
+static mhub_status sync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0)
+        return mhub_error(MHUB_ERR_IO, "checkpoint: cannot open %s: %s", dir, strerror(errno));
+    int rc = fsync(fd);
+    close(fd);
+    return rc == 0 ? MHUB_OK
+                   : mhub_error(MHUB_ERR_IO, "checkpoint: cannot sync %s: %s", dir,
+                                strerror(errno));
+}
+
+static void shard_name(char *out, size_t size, int rank, int ranks)
+{
+    snprintf(out, size, "shard-%05d-of-%05d.safetensors", rank, ranks);
+}
+
+/* "<param>" or "<param>.<state>": the tensor names in a shard. */
+static void tensor_name(char *out, size_t size, const char *param, const char *state)
+{
+    if (state)
+        snprintf(out, size, "%s.%s", param, state);
+    else
+        snprintf(out, size, "%s", param);
+}
+
+/* ---- saving ------------------------------------------------------------------ */
+
+/* The tensors of one shard, gathered into host memory that lives until
+ * free_entries. */
+typedef struct shard_entries {
+    mhub_safetensors_entry *items;
+    char **names;
+    float **data;
+    int count, cap;
+} shard_entries;
+
+static void free_entries(shard_entries *s)
+{
+    for (int i = 0; i < s->count; i++) {
+        free(s->names[i]);
+        free(s->data[i]);
+    }
+    free(s->items);
+    free(s->names);
+    free(s->data);
+    memset(s, 0, sizeof *s);
+}
+
+/* Append a tensor named like parameter p (plus state) and return its
+ * buffer, or NULL (error recorded). */
+static float *add_entry(shard_entries *s, const mhub_param *p, const char *state)
+{
+    if (s->count == s->cap) {
+        int cap = s->cap ? 2 * s->cap : 16;
+        mhub_safetensors_entry *items = realloc(s->items, (size_t)cap * sizeof *items);
+        if (items)
+            s->items = items;
+        char **names = realloc(s->names, (size_t)cap * sizeof *names);
+        if (names)
+            s->names = names;
+        float **data = realloc(s->data, (size_t)cap * sizeof *data);
+        if (data)
+            s->data = data;
+        if (!items || !names || !data) {
+            mhub_error(MHUB_ERR_NO_MEMORY, "checkpoint: tensor table");
+            return NULL;
+        }
+        s->cap = cap;
+    }
+    char name[1024];
+    tensor_name(name, sizeof name, p->name, state);
+    char *copy = strdup(name);
+    float *buf = malloc((size_t)(p->value.numel ? p->value.numel : 1) * sizeof(float));
+    if (!copy || !buf) {
+        free(copy);
+        free(buf);
+        mhub_error(MHUB_ERR_NO_MEMORY, "checkpoint: tensor %s", name);
+        return NULL;
+    }
+    s->names[s->count] = copy;
+    s->data[s->count] = buf;
+    s->items[s->count] = (mhub_safetensors_entry){.name = copy, .dtype = MHUB_F32,
+                                                  .ndim = p->value.ndim,
+                                                  .shape = p->value.shape, .data = buf};
+    s->count++;
+    return buf;
+}
+
+/* Gather parameter i and its state. Every rank calls this for every
+ * parameter (the getters are collective for sharded engines); only the
+ * owner keeps the tensors. */
+static mhub_status gather_param(mhub_dp_engine *e, int i, bool mine, shard_entries *out)
+{
+    const mhub_param *p = &mhub_dp_engine_params(e)->items[i];
+    int states = mhub_dp_engine_state_count(e, i);
+    float *scratch = NULL;
+    if (!mine && !(scratch = malloc((size_t)(p->value.numel ? p->value.numel : 1) *
+                                    sizeof(float))))
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "checkpoint: scratch for %s", p->name);
+    mhub_status s = MHUB_OK;
+    for (int w = -1; s == MHUB_OK && w < states; w++) {
+        const char *state = w < 0 ? NULL : mhub_dp_engine_state_name(e, i, w);
+        float *buf = mine ? add_entry(out, p, state) : scratch;
+        if (!buf)
+            s = MHUB_ERR_NO_MEMORY;
+        else if (w < 0)
+            s = mhub_dp_engine_get_param(e, i, buf);
+        else
+            s = mhub_dp_engine_get_state(e, i, w, buf);
+    }
+    free(scratch);
+    return s;
+}
+
+static mhub_status write_shard(const char *tmp, mhub_dp_engine *e, mhub_comm *dp)
+{
+    const mhub_param_list *pl = mhub_dp_engine_params(e);
+    shard_entries entries = {0};
+    mhub_status s = MHUB_OK;
+    for (int i = 0; s == MHUB_OK && i < pl->count; i++)
+        s = gather_param(e, i, i % dp->size == dp->rank, &entries);
+    char name[128], path[4096];
+    shard_name(name, sizeof name, dp->rank, dp->size);
+    join(path, sizeof path, tmp, name);
+    /* written through a synced temporary and renamed: complete or absent */
+    if (s == MHUB_OK)
+        s = mhub_safetensors_write(path, entries.items, entries.count, NULL);
+    free_entries(&entries);
+    return s;
+}
+
+static mhub_status write_manifest(const char *tmp, mhub_dp_engine *e, mhub_comm *dp,
+                                  int64_t step, int64_t seed)
+{
+    cJSON *m = cJSON_CreateObject(), *shards = cJSON_CreateArray();
+    if (!m || !shards) {
+        cJSON_Delete(m);
+        cJSON_Delete(shards);
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "checkpoint manifest");
+    }
+    cJSON_AddStringToObject(m, "format", FORMAT);
+    cJSON_AddNumberToObject(m, "version", MHUB_CHECKPOINT_VERSION);
+    cJSON_AddNumberToObject(m, "step", (double)step);
+    cJSON_AddNumberToObject(m, "optim_steps", (double)mhub_dp_engine_optim_steps(e));
+    cJSON_AddNumberToObject(m, "seed", (double)seed);
+    cJSON_AddNumberToObject(m, "dp_size", dp->size);
+    cJSON_AddStringToObject(m, "engine", mhub_dp_engine_name(mhub_dp_engine_kind_of(e)));
+    cJSON_AddNumberToObject(m, "params", mhub_dp_engine_params(e)->count);
+    for (int r = 0; r < dp->size; r++) {
+        char name[128];
+        shard_name(name, sizeof name, r, dp->size);
+        cJSON_AddItemToArray(shards, cJSON_CreateString(name));
+    }
+    cJSON_AddItemToObject(m, "shards", shards);
+    char *text = cJSON_Print(m);
+    cJSON_Delete(m);
+    if (!text)
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "checkpoint manifest");
+    char path[4096];
+    join(path, sizeof path, tmp, MANIFEST);
+    mhub_status s = mhub_file_write_atomic(path, text, strlen(text));
+    free(text);
+    return s;
+}
+
+/* Rank 0: move the finished temporary to step-<N> and point latest at it.
+ * An older step-<N> (a rerun) is moved aside first and removed after, so
+ * some complete copy exists at every moment. */
+static mhub_status publish(const char *dir, const char *tmp, int64_t step)
+{
+    char name[64], final[4096], old[4096], latest[4096];
+    snprintf(name, sizeof name, "step-%lld", (long long)step);
+    join(final, sizeof final, dir, name);
+    snprintf(old, sizeof old, "%s/.old-%s", dir, name);
+    MHUB_TRY(sync_dir(tmp));
+    bool had_old = is_dir(final);
+    if (had_old && rename(final, old) != 0)
+        return mhub_error(MHUB_ERR_IO, "checkpoint: cannot move %s aside: %s", final,
+                          strerror(errno));
+    if (rename(tmp, final) != 0) {
+        mhub_status s = mhub_error(MHUB_ERR_IO, "checkpoint: cannot rename %s to %s: %s", tmp,
+                                   final, strerror(errno));
+        if (had_old)
+            rename(old, final);
+        return s;
+    }
+    if (had_old)
+        remove_flat_dir(old);
+    MHUB_TRY(sync_dir(dir));
+    char text[80];
+    snprintf(text, sizeof text, "%s\n", name);
+    join(latest, sizeof latest, dir, LATEST);
+    return mhub_file_write_atomic(latest, text, strlen(text));
+}
+
+/* Rank 0: DIR and a fresh DIR/.tmp-step-N (a leftover from a crash is
+ * cleared). */
+static mhub_status make_tmp(const char *dir, const char *tmp)
+{
+    MHUB_TRY(mhub_dir_ensure(dir));
+    if (is_dir(tmp))
+        remove_flat_dir(tmp);
+    return mhub_dir_ensure(tmp);
+}
+
+mhub_status mhub_checkpoint_save(const char *dir, mhub_dp_engine *e, mhub_comm *dp,
+                                 const mhub_provider_config *cfg, int64_t step, int64_t seed)
+{
+    if (!dir || !e || !dp || !cfg || step < 0)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "dir, engine, dp or config is NULL, or step < 0");
+    MHUB_TRY(check_path(dir));
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s/.tmp-step-%lld", dir, (long long)step);
+    mhub_status s = agree(dp, dp->rank == 0 ? make_tmp(dir, tmp) : MHUB_OK);
+    if (s == MHUB_OK)
+        s = agree(dp, write_shard(tmp, e, dp));
+    if (s == MHUB_OK) {
+        mhub_status mine = MHUB_OK;
+        /* the manifest last: a directory without one is never published */
+        if (dp->rank == 0)
+            mine = mhub_config_save_pretrained(cfg, tmp, NULL, NULL);
+        if (dp->rank == 0 && mine == MHUB_OK)
+            mine = write_manifest(tmp, e, dp, step, seed);
+        if (dp->rank == 0 && mine == MHUB_OK)
+            mine = publish(dir, tmp, step);
+        s = agree(dp, mine);
+    }
+    /* nothing half-written stays behind */
+    if (s != MHUB_OK && dp->rank == 0)
+        remove_flat_dir(tmp);
+    return s;
+}
+
+/* ---- loading ----------------------------------------------------------------- */
+
+typedef struct manifest {
+    int version, dp_size, params;
+    int64_t step, optim_steps, seed;
+    char engine[32];
+    char **shards;   /* dp_size file names */
+} manifest;
+
+static void manifest_free(manifest *m)
+{
+    for (int i = 0; m->shards && i < m->dp_size; i++)
+        free(m->shards[i]);
+    free(m->shards);
+    memset(m, 0, sizeof *m);
+}
+
+/* A checkpoint directory, or DIR whose "latest" names one. */
+static mhub_status resolve(const char *path, char *out, size_t size)
+{
+    char probe[4096];
+    join(probe, sizeof probe, path, MANIFEST);
+    if (access(probe, F_OK) == 0) {
+        snprintf(out, size, "%s", path);
+        return MHUB_OK;
+    }
+    join(probe, sizeof probe, path, LATEST);
+    char *text = NULL;
+    size_t len = 0;
+    if (mhub_file_read_all(probe, 4096, "a checkpoint's latest file", &text, &len) != MHUB_OK)
+        return mhub_error(MHUB_ERR_IO, "checkpoint %s: neither %s nor %s/%s is there", path,
+                          MANIFEST, path, LATEST);
+    while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == ' '))
+        text[--len] = '\0';
+    mhub_status s = MHUB_OK;
+    if (len == 0 || strchr(text, '/') || strchr(text, '\n') || text[0] == '.')
+        s = mhub_error(MHUB_ERR_PARSE, "checkpoint %s: it does not name a step directory",
+                       probe);
+    else
+        snprintf(out, size, "%s/%s", path, text);
+    free(text);
+    return s;
+}
+
+static mhub_status get_num(const cJSON *root, const char *file, const char *key, double lo,
+                           double hi, double *out)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    if (!cJSON_IsNumber(v) || v->valuedouble < lo || v->valuedouble > hi ||
+        v->valuedouble != (double)(int64_t)v->valuedouble)
+        return mhub_error(MHUB_ERR_PARSE, "checkpoint %s: \"%s\" must be an integer in "
+                          "[%g, %g]", file, key, lo, hi);
+    *out = v->valuedouble;
+    return MHUB_OK;
+}
+
+static mhub_status read_shard_names(const cJSON *root, const char *file, manifest *m)
+{
+    const cJSON *arr = cJSON_GetObjectItemCaseSensitive(root, "shards");
+    if (!cJSON_IsArray(arr) || cJSON_GetArraySize(arr) != m->dp_size)
+        return mhub_error(MHUB_ERR_PARSE, "checkpoint %s: \"shards\" must list dp_size = %d "
+                          "files", file, m->dp_size);
+    if (!(m->shards = calloc((size_t)m->dp_size, sizeof *m->shards)))
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "shard names");
+    int r = 0;
+    for (const cJSON *it = arr->child; it; it = it->next, r++) {
+        if (!cJSON_IsString(it) || strchr(it->valuestring, '/') || it->valuestring[0] == '.')
+            return mhub_error(MHUB_ERR_PARSE, "checkpoint %s: shard %d is not a file name",
+                              file, r);
+        if (!(m->shards[r] = strdup(it->valuestring)))
+            return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "shard names");
+    }
+    return MHUB_OK;
+}
+
+static mhub_status parse_manifest(const cJSON *root, const char *file, manifest *m)
+{
+    const cJSON *format = cJSON_GetObjectItemCaseSensitive(root, "format");
+    if (!cJSON_IsString(format) || strcmp(format->valuestring, FORMAT) != 0)
+        return mhub_error(MHUB_ERR_PARSE, "checkpoint %s: not an mhub checkpoint manifest "
+                          "(\"format\" is not \"%s\")", file, FORMAT);
+    double v = 0;
+    MHUB_TRY(get_num(root, file, "version", 0, 1e9, &v));
+    if (v != MHUB_CHECKPOINT_VERSION)
+        return mhub_error(MHUB_ERR_UNSUPPORTED, "checkpoint %s: format version %g is not "
+                          "supported (this mhub reads version %d)", file, v,
+                          MHUB_CHECKPOINT_VERSION);
+    m->version = (int)v;
+    MHUB_TRY(get_num(root, file, "dp_size", 1, 1 << 20, &v));
+    m->dp_size = (int)v;
+    MHUB_TRY(get_num(root, file, "params", 0, 1 << 30, &v));
+    m->params = (int)v;
+    MHUB_TRY(get_num(root, file, "step", 0, 9007199254740992.0, &v));
+    m->step = (int64_t)v;
+    MHUB_TRY(get_num(root, file, "optim_steps", 0, 9007199254740992.0, &v));
+    m->optim_steps = (int64_t)v;
+    MHUB_TRY(get_num(root, file, "seed", 0, 9007199254740992.0, &v));
+    m->seed = (int64_t)v;
+    const cJSON *engine = cJSON_GetObjectItemCaseSensitive(root, "engine");
+    if (cJSON_IsString(engine))
+        snprintf(m->engine, sizeof m->engine, "%s", engine->valuestring);
+    return read_shard_names(root, file, m);
+}
+
+static mhub_status read_manifest(const char *ckpt, manifest *m)
+{
+    char path[4096];
+    join(path, sizeof path, ckpt, MANIFEST);
+    char *text = NULL;
+    size_t len = 0;
+    MHUB_TRY(mhub_file_read_all(path, 1 << 20, "a checkpoint manifest", &text, &len));
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    if (!root)
+        return mhub_error(MHUB_ERR_PARSE, "checkpoint %s: not valid JSON (corrupted?)", path);
+    mhub_status s = parse_manifest(root, path, m);
+    cJSON_Delete(root);
+    return s;
+}
+
+/* The first top-level key whose value differs, named with both values. */
+static mhub_status name_difference(const char *file, const cJSON *saved, const cJSON *here)
+{
+    for (const cJSON *it = here->child; it; it = it->next) {
+        const cJSON *other = cJSON_GetObjectItemCaseSensitive(saved, it->string);
+        if (other && cJSON_Compare(it, other, true))
+            continue;
+        char *a = other ? cJSON_PrintUnformatted(other) : NULL;
+        char *b = cJSON_PrintUnformatted(it);
+        mhub_status s = mhub_error(MHUB_ERR_INVALID_ARG, "checkpoint %s was written for "
+                                   "another model: \"%s\" is %s there and %s here", file,
+                                   it->string, a ? a : "absent", b ? b : "?");
+        free(a);
+        free(b);
+        return s;
+    }
+    return mhub_error(MHUB_ERR_INVALID_ARG, "checkpoint %s was written for another model",
+                      file);
+}
+
+static mhub_status check_config(const char *ckpt, const mhub_provider_config *cfg)
+{
+    char path[4096];
+    join(path, sizeof path, ckpt, MHUB_CONFIG_NAME);
+    mhub_provider_config *saved = NULL;
+    MHUB_TRY(mhub_config_from_pretrained(path, MHUB_CONFIG_STRICT, NULL, &saved));
+    if (saved->type == cfg->type && mhub_config_equal(saved, cfg)) {
+        mhub_config_free(saved);
+        return MHUB_OK;
+    }
+    char *a = NULL, *b = NULL;
+    mhub_status s = mhub_config_to_json(saved, false, &a);
+    if (s == MHUB_OK)
+        s = mhub_config_to_json(cfg, false, &b);
+    mhub_config_free(saved);
+    cJSON *ja = s == MHUB_OK ? cJSON_Parse(a) : NULL, *jb = s == MHUB_OK ? cJSON_Parse(b) : NULL;
+    if (s == MHUB_OK)
+        s = ja && jb ? name_difference(path, ja, jb)
+                     : mhub_error(MHUB_ERR_INVALID_ARG, "checkpoint %s was written for "
+                                  "another model", path);
+    cJSON_Delete(ja);
+    cJSON_Delete(jb);
+    free(a);
+    free(b);
+    return s;
+}
+
+/* Every shard file, opened (and so validated). */
+typedef struct shard_set {
+    mhub_safetensors **files;
+    int count;
+} shard_set;
+
+static void shards_close(shard_set *set)
+{
+    for (int i = 0; set->files && i < set->count; i++)
+        mhub_safetensors_close(set->files[i]);
+    free(set->files);
+    memset(set, 0, sizeof *set);
+}
+
+static mhub_status shards_open(const char *ckpt, const manifest *m, shard_set *set)
+{
+    if (!(set->files = calloc((size_t)m->dp_size, sizeof *set->files)))
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "shard handles");
+    set->count = m->dp_size;
+    char path[4096];
+    for (int r = 0; r < m->dp_size; r++) {
+        join(path, sizeof path, ckpt, m->shards[r]);
+        MHUB_TRY(mhub_safetensors_open(path, &set->files[r]));
+    }
+    return MHUB_OK;
+}
+
+/* Tensor `name` must be in `st` with parameter p's shape. */
+static mhub_status check_tensor(const mhub_safetensors *st, const mhub_param *p,
+                                const char *name)
+{
+    int idx = mhub_safetensors_find(st, name);
+    if (idx < 0)
+        return mhub_error(MHUB_ERR_PARSE, "checkpoint %s: tensor %s is missing (another "
+                          "model or optimizer?)", mhub_safetensors_path(st), name);
+    mhub_safetensors_tensor t;
+    MHUB_TRY(mhub_safetensors_info(st, idx, &t));
+    bool same = t.ndim == p->value.ndim && t.has_mhub_dtype && t.dtype == MHUB_F32;
+    for (int d = 0; same && d < t.ndim; d++)
+        same = t.shape[d] == p->value.shape[d];
+    return same ? MHUB_OK
+                : mhub_error(MHUB_ERR_PARSE, "checkpoint %s: tensor %s has another shape or "
+                             "dtype than the model's f32 parameter",
+                             mhub_safetensors_path(st), name);
+}
+
+/* Before touching the engine: every tensor there, with the right shape. */
+static mhub_status check_tensors(mhub_dp_engine *e, const manifest *m, const shard_set *set)
+{
+    const mhub_param_list *pl = mhub_dp_engine_params(e);
+    if (m->params != pl->count)
+        return mhub_error(MHUB_ERR_INVALID_ARG, "checkpoint has %d parameters, the model %d",
+                          m->params, pl->count);
+    int *expect = calloc((size_t)m->dp_size, sizeof *expect);
+    if (!expect)
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "tensor counts");
+    char name[1024];
+    mhub_status s = MHUB_OK;
+    for (int i = 0; s == MHUB_OK && i < pl->count; i++) {
+        const mhub_param *p = &pl->items[i];
+        const mhub_safetensors *st = set->files[i % m->dp_size];
+        for (int w = -1; s == MHUB_OK && w < mhub_dp_engine_state_count(e, i); w++) {
+            tensor_name(name, sizeof name, p->name,
+                        w < 0 ? NULL : mhub_dp_engine_state_name(e, i, w));
+            s = check_tensor(st, p, name);
+            expect[i % m->dp_size]++;
+        }
+    }
+    /* extra tensors mean state this optimizer would silently drop */
+    for (int r = 0; s == MHUB_OK && r < m->dp_size; r++)
+        if (mhub_safetensors_count(set->files[r]) != expect[r])
+            s = mhub_error(MHUB_ERR_INVALID_ARG, "checkpoint %s holds %d tensors where this "
+                           "model and optimizer have %d (written with another optimizer?)",
+                           mhub_safetensors_path(set->files[r]),
+                           mhub_safetensors_count(set->files[r]), expect[r]);
+    free(expect);
+    return s;
+}
+
+static mhub_status copy_in(mhub_dp_engine *e, const manifest *m, const shard_set *set)
+{
+    const mhub_param_list *pl = mhub_dp_engine_params(e);
+    char name[1024];
+    mhub_status s = MHUB_OK;
+    for (int i = 0; s == MHUB_OK && i < pl->count; i++) {
+        const mhub_param *p = &pl->items[i];
+        const mhub_safetensors *st = set->files[i % m->dp_size];
+        float *buf = malloc((size_t)(p->value.numel ? p->value.numel : 1) * sizeof(float));
+        if (!buf)
+            return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "checkpoint: buffer for %s", p->name);
+        for (int w = -1; s == MHUB_OK && w < mhub_dp_engine_state_count(e, i); w++) {
+            tensor_name(name, sizeof name, p->name,
+                        w < 0 ? NULL : mhub_dp_engine_state_name(e, i, w));
+            s = mhub_safetensors_read_f32(st, name, p->value.shape, p->value.ndim, buf);
+            if (s == MHUB_OK)
+                s = w < 0 ? mhub_dp_engine_set_param(e, i, buf)
+                          : mhub_dp_engine_set_state(e, i, w, buf);
+        }
+        free(buf);
+    }
+    if (s == MHUB_OK)
+        s = mhub_dp_engine_set_optim_steps(e, m->optim_steps);
+    return s;
+}
+
+/* This rank's checks, in the order a user would fix them. */
+static mhub_status open_and_check(const char *path, mhub_dp_engine *e,
+                                  const mhub_provider_config *cfg, char *ckpt, size_t size,
+                                  manifest *m, shard_set *set)
+{
+    MHUB_TRY(resolve(path, ckpt, size));
+    MHUB_TRY(read_manifest(ckpt, m));
+    /* m->engine is informational: the tensors are engine-neutral */
+    MHUB_TRY(check_config(ckpt, cfg));
+    MHUB_TRY(shards_open(ckpt, m, set));
+    return check_tensors(e, m, set);
+}
+
+mhub_status mhub_checkpoint_load(const char *path, mhub_dp_engine *e, mhub_comm *dp,
+                                 const mhub_provider_config *cfg, mhub_checkpoint_info *info)
+{
+    if (!path || !e || !dp || !cfg)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "path, engine, dp or config is NULL");
+    MHUB_TRY(check_path(path));
+    char ckpt[4096];
+    manifest m = {0};
+    shard_set set = {0};
+    mhub_status s = agree(dp, open_and_check(path, e, cfg, ckpt, sizeof ckpt, &m, &set));
+    if (s == MHUB_OK)
+        s = agree(dp, copy_in(e, &m, &set));
+    if (s == MHUB_OK && info)
+        *info = (mhub_checkpoint_info){m.step, m.optim_steps, m.seed, m.dp_size};
+    shards_close(&set);
+    manifest_free(&m);
+    return s;
+}
