@@ -722,6 +722,94 @@ static mhub_status update_shard(mhub_distopt *d, const bucket *b, int64_t t)
                             d->main + main_start(d, b), MHUB_F32, shard_numel(d, b));
 }
 
+/* ---- gradient clipping -------------------------------------------------- */
+
+static mhub_status check_reduced(const mhub_distopt *d, const char *call)
+{
+    if (!d)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
+    if (!d->grads_reduced)
+        return MHUB_ERROR(MHUB_ERR_STATE,
+                          "%s at step %lld: no reduced gradients; call "
+                          "mhub_distopt_finish_grad_sync (successfully) first",
+                          call, (long long)d->stats.steps);
+    return MHUB_OK;
+}
+
+/* The f64 sum of squares of n gradient elements at buffer offset `at`. */
+static mhub_status run_sum_squares(mhub_distopt *d, int64_t at, int64_t n, double *out)
+{
+    const float *g = grad_at(d, at);
+    if (d->gdt != MHUB_F32) {
+        MHUB_TRY(d->be->ops->cast(d->be, d->grad32, MHUB_F32, g, d->gdt, n));
+        g = d->grad32;
+    }
+    return d->be->ops->sum_squares(d->be, g, n, out);
+}
+
+/* Deterministic mode: every parameter's full reduced gradient, in list
+ * order (f32: create checked). */
+static mhub_status full_sum_squares(mhub_distopt *d, double *out)
+{
+    for (int i = 0; i < d->params->count; i++) {
+        const mhub_param *p = &d->params->items[i];
+        double part = 0;
+        if (d->plan.param_bucket[i] < 0)
+            continue;
+        MHUB_TRY(d->be->ops->sum_squares(d->be, grad_at(d, d->plan.param_offset[i]),
+                                         p->value.numel, &part));
+        *out += part;
+    }
+    return MHUB_OK;
+}
+
+mhub_status mhub_distopt_grad_sum_squares(mhub_distopt *d, double *out, bool *partial)
+{
+    MHUB_TRY(check_reduced(d, "grad_sum_squares"));
+    if (!out || !partial)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "out or partial is NULL");
+    *out = 0;
+    *partial = !d->ddp_cfg.deterministic;
+    if (d->ddp_cfg.deterministic)
+        return full_sum_squares(d, out);
+    for (int k = 0; k < d->num_segments; k++) {
+        double part = 0;
+        MHUB_TRY(run_sum_squares(d, d->segments[k].buf, d->segments[k].numel, &part));
+        *out += part;
+    }
+    return MHUB_OK;
+}
+
+/* Deterministic mode: the whole buffer, so that the full gradient every
+ * rank holds (and sums its norm from) stays the same on every rank. */
+static mhub_status scale_full(mhub_distopt *d, float factor)
+{
+    for (int i = 0; i < d->params->count; i++)
+        if (d->plan.param_bucket[i] >= 0)
+            MHUB_TRY(d->be->ops->scale(d->be, grad_at(d, d->plan.param_offset[i]),
+                                       d->params->items[i].value.numel, factor));
+    return MHUB_OK;
+}
+
+mhub_status mhub_distopt_scale_grads(mhub_distopt *d, float factor)
+{
+    MHUB_TRY(check_reduced(d, "scale_grads"));
+    if (d->ddp_cfg.deterministic)
+        return scale_full(d, factor); /* f32: create checked */
+    for (int k = 0; k < d->num_segments; k++) {
+        const segment *sg = &d->segments[k];
+        void *g = grad_at(d, sg->buf);
+        if (d->gdt == MHUB_F32) {
+            MHUB_TRY(d->be->ops->scale(d->be, g, sg->numel, factor));
+            continue;
+        }
+        MHUB_TRY(d->be->ops->cast(d->be, d->grad32, MHUB_F32, g, d->gdt, sg->numel));
+        MHUB_TRY(d->be->ops->scale(d->be, d->grad32, sg->numel, factor));
+        MHUB_TRY(d->be->ops->cast(d->be, g, d->gdt, d->grad32, MHUB_F32, sg->numel));
+    }
+    return MHUB_OK;
+}
+
 /* In place: this rank's block is already its slot of the bucket. */
 static mhub_status issue_gather(mhub_distopt *d, bucket *b, bool deferred)
 {

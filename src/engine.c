@@ -2,6 +2,7 @@
  * optimizer and FSDP (see engine.h). Each call is a switch to the engine's
  * own function; the only logic here is DDP's optimizer (the other two
  * engines own theirs) and the micro-batch protocol. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,6 +15,7 @@
 struct mhub_dp_engine {
     mhub_dp_engine_kind kind;
     mhub_param_list *params;
+    mhub_comm *dp;             /* for the sharded engines' gradient norm */
     mhub_backend *be;          /* the parameters' backend (FSDP leaves them meta) */
     mhub_ddp_config ddp_cfg;
     mhub_optim_config optim;
@@ -26,6 +28,9 @@ struct mhub_dp_engine {
     float **state;
     float *grad32;
     int64_t optim_steps;
+    /* finish_grad_sync succeeded and no zero_grad, micro-batch or step came
+     * since: the gradients are the reduced ones the step will use */
+    bool grads_synced;
 };
 
 static const char *const kind_names[] = {"ddp", "distopt", "fsdp"};
@@ -140,6 +145,7 @@ mhub_status mhub_dp_engine_create(mhub_dp_engine_kind kind, mhub_param_list *par
         return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "engine wrapper");
     e->kind = kind;
     e->params = params;
+    e->dp = dp;
     for (int i = 0; i < params->count && !e->be; i++)
         e->be = params->items[i].value.backend;
     e->ddp_cfg = *ddp_cfg;
@@ -272,6 +278,7 @@ static mhub_status check_engine(const mhub_dp_engine *e)
 mhub_status mhub_dp_engine_zero_grad(mhub_dp_engine *e)
 {
     MHUB_TRY(check_engine(e));
+    e->grads_synced = false;
     switch (e->kind) {
     case MHUB_DP_DDP: return mhub_ddp_zero_grad(e->ddp);
     case MHUB_DP_DISTOPT: return mhub_distopt_zero_grad(e->distopt);
@@ -292,6 +299,7 @@ mhub_status mhub_dp_engine_micro_begin(mhub_dp_engine *e, int micro, int num_mic
 {
     MHUB_TRY(check_engine(e));
     MHUB_TRY(check_micro(micro, num_micro));
+    e->grads_synced = false;
     if (e->ddp_cfg.deterministic || micro == num_micro - 1)
         return MHUB_OK;
     switch (e->kind) {
@@ -332,14 +340,137 @@ int64_t mhub_dp_engine_shard_index(const mhub_dp_engine *e, int rank, int ranks,
     return (int64_t)rank * num_micro + micro;
 }
 
-mhub_status mhub_dp_engine_finish_grad_sync(mhub_dp_engine *e)
+static mhub_status finish_grad_sync(mhub_dp_engine *e)
 {
-    MHUB_TRY(check_engine(e));
     switch (e->kind) {
     case MHUB_DP_DDP: return mhub_ddp_finish_grad_sync(e->ddp);
     case MHUB_DP_DISTOPT: return mhub_distopt_finish_grad_sync(e->distopt);
     default: return mhub_fsdp_finish_grad_sync(e->fsdp);
     }
+}
+
+mhub_status mhub_dp_engine_finish_grad_sync(mhub_dp_engine *e)
+{
+    MHUB_TRY(check_engine(e));
+    mhub_status s = finish_grad_sync(e);
+    e->grads_synced = s == MHUB_OK;
+    return s;
+}
+
+/* ---- gradient clipping ------------------------------------------------------ */
+
+/* DDP: every rank holds the same full reduced gradients (the all-reduce
+ * gives every rank the same bits), so each computes the same sum with no
+ * communication, parameter by parameter in list order: the order the
+ * deterministic distributed optimizer uses too. 16-bit gradients are
+ * widened through the optimizer's f32 scratch. */
+static mhub_status ddp_sum_squares(mhub_dp_engine *e, double *out)
+{
+    *out = 0;
+    for (int i = 0; i < e->params->count; i++) {
+        const mhub_param *p = &e->params->items[i];
+        if (!p->requires_grad)
+            continue;
+        const float *g = p->grad.data;
+        if (p->grad.dtype != MHUB_F32) {
+            MHUB_TRY(e->be->ops->cast(e->be, e->grad32, MHUB_F32, g, p->grad.dtype,
+                                      p->grad.numel));
+            g = e->grad32;
+        }
+        double part = 0;
+        MHUB_TRY(e->be->ops->sum_squares(e->be, g, p->grad.numel, &part));
+        *out += part;
+    }
+    return MHUB_OK;
+}
+
+static mhub_status ddp_scale(mhub_dp_engine *e, float factor)
+{
+    const mhub_backend_ops *op = e->be->ops;
+    for (int i = 0; i < e->params->count; i++) {
+        mhub_param *p = &e->params->items[i];
+        if (!p->requires_grad)
+            continue;
+        if (p->grad.dtype == MHUB_F32) {
+            MHUB_TRY(op->scale(e->be, p->grad.data, p->grad.numel, factor));
+            continue;
+        }
+        MHUB_TRY(op->cast(e->be, e->grad32, MHUB_F32, p->grad.data, p->grad.dtype,
+                          p->grad.numel));
+        MHUB_TRY(op->scale(e->be, e->grad32, p->grad.numel, factor));
+        MHUB_TRY(op->cast(e->be, p->grad.data, p->grad.dtype, e->grad32, MHUB_F32,
+                          p->grad.numel));
+    }
+    return MHUB_OK;
+}
+
+/* The ranks' partial sums added in rank order on every rank, so all get
+ * the same bits. The comm reduces f32 only: each double travels as its 8
+ * bytes (two f32 slots, copied, never added) through an allgather. */
+static mhub_status sum_over_ranks(mhub_comm *dp, double mine, double *total)
+{
+    double *sums = calloc((size_t)dp->size, sizeof *sums);
+    if (!sums)
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "%d partial gradient norms", dp->size);
+    mhub_status s = mhub_comm_allgather(dp, &mine, sums, 2, MHUB_F32);
+    *total = 0;
+    for (int r = 0; s == MHUB_OK && r < dp->size; r++)
+        *total += sums[r];
+    free(sums);
+    return s;
+}
+
+/* The sum of squares of the gradient the step will read, over all ranks. */
+static mhub_status grad_sum_squares(mhub_dp_engine *e, double *out)
+{
+    double mine = 0;
+    bool partial = true;
+    switch (e->kind) {
+    case MHUB_DP_DDP: return ddp_sum_squares(e, out);
+    case MHUB_DP_DISTOPT:
+        MHUB_TRY(mhub_distopt_grad_sum_squares(e->distopt, &mine, &partial));
+        break;
+    default: MHUB_TRY(mhub_fsdp_grad_sum_squares(e->fsdp, &mine)); break;
+    }
+    if (!partial) {
+        *out = mine;
+        return MHUB_OK;
+    }
+    return sum_over_ranks(e->dp, mine, out);
+}
+
+static mhub_status scale_grads(mhub_dp_engine *e, float factor)
+{
+    switch (e->kind) {
+    case MHUB_DP_DDP: return ddp_scale(e, factor);
+    case MHUB_DP_DISTOPT: return mhub_distopt_scale_grads(e->distopt, factor);
+    default: return mhub_fsdp_scale_grads(e->fsdp, factor);
+    }
+}
+
+mhub_status mhub_dp_engine_clip_grad_norm(mhub_dp_engine *e, double max_norm, double *norm_out)
+{
+    MHUB_TRY(check_engine(e));
+    if (!(max_norm >= 0) || isinf(max_norm))
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
+                          "max_norm %g: use a finite value >= 0 (0 measures without clipping)",
+                          max_norm);
+    if (!e->grads_synced)
+        return MHUB_ERROR(MHUB_ERR_STATE,
+                          "clip_grad_norm needs the reduced gradients: call it after a "
+                          "successful finish_grad_sync and before the step");
+    double ss = 0;
+    MHUB_TRY(grad_sum_squares(e, &ss));
+    double norm = sqrt(ss);
+    if (norm_out)
+        *norm_out = norm;
+    if (!isfinite(norm))
+        return MHUB_ERROR(MHUB_ERR_NUMERIC,
+                          "gradient norm is %g (a NaN or Inf gradient): nothing was scaled",
+                          norm);
+    if (max_norm > 0 && norm > max_norm)
+        return scale_grads(e, (float)(max_norm / (norm + 1e-6)));
+    return MHUB_OK;
 }
 
 static mhub_status ddp_step(mhub_dp_engine *e)
@@ -370,6 +501,7 @@ static mhub_status ddp_step(mhub_dp_engine *e)
 mhub_status mhub_dp_engine_step(mhub_dp_engine *e)
 {
     MHUB_TRY(check_engine(e));
+    e->grads_synced = false;
     switch (e->kind) {
     case MHUB_DP_DDP: return ddp_step(e);
     case MHUB_DP_DISTOPT: return mhub_distopt_step(e->distopt);

@@ -863,6 +863,51 @@ mhub_status mhub_fsdp_step(mhub_fsdp *f)
     return MHUB_OK;
 }
 
+/* ---- gradient clipping -------------------------------------------------- */
+
+static bool piece_of(const mhub_fsdp *f, int i, int r, int64_t *lo, int64_t *hi);
+
+static mhub_status check_grads_reduced(const mhub_fsdp *f, const char *call)
+{
+    if (!f)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
+    MHUB_TRY(check_no_backward_open(f, call));
+    if (f->sync_pending)
+        return MHUB_ERROR(MHUB_ERR_STATE,
+                          "%s at step %lld on dp rank %d: reduce-scatters are outstanding; "
+                          "call mhub_fsdp_finish_grad_sync first",
+                          call, (long long)f->step, f->dp->rank);
+    return MHUB_OK;
+}
+
+mhub_status mhub_fsdp_grad_sum_squares(mhub_fsdp *f, double *out)
+{
+    MHUB_TRY(check_grads_reduced(f, "mhub_fsdp_grad_sum_squares"));
+    if (!out)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "out is NULL");
+    *out = 0;
+    int r = f->dp->rank;
+    for (int i = 0; i < f->params->count; i++) {
+        int64_t lo = 0, hi = 0;
+        if (!piece_of(f, i, r, &lo, &hi))
+            continue;
+        /* lo is in unit-vector coordinates; the unit's slice starts at r * shard */
+        const mhub_unit_layout *u = &f->plan.units[f->params->items[i].unit];
+        double part = 0;
+        MHUB_TRY(f->be->ops->sum_squares(f->be, f->grads + u->shard_offset + (lo - r * u->shard),
+                                         hi - lo, &part));
+        *out += part;
+    }
+    return MHUB_OK;
+}
+
+/* Padding holds gradient 0, so scaling whole shards leaves it 0. */
+mhub_status mhub_fsdp_scale_grads(mhub_fsdp *f, float factor)
+{
+    MHUB_TRY(check_grads_reduced(f, "mhub_fsdp_scale_grads"));
+    return f->be->ops->scale(f->be, f->grads, f->plan.shard_numel, factor);
+}
+
 mhub_status mhub_fsdp_set_lr(mhub_fsdp *f, float lr)
 {
     if (!f)

@@ -30,7 +30,8 @@ fail() {
 # a text file with structure to learn: each line repeats its first number
 awk 'BEGIN { srand(7); for (i = 0; i < 3000; i++) { n = int(rand() * 100); printf "%02d-%02d\n", n, n } }' >"$tmp/copy.txt"
 
-# config NAME ENGINE STEPS EXTRA_DATA: write $tmp/NAME.json
+# config NAME ENGINE STEPS DATA [OPTIMIZER_EXTRA]: write $tmp/NAME.json
+# (OPTIMIZER_EXTRA: more optimizer keys, each with a leading comma)
 config() {
     cat >"$tmp/$1.json" <<EOF
 {
@@ -40,7 +41,7 @@ config() {
             "activation": "swiglu", "share_embeddings_and_output_weights": false,
             "add_bias_linear": false, "init_method": "normal", "init_method_std": 0.02},
   "ddp": {"overlap_grad_reduce": true, "bucket_size": 5000},
-  "optimizer": {"type": "adamw", "lr": 0.01, "warmup_steps": 5, "min_lr": 0.001},
+  "optimizer": {"type": "adamw", "lr": 0.01, "warmup_steps": 5, "min_lr": 0.001$5},
   "training": {"steps": $3, "micro_batch": 4, "global_batch": 8, "seq_len": 32,
                "dp_engine": "$2", "log_every": 10, "eval_problems": 5},
   "data": $4
@@ -81,6 +82,24 @@ if [ "$lines" -eq 60 ] && head -1 "$tmp/m.jsonl" | grep -q '^{"step":1,"loss":';
 else
     fail "metrics" "$(head -2 "$tmp/m.jsonl")"
 fi
+
+# gradient clipping through the engine, for every engine: it trains, and
+# each step's grad_norm (measured before clipping) is a positive number
+grad_norms_positive() {
+    awk -F'"grad_norm":' '
+        { n++; v = $2; sub(/}$/, "", v)
+          if (v !~ /^[0-9.]+([eE][-+]?[0-9]+)?$/ || v + 0 <= 0) bad++ }
+        END { exit !(n == 60 && bad == 0) }' "$1"
+}
+for engine in ddp distopt fsdp; do
+    config "clip-$engine" "$engine" 60 "{\"path\": \"$tmp/copy.txt\"}" ', "clip_grad": 0.5'
+    run_train "clip-$engine" 2 --metrics "$tmp/clip.jsonl"
+    if [ "$rc" -eq 0 ] && loss_fell && grad_norms_positive "$tmp/clip.jsonl"; then
+        pass "$engine with clip_grad 0.5 at 2 ranks: the loss falls, grad_norm > 0"
+    else
+        fail "$engine with clip_grad" "rc=$rc $(tail -3 "$out") $(head -3 "$tmp/clip.jsonl") $(cat "$err")"
+    fi
+done
 
 # the bundled task: written by mhub, scored on held-out problems
 config addition ddp 5 '{"task": "addition", "digits": 2, "problems": 500, "seed": 3}'

@@ -23,7 +23,11 @@ typedef struct run {
     int micro;             /* micro-batches (or shards) per rank */
     mhub_dtype dtype;      /* parameter storage */
     bool grad_in_fp32;     /* grad_reduce_in_fp32 */
+    double clip;           /* clip_grad_norm's max_norm each step; 0: no call */
 } run;
+
+/* Steps in which clip_grad_norm found the norm above max_norm (this rank). */
+static int clipped_steps;
 
 enum { MAX_PARAMS = 10 * 13 + 13 + 13 * 7 + 7 + 7 * 4 + 4 };
 
@@ -62,6 +66,12 @@ static void train_step(const run *r, mhub_comm *dp, mhub_dp_engine *e, mhub_mlp 
         CK_OK(mhub_dp_engine_micro_end(e, k, r->micro));
     }
     CK_OK(mhub_dp_engine_finish_grad_sync(e));
+    if (r->clip > 0) {
+        double norm = -1;
+        CK_OK(mhub_dp_engine_clip_grad_norm(e, r->clip, &norm));
+        ck_assert(isfinite(norm) && norm > 0);
+        clipped_steps += norm > r->clip;
+    }
     CK_OK(mhub_dp_engine_step(e));
 }
 
@@ -120,11 +130,11 @@ START_TEST(test_deterministic_bits)
     mhub_comm *alone = alone_comm();
     for (int optim = 0; optim <= 1; optim++) {
         char ref[65], hex[65];
-        run one = {MHUB_DP_DDP, (mhub_optim_kind)optim, true, SHARDS, MHUB_F32, false};
+        run one = {MHUB_DP_DDP, (mhub_optim_kind)optim, true, SHARDS, MHUB_F32, false, 0};
         train(&one, alone, ref, NULL);
         for (int kind = 0; kind <= 2; kind++) {
             run r = {(mhub_dp_engine_kind)kind, (mhub_optim_kind)optim, true, SHARDS / world->size,
-                     MHUB_F32, false};
+                     MHUB_F32, false, 0};
             train(&r, world, hex, NULL); /* P ranks == 1 rank, whatever the engine */
             ck_assert_msg(!strcmp(hex, ref), "%s, %s on %d ranks: %s != %s",
                           mhub_dp_engine_name(r.kind), mhub_optim_kind_name(r.optim),
@@ -148,7 +158,7 @@ START_TEST(test_every_engine_trains_like_one_process)
         for (int optim = 0; optim <= 1; optim++)
             for (int micro = 1; micro <= 2; micro++) {
                 run r = {(mhub_dp_engine_kind)kind, (mhub_optim_kind)optim, false, micro,
-                         MHUB_F32, false};
+                         MHUB_F32, false, 0};
                 char hd[65], h1[65];
                 train(&r, world, hd, dist);
                 run single = r;
@@ -181,7 +191,7 @@ START_TEST(test_half_precision_models)
     for (int k = 0; k < 3; k++)
         for (int d = 0; d < 2; d++)
             for (int fp32 = 0; fp32 <= 1; fp32++) {
-                run r = {kinds[k], MHUB_OPTIM_ADAMW, false, 2, dts[d], fp32};
+                run r = {kinds[k], MHUB_OPTIM_ADAMW, false, 2, dts[d], fp32, 0};
                 char hd[65], h1[65];
                 train(&r, world, hd, dist);
                 run single = r;
@@ -265,6 +275,264 @@ START_TEST(test_bad_input)
     mhub_dp_engine_free(e);
     mhub_dp_engine_free(NULL);
     mhub_mlp_free(m);
+}
+END_TEST
+
+/* ---- gradient clipping ------------------------------------------------------- */
+
+/* An engine over a fresh model (same seed on every rank) with its hooks
+ * installed; the caller frees both. */
+static mhub_dp_engine *engine_for(const run *r, mhub_comm *dp, mhub_mlp **m)
+{
+    mhub_mlp_config cfg = model_cfg;
+    cfg.param_dtype = r->dtype;
+    CK_OK(mhub_mlp_create(&cfg, be, GLOBAL_BATCH, 8, m));
+    mhub_ddp_config dc;
+    mhub_optim_config oc;
+    configs(r, &dc, &oc);
+    mhub_dp_engine *e;
+    CK_OK(mhub_dp_engine_create(r->kind, mhub_mlp_params(*m), dp, &dc, &oc, NULL, &e));
+    mhub_grad_ready_fn fn;
+    void *user;
+    mhub_unit_hooks hooks;
+    CK_OK(mhub_dp_engine_hooks(e, &fn, &user, &hooks));
+    mhub_mlp_set_grad_ready(*m, fn, user);
+    mhub_mlp_set_unit_hooks(*m, &hooks);
+    return e;
+}
+
+static void engine_done(mhub_dp_engine *e, mhub_mlp *m)
+{
+    mhub_mlp_set_grad_ready(m, NULL, NULL);
+    mhub_mlp_set_unit_hooks(m, NULL);
+    mhub_dp_engine_free(e);
+    mhub_mlp_free(m);
+}
+
+/* Forward and backward of step 0's global batch, split as train_step
+ * splits it, then finish_grad_sync: the reduced gradient is in place. */
+static void reduce_step0(const run *r, mhub_comm *dp, mhub_dp_engine *e, mhub_mlp *m)
+{
+    int64_t local = GLOBAL_BATCH / dp->size, rows = local / r->micro;
+    float weight = r->deterministic ? 1.0f / GLOBAL_BATCH : 1.0f / (float)local;
+    float x[GLOBAL_BATCH * 10];
+    int32_t y[GLOBAL_BATCH];
+    mhub_synthetic_task task;
+    CK_OK(mhub_synthetic_init(&task, model_cfg.inputs, model_cfg.classes, 2));
+    CK_OK(mhub_dp_engine_zero_grad(e));
+    for (int k = 0; k < r->micro; k++) {
+        int64_t shard = mhub_dp_engine_shard_index(e, dp->rank, dp->size, k, r->micro);
+        CK_OK(mhub_synthetic_batch(&task, (uint64_t)(shard * rows), rows, x, y));
+        CK_OK(mhub_dp_engine_micro_begin(e, k, r->micro));
+        CK_OK(mhub_mlp_forward(m, x, y, rows, NULL));
+        CK_OK(mhub_mlp_backward(m, weight));
+        CK_OK(mhub_dp_engine_micro_end(e, k, r->micro));
+    }
+    CK_OK(mhub_dp_engine_finish_grad_sync(e));
+    mhub_synthetic_free(&task);
+}
+
+/* The reference: one process, the whole global batch, the norm summed
+ * here from the model's f32 gradients. */
+static double reference_norm(void)
+{
+    mhub_comm *alone;
+    CK_OK(mhub_comm_split(world, world->rank, 0, "alone", &alone));
+    run one = {MHUB_DP_DDP, MHUB_OPTIM_SGD, false, 1, MHUB_F32, false, 0};
+    mhub_mlp *m;
+    mhub_dp_engine *e = engine_for(&one, alone, &m);
+    reduce_step0(&one, alone, e, m);
+    mhub_param_list *pl = mhub_mlp_params(m);
+    static float g[MAX_PARAMS];
+    double ss = 0;
+    for (int p = 0; p < pl->count; p++) {
+        const mhub_tensor *t = &pl->items[p].grad;
+        CK_OK(be->ops->copy(be, g, t->data, (size_t)t->numel * sizeof(float),
+                            MHUB_COPY_DEVICE_TO_HOST));
+        for (int64_t i = 0; i < t->numel; i++)
+            ss += (double)g[i] * g[i];
+    }
+    engine_done(e, m);
+    mhub_comm_free(alone);
+    return sqrt(ss);
+}
+
+/* Every rank's value of x, bitwise equal to rank 0's. */
+static void check_same_on_every_rank(double x)
+{
+    double all[8];
+    ck_assert_int_le(world->size, 8);
+    CK_OK(mhub_comm_allgather(world, &x, all, 2, MHUB_F32)); /* 8 bytes, copied */
+    for (int q = 0; q < world->size; q++)
+        ck_assert_msg(!memcmp(&all[q], &all[0], sizeof x), "rank %d: %.17g vs %.17g", q,
+                      all[q], all[0]);
+}
+
+/* Measure (max_norm 0), clip to half, measure again: the clipped norm is
+ * max_norm up to the 1e-6 of the formula and the f32 scale factor (16-bit
+ * gradients round each element once more: `tol`). Returns the norm. */
+static double measure_and_clip(mhub_dp_engine *e, double tol)
+{
+    double norm = -1, again = -1, clipped = -1;
+    CK_OK(mhub_dp_engine_clip_grad_norm(e, 0, &norm));
+    check_same_on_every_rank(norm);
+    CK_OK(mhub_dp_engine_clip_grad_norm(e, 1e9, &again)); /* above the norm: no change */
+    ck_assert(again == norm);
+    double max_norm = norm / 2;
+    CK_OK(mhub_dp_engine_clip_grad_norm(e, max_norm, &again));
+    ck_assert(again == norm); /* reports the norm before clipping */
+    CK_OK(mhub_dp_engine_clip_grad_norm(e, 0, &clipped));
+    check_same_on_every_rank(clipped);
+    ck_assert_msg(mhub_test_relerr(clipped, max_norm, 0) < tol, "clipped %.9g, max %.9g",
+                  clipped, max_norm);
+    return norm;
+}
+
+START_TEST(test_clip_norm_matches_one_process)
+{
+    double ref = reference_norm();
+    ck_assert(ref > 0);
+    for (int kind = 0; kind <= 2; kind++)
+        for (int det = 0; det <= 1; det++)
+            for (int micro = 1; micro <= 2; micro++) {
+                run r = {(mhub_dp_engine_kind)kind, MHUB_OPTIM_SGD, det, micro, MHUB_F32, false,
+                         0};
+                mhub_mlp *m;
+                mhub_dp_engine *e = engine_for(&r, world, &m);
+                reduce_step0(&r, world, e, m);
+                double norm = measure_and_clip(e, 1e-5);
+                ck_assert_msg(mhub_test_relerr(norm, ref, 0) < 1e-6,
+                              "%s det %d micro %d on %d ranks: norm %.12g, one process %.12g",
+                              mhub_dp_engine_name(r.kind), det, micro, world->size, norm, ref);
+                CK_OK(mhub_dp_engine_step(e)); /* the clipped gradients are usable */
+                engine_done(e, m);
+            }
+}
+END_TEST
+
+START_TEST(test_clip_norm_of_16bit_gradients)
+{
+    /* bf16/f16 models with gradients kept in the model's dtype (DDP and
+     * distopt buffers) or f32 (FSDP's shards, grad_reduce_in_fp32): read
+     * and scaled through f32; the norm is that of rounded gradients */
+    double ref = reference_norm();
+    const mhub_dtype dts[] = {MHUB_BF16, MHUB_F16};
+    for (int kind = 0; kind <= 2; kind++)
+        for (int d = 0; d < 2; d++)
+            for (int fp32 = 0; fp32 <= 1; fp32++) {
+                run r = {(mhub_dp_engine_kind)kind, MHUB_OPTIM_ADAMW, false, 2, dts[d], fp32, 0};
+                mhub_mlp *m;
+                mhub_dp_engine *e = engine_for(&r, world, &m);
+                reduce_step0(&r, world, e, m);
+                double ulp = dts[d] == MHUB_BF16 ? 1.0 / 128 : 1.0 / 1024;
+                double norm = measure_and_clip(e, fp32 ? 1e-5 : ulp);
+                /* 16-bit parameters change the forward too: a loose bound */
+                ck_assert_msg(mhub_test_relerr(norm, ref, 0) < 0.05, "%s %s: %g vs %g",
+                              mhub_dp_engine_name(r.kind), mhub_dtype_name(dts[d]), norm, ref);
+                CK_OK(mhub_dp_engine_step(e));
+                engine_done(e, m);
+            }
+}
+END_TEST
+
+START_TEST(test_clipped_training_matches_one_process)
+{
+    /* max_norm well below the gradients' norm, so every step clips */
+    mhub_comm *alone = alone_comm();
+    static float dist[MAX_PARAMS], one[MAX_PARAMS];
+    char hd[65], h1[65];
+    run single = {MHUB_DP_DDP, MHUB_OPTIM_SGD, false, 1, MHUB_F32, false, 0.05};
+    for (int optim = 0; optim <= 1; optim++) {
+        single.optim = (mhub_optim_kind)optim;
+        clipped_steps = 0;
+        train(&single, alone, h1, one);
+        ck_assert_int_eq(clipped_steps, STEPS);
+        for (int kind = 0; kind <= 2; kind++)
+            for (int micro = 1; micro <= 2; micro++) {
+                run r = single;
+                r.kind = (mhub_dp_engine_kind)kind;
+                r.micro = micro;
+                clipped_steps = 0;
+                train(&r, world, hd, dist);
+                ck_assert_int_eq(clipped_steps, STEPS);
+                double worst = 0;
+                for (int i = 0; i < MAX_PARAMS; i++)
+                    worst = fmax(worst, mhub_test_relerr(dist[i], one[i], 1e-2));
+                ck_assert_msg(worst < 1e-5, "%s, %s, %d micro: rel diff %g",
+                              mhub_dp_engine_name(r.kind), mhub_optim_kind_name(r.optim), micro,
+                              worst);
+            }
+    }
+    mhub_comm_free(alone);
+}
+END_TEST
+
+START_TEST(test_deterministic_clipping_bits)
+{
+    /* DDP and the distributed optimizer sum the norm per parameter in list
+     * order over the full reduced gradient: clipped training keeps the
+     * same bits on P ranks as on one, for both engines */
+    mhub_comm *alone = alone_comm();
+    char ref[65], hex[65];
+    run one = {MHUB_DP_DDP, MHUB_OPTIM_ADAMW, true, SHARDS, MHUB_F32, false, 0.05};
+    clipped_steps = 0;
+    train(&one, alone, ref, NULL);
+    ck_assert_int_eq(clipped_steps, STEPS);
+    for (int kind = 0; kind <= 1; kind++) {
+        run r = one;
+        r.kind = (mhub_dp_engine_kind)kind;
+        r.micro = SHARDS / world->size;
+        train(&r, world, hex, NULL);
+        ck_assert_msg(!strcmp(hex, ref), "%s on %d ranks: %s != %s", mhub_dp_engine_name(r.kind),
+                      world->size, hex, ref);
+    }
+    mhub_comm_free(alone);
+}
+END_TEST
+
+/* A NaN in parameter 0's gradient on every rank (after the reduction). */
+static void poison_first_grad(mhub_dp_engine *e)
+{
+    const mhub_tensor *t = &mhub_dp_engine_params(e)->items[0].grad;
+    static float nan_block[MAX_PARAMS];
+    for (int64_t i = 0; i < t->numel; i++)
+        nan_block[i] = NAN;
+    CK_OK(be->ops->copy(be, t->data, nan_block, (size_t)t->numel * sizeof(float),
+                        MHUB_COPY_HOST_TO_DEVICE));
+}
+
+START_TEST(test_clip_bad_input)
+{
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_dp_engine_clip_grad_norm(NULL, 1.0, NULL));
+    for (int kind = 0; kind <= 2; kind++) {
+        run r = {(mhub_dp_engine_kind)kind, MHUB_OPTIM_SGD, false, 1, MHUB_F32, false, 0};
+        mhub_mlp *m;
+        mhub_dp_engine *e = engine_for(&r, world, &m);
+        /* no reduced gradients yet: at create, after zero_grad */
+        CK_FAILS(MHUB_ERR_STATE, mhub_dp_engine_clip_grad_norm(e, 1.0, NULL));
+        ck_assert_msg(strstr(mhub_last_error(), "finish_grad_sync") != NULL, "%s",
+                      mhub_last_error());
+        CK_OK(mhub_dp_engine_zero_grad(e));
+        CK_FAILS(MHUB_ERR_STATE, mhub_dp_engine_clip_grad_norm(e, 1.0, NULL));
+        reduce_step0(&r, world, e, m);
+        CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_dp_engine_clip_grad_norm(e, -1.0, NULL));
+        ck_assert_msg(strstr(mhub_last_error(), "max_norm") != NULL, "%s", mhub_last_error());
+        CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_dp_engine_clip_grad_norm(e, NAN, NULL));
+        CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_dp_engine_clip_grad_norm(e, INFINITY, NULL));
+        CK_OK(mhub_dp_engine_clip_grad_norm(e, 1.0, NULL)); /* norm_out may be NULL */
+        CK_OK(mhub_dp_engine_step(e));
+        /* after the step the gradients are spent */
+        CK_FAILS(MHUB_ERR_STATE, mhub_dp_engine_clip_grad_norm(e, 1.0, NULL));
+        if (kind != MHUB_DP_FSDP) { /* FSDP's gradients are not reachable from outside */
+            reduce_step0(&r, world, e, m);
+            poison_first_grad(e);
+            double norm = 0;
+            CK_FAILS(MHUB_ERR_NUMERIC, mhub_dp_engine_clip_grad_norm(e, 1.0, &norm));
+            ck_assert(isnan(norm));
+            ck_assert_msg(strstr(mhub_last_error(), "norm") != NULL, "%s", mhub_last_error());
+        }
+        engine_done(e, m);
+    }
 }
 END_TEST
 
@@ -422,7 +690,7 @@ static void check_estimate_fields(mhub_dtype dt)
 {
     mhub_mlp_config cfg = model_cfg;
     cfg.param_dtype = dt;
-    run r = {MHUB_DP_DISTOPT, MHUB_OPTIM_ADAMW, false, 1, dt, false};
+    run r = {MHUB_DP_DISTOPT, MHUB_OPTIM_ADAMW, false, 1, dt, false, 0};
     mhub_ddp_config dc;
     mhub_optim_config oc;
     configs(&r, &dc, &oc);
@@ -472,7 +740,7 @@ START_TEST(test_memory_estimate_matches_allocator)
     for (int k = 0; k < 3; k++) {
         for (int d = 0; d < 2; d++) {
             /* bf16 gradients reduced in bf16: the widening scratch is used */
-            run r = {kinds[k], MHUB_OPTIM_ADAMW, false, 2, dts[d], false};
+            run r = {kinds[k], MHUB_OPTIM_ADAMW, false, 2, dts[d], false, 0};
             check_estimate(&r, true);
             if (kinds[k] == MHUB_DP_FSDP)
                 check_estimate(&r, false); /* every unit keeps its gather buffer */
@@ -480,7 +748,7 @@ START_TEST(test_memory_estimate_matches_allocator)
             check_estimate(&r, true);
         }
         /* deterministic mode: one micro-shard per rank, then several */
-        run det = {kinds[k], MHUB_OPTIM_ADAMW, true, 1, MHUB_F32, false};
+        run det = {kinds[k], MHUB_OPTIM_ADAMW, true, 1, MHUB_F32, false, 0};
         check_estimate(&det, true);
         det.micro = SHARDS / world->size;
         det.dtype = MHUB_BF16;
@@ -635,6 +903,11 @@ static Suite *make_suite(void)
     tcase_add_test(tc, test_deterministic_bits);
     tcase_add_test(tc, test_every_engine_trains_like_one_process);
     tcase_add_test(tc, test_half_precision_models);
+    tcase_add_test(tc, test_clip_norm_matches_one_process);
+    tcase_add_test(tc, test_clip_norm_of_16bit_gradients);
+    tcase_add_test(tc, test_clipped_training_matches_one_process);
+    tcase_add_test(tc, test_deterministic_clipping_bits);
+    tcase_add_test(tc, test_clip_bad_input);
     tcase_add_test(tc, test_memory_estimate_matches_allocator);
     tcase_add_test(tc, test_memory_estimate_of_a_meta_model);
     tcase_add_test(tc, test_memory_estimate_refuses_what_create_refuses);

@@ -6,7 +6,9 @@
  * PyTorch from the same float32 weights. mhub must match the logits and
  * loss within 1e-5 relative, the gradients within 1e-4, and the
  * parameters after 3 AdamW steps within 1e-4. A finite-difference check
- * of the loss and the bad-input cases follow. */
+ * of the loss and the bad-input cases follow, then 16-bit (bf16, f16)
+ * parameters: f32 compute on the same rounded weights, 16-bit gradients
+ * rounded once per backward, and a bf16 model that learns. */
 #include <string.h>
 
 #include "testutil.h"
@@ -356,6 +358,203 @@ START_TEST(test_loss_falls)
 }
 END_TEST
 
+/* ---- 16-bit parameters ------------------------------------------------------ */
+
+static uint16_t to_half(mhub_dtype dt, float f)
+{
+    return dt == MHUB_BF16 ? mhub_f32_to_bf16(f) : mhub_f32_to_f16(f);
+}
+
+static float from_half(mhub_dtype dt, uint16_t h)
+{
+    return dt == MHUB_BF16 ? mhub_bf16_to_f32(h) : mhub_f16_to_f32(h);
+}
+
+/* A runnable chunk of cfg with `dt` parameters (bf16/fp16 in the config,
+ * as "bf16": true does for mhub train). */
+static mhub_gpt *build_dtype(mhub_gpt_config *cfg, int64_t batch, mhub_dtype dt)
+{
+    cfg->base.bf16 = dt == MHUB_BF16;
+    cfg->base.fp16 = dt == MHUB_F16;
+    mhub_gpt *m = build(cfg, batch);
+    cfg->base.bf16 = cfg->base.fp16 = false;
+    mhub_param_list *pl = mhub_gpt_params(m);
+    for (int i = 0; i < pl->count; i++) {
+        ck_assert_int_eq(pl->items[i].value.dtype, dt);
+        ck_assert_int_eq(pl->items[i].grad.dtype, MHUB_F32);
+    }
+    return m;
+}
+
+/* Round the f32 model's values to `dt`: both models then hold the same
+ * numbers, full in f32 and half in 16 bits. */
+static void round_into(mhub_gpt *full, mhub_gpt *half, mhub_dtype dt)
+{
+    mhub_param_list *pf = mhub_gpt_params(full), *ph = mhub_gpt_params(half);
+    ck_assert_int_eq(pf->count, ph->count);
+    for (int i = 0; i < pf->count; i++) {
+        float *f = pf->items[i].value.data;
+        uint16_t *h = ph->items[i].value.data;
+        for (int64_t e = 0; e < pf->items[i].value.numel; e++) {
+            h[e] = to_half(dt, f[e]);
+            f[e] = from_half(dt, h[e]);
+        }
+    }
+}
+
+/* Both models' forward on the golden batch; the loss and logits must
+ * agree within 1e-5 relative (compute is f32 in both). */
+static void compare_forward(mhub_gpt *full, mhub_gpt *half, const char *what,
+                            const int32_t *tokens, const int32_t *targets, int b, int t)
+{
+    int64_t n = (int64_t)b * t, v = mhub_gpt_padded_vocab_size(mhub_gpt_config_of(full));
+    float lf = 0, lh = 0;
+    CK_OK(mhub_gpt_forward(full, tokens, targets, b, t, &lf));
+    CK_OK(mhub_gpt_forward(half, tokens, targets, b, t, &lh));
+    const float *gf = mhub_gpt_logits(full), *gh = mhub_gpt_logits(half);
+    double err = norm_relerr(gh, gf, n * v);
+    double worst = worst_relerr(gh, gf, n * v, 0.1 * max_abs(gf, n * v));
+    fprintf(stderr, "%s: loss %.9g vs f32 %.9g, logits relative error %.3g (worst %.3g)\n",
+            what, lh, lf, err, worst);
+    ck_assert_msg(mhub_test_relerr(lh, lf, 1e-30) < 1e-5, "%s loss %.9g vs %.9g", what, lh, lf);
+    ck_assert_msg(err < 1e-5 && worst < 1e-5, "%s logits error %.3g (worst %.3g)", what, err,
+                  worst);
+}
+
+/* Gradients into 16-bit tensors (as an engine re-points them): two
+ * backwards give round(round(g) + g) for the f32 gradient g of one,
+ * that is, each backward sums in f32 and rounds once. */
+static void check_half_grads(mhub_gpt *full, mhub_gpt *half, mhub_dtype dt, const char *what,
+                             const int32_t *tokens, const int32_t *targets, int b, int t)
+{
+    mhub_param_list *pf = mhub_gpt_params(full), *ph = mhub_gpt_params(half);
+    mhub_tensor *keep = malloc((size_t)ph->count * sizeof *keep);
+    for (int i = 0; i < ph->count; i++) {
+        keep[i] = ph->items[i].grad;
+        CK_OK(mhub_tensor_alloc(&ph->items[i].grad, be, dt, ph->items[i].value.ndim,
+                                ph->items[i].value.shape));
+    }
+    for (int k = 0; k < 2; k++) {
+        CK_OK(mhub_gpt_forward(half, tokens, targets, b, t, NULL));
+        CK_OK(mhub_gpt_backward(half, 1.0f / (float)(b * t)));
+    }
+    int64_t total = 0;
+    for (int i = 0; i < ph->count; i++) {
+        const float *g = pf->items[i].grad.data;
+        const uint16_t *gh = ph->items[i].grad.data;
+        for (int64_t e = 0; e < ph->items[i].grad.numel; e++) {
+            uint16_t want = to_half(dt, from_half(dt, to_half(dt, g[e])) + g[e]);
+            ck_assert_msg(gh[e] == want, "%s %s[%lld]: 16-bit gradient 0x%04x, want 0x%04x",
+                          what, ph->items[i].name, (long long)e, gh[e], want);
+        }
+        total += ph->items[i].grad.numel;
+        mhub_tensor_free(&ph->items[i].grad);
+        ph->items[i].grad = keep[i];
+    }
+    fprintf(stderr, "%s: %lld 16-bit gradient elements rounded once per backward\n", what,
+            (long long)total);
+    free(keep);
+}
+
+/* A `dt` model computes what an f32 model on the same rounded weights
+ * computes: the logits, the loss and (into f32 gradients) the gradients;
+ * into 16-bit gradients it rounds once per backward. */
+static void check_half_model(const char *model, mhub_dtype dt)
+{
+    char what[64];
+    snprintf(what, sizeof what, "%s %s", model, mhub_dtype_name(dt));
+    mhub_gpt_config *cfg = golden_config(model);
+    int b = golden_int("batch"), t = golden_int("seq");
+    int64_t n = (int64_t)b * t;
+    mhub_gpt *full = build(cfg, b), *half = build_dtype(cfg, b, dt);
+    load(full, model, "param");
+    round_into(full, half, dt);
+    const int32_t *tokens = golden_ids(model, "tokens", n);
+    const int32_t *targets = golden_ids(model, "targets", n);
+    CK_OK(mhub_param_list_zero_grad(mhub_gpt_params(full)));
+    CK_OK(mhub_param_list_zero_grad(mhub_gpt_params(half)));
+    compare_forward(full, half, what, tokens, targets, b, t);
+    CK_OK(mhub_gpt_backward(full, 1.0f / (float)n));
+    CK_OK(mhub_gpt_backward(half, 1.0f / (float)n));
+    mhub_param_list *pf = mhub_gpt_params(full), *ph = mhub_gpt_params(half);
+    double worst = 0;
+    for (int i = 0; i < pf->count; i++) {
+        int64_t e = pf->items[i].grad.numel;
+        double err = norm_relerr(ph->items[i].grad.data, pf->items[i].grad.data, e);
+        ck_assert_msg(err < 1e-5, "%s %s: gradient relative error %.3g", what,
+                      pf->items[i].name, err);
+        worst = fmax(worst, err);
+    }
+    fprintf(stderr, "%s: f32 gradients, worst relative error %.3g\n", what, worst);
+    check_half_grads(full, half, dt, what, tokens, targets, b, t);
+    free((void *)tokens);
+    free((void *)targets);
+    mhub_gpt_free(full);
+    mhub_gpt_free(half);
+    mhub_config_free(&cfg->base);
+}
+
+START_TEST(test_bf16_matches_f32)
+{
+    check_half_model("gpt2", MHUB_BF16); /* tied embedding, LayerNorm, biases */
+    check_half_model("llama", MHUB_BF16);
+}
+END_TEST
+
+START_TEST(test_f16_matches_f32)
+{
+    check_half_model("gpt2", MHUB_F16);
+    check_half_model("llama", MHUB_F16);
+}
+END_TEST
+
+/* A bf16 model learns: SGD on f32 main copies (as the engines keep
+ * them), rounded into the bf16 parameters after each step. */
+START_TEST(test_bf16_loss_falls)
+{
+    mhub_gpt_config *cfg = golden_config("llama");
+    mhub_gpt *m = build_dtype(cfg, 2, MHUB_BF16);
+    int32_t tokens[16], targets[16];
+    for (int i = 0; i < 16; i++) {
+        tokens[i] = (7 * i + 3) % 64;
+        targets[i] = (7 * i + 10) % 64;
+    }
+    mhub_param_list *pl = mhub_gpt_params(m);
+    float **main32 = calloc((size_t)pl->count, sizeof *main32);
+    for (int i = 0; i < pl->count; i++) {
+        const uint16_t *h = pl->items[i].value.data;
+        main32[i] = malloc((size_t)pl->items[i].value.numel * sizeof(float));
+        for (int64_t e = 0; e < pl->items[i].value.numel; e++)
+            main32[i][e] = mhub_bf16_to_f32(h[e]);
+    }
+    mhub_optim_config oc;
+    mhub_optim_config_init(&oc, MHUB_OPTIM_SGD);
+    oc.lr = 0.5f;
+    float first = 0, last = 0;
+    for (int s = 0; s < 20; s++) {
+        CK_OK(mhub_param_list_zero_grad(pl));
+        CK_OK(mhub_gpt_forward(m, tokens, targets, 2, 8, &last));
+        if (s == 0)
+            first = last;
+        CK_OK(mhub_gpt_backward(m, 1.0f / 16));
+        for (int i = 0; i < pl->count; i++) {
+            uint16_t *h = pl->items[i].value.data;
+            CK_OK(mhub_optim_update(be, &oc, main32[i], pl->items[i].grad.data, NULL,
+                                    pl->items[i].value.numel, s + 1));
+            for (int64_t e = 0; e < pl->items[i].value.numel; e++)
+                h[e] = mhub_f32_to_bf16(main32[i][e]);
+        }
+    }
+    fprintf(stderr, "bf16 llama, 20 SGD steps: loss %.4f -> %.4f\n", first, last);
+    ck_assert_msg(last < 0.5f * first, "loss %.4f -> %.4f", first, last);
+    for (int i = 0; i < pl->count; i++)
+        free(main32[i]);
+    free(main32);
+    mhub_gpt_free(m);
+    mhub_config_free(&cfg->base);
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     Suite *s = suite_create("gpt_model");
@@ -367,6 +566,9 @@ static Suite *make_suite(void)
     tcase_add_test(tc, test_finite_differences);
     tcase_add_test(tc, test_bad_input);
     tcase_add_test(tc, test_loss_falls);
+    tcase_add_test(tc, test_bf16_matches_f32);
+    tcase_add_test(tc, test_f16_matches_f32);
+    tcase_add_test(tc, test_bf16_loss_falls);
     suite_add_tcase(s, tc);
     return s;
 }

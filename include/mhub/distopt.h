@@ -136,6 +136,20 @@ mhub_status mhub_distopt_finish_grad_sync(mhub_distopt *d);
  * forgotten sync never updates with unreduced gradients. */
 mhub_status mhub_distopt_step(mhub_distopt *d);
 
+/* Gradient clipping (mhub_dp_engine_clip_grad_norm, engine.h), between a
+ * successful finish_grad_sync and the step; MHUB_ERR_STATE otherwise.
+ * grad_sum_squares: the f64 sum of squares of the reduced gradient
+ * elements the step reads. Outside deterministic mode that is this rank's
+ * parameter runs of its shards (padding excluded; *partial = true: the
+ * caller adds the ranks' sums). Deterministic mode reduces the whole
+ * buffer on every rank, so the sum covers every trainable parameter, per
+ * parameter in list order as DDP's wrapper sums it (*partial = false):
+ * the same bits on any dp size. 16-bit gradients are widened through the
+ * f32 scratch. */
+mhub_status mhub_distopt_grad_sum_squares(mhub_distopt *d, double *out, bool *partial);
+/* Multiply the gradient elements the step reads by `factor` (in place;
+ * 16-bit ones through f32, rounded back once). */
+mhub_status mhub_distopt_scale_grads(mhub_distopt *d, float factor);
 /* Wait for every parameter gather in flight (callers without hooks). */
 mhub_status mhub_distopt_wait_params(mhub_distopt *d);
 

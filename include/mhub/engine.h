@@ -10,7 +10,7 @@
  *   per step:  zero_grad;
  *              for each micro-batch k of K: micro_begin(e, k, K),
  *                  forward, backward, micro_end(e, k, K);
- *              finish_grad_sync; step.
+ *              finish_grad_sync; [clip_grad_norm;] step.
  * micro_begin/end open a no_sync scope for all but the last micro-batch,
  * or, in deterministic mode, fold each micro-shard into the engine's
  * summation tree. Which part of the global batch a rank's micro-batch k
@@ -114,6 +114,27 @@ mhub_status mhub_dp_engine_micro_end(mhub_dp_engine *e, int micro, int num_micro
 int64_t mhub_dp_engine_shard_index(const mhub_dp_engine *e, int rank, int ranks, int micro,
                                    int num_micro);
 mhub_status mhub_dp_engine_finish_grad_sync(mhub_dp_engine *e);
+/* Gradient-norm clipping, between finish_grad_sync and step (PyTorch's
+ * clip_grad_norm_ over the whole model): the global L2 norm of the
+ * reduced, dp-averaged gradient the step will use, and, when max_norm > 0
+ * and the norm exceeds it, those gradients scaled in place by
+ * max_norm / (norm + 1e-6). max_norm 0 only measures. *norm_out (may be
+ * NULL) gets the norm, bitwise the same on every rank: DDP sums its full
+ * buffer locally; distopt and FSDP sum the squares (in f64) of the
+ * gradient elements each rank's step reads (padding excluded, every
+ * element on exactly one rank) and add the ranks' sums in rank order.
+ * 16-bit gradient buffers are read and scaled through f32.
+ * Deterministic mode: DDP and the distributed optimizer (which then holds
+ * the full reduced gradient on every rank) sum per parameter in list
+ * order, so the norm, and the clipped training, are bitwise the same on
+ * any dp size and for both engines. FSDP's norm comes from rank-sized
+ * partial sums whose grouping depends on the dp size, so there it may
+ * differ in the last bits across dp sizes (and a clipped run with it).
+ * Errors: a negative or non-finite max_norm (MHUB_ERR_INVALID_ARG); no
+ * successful finish_grad_sync since the last zero_grad, micro-batch or
+ * step (MHUB_ERR_STATE); a NaN or Inf norm (MHUB_ERR_NUMERIC, nothing
+ * scaled). Collective for distopt (outside deterministic mode) and FSDP. */
+mhub_status mhub_dp_engine_clip_grad_norm(mhub_dp_engine *e, double max_norm, double *norm_out);
 mhub_status mhub_dp_engine_step(mhub_dp_engine *e);
 mhub_status mhub_dp_engine_set_lr(mhub_dp_engine *e, float lr);
 

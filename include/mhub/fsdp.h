@@ -137,6 +137,15 @@ mhub_status mhub_fsdp_finish_grad_sync(mhub_fsdp *f);
  * gathered first, since its full copy would be stale afterwards. */
 mhub_status mhub_fsdp_step(mhub_fsdp *f);
 
+/* Gradient clipping (mhub_dp_engine_clip_grad_norm, engine.h), between
+ * finish_grad_sync and the step; MHUB_ERR_STATE while reduce-scatters are
+ * outstanding or a backward is open. grad_sum_squares: the f64 sum of
+ * squares of this rank's pieces of every parameter in its gradient shards
+ * (padding excluded, each element on exactly one rank), parameter by
+ * parameter in list order; the caller adds the ranks' sums. */
+mhub_status mhub_fsdp_grad_sum_squares(mhub_fsdp *f, double *out);
+/* Multiply this rank's gradient shards (what the step reads) by `factor`. */
+mhub_status mhub_fsdp_scale_grads(mhub_fsdp *f, float factor);
 /* Change the learning rate (schedules). */
 mhub_status mhub_fsdp_set_lr(mhub_fsdp *f, float lr);
 

@@ -209,10 +209,17 @@ void mhub_gpt_describe_chunk(const mhub_gpt *m, char *buf, size_t len);
 
 /* ---- forward and backward (gpt_model.c) ---------------------------------
  * A chunk runs when it is the whole model (pre_process and post_process,
- * tensor_model_parallel_size 1) with f32 parameters on a backend; its
- * activations are sized at create for args->micro_batch sequences of
- * seq_length tokens, and a step allocates nothing. Other chunks hold
- * parameters only: their forward is MHUB_ERR_UNSUPPORTED. */
+ * tensor_model_parallel_size 1) with f32, bf16 or f16 parameters on a
+ * backend; its activations are sized at create for args->micro_batch
+ * sequences of seq_length tokens, and a step allocates nothing. Compute
+ * is f32: 16-bit parameters are widened exactly into f32 scratch before
+ * each use (three f32 copies of the largest parameter, usually the
+ * embedding, plus a few vectors; a fourth copy of a tied embedding when
+ * its gradient is 16-bit). A parameter's gradient may be f32 (accumulated
+ * in place) or, when an engine re-points it, in the parameter's 16-bit
+ * dtype (computed in f32 and added with one rounding per backward).
+ * Other chunks hold parameters only: their forward is
+ * MHUB_ERR_UNSUPPORTED. */
 bool mhub_gpt_runnable(const mhub_gpt *m);
 
 /* Forward on batch sequences of seq tokens: tokens and targets

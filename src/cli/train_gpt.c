@@ -529,28 +529,6 @@ static mhub_status build(gpt_trainer *t)
     return prepare_data(t);
 }
 
-/* L2 norm of every gradient; the gradients are full and reduced on every
- * rank (DDP) after finish_grad_sync. */
-static mhub_status clip_gradients(gpt_trainer *t, double *norm)
-{
-    mhub_param_list *pl = mhub_gpt_params(t->model);
-    double ss = 0;
-    for (int i = 0; i < pl->count; i++) {
-        double part = 0;
-        MHUB_TRY(t->be->ops->sum_squares(t->be, pl->items[i].grad.data,
-                                         pl->items[i].grad.numel, &part));
-        ss += part;
-    }
-    *norm = sqrt(ss);
-    if (!(*norm > t->o.clip_grad))
-        return MHUB_OK;
-    float scale = (float)(t->o.clip_grad / (*norm + 1e-6));
-    for (int i = 0; i < pl->count; i++)
-        MHUB_TRY(t->be->ops->scale(t->be, pl->items[i].grad.data, pl->items[i].grad.numel,
-                                   scale));
-    return MHUB_OK;
-}
-
 static mhub_status train_step(gpt_trainer *t, int step, float *loss, double *gnorm)
 {
     const gpt_options *o = &t->o;
@@ -576,12 +554,9 @@ static mhub_status train_step(gpt_trainer *t, int step, float *loss, double *gno
     }
     MHUB_TRY(mhub_dp_engine_finish_grad_sync(t->engine));
     *gnorm = -1;
-    if (o->clip_grad > 0) {
-        if (o->engine != MHUB_DP_DDP)
-            return mhub_error(MHUB_ERR_UNSUPPORTED, "clip_grad works with the ddp engine only "
-                              "so far (distopt and fsdp shard the gradients)");
-        MHUB_TRY(clip_gradients(t, gnorm));
-    }
+    /* the engine knows which gradient elements each rank's step reads */
+    if (o->clip_grad > 0)
+        MHUB_TRY(mhub_dp_engine_clip_grad_norm(t->engine, o->clip_grad, gnorm));
     MHUB_TRY(mhub_dp_engine_set_lr(t->engine, lr_at(o, step)));
     MHUB_TRY(mhub_dp_engine_step(t->engine));
     float mine = sum / (float)t->micro_per_rank;

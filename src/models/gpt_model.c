@@ -17,7 +17,19 @@
  * dres; each kernel's backward sits next to its forward in the backend.
  * A layer's parameter gradients are final when its backward ends, so
  * grad-ready fires for them then and an engine can reduce them while
- * earlier layers still run. Every buffer is sized at create. */
+ * earlier layers still run. Every buffer is sized at create.
+ *
+ * Parameters may be stored in bf16 or f16; compute is always f32. Every
+ * read of a parameter goes through param_view (the f32 tensor itself, or
+ * an exact widening into scratch) and every gradient write through
+ * grad_begin/grad_end (an f32 gradient accumulates in place; a 16-bit one,
+ * as an engine may re-point it, is computed into zeroed f32 scratch and
+ * added with one rounding), as in mlp.c. The scratch costs a 16-bit model
+ * three f32 copies of its largest parameter (usually the vocab x hidden
+ * embedding) plus two of its largest vector, and each forward widens
+ * the embedding table (twice when the head is tied to it): one pass over
+ * V H elements, cheap next to the head's GEMM over the same table. A
+ * tied table with a 16-bit gradient takes one more f32 copy of it. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +70,16 @@ struct gpt_compute {
     float *host_losses;
     /* backward scratch */
     float *dres, *dtmp, *dnorm, *dqkv, *dattn, *dfc1, *dact, *att_scratch;
+    /* 16-bit parameters (NULL for f32 models): slot 0 holds a weight or
+     * table, slot 1 the bias read or written beside it (sized scratch_cap
+     * elements each); view32 are f32 copies of values, grad32 gradients
+     * being computed, acc32 a 16-bit gradient widened for the add. */
+    float *view32[2], *grad32[2], *acc32;
+    int64_t scratch_cap[2];
+    /* a tied table's 16-bit gradient gets two writes per backward (the
+     * head's, then the lookup's): summed here in f32, rounded once */
+    float *tied32;
+    int tied_writes;
     /* the last forward */
     const int32_t *tokens, *targets;
     int64_t batch, seq;
@@ -68,10 +90,6 @@ struct gpt_compute {
 };
 
 /* ---- small helpers ------------------------------------------------------- */
-
-static float *value(mhub_gpt *m, int i) { return i >= 0 ? m->params.items[i].value.data : NULL; }
-/* Read at use time: an engine may re-point gradients at its buffer. */
-static float *grad(mhub_gpt *m, int i) { return i >= 0 ? m->params.items[i].grad.data : NULL; }
 
 static bool is_layernorm(const mhub_gpt *m) { return m->cfg.normalization == MHUB_GPT_LAYERNORM; }
 static bool is_rope(const mhub_gpt *m) { return m->cfg.position_embedding_type == MHUB_GPT_ROPE; }
@@ -96,7 +114,96 @@ static mhub_status announce(gpt_compute *c, int param)
 
 bool mhub_gpt_runnable(const mhub_gpt *m)
 {
-    return m && m->pre_process && m->post_process && m->tp_size == 1 && m->dtype == MHUB_F32;
+    return m && m->pre_process && m->post_process && m->tp_size == 1 &&
+           (m->dtype == MHUB_F32 || m->dtype == MHUB_BF16 || m->dtype == MHUB_F16);
+}
+
+/* ---- parameter values and gradients in f32 ----------------------------------
+ * Slot 0 takes weights and embedding tables, slot 1 the bias (or norm
+ * bias) a kernel uses beside them, so one kernel can read or write two
+ * parameters at once. */
+enum { SLOT_MAIN = 0, SLOT_BIAS = 1 };
+
+static mhub_status check_slot(const gpt_compute *c, const mhub_param *p, int slot)
+{
+    if (p->value.numel <= c->scratch_cap[slot])
+        return MHUB_OK;
+    return MHUB_ERROR(MHUB_ERR_STATE, "%s: no f32 scratch for a %s parameter of %lld elements",
+                      p->name, mhub_dtype_name(p->value.dtype), (long long)p->value.numel);
+}
+
+/* Parameter i's value as f32 (NULL when i < 0): the tensor itself, or
+ * widened (exactly) into slot's scratch, valid until the slot's next use. */
+static mhub_status param_view(mhub_gpt *m, int i, int slot, const float **out)
+{
+    *out = NULL;
+    if (i < 0)
+        return MHUB_OK;
+    const mhub_param *p = &m->params.items[i];
+    if (p->value.dtype == MHUB_F32) {
+        *out = p->value.data;
+        return MHUB_OK;
+    }
+    gpt_compute *c = m->compute;
+    MHUB_TRY(check_slot(c, p, slot));
+    *out = c->view32[slot];
+    return m->be->ops->cast(m->be, c->view32[slot], MHUB_F32, p->value.data, p->value.dtype,
+                            p->value.numel);
+}
+
+static bool is_tied_table(const gpt_compute *c, int i) { return i == c->wte && c->out_w == c->wte; }
+
+/* Where parameter i's gradient accumulates (NULL when i < 0). Read at
+ * use time: an engine may re-point gradients at its buffer, in the
+ * parameter's 16-bit dtype; then the kernel accumulates into zeroed f32
+ * scratch and grad_end adds that in. */
+static mhub_status grad_begin(mhub_gpt *m, int i, int slot, float **out)
+{
+    *out = NULL;
+    if (i < 0)
+        return MHUB_OK;
+    const mhub_param *p = &m->params.items[i];
+    if (p->grad.dtype == MHUB_F32) {
+        *out = p->grad.data;
+        return MHUB_OK;
+    }
+    gpt_compute *c = m->compute;
+    float *scratch = c->grad32[slot];
+    if (is_tied_table(c, i)) {
+        scratch = c->tied32;
+        if (c->tied_writes++ > 0) { /* the lookup adds to the head's part */
+            *out = scratch;
+            return MHUB_OK;
+        }
+    } else {
+        MHUB_TRY(check_slot(c, p, slot));
+    }
+    *out = scratch;
+    return m->be->ops->memset_zero(m->be, scratch, (size_t)p->grad.numel * sizeof(float));
+}
+
+/* A 16-bit gradient += the scratch grad_begin gave, summed in f32 and
+ * rounded once; nothing for an f32 gradient (already accumulated in
+ * place), nor for a tied table's first write (the lookup's follows). */
+static mhub_status grad_end(mhub_gpt *m, int i, int slot)
+{
+    if (i < 0)
+        return MHUB_OK;
+    const mhub_tensor *g = &m->params.items[i].grad;
+    if (g->dtype == MHUB_F32)
+        return MHUB_OK;
+    gpt_compute *c = m->compute;
+    const float *scratch = c->grad32[slot];
+    if (is_tied_table(c, i)) {
+        if (c->tied_writes < 2)
+            return MHUB_OK;
+        c->tied_writes = 0;
+        scratch = c->tied32;
+    }
+    const mhub_backend_ops *op = m->be->ops;
+    MHUB_TRY(op->cast(m->be, c->acc32, MHUB_F32, g->data, g->dtype, g->numel));
+    MHUB_TRY(op->axpy(m->be, c->acc32, scratch, g->numel, 1.0f));
+    return op->cast(m->be, g->data, g->dtype, c->acc32, MHUB_F32, g->numel);
 }
 
 /* ---- buffers --------------------------------------------------------------- */
@@ -163,6 +270,31 @@ static mhub_status alloc_layer(mhub_backend *be, const mhub_gpt *m, int64_t n, i
     return alloc_f(be, n * m->dims.ffn, &a->act);
 }
 
+/* The 16-bit scratch: slot 0 fits any parameter, slot 1 any vector
+ * (biases and norm parameters are the only ones slot 1 takes). An f32
+ * model needs none. */
+static mhub_status alloc_half_scratch(mhub_gpt *m, gpt_compute *c)
+{
+    if (m->dtype == MHUB_F32)
+        return MHUB_OK;
+    for (int i = 0; i < m->params.count; i++) {
+        const mhub_tensor *v = &m->params.items[i].value;
+        if (v->numel > c->scratch_cap[SLOT_MAIN])
+            c->scratch_cap[SLOT_MAIN] = v->numel;
+        if (v->ndim == 1 && v->numel > c->scratch_cap[SLOT_BIAS])
+            c->scratch_cap[SLOT_BIAS] = v->numel;
+    }
+    for (int s = 0; s < 2; s++) {
+        if (c->scratch_cap[s] == 0)
+            continue;
+        MHUB_TRY(alloc_f(m->be, c->scratch_cap[s], &c->view32[s]));
+        MHUB_TRY(alloc_f(m->be, c->scratch_cap[s], &c->grad32[s]));
+    }
+    if (c->out_w == c->wte)
+        MHUB_TRY(alloc_f(m->be, m->params.items[c->wte].value.numel, &c->tied32));
+    return alloc_f(m->be, c->scratch_cap[SLOT_MAIN], &c->acc32);
+}
+
 static mhub_status alloc_buffers(mhub_gpt *m, gpt_compute *c)
 {
     mhub_backend *be = m->be;
@@ -188,6 +320,7 @@ static mhub_status alloc_buffers(mhub_gpt *m, gpt_compute *c)
     MHUB_TRY(alloc_f(be, n * m->dims.fc1_rows, &c->dfc1));
     MHUB_TRY(alloc_f(be, n * m->dims.ffn, &c->dact));
     MHUB_TRY(alloc_f(be, att, &c->att_scratch));
+    MHUB_TRY(alloc_half_scratch(m, c));
     void *p = NULL;
     MHUB_TRY(be->ops->alloc(be, (size_t)n * sizeof(int32_t), &p));
     c->positions = p;
@@ -235,7 +368,8 @@ void mhub_gpt_compute_free(mhub_gpt *m)
     }
     float *bufs[] = {c->out,  c->lnf,   c->lnf_mean, c->lnf_rstd, c->logits, c->probs,
                      c->losses, c->dres, c->dtmp,     c->dnorm,    c->dqkv,   c->dattn,
-                     c->dfc1, c->dact, c->att_scratch};
+                     c->dfc1, c->dact, c->att_scratch, c->view32[0], c->view32[1],
+                     c->grad32[0], c->grad32[1], c->acc32, c->tied32};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         free_f(be, bufs[i]);
     free_f(be, c->positions);
@@ -276,9 +410,12 @@ static mhub_status linear_forward(mhub_gpt *m, float *y, const float *x, int w, 
                                   int64_t in, int64_t out, bool add)
 {
     const mhub_backend_ops *op = m->be->ops;
-    MHUB_TRY(op->gemm(m->be, false, true, n, out, in, 1.0f, x, in, value(m, w), in,
-                      add ? 1.0f : 0.0f, y, out));
-    return b >= 0 ? op->bias_add(m->be, y, value(m, b), n, out) : MHUB_OK;
+    const float *wv, *bv;
+    MHUB_TRY(param_view(m, w, SLOT_MAIN, &wv));
+    MHUB_TRY(param_view(m, b, SLOT_BIAS, &bv));
+    MHUB_TRY(op->gemm(m->be, false, true, n, out, in, 1.0f, x, in, wv, in, add ? 1.0f : 0.0f, y,
+                      out));
+    return b >= 0 ? op->bias_add(m->be, y, bv, n, out) : MHUB_OK;
 }
 
 /* dx = dy W (overwritten; skipped when dx is NULL); dW += dy^T x;
@@ -287,12 +424,20 @@ static mhub_status linear_backward(mhub_gpt *m, float *dx, const float *dy, cons
                                    int b, int64_t n, int64_t in, int64_t out)
 {
     const mhub_backend_ops *op = m->be->ops;
-    if (dx)
-        MHUB_TRY(op->gemm(m->be, false, false, n, in, out, 1.0f, dy, out, value(m, w), in, 0.0f,
-                          dx, in));
-    MHUB_TRY(op->gemm(m->be, true, false, out, in, n, 1.0f, dy, out, x, in, 1.0f, grad(m, w),
-                      in));
-    return b >= 0 ? op->bias_backward(m->be, grad(m, b), dy, n, out) : MHUB_OK;
+    if (dx) {
+        const float *wv;
+        MHUB_TRY(param_view(m, w, SLOT_MAIN, &wv));
+        MHUB_TRY(op->gemm(m->be, false, false, n, in, out, 1.0f, dy, out, wv, in, 0.0f, dx, in));
+    }
+    float *dw, *db;
+    MHUB_TRY(grad_begin(m, w, SLOT_MAIN, &dw));
+    MHUB_TRY(op->gemm(m->be, true, false, out, in, n, 1.0f, dy, out, x, in, 1.0f, dw, in));
+    MHUB_TRY(grad_end(m, w, SLOT_MAIN));
+    if (b < 0)
+        return MHUB_OK;
+    MHUB_TRY(grad_begin(m, b, SLOT_BIAS, &db));
+    MHUB_TRY(op->bias_backward(m->be, db, dy, n, out));
+    return grad_end(m, b, SLOT_BIAS);
 }
 
 static mhub_status norm_forward(mhub_gpt *m, float *out, float *mean, float *rstd,
@@ -301,10 +446,12 @@ static mhub_status norm_forward(mhub_gpt *m, float *out, float *mean, float *rst
     const mhub_backend_ops *op = m->be->ops;
     int64_t h = m->cfg.hidden_size;
     float eps = (float)m->cfg.layernorm_epsilon;
+    const float *wv, *bv;
+    MHUB_TRY(param_view(m, w, SLOT_MAIN, &wv));
+    MHUB_TRY(param_view(m, b, SLOT_BIAS, &bv));
     if (is_layernorm(m))
-        return op->layernorm_forward(m->be, out, mean, rstd, in, value(m, w), value(m, b), n, h,
-                                     eps);
-    return op->rmsnorm_forward(m->be, out, rstd, in, value(m, w), n, h, eps);
+        return op->layernorm_forward(m->be, out, mean, rstd, in, wv, bv, n, h, eps);
+    return op->rmsnorm_forward(m->be, out, rstd, in, wv, n, h, eps);
 }
 
 static mhub_status norm_backward(mhub_gpt *m, float *din, const float *dout, const float *in,
@@ -312,10 +459,17 @@ static mhub_status norm_backward(mhub_gpt *m, float *din, const float *dout, con
 {
     const mhub_backend_ops *op = m->be->ops;
     int64_t h = m->cfg.hidden_size;
+    const float *wv;
+    float *dw, *db;
+    MHUB_TRY(param_view(m, w, SLOT_MAIN, &wv));
+    MHUB_TRY(grad_begin(m, w, SLOT_MAIN, &dw));
+    MHUB_TRY(grad_begin(m, b, SLOT_BIAS, &db)); /* NULL without a bias */
     if (is_layernorm(m))
-        return op->layernorm_backward(m->be, din, grad(m, w), b >= 0 ? grad(m, b) : NULL, dout,
-                                      in, value(m, w), mean, rstd, n, h);
-    return op->rmsnorm_backward(m->be, din, grad(m, w), dout, in, value(m, w), rstd, n, h);
+        MHUB_TRY(op->layernorm_backward(m->be, din, dw, db, dout, in, wv, mean, rstd, n, h));
+    else
+        MHUB_TRY(op->rmsnorm_backward(m->be, din, dw, dout, in, wv, rstd, n, h));
+    MHUB_TRY(grad_end(m, w, SLOT_MAIN));
+    return grad_end(m, b, SLOT_BIAS);
 }
 
 /* The sizes a layer's kernels take (notation at the top). */
@@ -422,8 +576,8 @@ static mhub_status check_batch(const mhub_gpt *m, const int32_t *tokens, const i
     if (!mhub_gpt_runnable(m) || !m->compute)
         return MHUB_ERROR(MHUB_ERR_UNSUPPORTED,
                           "this GPT chunk cannot run: forward and backward need the whole model "
-                          "(one pipeline stage, tensor_model_parallel_size 1) with f32 "
-                          "parameters on a backend");
+                          "(one pipeline stage, tensor_model_parallel_size 1) with f32, bf16 "
+                          "or f16 parameters on a backend");
     const gpt_compute *c = m->compute;
     /* Backward unit hooks mean the parameters live only while their unit
      * runs (FSDP). A tied output layer reads unit 0's embedding in the
@@ -461,12 +615,16 @@ static mhub_status embed_forward(mhub_gpt *m, const int32_t *tokens, int64_t n)
     gpt_compute *c = m->compute;
     const mhub_backend_ops *op = m->be->ops;
     int64_t h = m->cfg.hidden_size;
-    MHUB_TRY(op->embedding_forward(m->be, c->la[0].in, value(m, c->wte), tokens, n,
-                                   m->dims.vocab, h, false));
+    const float *table;
+    /* a 16-bit table is widened whole: simple, and one pass over V H */
+    MHUB_TRY(param_view(m, c->wte, SLOT_MAIN, &table));
+    MHUB_TRY(op->embedding_forward(m->be, c->la[0].in, table, tokens, n, m->dims.vocab, h,
+                                   false));
     if (c->wpe < 0)
         return MHUB_OK;
-    return op->embedding_forward(m->be, c->la[0].in, value(m, c->wpe), c->positions, n,
-                                 m->cfg.seq_length, h, true);
+    MHUB_TRY(param_view(m, c->wpe, SLOT_MAIN, &table));
+    return op->embedding_forward(m->be, c->la[0].in, table, c->positions, n, m->cfg.seq_length,
+                                 h, true);
 }
 
 static mhub_status head_forward(mhub_gpt *m, const int32_t *targets, int64_t n)
@@ -539,12 +697,16 @@ static mhub_status embed_backward(mhub_gpt *m, int64_t n)
     gpt_compute *c = m->compute;
     const mhub_backend_ops *op = m->be->ops;
     int64_t h = m->cfg.hidden_size;
-    MHUB_TRY(op->embedding_backward(m->be, grad(m, c->wte), c->dres, c->tokens, n,
-                                    m->dims.vocab, h));
+    float *dtable;
+    MHUB_TRY(grad_begin(m, c->wte, SLOT_MAIN, &dtable));
+    MHUB_TRY(op->embedding_backward(m->be, dtable, c->dres, c->tokens, n, m->dims.vocab, h));
+    MHUB_TRY(grad_end(m, c->wte, SLOT_MAIN));
     if (c->wpe < 0)
         return MHUB_OK;
-    return op->embedding_backward(m->be, grad(m, c->wpe), c->dres, c->positions, n,
-                                  m->cfg.seq_length, h);
+    MHUB_TRY(grad_begin(m, c->wpe, SLOT_MAIN, &dtable));
+    MHUB_TRY(op->embedding_backward(m->be, dtable, c->dres, c->positions, n, m->cfg.seq_length,
+                                    h));
+    return grad_end(m, c->wpe, SLOT_MAIN);
 }
 
 mhub_status mhub_gpt_backward(mhub_gpt *m, float loss_weight)
@@ -556,6 +718,7 @@ mhub_status mhub_gpt_backward(mhub_gpt *m, float loss_weight)
         return MHUB_ERROR(MHUB_ERR_STATE, "backward needs a forward first");
     int64_t n = c->batch * c->seq;
     int L = m->num_layers;
+    c->tied_writes = 0; /* a failed backward may have left one pending */
     MHUB_TRY(hook(c, c->hooks.pre_backward, L + 1));
     MHUB_TRY(head_backward(m, n, loss_weight));
     /* a tied output layer is the embedding: final only after the lookup's
