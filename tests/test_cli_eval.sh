@@ -8,31 +8,12 @@
 # the converted models score the same loss.
 # $MHUB is the binary, $MPIEXEC the launcher (the Makefile sets both).
 
-MHUB=${MHUB:-./mhub}
+. "$(dirname "$0")/cli_common.sh"
 MPIEXEC=${MPIEXEC:-mpiexec}
 top_srcdir=${top_srcdir:-.}
-if [ ! -x "$MHUB" ]; then
-    echo "FAIL: $MHUB is not an executable (set MHUB to the mhub binary)"
-    exit 1
-fi
 data=$top_srcdir/tests/data/gpt
 hf=$data/hf-gpt2
 tokens=$data/eval-tokens.txt
-
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/mhub-eval.XXXXXX") || exit 1
-trap 'rm -rf "$tmp"' EXIT
-out=$tmp/out
-err=$tmp/err
-failures=0
-checks=0
-
-pass() { checks=$((checks + 1)); echo "ok   $1"; }
-fail() {
-    checks=$((checks + 1))
-    failures=$((failures + 1))
-    echo "FAIL $1"
-    if [ -n "$2" ]; then printf '%s\n' "$2" | sed 's/^/     | /'; fi
-}
 
 # run_eval RANKS FLAGS...: stdout in $out, stderr in $err, status in $rc
 run_eval() {

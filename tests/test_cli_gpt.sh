@@ -5,27 +5,8 @@
 # and bad configs fail with a message naming the file and key.
 # $MHUB is the binary, $MPIEXEC the launcher (the Makefile sets both).
 
-MHUB=${MHUB:-./mhub}
+. "$(dirname "$0")/cli_common.sh"
 MPIEXEC=${MPIEXEC:-mpiexec}
-if [ ! -x "$MHUB" ]; then
-    echo "FAIL: $MHUB is not an executable (set MHUB to the mhub binary)"
-    exit 1
-fi
-
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/mhub-gpt.XXXXXX") || exit 1
-trap 'rm -rf "$tmp"' EXIT
-out=$tmp/out
-err=$tmp/err
-failures=0
-checks=0
-
-pass() { checks=$((checks + 1)); echo "ok   $1"; }
-fail() {
-    checks=$((checks + 1))
-    failures=$((failures + 1))
-    echo "FAIL $1"
-    if [ -n "$2" ]; then printf '%s\n' "$2" | sed 's/^/     | /'; fi
-}
 
 # a text file with structure to learn: each line repeats its first number
 awk 'BEGIN { srand(7); for (i = 0; i < 3000; i++) { n = int(rand() * 100); printf "%02d-%02d\n", n, n } }' >"$tmp/copy.txt"

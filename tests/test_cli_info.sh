@@ -6,28 +6,9 @@
 # Prints one line per check; exits 1 if any failed. $MHUB is the binary,
 # $top_srcdir the source tree (the Makefile sets both).
 
-MHUB=${MHUB:-./mhub}
+. "$(dirname "$0")/cli_common.sh"
 top_srcdir=${top_srcdir:-.}
 configs=$top_srcdir/examples/configs
-if [ ! -x "$MHUB" ]; then
-    echo "FAIL: $MHUB is not an executable (set MHUB to the mhub binary)"
-    exit 1
-fi
-
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/mhub-info.XXXXXX") || exit 1
-trap 'rm -rf "$tmp"' EXIT
-out=$tmp/out
-err=$tmp/err
-failures=0
-checks=0
-
-pass() { checks=$((checks + 1)); echo "ok   $1"; }
-fail() {
-    checks=$((checks + 1))
-    failures=$((failures + 1))
-    echo "FAIL $1"
-    if [ -n "$2" ]; then printf '%s\n' "$2" | sed 's/^/     | /'; fi
-}
 
 run() {
     "$MHUB" info "$@" >"$out" 2>"$err"

@@ -4,26 +4,7 @@
 # every kind of bad input. Prints one line per check; exits 1 if any failed.
 # $MHUB is the mhub binary (the Makefile sets it; ./mhub otherwise).
 
-MHUB=${MHUB:-./mhub}
-if [ ! -x "$MHUB" ]; then
-    echo "FAIL: $MHUB is not an executable (set MHUB to the mhub binary)"
-    exit 1
-fi
-
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/mhub-layout.XXXXXX") || exit 1
-trap 'rm -rf "$tmp"' EXIT
-out=$tmp/out
-err=$tmp/err
-failures=0
-checks=0
-
-pass() { checks=$((checks + 1)); echo "ok   $1"; }
-fail() {
-    checks=$((checks + 1))
-    failures=$((failures + 1))
-    echo "FAIL $1"
-    if [ -n "$2" ]; then printf '%s\n' "$2" | sed 's/^/     | /'; fi
-}
+. "$(dirname "$0")/cli_common.sh"
 
 # run ARGS...: run mhub layout, leaving stdout in $out, stderr in $err and
 # the exit status in $rc.

@@ -117,14 +117,10 @@ static char *make_tmpdir(void)
     return strdup(d);
 }
 
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    return remove(path);
-}
 
 static void remove_tree(char *dir)
 {
-    ck_assert_int_eq(nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS), 0);
+    ck_assert_int_eq(mhub_test_remove_tree(dir), 0);
     free(dir);
 }
 

@@ -36,29 +36,10 @@ static char tmpdir[] = "/tmp/mhub_test_dataset_XXXXXX";
 static void setup(void) { ck_assert_ptr_nonnull(mkdtemp(tmpdir)); }
 
 /* Remove the scratch directory and what it holds (subdirectories too). */
-static void remove_tree(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    for (struct dirent *e; (e = readdir(d)) != NULL;) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-            continue;
-        char path[512];
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        struct stat st;
-        if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode))
-            remove_tree(path);
-        else
-            unlink(path);
-    }
-    closedir(d);
-    rmdir(dir);
-}
 
 static void teardown(void)
 {
-    remove_tree(tmpdir);
+    mhub_test_remove_tree(tmpdir);
     strcpy(tmpdir, "/tmp/mhub_test_dataset_XXXXXX");
 }
 

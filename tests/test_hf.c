@@ -16,30 +16,10 @@ static char tmpdir[] = "/tmp/mhub_test_hf_XXXXXX";
 static void setup(void) { ck_assert_ptr_nonnull(mkdtemp(tmpdir)); }
 
 /* Remove the scratch directory's files (one level of subdirectories). */
-static void remove_tree(const char *dir)
-{
-    DIR *d = opendir(dir);
-    if (!d)
-        return;
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-            continue;
-        char path[512];
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        struct stat st;
-        if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
-            remove_tree(path);
-        else
-            unlink(path);
-    }
-    closedir(d);
-    rmdir(dir);
-}
 
 static void teardown(void)
 {
-    remove_tree(tmpdir);
+    mhub_test_remove_tree(tmpdir);
     strcpy(tmpdir, "/tmp/mhub_test_hf_XXXXXX");
 }
 

@@ -18,16 +18,7 @@ static void setup(void) { ck_assert_ptr_nonnull(mkdtemp(dir)); }
 
 static void teardown(void)
 {
-    DIR *d = opendir(dir);
-    for (struct dirent *e; d && (e = readdir(d));) {
-        char p[sizeof dir + 260];
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
-            ck_assert_int_eq(remove(p), 0);
-    }
-    if (d)
-        closedir(d);
-    rmdir(dir);
+    ck_assert_int_eq(mhub_test_remove_tree(dir), 0);
     strcpy(dir, "/tmp/mhub_test_safetensors_XXXXXX");
 }
 

@@ -7,6 +7,7 @@
 #define MHUB_TESTUTIL_H
 
 #include <check.h>
+#include <ftw.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,6 +48,22 @@ static inline int mhub_test_run_suite(Suite *s)
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
     return failed;
+}
+
+static inline int mhub_test_remove_entry(const char *path, const struct stat *st, int flag,
+                                         struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+/* rm -rf dir (a test's scratch directory); 0 on success. Symbolic links
+ * are removed, never followed. */
+static inline int mhub_test_remove_tree(const char *dir)
+{
+    return nftw(dir, mhub_test_remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 /* For single-process suites: main() { return mhub_test_main(make_suite()); } */
