@@ -1060,6 +1060,46 @@ START_TEST(test_sgd_momentum)
 }
 END_TEST
 
+/* The optimizer updates split long arrays over the backend's threads;
+ * every element must come out exactly as on one thread, for lengths that
+ * do not divide evenly. */
+START_TEST(test_optimizers_same_bits_on_any_thread_count)
+{
+    mhub_backend *one, *two;
+    CK_OK(mhub_cpu_backend_create(&(mhub_cpu_options){.blas_threads = 1}, &one));
+    CK_OK(mhub_cpu_backend_create(&(mhub_cpu_options){.blas_threads = 3}, &two));
+    const int64_t n = (1 << 20) + 37;
+    float *p[2], *g = malloc((size_t)n * sizeof *g), *m[2], *v[2];
+    for (int k = 0; k < 2; k++) {
+        p[k] = malloc((size_t)n * sizeof(float));
+        m[k] = calloc((size_t)n, sizeof(float));
+        v[k] = calloc((size_t)n, sizeof(float));
+    }
+    for (int64_t i = 0; i < n; i++) {
+        g[i] = sinf((float)i * 0.37f);
+        p[0][i] = p[1][i] = cosf((float)i * 0.11f);
+    }
+    mhub_backend *bes[2] = {one, two};
+    for (int k = 0; k < 2; k++)
+        for (int t = 1; t <= 3; t++) {
+            CK_OK(bes[k]->ops->adamw_step(bes[k], p[k], g, m[k], v[k], n, 1e-2f, 0.9f, 0.95f,
+                                          1e-8f, 0.1f, t));
+            CK_OK(bes[k]->ops->sgd_step(bes[k], p[k], g, m[k], n, 1e-2f, 0.9f, 0.01f));
+        }
+    ck_assert_mem_eq(p[0], p[1], (size_t)n * sizeof(float));
+    ck_assert_mem_eq(m[0], m[1], (size_t)n * sizeof(float));
+    ck_assert_mem_eq(v[0], v[1], (size_t)n * sizeof(float));
+    for (int k = 0; k < 2; k++) {
+        free(p[k]);
+        free(m[k]);
+        free(v[k]);
+    }
+    free(g);
+    mhub_backend_free(one);
+    mhub_backend_free(two);
+}
+END_TEST
+
 START_TEST(test_adamw_three_steps)
 {
     const float lr = 1e-2f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = 0.1f;
@@ -1263,6 +1303,7 @@ static Suite *make_suite(void)
     tcase_add_test(opt, test_sgd_plain);
     tcase_add_test(opt, test_sgd_momentum);
     tcase_add_test(opt, test_adamw_three_steps);
+    tcase_add_test(opt, test_optimizers_same_bits_on_any_thread_count);
     tcase_add_test(opt, test_optimizer_bad_args);
     tcase_add_test(opt, test_every_op_rejects_bad_sizes_and_nulls);
     suite_add_tcase(s, opt);

@@ -122,12 +122,19 @@ static mhub_status cpu_reset_peak(mhub_backend *be)
     return MHUB_OK;
 }
 
+static void zero_range(void *ptr, int64_t lo, int64_t hi)
+{
+    memset((char *)ptr + lo, 0, (size_t)(hi - lo));
+}
+
+/* Zeroing a whole model's gradients is a memory-bound pass worth both
+ * threads (cpu_parallel.c). */
 static mhub_status cpu_memset_zero(mhub_backend *be, void *ptr, size_t bytes)
 {
     if (!ptr && bytes > 0)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "ptr is NULL with bytes = %zu", bytes);
     if (bytes > 0)
-        memset(ptr, 0, bytes);
+        mhub_cpu_parallel_ranges(be, (int64_t)bytes, zero_range, ptr);
     return MHUB_OK;
 }
 

@@ -24,6 +24,12 @@ typedef struct mhub_cpu_ctx {
     int blas_threads; /* what openblas_set_num_threads() was given */
 } mhub_cpu_ctx;
 
+/* Work on elements [lo, hi) of a pass (cpu_parallel.c). */
+typedef void (*mhub_cpu_range_fn)(void *arg, int64_t lo, int64_t hi);
+/* fn over [0, n) cut into contiguous ranges, one per backend thread when
+ * n is large; every element is computed as a single pass would. */
+void mhub_cpu_parallel_ranges(mhub_backend *be, int64_t n, mhub_cpu_range_fn fn, void *arg);
+
 /* ---- dense algebra ---- */
 mhub_status mhub_cpu_gemm(mhub_backend *be, bool trans_a, bool trans_b, int64_t m, int64_t n,
                           int64_t k, float alpha, const float *a, int64_t lda, const float *b,

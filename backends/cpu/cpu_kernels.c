@@ -678,6 +678,29 @@ static inline void sgd_momentum_run(float *restrict param, const float *restrict
     }
 }
 
+typedef struct sgd_args {
+    float *param;
+    const float *grad;
+    float *buf;
+    float lr, momentum, weight_decay;
+} sgd_args;
+
+/* Elements [lo, hi): a vector-block body, then the remainder. */
+static void sgd_range(void *p, int64_t lo, int64_t hi)
+{
+    const sgd_args *a = p;
+    int64_t body = lo + vec_prefix(hi - lo);
+    if (a->buf) {
+        sgd_momentum_run(a->param + lo, a->grad + lo, a->buf + lo, body - lo, a->lr,
+                         a->momentum, a->weight_decay);
+        sgd_momentum_run(a->param + body, a->grad + body, a->buf + body, hi - body, a->lr,
+                         a->momentum, a->weight_decay);
+    } else {
+        sgd_run(a->param + lo, a->grad + lo, body - lo, a->lr, a->weight_decay);
+        sgd_run(a->param + body, a->grad + body, hi - body, a->lr, a->weight_decay);
+    }
+}
+
 mhub_status mhub_cpu_sgd_step(mhub_backend *be, float *param, const float *grad,
                               float *momentum_buf, int64_t n, float lr, float momentum,
                               float weight_decay)
@@ -697,15 +720,8 @@ mhub_status mhub_cpu_sgd_step(mhub_backend *be, float *param, const float *grad,
     MHUB_TRY(check_separate(__func__, "grad", grad, bytes, "momentum_buf", momentum_buf, bytes));
     if (n == 0)
         return MHUB_OK;
-    int64_t body = vec_prefix(n);
-    if (momentum_buf) {
-        sgd_momentum_run(param, grad, momentum_buf, body, lr, momentum, weight_decay);
-        sgd_momentum_run(param + body, grad + body, momentum_buf + body, n - body, lr,
-                         momentum, weight_decay);
-    } else {
-        sgd_run(param, grad, body, lr, weight_decay);
-        sgd_run(param + body, grad + body, n - body, lr, weight_decay);
-    }
+    sgd_args a = {param, grad, momentum_buf, lr, momentum, weight_decay};
+    mhub_cpu_parallel_ranges(be, n, sgd_range, &a);
     return MHUB_OK;
 }
 
@@ -757,6 +773,19 @@ static inline void adamw_run(float *restrict param, const float *restrict grad,
     }
 }
 
+typedef struct adamw_args {
+    float *param;
+    const float *grad;
+    float *m, *v;
+    adamw_coef k;
+} adamw_args;
+
+static void adamw_range(void *p, int64_t lo, int64_t hi)
+{
+    const adamw_args *a = p;
+    adamw_run(a->param + lo, a->grad + lo, a->m + lo, a->v + lo, hi - lo, a->k);
+}
+
 mhub_status mhub_cpu_adamw_step(mhub_backend *be, float *param, const float *grad, float *m,
                                 float *v, int64_t n, float lr, float beta1, float beta2,
                                 float eps, float weight_decay, int64_t t)
@@ -789,6 +818,7 @@ mhub_status mhub_cpu_adamw_step(mhub_backend *be, float *param, const float *gra
         .inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2)),
         .eps = eps,
     };
-    adamw_run(param, grad, m, v, n, k);
+    adamw_args a = {param, grad, m, v, k};
+    mhub_cpu_parallel_ranges(be, n, adamw_range, &a);
     return MHUB_OK;
 }
