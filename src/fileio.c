@@ -82,7 +82,7 @@ mhub_status mhub_file_read_all(const char *path, size_t max_bytes, const char *w
     *len = 0;
     FILE *f = fopen(path, "rb");
     if (!f)
-        return mhub_error(MHUB_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+        return mhub_error(MHUB_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
     size_t hint = 0;
     mhub_status s = check_open_file(f, path, max_bytes, what, &hint);
     if (s == MHUB_OK)

@@ -533,7 +533,7 @@ static mhub_status fill_args(const mhub_provider *p, const mhub_provider_config 
     return MHUB_OK;
 }
 
-static mhub_status provide_with(const mhub_provider *p, const mhub_provider_config *cfg,
+static mhub_status provide_with(const mhub_provider_config *cfg,
                                 const mhub_provide_args *a, mhub_model_type model_type,
                                 mhub_chunk **out)
 {
@@ -551,7 +551,6 @@ static mhub_status provide_with(const mhub_provider *p, const mhub_provider_conf
     c->vp_stage = a->vp_stage;
     c->model_type = model_type;
     c->meta = a->backend == NULL;
-    (void)p;
     *out = c;
     return MHUB_OK;
 }
@@ -568,7 +567,7 @@ mhub_status mhub_provider_provide(mhub_provider *p, bool pre_process, bool post_
     a.pre_process = pre_process;
     a.post_process = post_process;
     a.vp_stage = vp_stage;
-    return provide_with(p, p->cfg, &a, MHUB_MODEL_ENCODER_OR_DECODER, out);
+    return provide_with(p->cfg, &a, MHUB_MODEL_ENCODER_OR_DECODER, out);
 }
 
 /* _create_model: one chunk per virtual stage, pipeline flags as the
@@ -594,7 +593,7 @@ static mhub_status create_chunks(const mhub_provider *p, const mhub_provider_con
         a.pre_process = i == 0 && pp_rank == 0;
         a.post_process = i == chunks - 1 && pp_rank == pp - 1;
         mhub_chunk *c = NULL;
-        mhub_status s = provide_with(p, cfg, &a, model_type, &c);
+        mhub_status s = provide_with(cfg, &a, model_type, &c);
         if (s == MHUB_OK)
             s = mhub_chunk_list_append(out, c);
         if (s != MHUB_OK) {

@@ -6,7 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mhub/ddp.h"
 #include "src/cli/cli.h"
+#include "src/fileio.h"
 
 bool cli_parse_long(const char *cmd, const char *flag, const char *text, long lo, long hi,
                     long *out)
@@ -98,4 +100,14 @@ const char *cli_error_text(const char *msg)
     if (strncmp(msg, "mhub_", 5) == 0 && colon)
         return colon + 2;
     return msg;
+}
+
+mhub_status cli_read_ddp_config(const char *path, mhub_ddp_config *cfg)
+{
+    char *text = NULL;
+    size_t len = 0;
+    MHUB_TRY(mhub_file_read_all(path, 1 << 16, "a ddp config", &text, &len));
+    mhub_status s = mhub_ddp_config_from_json(text, path, cfg);
+    free(text);
+    return s;
 }

@@ -8,6 +8,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "mhub/ddp.h"
+
 #define MHUB_EXIT_OK 0
 #define MHUB_EXIT_FAILED 1
 #define MHUB_EXIT_USAGE 2
@@ -41,6 +43,10 @@ const char *cli_flag_value(const char *cmd, int argc, char **argv, int *i,
 /* Split "--flag=value": returns true and points *value past '=' if arg
  * has the form, writing the flag name (without value) into name[cap]. */
 bool cli_split_flag(const char *arg, char *name, int cap, const char **value);
+
+/* Read a --ddp-config FILE (a JSON object of DDP settings, at most 64
+ * KiB) on top of *cfg; errors name the file and the key. */
+mhub_status cli_read_ddp_config(const char *path, mhub_ddp_config *cfg);
 
 /* A library error message without its leading "mhub_function: ". */
 const char *cli_error_text(const char *msg);

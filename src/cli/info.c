@@ -196,19 +196,7 @@ static mhub_status load_config(const info_args *a, mhub_provider_config **cfg)
 static mhub_status load_ddp_config(const char *path, mhub_ddp_config *ddp)
 {
     mhub_ddp_config_init(ddp);
-    if (!path)
-        return MHUB_OK;
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return MHUB_ERROR(MHUB_ERR_IO, "%s: cannot open the ddp config", path);
-    char buf[1 << 16];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    bool too_big = !feof(f);
-    fclose(f);
-    if (too_big)
-        return MHUB_ERROR(MHUB_ERR_PARSE, "%s: a ddp config over 64 KiB", path);
-    buf[n] = '\0';
-    return mhub_ddp_config_from_json(buf, path, ddp);
+    return path ? cli_read_ddp_config(path, ddp) : MHUB_OK;
 }
 
 static mhub_status build_report(const info_args *a, report *r)

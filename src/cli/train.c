@@ -125,27 +125,10 @@ static bool parse_widths(const char *text, mhub_mlp_config *cfg)
 /* Read a DDP config file over the settings so far. */
 static bool load_ddp_config(const char *path, mhub_ddp_config *cfg)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "mhub %s: --ddp-config: cannot open '%s': %s\n", CMD, path,
-                strerror(errno));
-        return false;
-    }
-    char text[1 << 16];
-    size_t n = fread(text, 1, sizeof text - 1, f);
-    bool too_long = !feof(f);
-    fclose(f);
-    if (too_long) {
-        fprintf(stderr, "mhub %s: --ddp-config: '%s' is larger than %zu bytes\n", CMD, path,
-                sizeof text - 1);
-        return false;
-    }
-    text[n] = '\0';
-    if (mhub_ddp_config_from_json(text, path, cfg) != MHUB_OK) {
-        fprintf(stderr, "mhub %s: --ddp-config: %s\n", CMD, mhub_last_error());
-        return false;
-    }
-    return true;
+    if (cli_read_ddp_config(path, cfg) == MHUB_OK)
+        return true;
+    fprintf(stderr, "mhub %s: --ddp-config: %s\n", CMD, cli_error_text(mhub_last_error()));
+    return false;
 }
 
 /* Returns -1 to continue, or an exit code. */

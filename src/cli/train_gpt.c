@@ -336,6 +336,55 @@ static void set_defaults(gpt_options *o)
     o->eval_problems = 200;
 }
 
+/* One flag that takes a value; false (with a message) when it is bad or
+ * unknown. */
+static bool parse_value_flag(const char *a, const char *v, gpt_options *o)
+{
+    double lr = 0;
+    if (!strcmp(a, "--config"))
+        return true; /* read before the flags */
+    if (!strcmp(a, "--steps"))
+        return cli_parse_int(CMD, a, v, 1, 1 << 30, &o->steps);
+    if (!strcmp(a, "--micro-batch"))
+        return cli_parse_int(CMD, a, v, 1, 1 << 20, &o->micro_batch);
+    if (!strcmp(a, "--global-batch"))
+        return cli_parse_int(CMD, a, v, 1, 1 << 24, &o->global_batch);
+    if (!strcmp(a, "--save-every"))
+        return cli_parse_int(CMD, a, v, 0, 1 << 30, &o->save_every);
+    if (!strcmp(a, "--lr")) {
+        if (!cli_parse_double(CMD, a, v, 0, 10, &lr))
+            return false;
+        o->optim.lr = (float)lr;
+        return true;
+    }
+    if (!strcmp(a, "--metrics")) {
+        o->metrics_path = v;
+        return true;
+    }
+    if (!strcmp(a, "--save") || !strcmp(a, "--load")) {
+        char *dst = a[2] == 's' ? o->save_dir : o->load_dir;
+        if (set_dir(dst, sizeof o->save_dir, v))
+            return true;
+        fprintf(stderr, "mhub %s: %s: the path is over %zu bytes\n", CMD, a,
+                sizeof o->save_dir - 1);
+        return false;
+    }
+    if (!strcmp(a, "--backend")) {
+        if (!strcmp(v, "cpu"))
+            return true;
+        fprintf(stderr, "mhub %s: --backend: '%s' is not built in (available: cpu)\n", CMD, v);
+        return false;
+    }
+    if (!strcmp(a, "--dp-engine")) {
+        if (mhub_dp_engine_parse(v, &o->engine) == 0)
+            return true;
+        fprintf(stderr, "mhub %s: --dp-engine: unknown engine '%s'\n", CMD, v);
+        return false;
+    }
+    fprintf(stderr, "mhub %s: unknown flag '%s' (with --config)\n", CMD, a);
+    return false;
+}
+
 /* Returns -1 to go on, or an exit status. Reads the config first so
  * flags override it. */
 static int parse_args(int argc, char **argv, gpt_options *o)
@@ -354,7 +403,6 @@ static int parse_args(int argc, char **argv, gpt_options *o)
     }
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        bool ok = true;
         if (!strcmp(a, "--quiet")) {
             o->quiet = true;
             continue;
@@ -372,39 +420,7 @@ static int parse_args(int argc, char **argv, gpt_options *o)
             return MHUB_EXIT_USAGE;
         }
         i++;
-        double lr = 0;
-        if (!strcmp(a, "--config"))
-            continue;
-        else if (!strcmp(a, "--steps"))
-            ok = cli_parse_int(CMD, a, v, 1, 1 << 30, &o->steps);
-        else if (!strcmp(a, "--micro-batch"))
-            ok = cli_parse_int(CMD, a, v, 1, 1 << 20, &o->micro_batch);
-        else if (!strcmp(a, "--global-batch"))
-            ok = cli_parse_int(CMD, a, v, 1, 1 << 24, &o->global_batch);
-        else if (!strcmp(a, "--lr") && (ok = cli_parse_double(CMD, a, v, 0, 10, &lr)))
-            o->optim.lr = (float)lr;
-        else if (!strcmp(a, "--metrics"))
-            o->metrics_path = v;
-        else if (!strcmp(a, "--save") || !strcmp(a, "--load")) {
-            char *dst = a[2] == 's' ? o->save_dir : o->load_dir;
-            if (!(ok = set_dir(dst, sizeof o->save_dir, v)))
-                fprintf(stderr, "mhub %s: %s: the path is over %zu bytes\n", CMD, a,
-                        sizeof o->save_dir - 1);
-        }
-        else if (!strcmp(a, "--save-every"))
-            ok = cli_parse_int(CMD, a, v, 0, 1 << 30, &o->save_every);
-        else if (!strcmp(a, "--backend") && strcmp(v, "cpu") != 0) {
-            fprintf(stderr, "mhub %s: --backend: '%s' is not built in (available: cpu)\n", CMD,
-                    v);
-            ok = false;
-        } else if (!strcmp(a, "--dp-engine") && mhub_dp_engine_parse(v, &o->engine) != 0) {
-            fprintf(stderr, "mhub %s: --dp-engine: unknown engine '%s'\n", CMD, v);
-            ok = false;
-        } else if (strcmp(a, "--backend") && strcmp(a, "--dp-engine") && strcmp(a, "--lr")) {
-            fprintf(stderr, "mhub %s: unknown flag '%s' (with --config)\n", CMD, a);
-            ok = false;
-        }
-        if (!ok)
+        if (!parse_value_flag(a, v, o))
             return MHUB_EXIT_USAGE;
     }
     return -1;
@@ -613,8 +629,6 @@ static mhub_status complete(void *ctx, const char *prompt_in, char *out, int out
             break;
     }
     out[n] = '\0';
-    if (getenv("MHUB_DEBUG_COMPLETE"))
-        fprintf(stderr, "complete %s -> %s", prompt_in, out);
     free(row);
     return s;
 }
