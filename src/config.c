@@ -173,16 +173,23 @@ static int num_choices(const mhub_config_field *f)
 
 /* ---- message helpers ------------------------------------------------------- */
 
+int mhub_shortest_precision(double v)
+{
+    char buf[40];
+    for (int prec = 1; prec < 17; prec++) {
+        snprintf(buf, sizeof buf, "%.*g", prec, v);
+        if (strtod(buf, NULL) == v)
+            return prec;
+    }
+    return 17;
+}
+
 /* The shortest text that reads back as exactly v: cJSON's own printing
  * is approximate (it accepts 15 digits when they are merely close) and
  * would change values like 2^53 or 0.1 + 1 ulp on a round trip. */
 static void format_double(double v, char *buf, size_t cap)
 {
-    for (int prec = 1; prec <= 17; prec++) {
-        snprintf(buf, cap, "%.*g", prec, v);
-        if (strtod(buf, NULL) == v)
-            return;
-    }
+    snprintf(buf, cap, "%.*g", mhub_shortest_precision(v), v);
 }
 
 /* Input text as it can be quoted in a message: at most `n` bytes,

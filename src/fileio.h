@@ -51,6 +51,11 @@ mhub_status mhub_atomic_write(mhub_atomic_file *f, const void *data, size_t len)
 mhub_status mhub_atomic_commit(mhub_atomic_file *f);
 void mhub_atomic_abort(mhub_atomic_file *f);
 
+/* The fewest significant digits (1 to 17) whose correctly rounded
+ * decimal ("%.*g") reads back as exactly v: the shortest exact form of
+ * a double, for every JSON writer in the library (config.c). */
+int mhub_shortest_precision(double v);
+
 /* Offset of the first byte of s[0, len) that does not start well-formed
  * UTF-8 (RFC 3629: no overlong forms, no surrogates, nothing past
  * U+10FFFF), or len when all of it is. */

@@ -10,27 +10,48 @@
  * Each family's keys are listed once, in a table pairing a Hugging Face
  * key with the GPT field it sets; the field's own table entry gives its
  * kind and range, so reading and writing use the same facts. Keys the
- * tables do not name are ignored: Hugging Face configs carry many
- * (dropout, token ids, task parameters) that do not change the
- * architecture. Keys that would change it in a way mhub cannot build
- * (rope_scaling, a sliding window, an unknown activation) are refused
- * rather than silently dropped.
+ * tables do not name do not change the architecture as mhub builds it
+ * (dropout, token ids, task parameters); keys that would change it in a
+ * way mhub cannot build (rope scaling, a sliding window, an unknown
+ * activation) are refused rather than silently dropped. Both spellings
+ * of rope's base are read: transformers 4's "rope_theta" and 5's
+ * "rope_parameters": {"rope_theta": ..., "rope_type": "default"}.
  *
  * initializer_range, when present, selects Megatron's normal init with
- * that std (and is written back only for that init). The common fields
- * that are training settings (parallel sizes, dtype flags, seed) are not
- * in Hugging Face configs: from_hf leaves their defaults.
+ * that std (and is written back only for that init: transformers has no
+ * fan-in init). The common fields that are training settings (parallel
+ * sizes, dtype flags, seed) are not in Hugging Face configs: from_hf
+ * leaves their defaults. dtype (torch_dtype before transformers 5) is
+ * written, the dtype of the weights saved beside it, and not read:
+ * mixed precision is a training choice, not the model's.
  *
- * from_hf returns a canonical form: a "derived" size (JSON null in mhub,
- * a missing or null key in Hugging Face's) stays 0, an explicit one is
- * kept as written, and save_hf writes back only what was explicit. So
- * from_hf(save_hf(cfg)) == cfg whenever the fields Hugging Face has no
- * key for hold their defaults: the training settings above,
- * make_vocab_size_divisible_by (mhub pads nothing by default, so
- * vocab_size is the checkpoint's row count), rotary_base for GPT-2, and
- * add_qkv_bias when add_bias_linear already gives q, k, v a bias.
- * torch_dtype is written (the dtype of the weights saved beside it) and
- * not read: mixed precision is a training choice, not the model's.
+ * from_hf returns a canonical form: a "derived" size (JSON null in mhub)
+ * stays 0, and so does a size equal to what mhub would derive (Llama's
+ * num_key_value_heads = num_attention_heads, head_dim = hidden_size /
+ * num_attention_heads, which transformers 5 always writes); other sizes
+ * are kept as written. So from_hf(save_hf(cfg)) == cfg whenever cfg is
+ * canonical and the fields Hugging Face has no key for hold their
+ * defaults: the training settings above, make_vocab_size_divisible_by
+ * (mhub pads nothing by default, so vocab_size is the checkpoint's row
+ * count), rotary_base for GPT-2, and add_qkv_bias when add_bias_linear
+ * already gives q, k, v a bias.
+ *
+ * Writing, two cases:
+ *   - a config of mhub's own: the file transformers 5.24.0 writes when it
+ *     saves a model of that config (model.save_pretrained: the keys its
+ *     config class writes, "architectures", "dtype", and
+ *     "transformers_version": "5.24.0"), byte for byte;
+ *   - a config read from a config.json, whose mhub_hf_source is passed
+ *     along: that file, with only the keys whose value the config changed
+ *     rewritten. So keys mhub does not model (token ids, task
+ *     parameters, "_name_or_path", the file's own transformers_version)
+ *     survive, and an unchanged config writes the file back byte for
+ *     byte. A change is found by writing both configs in mhub's own form
+ *     and comparing key by key; a changed key replaces the file's
+ *     spelling of the same fact ("n_ctx" for n_positions, "rope_theta"
+ *     for rope_parameters, "torch_dtype" for dtype).
+ * The text is json.dumps(indent=2, sort_keys=True) + "\n", transformers'
+ * own (pyjson.c).
  *
  * Errors: MHUB_ERR_IO for files that cannot be read or written,
  * MHUB_ERR_PARSE for malformed JSON, a missing key, a wrong type or a
@@ -52,46 +73,60 @@
 #include "mhub/gpt.h"
 #include "mhub/provider.h"
 #include "src/fileio.h"
+#include "src/pyjson.h"
 
 #define HF_CONFIG_NAME "config.json"
 /* A real config.json is a few KiB; anything near this is not one. */
 #define HF_MAX_BYTES (16 << 20)
+/* The transformers release whose save_pretrained mhub's own configs
+ * reproduce (tests/reference/hf_config_reference.py). */
+#define HF_TRANSFORMERS_VERSION "5.24.0"
 
 typedef enum hf_family { HF_GPT2, HF_LLAMA, HF_QWEN2 } hf_family;
 
-/* How a derived (0) value is written: Hugging Face's GPT-2 config
- * writes "n_inner": null; Llama's simply omits the optional keys. */
-typedef enum hf_null { HF_NULL_WRITE, HF_NULL_OMIT } hf_null;
+/* How a derived (0) size is written: GPT-2's config writes "n_inner":
+ * null; Llama's writes the size it resolves to; Qwen2's has no head_dim
+ * of its own (its model reads one when present). */
+typedef enum hf_null { HF_NULL_WRITE, HF_NULL_OMIT, HF_NULL_RESOLVE } hf_null;
 
 typedef struct hf_key {
     const char *hf;     /* the Hugging Face key */
     const char *field;  /* the GPT (or common) field it sets */
     bool required;
     hf_null null_as;
+    int (*resolve)(const mhub_gpt_config *c); /* HF_NULL_RESOLVE: the size 0 stands for */
 } hf_key;
 
 static const hf_key gpt2_keys[] = {
-    {"n_embd", "hidden_size", true, HF_NULL_OMIT},
-    {"n_layer", "num_layers", true, HF_NULL_OMIT},
-    {"n_head", "num_attention_heads", true, HF_NULL_OMIT},
-    {"n_inner", "ffn_hidden_size", false, HF_NULL_WRITE},
-    {"vocab_size", "vocab_size", true, HF_NULL_OMIT},
-    {"layer_norm_epsilon", "layernorm_epsilon", false, HF_NULL_OMIT},
-    {"tie_word_embeddings", "share_embeddings_and_output_weights", false, HF_NULL_OMIT},
+    {"n_embd", "hidden_size", true, HF_NULL_OMIT, NULL},
+    {"n_layer", "num_layers", true, HF_NULL_OMIT, NULL},
+    {"n_head", "num_attention_heads", true, HF_NULL_OMIT, NULL},
+    {"n_inner", "ffn_hidden_size", false, HF_NULL_WRITE, NULL},
+    {"vocab_size", "vocab_size", true, HF_NULL_OMIT, NULL},
+    {"layer_norm_epsilon", "layernorm_epsilon", false, HF_NULL_OMIT, NULL},
+    {"tie_word_embeddings", "share_embeddings_and_output_weights", false, HF_NULL_OMIT, NULL},
 };
 
+#define LLAMA_SHARED_KEYS                                                                  \
+    {"hidden_size", "hidden_size", true, HF_NULL_OMIT, NULL},                              \
+    {"intermediate_size", "ffn_hidden_size", true, HF_NULL_OMIT, NULL},                    \
+    {"num_hidden_layers", "num_layers", true, HF_NULL_OMIT, NULL},                         \
+    {"num_attention_heads", "num_attention_heads", true, HF_NULL_OMIT, NULL},              \
+    {"num_key_value_heads", "num_query_groups", false, HF_NULL_RESOLVE,                    \
+     mhub_gpt_query_groups},                                                                \
+    {"max_position_embeddings", "seq_length", true, HF_NULL_OMIT, NULL},                   \
+    {"vocab_size", "vocab_size", true, HF_NULL_OMIT, NULL},                                \
+    {"rms_norm_eps", "layernorm_epsilon", false, HF_NULL_OMIT, NULL},                      \
+    {"tie_word_embeddings", "share_embeddings_and_output_weights", false, HF_NULL_OMIT, NULL}
+
 static const hf_key llama_keys[] = {
-    {"hidden_size", "hidden_size", true, HF_NULL_OMIT},
-    {"intermediate_size", "ffn_hidden_size", true, HF_NULL_OMIT},
-    {"num_hidden_layers", "num_layers", true, HF_NULL_OMIT},
-    {"num_attention_heads", "num_attention_heads", true, HF_NULL_OMIT},
-    {"num_key_value_heads", "num_query_groups", false, HF_NULL_OMIT},
-    {"head_dim", "kv_channels", false, HF_NULL_OMIT},
-    {"max_position_embeddings", "seq_length", true, HF_NULL_OMIT},
-    {"vocab_size", "vocab_size", true, HF_NULL_OMIT},
-    {"rms_norm_eps", "layernorm_epsilon", false, HF_NULL_OMIT},
-    {"rope_theta", "rotary_base", false, HF_NULL_OMIT},
-    {"tie_word_embeddings", "share_embeddings_and_output_weights", false, HF_NULL_OMIT},
+    LLAMA_SHARED_KEYS,
+    {"head_dim", "kv_channels", false, HF_NULL_RESOLVE, mhub_gpt_head_dim},
+};
+
+static const hf_key qwen2_keys[] = {
+    LLAMA_SHARED_KEYS,
+    {"head_dim", "kv_channels", false, HF_NULL_OMIT, NULL},
 };
 
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
@@ -101,6 +136,10 @@ static const hf_key *family_keys(hf_family f, int *count)
     if (f == HF_GPT2) {
         *count = COUNT(gpt2_keys);
         return gpt2_keys;
+    }
+    if (f == HF_QWEN2) {
+        *count = COUNT(qwen2_keys);
+        return qwen2_keys;
     }
     *count = COUNT(llama_keys);
     return llama_keys;
@@ -339,6 +378,67 @@ static mhub_status read_llama_biases(const hf_reader *r, mhub_gpt_config *c)
     return MHUB_OK;
 }
 
+/* rope's base: transformers 4 writes "rope_theta" (and "rope_scaling"
+ * for the variants), 5 one "rope_parameters" object. */
+static mhub_status read_rope(const hf_reader *r, mhub_gpt_config *c)
+{
+    if (value_of(r, "rope_scaling"))
+        return mhub_error(MHUB_ERR_UNSUPPORTED,
+                          "%s: key \"rope_scaling\" is set: mhub's rope has no scaling (the "
+                          "model would compute differently)", r->file);
+    const mhub_config_field *f = find_field("rotary_base");
+    const cJSON *theta = value_of(r, "rope_theta");
+    if (theta)
+        MHUB_TRY(read_double(r, "rope_theta", theta, f->min, f->max, &c->rotary_base));
+    const cJSON *params = value_of(r, "rope_parameters");
+    if (!params)
+        return MHUB_OK;
+    if (!cJSON_IsObject(params))
+        return wrong_type(r, "rope_parameters", "an object", params);
+    for (const cJSON *it = params->child; it; it = it->next) {
+        bool is_type = strcmp(it->string, "rope_type") == 0;
+        if (is_type && !(cJSON_IsString(it) && strcmp(it->valuestring, "default") == 0))
+            return mhub_error(MHUB_ERR_UNSUPPORTED,
+                              "%s: key \"rope_parameters\": mhub's rope is \"rope_type\": "
+                              "\"default\" only (the model would compute differently)", r->file);
+        if (!is_type && strcmp(it->string, "rope_theta") != 0)
+            return mhub_error(MHUB_ERR_UNSUPPORTED,
+                              "%s: key \"rope_parameters\" holds \"%s\": mhub's rope takes "
+                              "\"rope_theta\" and \"rope_type\" only", r->file, it->string);
+    }
+    const cJSON *inner = cJSON_GetObjectItemCaseSensitive(params, "rope_theta");
+    if (!inner)
+        return MHUB_OK;
+    double base = 0;
+    MHUB_TRY(read_double(r, "rope_parameters.rope_theta", inner, f->min, f->max, &base));
+    if (theta && base != c->rotary_base)
+        return mhub_error(MHUB_ERR_PARSE, "%s: key \"rope_theta\" = %.17g and "
+                          "\"rope_parameters.rope_theta\" = %.17g disagree", r->file,
+                          c->rotary_base, base);
+    c->rotary_base = base;
+    return MHUB_OK;
+}
+
+/* transformers 5 lists each layer's attention; mhub's are all full. */
+static mhub_status read_layer_types(const hf_reader *r, const mhub_gpt_config *c)
+{
+    const cJSON *types = value_of(r, "layer_types");
+    if (!types)
+        return MHUB_OK;
+    if (!cJSON_IsArray(types))
+        return wrong_type(r, "layer_types", "an array", types);
+    int i = 0;
+    for (const cJSON *it = types->child; it; it = it->next, i++)
+        if (!cJSON_IsString(it) || strcmp(it->valuestring, "full_attention") != 0)
+            return mhub_error(MHUB_ERR_UNSUPPORTED,
+                              "%s: key \"layer_types\"[%d] is not \"full_attention\": mhub's "
+                              "attention has no sliding window", r->file, i);
+    if (i != c->num_layers)
+        return mhub_error(MHUB_ERR_PARSE, "%s: key \"layer_types\" lists %d layers, "
+                          "\"num_hidden_layers\" is %d", r->file, i, c->num_layers);
+    return MHUB_OK;
+}
+
 static mhub_status read_llama_extras(const hf_reader *r, hf_family fam, mhub_gpt_config *c)
 {
     const char *act = NULL;
@@ -347,10 +447,8 @@ static mhub_status read_llama_extras(const hf_reader *r, hf_family fam, mhub_gpt
         return mhub_error(MHUB_ERR_UNSUPPORTED,
                           "%s: key \"hidden_act\" = \"%s\": mhub's swiglu MLP needs \"silu\"",
                           r->file, act);
-    if (value_of(r, "rope_scaling"))
-        return mhub_error(MHUB_ERR_UNSUPPORTED,
-                          "%s: key \"rope_scaling\" is set: mhub's rope has no scaling (the "
-                          "model would compute differently)", r->file);
+    MHUB_TRY(read_rope(r, c));
+    MHUB_TRY(read_layer_types(r, c));
     bool window = false;
     MHUB_TRY(read_flag(r, "use_sliding_window", &window));
     const cJSON *size = value_of(r, "sliding_window");
@@ -380,16 +478,28 @@ static mhub_status read_init(const hf_reader *r, mhub_gpt_config *c)
     return MHUB_OK;
 }
 
-static mhub_status read_config(const hf_reader *r, mhub_gpt_config *c)
+/* A size equal to the one mhub derives reads as derived (0), so a
+ * config's canonical form does not depend on whether the file spelled
+ * the default out (transformers 5 always does). */
+static void canonical_sizes(mhub_gpt_config *c)
 {
-    hf_family fam = HF_GPT2;
-    MHUB_TRY(detect_family(r, &fam));
-    family_defaults(fam, c);
-    MHUB_TRY(read_keys(r, fam, c));
-    if (fam == HF_GPT2)
+    if (c->num_query_groups == c->num_attention_heads)
+        c->num_query_groups = 0;
+    if (c->num_attention_heads > 0 && c->hidden_size % c->num_attention_heads == 0 &&
+        c->kv_channels == c->hidden_size / c->num_attention_heads)
+        c->kv_channels = 0;
+}
+
+static mhub_status read_config(const hf_reader *r, hf_family *family, mhub_gpt_config *c)
+{
+    MHUB_TRY(detect_family(r, family));
+    family_defaults(*family, c);
+    MHUB_TRY(read_keys(r, *family, c));
+    if (*family == HF_GPT2)
         MHUB_TRY(read_gpt2_extras(r, c));
     else
-        MHUB_TRY(read_llama_extras(r, fam, c));
+        MHUB_TRY(read_llama_extras(r, *family, c));
+    canonical_sizes(c);
     return read_init(r, c);
 }
 
@@ -420,16 +530,11 @@ static mhub_status parse_file(const char *file, cJSON **root)
 {
     char *text = NULL;
     size_t len = 0;
+    *root = NULL;
     MHUB_TRY(mhub_file_read_all(file, HF_MAX_BYTES, "a config.json", &text, &len));
-    *root = len ? cJSON_ParseWithLength(text, len) : NULL;
-    mhub_status s = MHUB_OK;
-    if (!len)
-        s = mhub_error(MHUB_ERR_PARSE, "%s: the file is empty", file);
-    else if (!*root) {
-        const char *at = cJSON_GetErrorPtr();
-        long off = at && at >= text && at <= text + len ? (long)(at - text) : -1;
-        s = mhub_error(MHUB_ERR_PARSE, "%s: not valid JSON (error near byte %ld)", file, off);
-    } else if (!cJSON_IsObject(*root)) {
+    mhub_status s = len ? mhub_pyjson_parse(text, len, file, root)
+                        : mhub_error(MHUB_ERR_PARSE, "%s: the file is empty", file);
+    if (s == MHUB_OK && !cJSON_IsObject(*root)) {
         s = mhub_error(MHUB_ERR_PARSE, "%s: the top level must be a JSON object, got %s", file,
                        mhub_json_kind(*root));
         cJSON_Delete(*root);
@@ -447,33 +552,69 @@ static mhub_status with_file(mhub_status code, const char *file)
     return mhub_error(code, "%s: %s", file, msg);
 }
 
+struct mhub_hf_source {
+    char *file;                     /* for messages */
+    cJSON *root;                    /* every key of the file, numbers with their text */
+    hf_family family;
+    mhub_provider_config *config;   /* what the file describes, canonical */
+};
+
+void mhub_hf_source_free(mhub_hf_source *src)
+{
+    if (!src)
+        return;
+    mhub_config_free(src->config);
+    cJSON_Delete(src->root);
+    free(src->file);
+    free(src);
+}
+
+static mhub_status read_source(mhub_hf_source *src)
+{
+    MHUB_TRY(parse_file(src->file, &src->root));
+    MHUB_TRY(mhub_config_create(mhub_gpt_provider_type(), &src->config));
+    hf_reader r = {src->file, src->root};
+    MHUB_TRY(read_config(&r, &src->family, (mhub_gpt_config *)src->config));
+    /* sizes that are each fine but disagree (heads vs hidden, ...) */
+    if (mhub_config_validate(src->config) != MHUB_OK)
+        return with_file(MHUB_ERR_PARSE, src->file);
+    return MHUB_OK;
+}
+
+mhub_status mhub_hf_source_read(const char *path, mhub_hf_source **out)
+{
+    if (!path || !out)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "path or out is NULL");
+    *out = NULL;
+    mhub_hf_source *src = calloc(1, sizeof *src);
+    if (!src)
+        return mhub_error(MHUB_ERR_NO_MEMORY, "%s: config source", path);
+    mhub_status s = resolve_file(path, &src->file);
+    if (s == MHUB_OK)
+        s = read_source(src);
+    if (s != MHUB_OK) {
+        mhub_hf_source_free(src);
+        return s;
+    }
+    *out = src;
+    return MHUB_OK;
+}
+
+const mhub_provider_config *mhub_hf_source_config(const mhub_hf_source *src)
+{
+    return src ? src->config : NULL;
+}
+
 mhub_status mhub_config_from_hf(const char *path, mhub_provider_config **out)
 {
     if (!path || !out)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "path or out is NULL");
     *out = NULL;
-    char *file = NULL;
-    MHUB_TRY(resolve_file(path, &file));
-    cJSON *root = NULL;
-    mhub_provider_config *cfg = NULL;
-    mhub_status s = parse_file(file, &root);
-    if (s == MHUB_OK)
-        s = mhub_config_create(mhub_gpt_provider_type(), &cfg);
-    if (s == MHUB_OK) {
-        hf_reader r = {file, root};
-        s = read_config(&r, (mhub_gpt_config *)cfg);
-    }
-    /* sizes that are each fine but disagree (heads vs hidden, ...) */
-    if (s == MHUB_OK && mhub_config_validate(cfg) != MHUB_OK)
-        s = with_file(MHUB_ERR_PARSE, file);
-    cJSON_Delete(root);
-    free(file);
-    if (s != MHUB_OK) {
-        mhub_config_free(cfg);
-        return s;
-    }
-    *out = cfg;
-    return MHUB_OK;
+    mhub_hf_source *src = NULL;
+    MHUB_TRY(mhub_hf_source_read(path, &src));
+    mhub_status s = mhub_config_clone(src->config, out);
+    mhub_hf_source_free(src);
+    return s;
 }
 
 /* ---- writing ----------------------------------------------------------------- */
@@ -481,6 +622,25 @@ mhub_status mhub_config_from_hf(const char *path, mhub_provider_config **out)
 static const char *const family_type[] = {"gpt2", "llama", "qwen2"};
 static const char *const family_arch[] = {"GPT2LMHeadModel", "LlamaForCausalLM",
                                           "Qwen2ForCausalLM"};
+
+/* The keys transformers 5.24.0 writes for each family whose values mhub
+ * does not model: its config classes' defaults. */
+static const char *const family_fixed_keys[] = {
+    [HF_GPT2] = "{\"activation_function\": \"gelu_new\", \"add_cross_attention\": false, "
+                "\"attn_pdrop\": 0.1, \"bos_token_id\": 50256, \"embd_pdrop\": 0.1, "
+                "\"eos_token_id\": 50256, \"pad_token_id\": null, "
+                "\"reorder_and_upcast_attn\": false, \"resid_pdrop\": 0.1, "
+                "\"scale_attn_by_inverse_layer_idx\": false, \"scale_attn_weights\": true, "
+                "\"summary_activation\": null, \"summary_first_dropout\": 0.1, "
+                "\"summary_proj_to_labels\": true, \"summary_type\": \"cls_index\", "
+                "\"summary_use_proj\": true, \"use_cache\": true}",
+    [HF_LLAMA] = "{\"attention_dropout\": 0.0, \"bos_token_id\": 1, \"eos_token_id\": 2, "
+                 "\"hidden_act\": \"silu\", \"pad_token_id\": null, \"pretraining_tp\": 1, "
+                 "\"use_cache\": true}",
+    [HF_QWEN2] = "{\"attention_dropout\": 0.0, \"bos_token_id\": null, \"eos_token_id\": null, "
+                 "\"hidden_act\": \"silu\", \"max_window_layers\": 28, \"pad_token_id\": null, "
+                 "\"sliding_window\": null, \"use_cache\": true, \"use_sliding_window\": false}",
+};
 
 /* The family a config belongs to, or why Hugging Face has none. */
 static mhub_status classify(const mhub_gpt_config *c, hf_family *out)
@@ -538,13 +698,15 @@ static mhub_status write_key(cJSON *obj, const hf_key *k, const mhub_gpt_config 
     switch (f->kind) {
     case MHUB_FIELD_INT: {
         int v = *(const int *)src;
-        if (f->nullable && v == f->null_value)
-            return k->null_as == HF_NULL_WRITE ? add_item(obj, k->hf, cJSON_CreateNull())
-                                               : MHUB_OK;
-        return add_item(obj, k->hf, cJSON_CreateNumber(v));
+        bool derived = f->nullable && v == f->null_value;
+        if (derived && k->null_as == HF_NULL_OMIT)
+            return MHUB_OK;
+        if (derived && k->null_as == HF_NULL_WRITE)
+            return add_item(obj, k->hf, cJSON_CreateNull());
+        return add_item(obj, k->hf, mhub_pyjson_int(derived ? k->resolve(c) : v));
     }
     case MHUB_FIELD_DOUBLE:
-        return add_item(obj, k->hf, cJSON_CreateNumber(*(const double *)src));
+        return add_item(obj, k->hf, mhub_pyjson_float(*(const double *)src));
     case MHUB_FIELD_BOOL:
         return add_item(obj, k->hf, cJSON_CreateBool(*(const bool *)src));
     default:
@@ -552,141 +714,196 @@ static mhub_status write_key(cJSON *obj, const hf_key *k, const mhub_gpt_config 
     }
 }
 
-static const char *torch_dtype(mhub_dtype dt)
+static const char *dtype_name(mhub_dtype dt)
 {
     return dt == MHUB_BF16 ? "bfloat16" : dt == MHUB_F16 ? "float16" : "float32";
 }
 
-static mhub_status build_json(const mhub_gpt_config *c, hf_family fam, cJSON *obj)
+static mhub_status add_rope(cJSON *obj, const mhub_gpt_config *c)
 {
+    cJSON *rope = cJSON_CreateObject();
+    MHUB_TRY(add_item(obj, "rope_parameters", rope));
+    MHUB_TRY(add_item(rope, "rope_theta", mhub_pyjson_float(c->rotary_base)));
+    return add_item(rope, "rope_type", cJSON_CreateString("default"));
+}
+
+static mhub_status add_layer_types(cJSON *obj, const mhub_gpt_config *c)
+{
+    cJSON *types = cJSON_CreateArray();
+    MHUB_TRY(add_item(obj, "layer_types", types));
+    for (int i = 0; i < c->num_layers; i++)
+        if (!cJSON_AddItemToArray(types, cJSON_CreateString("full_attention")))
+            return mhub_error(MHUB_ERR_NO_MEMORY, "JSON for key \"layer_types\"");
+    return MHUB_OK;
+}
+
+/* The keys only some families have, beyond the key tables. */
+static mhub_status add_family_keys(cJSON *obj, const mhub_gpt_config *c, hf_family fam)
+{
+    if (fam == HF_GPT2)
+        return add_item(obj, "n_positions", mhub_pyjson_int(c->seq_length));
+    MHUB_TRY(add_rope(obj, c));
+    if (fam == HF_QWEN2)
+        return add_layer_types(obj, c);
+    MHUB_TRY(add_item(obj, "attention_bias", cJSON_CreateBool(c->add_bias_linear)));
+    return add_item(obj, "mlp_bias", cJSON_CreateBool(c->add_bias_linear));
+}
+
+/* The config as transformers writes a model of it (the top of this file):
+ * a new object in *out. */
+static mhub_status build_native(const mhub_gpt_config *c, hf_family fam, cJSON **out)
+{
+    const char *fixed = family_fixed_keys[fam];
+    MHUB_TRY(mhub_pyjson_parse(fixed, strlen(fixed), "the Hugging Face defaults", out));
+    cJSON *obj = *out;
     const char *arch = family_arch[fam];
     MHUB_TRY(add_item(obj, "architectures", cJSON_CreateStringArray(&arch, 1)));
     MHUB_TRY(add_item(obj, "model_type", cJSON_CreateString(family_type[fam])));
+    MHUB_TRY(add_item(obj, "transformers_version", cJSON_CreateString(HF_TRANSFORMERS_VERSION)));
+    MHUB_TRY(add_item(obj, "dtype", cJSON_CreateString(
+                                        dtype_name(mhub_provider_config_param_dtype(&c->base)))));
     int n = 0;
     const hf_key *keys = family_keys(fam, &n);
     for (int i = 0; i < n; i++)
         MHUB_TRY(write_key(obj, &keys[i], c));
-    if (fam == HF_GPT2) {
-        MHUB_TRY(add_item(obj, "n_positions", cJSON_CreateNumber(c->seq_length)));
-        MHUB_TRY(add_item(obj, "activation_function", cJSON_CreateString("gelu_new")));
-    } else {
-        MHUB_TRY(add_item(obj, "hidden_act", cJSON_CreateString("silu")));
-        if (fam == HF_LLAMA) {
-            MHUB_TRY(add_item(obj, "attention_bias", cJSON_CreateBool(c->add_bias_linear)));
-            MHUB_TRY(add_item(obj, "mlp_bias", cJSON_CreateBool(c->add_bias_linear)));
-        }
-    }
+    MHUB_TRY(add_family_keys(obj, c, fam));
     if (c->base.init_method == MHUB_INIT_METHOD_NORMAL)
-        MHUB_TRY(add_item(obj, "initializer_range", cJSON_CreateNumber(c->base.init_method_std)));
-    /* the dtype the weights are stored in (informational for mhub) */
-    return add_item(obj, "torch_dtype",
-                    cJSON_CreateString(torch_dtype(mhub_provider_config_param_dtype(&c->base))));
+        MHUB_TRY(add_item(obj, "initializer_range", mhub_pyjson_float(c->base.init_method_std)));
+    return MHUB_OK;
 }
 
-typedef struct hf_line {
-    const char *key;
-    char *value;    /* the value's JSON text */
-} hf_line;
+/* ---- writing over a source ------------------------------------------------------ */
 
-static int by_key(const void *a, const void *b)
+/* Keys of the native form and the older spellings a source may use for
+ * the same fact; setting the first drops the second. */
+static const char *const key_aliases[][2] = {
+    {"n_positions", "n_ctx"},
+    {"rope_parameters", "rope_theta"},
+    {"dtype", "torch_dtype"},
+};
+
+static void drop_key(cJSON *obj, const char *key)
 {
-    return strcmp(((const hf_line *)a)->key, ((const hf_line *)b)->key);
+    cJSON_DeleteItemFromObjectCaseSensitive(obj, key);
+    for (int i = 0; i < COUNT(key_aliases); i++)
+        if (strcmp(key, key_aliases[i][0]) == 0)
+            cJSON_DeleteItemFromObjectCaseSensitive(obj, key_aliases[i][1]);
 }
 
-static size_t append(char *buf, size_t len, size_t used, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static size_t append(char *buf, size_t len, size_t used, const char *fmt, ...)
+/* Whether two values print the same (cJSON_Compare takes numbers as
+ * equal when merely close, and ignores 1 vs 1.0). */
+static mhub_status same_value(const cJSON *a, const cJSON *b, bool *same)
 {
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf + used, len - used, fmt, ap);
-    va_end(ap);
-    /* never past the buffer, even if a line did not fit */
-    size_t end = n > 0 ? used + (size_t)n : used;
-    return end < len ? end : len - 1;
-}
-
-/* The object as Hugging Face's save_pretrained lays it out: keys sorted,
- * one per line, indent 2. Values are flat (an array of strings at most),
- * so each fits on its line as cJSON prints it. Caller free()s *out. */
-static mhub_status format_hf(const cJSON *obj, char **out)
-{
-    int n = cJSON_GetArraySize(obj);
-    hf_line *lines = calloc((size_t)n + 1, sizeof *lines);
-    if (!lines)
-        return mhub_error(MHUB_ERR_NO_MEMORY, "JSON lines");
-    mhub_status s = MHUB_OK;
-    size_t len = sizeof "{\n}";
-    int count = 0;
-    for (const cJSON *it = obj->child; it && count < n; it = it->next, count++) {
-        lines[count].key = it->string;
-        lines[count].value = cJSON_PrintUnformatted(it);
-        if (!lines[count].value) {
-            s = mhub_error(MHUB_ERR_NO_MEMORY, "JSON for key \"%s\"", it->string);
-            count++;
-            break;
-        }
-        len += strlen(it->string) + strlen(lines[count].value) + sizeof "  \"\": ,\n";
-    }
-    char *text = s == MHUB_OK ? malloc(len) : NULL;
-    if (s == MHUB_OK && !text)
-        s = mhub_error(MHUB_ERR_NO_MEMORY, "JSON text");
-    if (s == MHUB_OK) {
-        qsort(lines, (size_t)count, sizeof *lines, by_key);
-        size_t used = append(text, len, 0, "{\n");
-        for (int k = 0; k < count; k++)
-            used = append(text, len, used, "  \"%s\": %s%s\n", lines[k].key, lines[k].value,
-                          k + 1 < count ? "," : "");
-        append(text, len, used, "}");
-        *out = text;
-    }
-    for (int k = 0; k < count; k++)
-        free(lines[k].value);
-    free(lines);
+    char *ta = NULL, *tb = NULL;
+    size_t la = 0, lb = 0;
+    mhub_status s = mhub_pyjson_dump(a, &ta, &la);
+    if (s == MHUB_OK)
+        s = mhub_pyjson_dump(b, &tb, &lb);
+    *same = s == MHUB_OK && la == lb && memcmp(ta, tb, la) == 0;
+    free(ta);
+    free(tb);
     return s;
 }
 
-mhub_status mhub_config_save_hf(const mhub_provider_config *cfg, const char *dir)
+/* out (a copy of the source) += every key where `now` differs from
+ * `was`, the native forms of the config and of the source's own config:
+ * what changed is set, what is gone is removed, the rest is the
+ * source's. */
+static mhub_status apply_changes(cJSON *out, const cJSON *now, const cJSON *was)
 {
-    if (!cfg || !dir)
-        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "config or dir is NULL");
+    for (const cJSON *it = now->child; it; it = it->next) {
+        const cJSON *before = cJSON_GetObjectItemCaseSensitive(was, it->string);
+        bool same = false;
+        if (before)
+            MHUB_TRY(same_value(it, before, &same));
+        if (same)
+            continue;
+        drop_key(out, it->string);
+        MHUB_TRY(add_item(out, it->string, cJSON_Duplicate(it, true)));
+    }
+    for (const cJSON *it = was->child; it; it = it->next)
+        if (!cJSON_GetObjectItemCaseSensitive(now, it->string))
+            drop_key(out, it->string);
+    return MHUB_OK;
+}
+
+/* The source with the config's changes; *out is a new object. */
+static mhub_status build_over_source(const mhub_gpt_config *c, const mhub_hf_source *src,
+                                     cJSON **out)
+{
+    cJSON *now = NULL, *was = NULL;
+    mhub_status s = build_native(c, src->family, &now);
+    if (s == MHUB_OK)
+        s = build_native((const mhub_gpt_config *)src->config, src->family, &was);
+    *out = s == MHUB_OK ? cJSON_Duplicate(src->root, true) : NULL;
+    if (s == MHUB_OK && !*out)
+        s = mhub_error(MHUB_ERR_NO_MEMORY, "%s: copy", src->file);
+    if (s == MHUB_OK)
+        s = apply_changes(*out, now, was);
+    cJSON_Delete(now);
+    cJSON_Delete(was);
+    return s;
+}
+
+/* ---- files ------------------------------------------------------------------------ */
+
+static mhub_status write_json(const cJSON *obj, const char *file)
+{
+    char *text = NULL;
+    size_t len = 0;
+    MHUB_TRY(mhub_pyjson_dump(obj, &text, &len));
+    mhub_status s = mhub_file_write_atomic(file, text, len);
+    free(text);
+    return s;
+}
+
+mhub_status mhub_hf_source_write(const mhub_hf_source *src, const char *file)
+{
+    if (!src || !file)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "source or file is NULL");
+    return write_json(src->root, file);
+}
+
+/* The config's family, after checking that Hugging Face can hold it. */
+static mhub_status hf_family_of(const mhub_provider_config *cfg, hf_family *fam)
+{
     if (cfg->type != mhub_gpt_provider_type())
         return MHUB_ERROR(MHUB_ERR_UNSUPPORTED,
                           "Hugging Face configs exist for \"gpt\" configs only, not \"%s\"",
                           cfg->type && cfg->type->name ? cfg->type->name : "(untyped)");
     MHUB_TRY(mhub_config_validate(cfg));
     const mhub_gpt_config *c = (const mhub_gpt_config *)cfg;
+    MHUB_TRY(classify(c, fam));
+    return *fam == HF_GPT2 ? check_gpt2(c) : MHUB_OK;
+}
+
+mhub_status mhub_config_save_hf_with(const mhub_provider_config *cfg, const mhub_hf_source *src,
+                                     const char *dir)
+{
+    if (!cfg || !dir)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "config or dir is NULL");
     hf_family fam = HF_GPT2;
-    MHUB_TRY(classify(c, &fam));
-    if (fam == HF_GPT2)
-        MHUB_TRY(check_gpt2(c));
+    MHUB_TRY(hf_family_of(cfg, &fam));
     MHUB_TRY(mhub_dir_ensure(dir));
-    cJSON *obj = cJSON_CreateObject();
-    if (!obj)
-        return mhub_error(MHUB_ERR_NO_MEMORY, "JSON object");
-    mhub_status s = build_json(c, fam, obj);
-    char *text = NULL;
-    if (s == MHUB_OK)
-        s = format_hf(obj, &text);
-    cJSON_Delete(obj);
-    char *file = NULL, *file_text = NULL;
+    const mhub_gpt_config *c = (const mhub_gpt_config *)cfg;
+    cJSON *obj = NULL;
+    /* a source of another family says nothing about this config */
+    mhub_status s = src && src->family == fam ? build_over_source(c, src, &obj)
+                                              : build_native(c, fam, &obj);
+    size_t n = strlen(dir) + sizeof "/" HF_CONFIG_NAME;
+    char *file = s == MHUB_OK ? malloc(n) : NULL;
+    if (s == MHUB_OK && !file)
+        s = mhub_error(MHUB_ERR_NO_MEMORY, "%s: path", dir);
     if (s == MHUB_OK) {
-        size_t n = strlen(dir) + sizeof "/" HF_CONFIG_NAME, t = strlen(text);
-        file = malloc(n);
-        file_text = malloc(t + 2);
-        if (file && file_text) {
-            snprintf(file, n, "%s/%s", dir, HF_CONFIG_NAME);
-            memcpy(file_text, text, t);
-            memcpy(file_text + t, "\n", 2);
-        } else {
-            s = mhub_error(MHUB_ERR_NO_MEMORY, "%s: path", dir);
-        }
+        snprintf(file, n, "%s/%s", dir, HF_CONFIG_NAME);
+        s = write_json(obj, file);
     }
-    if (s == MHUB_OK)
-        s = mhub_file_write_atomic(file, file_text, strlen(file_text));
-    free(file_text);
     free(file);
-    free(text);
+    cJSON_Delete(obj);
     return s;
+}
+
+mhub_status mhub_config_save_hf(const mhub_provider_config *cfg, const char *dir)
+{
+    return mhub_config_save_hf_with(cfg, NULL, dir);
 }

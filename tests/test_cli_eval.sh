@@ -4,8 +4,9 @@
 # (tests/data/gpt/eval-gpt2.json, from tests/reference/gpt_reference.py),
 # is the same at 1, 2 and 3 ranks, --json and --config + --weights give
 # the same number, and bad input fails with a clear message. Also
-# `mhub convert`: hf -> mhub -> hf -> mhub round trips byte for byte and
-# the converted models score the same loss.
+# `mhub convert`: hf -> mhub -> hf -> mhub round trips byte for byte
+# (config.json back as it came) and the converted models score the same
+# loss.
 # $MHUB is the binary, $MPIEXEC the launcher (the Makefile sets both).
 
 . "$(dirname "$0")/cli_common.sh"
@@ -147,8 +148,9 @@ for model in gpt2 llama; do
         "$MHUB" convert --to "$1" "$2" "$3" >"$out" 2>"$err" || ok=0
     done
     if [ $ok -eq 1 ] && cmp -s "$tmp/$model-m1/model.safetensors" "$tmp/$model-m2/model.safetensors" &&
-        cmp -s "$tmp/$model-m1/mhub_model.json" "$tmp/$model-m2/mhub_model.json"; then
-        pass "convert $model: hf -> mhub -> hf -> mhub gives the same bytes"
+        cmp -s "$tmp/$model-m1/mhub_model.json" "$tmp/$model-m2/mhub_model.json" &&
+        cmp -s "$src/config.json" "$tmp/$model-h/config.json"; then
+        pass "convert $model: hf -> mhub -> hf -> mhub gives the same bytes, config.json included"
     else
         fail "convert $model round trip" "$(cat "$out" "$err")"
     fi

@@ -331,11 +331,40 @@ mhub_status mhub_provider_meta_stage(mhub_provider *p, int pp_rank, mhub_chunk_l
 /* ---- Hugging Face configs (hf.c) ------------------------------------------ */
 
 /* Read a Hugging Face config.json (a file, or a directory holding one)
- * into a new provider config of the matching type (GPT-2 or Llama keys).
- * Errors name the file and the key. */
+ * into a new provider config of the matching type (GPT-2, Llama or Qwen2
+ * keys). Errors name the file and the key. */
 mhub_status mhub_config_from_hf(const char *path, mhub_provider_config **out);
-/* Write <dir>/config.json in Hugging Face's keys for the config's type. */
+
+/* Write <dir>/config.json (creating dir, one level) as transformers
+ * 5.24.0 writes it for a model of this config: its keys, its defaults
+ * for the keys mhub does not model, "architectures", "dtype" and
+ * "transformers_version", laid out as json.dumps(indent=2,
+ * sort_keys=True) + "\n". MHUB_ERR_UNSUPPORTED for a config Hugging
+ * Face has no architecture for. */
 mhub_status mhub_config_save_hf(const mhub_provider_config *cfg, const char *dir);
+
+/* A config.json as read: every key and value it holds, the modelled ones
+ * and the rest (token ids, task parameters, its transformers_version),
+ * kept so that the config can be written back over it. */
+typedef struct mhub_hf_source mhub_hf_source;
+
+/* Read and check a config.json (a file, or a directory holding one), as
+ * mhub_config_from_hf does. Free with mhub_hf_source_free. */
+mhub_status mhub_hf_source_read(const char *path, mhub_hf_source **out);
+/* The config the source describes (owned by the source). */
+const mhub_provider_config *mhub_hf_source_config(const mhub_hf_source *src);
+/* Write the source to `file` as it was read: the same bytes when it was
+ * written by transformers (json.dumps' form). */
+mhub_status mhub_hf_source_write(const mhub_hf_source *src, const char *file);
+void mhub_hf_source_free(mhub_hf_source *src);
+
+/* mhub_config_save_hf over a source: the source's keys, with those whose
+ * value the config changes rewritten, so a config read from `src` and
+ * left as it was writes the file back byte for byte, and keys mhub does
+ * not model survive. A NULL source, or one of another family (GPT-2 vs
+ * Llama), writes the config as mhub_config_save_hf does. */
+mhub_status mhub_config_save_hf_with(const mhub_provider_config *cfg, const mhub_hf_source *src,
+                                     const char *dir);
 
 #ifdef __cplusplus
 }

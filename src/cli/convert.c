@@ -4,20 +4,28 @@
  *   hf:   config.json + model.safetensors (or a sharded index), Hugging
  *         Face's names and layouts (hf_weights.c);
  *   mhub: mhub_model.json + model.safetensors holding every parameter
- *         under its mhub (Megatron-Core) name and shape, F32.
+ *         under its mhub (Megatron-Core) name and shape, F32, and, for a
+ *         model that came from Hugging Face, hf_config.json: the
+ *         config.json it came from, whose keys mhub does not model
+ *         (token ids, task parameters, ...) have nowhere else to live.
  * The model is built whole on the CPU, filled from SRC and written to
  * DST, so a conversion checks every tensor's name and shape on the way.
- * hf -> mhub -> hf reproduces what mhub writes for the Hugging Face
- * side, and mhub -> hf -> mhub the same bytes. */
+ * --to hf writes config.json over hf_config.json when there is one (with
+ * the values mhub_model.json changes), else as transformers writes it
+ * for that config. So hf -> mhub -> hf gives back the same config.json
+ * and weights (F32 ones; others come back as F32), and mhub -> hf ->
+ * mhub the same bytes. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "mhub/mhub.h"
 #include "src/cli/cli.h"
 
 #define CMD "convert"
 #define MHUB_WEIGHTS_FILE "model.safetensors"
+#define HF_SOURCE_FILE "hf_config.json"
 
 static void usage(FILE *f)
 {
@@ -139,26 +147,62 @@ static mhub_status build(const mhub_provider_config *cfg, mhub_backend *be, mhub
     return mhub_gpt_create((const mhub_gpt_config *)cfg, &a, m);
 }
 
+/* The Hugging Face config an mhub directory keeps (NULL when none). */
+static mhub_status read_kept_source(const char *dir, mhub_hf_source **src)
+{
+    char path[4096];
+    join(path, sizeof path, dir, HF_SOURCE_FILE);
+    *src = NULL;
+    return access(path, F_OK) == 0 ? mhub_hf_source_read(path, src) : MHUB_OK;
+}
+
+static mhub_status read_config(const convert_options *o, mhub_provider_config **cfg,
+                               mhub_hf_source **src)
+{
+    if (o->to_hf) {
+        MHUB_TRY(mhub_config_from_pretrained(o->src, MHUB_CONFIG_STRICT, NULL, cfg));
+        return read_kept_source(o->src, src);
+    }
+    MHUB_TRY(mhub_hf_source_read(o->src, src));
+    return mhub_config_clone(mhub_hf_source_config(*src), cfg);
+}
+
+static mhub_status write_hf(mhub_gpt *m, const mhub_provider_config *cfg,
+                            const mhub_hf_source *src, const char *dir)
+{
+    MHUB_TRY(mhub_gpt_save_hf_weights(m, dir));
+    /* the weights' writer wrote mhub's own config.json; the source's keys
+     * replace it */
+    return src ? mhub_config_save_hf_with(cfg, src, dir) : MHUB_OK;
+}
+
+static mhub_status write_mhub(mhub_gpt *m, const mhub_provider_config *cfg,
+                              const mhub_hf_source *src, const char *dir)
+{
+    MHUB_TRY(mhub_config_save_pretrained(cfg, dir, NULL, NULL));
+    MHUB_TRY(save_mhub_weights(m, dir));
+    char path[4096];
+    join(path, sizeof path, dir, HF_SOURCE_FILE);
+    return mhub_hf_source_write(src, path);
+}
+
 static mhub_status convert(const convert_options *o)
 {
     mhub_backend *be = NULL;
     mhub_provider_config *cfg = NULL;
+    mhub_hf_source *src = NULL;
     mhub_gpt *m = NULL;
     mhub_status s = mhub_cpu_backend_create(&(mhub_cpu_options){.blas_threads = 1}, &be);
     if (s == MHUB_OK)
-        s = o->to_hf ? mhub_config_from_pretrained(o->src, MHUB_CONFIG_STRICT, NULL, &cfg)
-                     : mhub_config_from_hf(o->src, &cfg);
+        s = read_config(o, &cfg, &src);
     if (s == MHUB_OK)
         s = build(cfg, be, &m);
     if (s == MHUB_OK)
         s = o->to_hf ? load_mhub_weights(m, o->src) : mhub_gpt_load_hf_weights(m, o->src);
-    if (s == MHUB_OK && o->to_hf)
-        s = mhub_gpt_save_hf_weights(m, o->dst);
-    if (s == MHUB_OK && !o->to_hf)
-        s = mhub_config_save_pretrained(cfg, o->dst, NULL, NULL);
-    if (s == MHUB_OK && !o->to_hf)
-        s = save_mhub_weights(m, o->dst);
+    if (s == MHUB_OK)
+        s = o->to_hf ? write_hf(m, cfg, src, o->dst) : write_mhub(m, cfg, src, o->dst);
     mhub_gpt_free(m);
+    mhub_hf_source_free(src);
     mhub_config_free(cfg);
     mhub_backend_free(be);
     return s;
