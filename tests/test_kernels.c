@@ -1100,6 +1100,72 @@ START_TEST(test_optimizers_same_bits_on_any_thread_count)
 }
 END_TEST
 
+/* GELU and the softmax cross-entropy split long passes (by elements, by
+ * whole rows) over the backend's threads: the bits must not depend on the
+ * thread count, out of place and in place, for sizes that do not divide
+ * evenly. Rows of 50257 classes (GPT-2's vocabulary) make the row split
+ * real at a few rows. */
+START_TEST(test_row_and_gelu_kernels_same_bits_on_any_thread_count)
+{
+    mhub_backend *bes[3];
+    int counts[3] = {1, 2, 3};
+    for (int k = 0; k < 3; k++)
+        CK_OK(mhub_cpu_backend_create(&(mhub_cpu_options){.blas_threads = counts[k]}, &bes[k]));
+    const int64_t n = (1 << 19) + 29, rows = 13, classes = 50257, total = rows * classes;
+    float *in = randn(n, 91, 3.0f), *dout = randn(n, 92, 1.0f);
+    float *logits = randn(total, 93, 4.0f);
+    int32_t targets[13];
+    for (int r = 0; r < rows; r++)
+        targets[r] = (int32_t)((r * 7919) % classes);
+    float *g[3], *gi[3], *dg[3], *dgi[3], *probs[3], *loss[3], *dl[3];
+    for (int k = 0; k < 3; k++) {
+        mhub_backend *b = bes[k];
+        g[k] = fbuf(n);
+        gi[k] = fcopy(in, n);
+        dg[k] = fbuf(n);
+        dgi[k] = fcopy(dout, n);
+        probs[k] = fbuf(total);
+        dl[k] = fbuf(total);
+        loss[k] = fbuf(rows);
+        CK_OK(b->ops->gelu_forward(b, g[k], in, n));
+        CK_OK(b->ops->gelu_forward(b, gi[k], gi[k], n));
+        CK_OK(b->ops->gelu_backward(b, dg[k], in, dout, n));
+        CK_OK(b->ops->gelu_backward(b, dgi[k], in, dgi[k], n));
+        CK_OK(b->ops->softmax_xent_forward(b, probs[k], loss[k], logits, targets, rows, classes));
+        CK_OK(b->ops->softmax_xent_backward(b, dl[k], probs[k], targets, rows, classes, 0.25f));
+    }
+    for (int k = 1; k < 3; k++) {
+        ck_assert_mem_eq(g[0], g[k], (size_t)n * sizeof(float));
+        ck_assert_mem_eq(g[0], gi[k], (size_t)n * sizeof(float));
+        ck_assert_mem_eq(dg[0], dg[k], (size_t)n * sizeof(float));
+        ck_assert_mem_eq(dg[0], dgi[k], (size_t)n * sizeof(float));
+        ck_assert_mem_eq(probs[0], probs[k], (size_t)total * sizeof(float));
+        ck_assert_mem_eq(loss[0], loss[k], (size_t)rows * sizeof(float));
+        ck_assert_mem_eq(dl[0], dl[k], (size_t)total * sizeof(float));
+    }
+    for (int k = 0; k < 3; k++)
+        mhub_backend_free(bes[k]);
+}
+END_TEST
+
+/* The kernels may run a vector clone made for this machine (AVX2 here),
+ * yet each element must be exactly what the plain scalar formula gives
+ * in C11 float arithmetic: the same bits on every x86-64 machine. */
+START_TEST(test_gelu_bits_match_scalar_formula)
+{
+    const int64_t n = 4099;
+    float *in = randn(n, 94, 4.0f), *out = fbuf(n);
+    CK_OK(be->ops->gelu_forward(be, out, in, n));
+    for (int64_t i = 0; i < n; i++) {
+        volatile float x = in[i]; /* keeps this loop scalar */
+        float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+        float want = x * (1.0f / (1.0f + mhub_cpu_expf(-2.0f * u)));
+        ck_assert_msg(f32_bits(out[i]) == f32_bits(want), "gelu(%a) = %a, scalar %a", (double)x,
+                      (double)out[i], (double)want);
+    }
+}
+END_TEST
+
 START_TEST(test_adamw_three_steps)
 {
     const float lr = 1e-2f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = 0.1f;
@@ -1304,6 +1370,8 @@ static Suite *make_suite(void)
     tcase_add_test(opt, test_sgd_momentum);
     tcase_add_test(opt, test_adamw_three_steps);
     tcase_add_test(opt, test_optimizers_same_bits_on_any_thread_count);
+    tcase_add_test(opt, test_row_and_gelu_kernels_same_bits_on_any_thread_count);
+    tcase_add_test(opt, test_gelu_bits_match_scalar_formula);
     tcase_add_test(opt, test_optimizer_bad_args);
     tcase_add_test(opt, test_every_op_rejects_bad_sizes_and_nulls);
     suite_add_tcase(s, opt);

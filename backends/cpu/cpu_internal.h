@@ -29,6 +29,23 @@ typedef void (*mhub_cpu_range_fn)(void *arg, int64_t lo, int64_t hi);
 /* fn over [0, n) cut into contiguous ranges, one per backend thread when
  * n is large; every element is computed as a single pass would. */
 void mhub_cpu_parallel_ranges(mhub_backend *be, int64_t n, mhub_cpu_range_fn fn, void *arg);
+/* The same over rows [0, rows) of row_elems elements each: fn gets whole
+ * rows [lo, hi), and the split happens only when rows * row_elems is
+ * large. For kernels whose rows are independent (a softmax per row). */
+void mhub_cpu_parallel_rows(mhub_backend *be, int64_t rows, int64_t row_elems,
+                            mhub_cpu_range_fn fn, void *arg);
+
+/* Hot elementwise workers are compiled twice, for x86-64-v3 (AVX2: 8
+ * floats a vector instead of SSE2's 4) and for the baseline, and the
+ * loader picks one for the machine (an ifunc). The bits are the same
+ * either way: -std=c11 turns off FMA contraction, and the reductions use
+ * VEC_BLOCK lanes whatever the vector width. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__) && \
+    defined(__GLIBC__)
+#define CPU_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define CPU_VECTOR_CLONES
+#endif
 
 /* ---- dense algebra ---- */
 mhub_status mhub_cpu_gemm(mhub_backend *be, bool trans_a, bool trans_b, int64_t m, int64_t n,

@@ -242,14 +242,19 @@ static inline void gelu_grad_in_place_run(float *restrict d, const float *restri
         d[i] = d[i] * gelu_grad(in[i]);
 }
 
-/* out may be in. */
-mhub_status mhub_cpu_gelu_forward(mhub_backend *be, float *out, const float *in, int64_t n)
+typedef struct gelu_args {
+    float *out;        /* forward: gelu(in); backward: din */
+    const float *in;
+    const float *dout; /* backward only */
+} gelu_args;
+
+/* Elements [lo, hi): a vector-block body, then the remainder. */
+CPU_VECTOR_CLONES static void gelu_forward_range(void *p, int64_t lo, int64_t hi)
 {
-    MHUB_TRY(check_count(__func__, "n", n));
-    MHUB_TRY(check_ptr(__func__, "out", out, n));
-    MHUB_TRY(check_ptr(__func__, "in", in, n));
-    MHUB_TRY(check_same_or_separate(__func__, "out", out, "in", in, f32_bytes(n)));
-    int64_t body = vec_prefix(n);
+    const gelu_args *a = p;
+    float *out = a->out + lo;
+    const float *in = a->in + lo;
+    int64_t n = hi - lo, body = vec_prefix(n);
     if (out == in) {
         gelu_in_place_run(out, body);
         gelu_in_place_run(out + body, n - body);
@@ -257,6 +262,32 @@ mhub_status mhub_cpu_gelu_forward(mhub_backend *be, float *out, const float *in,
         gelu_run(out, in, body);
         gelu_run(out + body, in + body, n - body);
     }
+}
+
+CPU_VECTOR_CLONES static void gelu_backward_range(void *p, int64_t lo, int64_t hi)
+{
+    const gelu_args *a = p;
+    float *din = a->out + lo;
+    const float *in = a->in + lo, *dout = a->dout + lo;
+    int64_t n = hi - lo, body = vec_prefix(n);
+    if (din == dout) {
+        gelu_grad_in_place_run(din, in, body);
+        gelu_grad_in_place_run(din + body, in + body, n - body);
+    } else {
+        gelu_grad_run(din, in, dout, body);
+        gelu_grad_run(din + body, in + body, dout + body, n - body);
+    }
+}
+
+/* out may be in. */
+mhub_status mhub_cpu_gelu_forward(mhub_backend *be, float *out, const float *in, int64_t n)
+{
+    MHUB_TRY(check_count(__func__, "n", n));
+    MHUB_TRY(check_ptr(__func__, "out", out, n));
+    MHUB_TRY(check_ptr(__func__, "in", in, n));
+    MHUB_TRY(check_same_or_separate(__func__, "out", out, "in", in, f32_bytes(n)));
+    gelu_args a = {out, in, NULL};
+    mhub_cpu_parallel_ranges(be, n, gelu_forward_range, &a);
     return MHUB_OK;
 }
 
@@ -270,14 +301,8 @@ mhub_status mhub_cpu_gelu_backward(mhub_backend *be, float *din, const float *in
     MHUB_TRY(check_ptr(__func__, "dout", dout, n));
     MHUB_TRY(check_same_or_separate(__func__, "din", din, "dout", dout, f32_bytes(n)));
     MHUB_TRY(check_separate(__func__, "din", din, f32_bytes(n), "in", in, f32_bytes(n)));
-    int64_t body = vec_prefix(n);
-    if (din == dout) {
-        gelu_grad_in_place_run(din, in, body);
-        gelu_grad_in_place_run(din + body, in + body, n - body);
-    } else {
-        gelu_grad_run(din, in, dout, body);
-        gelu_grad_run(din + body, in + body, dout + body, n - body);
-    }
+    gelu_args a = {din, in, dout};
+    mhub_cpu_parallel_ranges(be, n, gelu_backward_range, &a);
     return MHUB_OK;
 }
 
@@ -424,6 +449,41 @@ static void softmax_xent_group(float *p, float *losses, const float *x, const in
     }
 }
 
+typedef struct xent_args {
+    float *out;          /* forward: probs; backward: dlogits */
+    float *losses;       /* forward only */
+    const float *in;     /* forward: logits; backward: probs */
+    const int32_t *targets;
+    int64_t classes;
+    float dloss;         /* backward only */
+} xent_args;
+
+/* Rows [lo, hi), a group of rows at a time. */
+CPU_VECTOR_CLONES static void softmax_xent_forward_range(void *p, int64_t lo, int64_t hi)
+{
+    const xent_args *a = p;
+    int64_t c = a->classes;
+    int64_t group = c > 0 && c < SOFTMAX_GROUP ? SOFTMAX_GROUP / c : 1;
+    for (int64_t r = lo; r < hi; r += group) {
+        int64_t k = hi - r < group ? hi - r : group;
+        softmax_xent_group(a->out + r * c, a->losses + r, a->in + r * c, a->targets + r, k, c);
+    }
+}
+
+CPU_VECTOR_CLONES static void softmax_xent_backward_range(void *p, int64_t lo, int64_t hi)
+{
+    const xent_args *a = p;
+    int64_t c = a->classes;
+    for (int64_t r = lo; r < hi; r++) {
+        float *d = a->out + r * c;
+        const float *pr = a->in + r * c;
+        int32_t t = a->targets[r];
+        float pt = pr[t]; /* before d (possibly pr) is overwritten */
+        scale_into(d, pr, c, a->dloss);
+        d[t] = (pt - 1.0f) * a->dloss;
+    }
+}
+
 /* probs may be logits (the softmax then overwrites them). */
 mhub_status mhub_cpu_softmax_xent_forward(mhub_backend *be, float *probs, float *losses,
                                           const float *logits, const int32_t *targets,
@@ -442,12 +502,8 @@ mhub_status mhub_cpu_softmax_xent_forward(mhub_backend *be, float *probs, float 
                             f32_bytes(total)));
     MHUB_TRY(check_separate(__func__, "losses", losses, f32_bytes(rows), "logits", logits,
                             f32_bytes(total)));
-    int64_t group = classes > 0 && classes < SOFTMAX_GROUP ? SOFTMAX_GROUP / classes : 1;
-    for (int64_t r = 0; r < rows; r += group) {
-        int64_t k = rows - r < group ? rows - r : group;
-        softmax_xent_group(probs + r * classes, losses + r, logits + r * classes, targets + r,
-                           k, classes);
-    }
+    xent_args a = {probs, losses, logits, targets, classes, 0.0f};
+    mhub_cpu_parallel_rows(be, rows, classes, softmax_xent_forward_range, &a);
     return MHUB_OK;
 }
 
@@ -464,14 +520,8 @@ mhub_status mhub_cpu_softmax_xent_backward(mhub_backend *be, float *dlogits, con
     MHUB_TRY(check_targets(__func__, targets, rows, classes));
     MHUB_TRY(check_same_or_separate(__func__, "dlogits", dlogits, "probs", probs,
                                     f32_bytes(total)));
-    for (int64_t r = 0; r < rows; r++) {
-        float *d = dlogits + r * classes;
-        const float *p = probs + r * classes;
-        int32_t t = targets[r];
-        float pt = p[t]; /* before d (possibly p) is overwritten */
-        scale_into(d, p, classes, dloss);
-        d[t] = (pt - 1.0f) * dloss;
-    }
+    xent_args a = {dlogits, NULL, probs, targets, classes, dloss};
+    mhub_cpu_parallel_rows(be, rows, classes, softmax_xent_backward_range, &a);
     return MHUB_OK;
 }
 
@@ -780,7 +830,7 @@ typedef struct adamw_args {
     adamw_coef k;
 } adamw_args;
 
-static void adamw_range(void *p, int64_t lo, int64_t hi)
+CPU_VECTOR_CLONES static void adamw_range(void *p, int64_t lo, int64_t hi)
 {
     const adamw_args *a = p;
     adamw_run(a->param + lo, a->grad + lo, a->m + lo, a->v + lo, hi - lo, a->k);

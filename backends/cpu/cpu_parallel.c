@@ -9,6 +9,8 @@
  * element is computed exactly as before, so the results are bitwise the
  * same for any thread count.
  *
+ * Row kernels (a softmax per row) split by whole rows the same way.
+ *
  * Fork-join with plain pthreads, created per call: a call costs tens of
  * microseconds, against milliseconds of work above the threshold, and no
  * pool is left spinning against OpenBLAS's threads. */
@@ -37,19 +39,27 @@ static void *run_chunk(void *p)
     return NULL;
 }
 
-void mhub_cpu_parallel_ranges(mhub_backend *be, int64_t n, mhub_cpu_range_fn fn, void *arg)
+static int backend_threads(const mhub_backend *be)
 {
     int threads = be && be->ctx ? ((const mhub_cpu_ctx *)be->ctx)->blas_threads : 1;
-    if (threads > MAX_CHUNKS)
-        threads = MAX_CHUNKS;
-    if (threads < 2 || n < PARALLEL_MIN_ELEMENTS) {
+    return threads > MAX_CHUNKS ? MAX_CHUNKS : threads;
+}
+
+/* fn over [0, n) in one contiguous chunk per thread, each starting at a
+ * multiple of `align`; one thread does it all when `work` (elements
+ * touched) is below the threshold or n has too few units to split. */
+static void split_run(mhub_backend *be, int64_t n, int64_t align, int64_t work,
+                      mhub_cpu_range_fn fn, void *arg)
+{
+    int threads = backend_threads(be);
+    if (threads < 2 || work < PARALLEL_MIN_ELEMENTS || n < 2) {
         fn(arg, 0, n);
         return;
     }
     chunk_job jobs[MAX_CHUNKS];
     pthread_t tid[MAX_CHUNKS];
     bool started[MAX_CHUNKS] = {false};
-    int64_t per = (n / threads + CHUNK_ALIGN - 1) / CHUNK_ALIGN * CHUNK_ALIGN;
+    int64_t per = (n / threads + align - 1) / align * align;
     for (int t = 0; t < threads; t++) {
         int64_t lo = t * per, hi = t + 1 == threads ? n : (t + 1) * per;
         jobs[t] = (chunk_job){fn, arg, lo < n ? lo : n, hi < n ? hi : n};
@@ -64,4 +74,16 @@ void mhub_cpu_parallel_ranges(mhub_backend *be, int64_t n, mhub_cpu_range_fn fn,
         else
             run_chunk(&jobs[t]);
     }
+}
+
+void mhub_cpu_parallel_ranges(mhub_backend *be, int64_t n, mhub_cpu_range_fn fn, void *arg)
+{
+    split_run(be, n, CHUNK_ALIGN, n, fn, arg);
+}
+
+void mhub_cpu_parallel_rows(mhub_backend *be, int64_t rows, int64_t row_elems,
+                            mhub_cpu_range_fn fn, void *arg)
+{
+    int64_t work = row_elems > 0 && rows > INT64_MAX / row_elems ? INT64_MAX : rows * row_elems;
+    split_run(be, rows, 1, work, fn, arg);
 }
