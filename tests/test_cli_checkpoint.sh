@@ -7,9 +7,12 @@
 # bit in deterministic mode with a fixed number of micro-shards and one
 # BLAS thread per rank; checkpoints are engine-neutral (fsdp's load into
 # ddp); the layout is step-N directories plus `latest`; bad checkpoints
-# (another model or optimizer, a missing or corrupted file, an unknown
-# version) and failed saves fail on every rank with a message naming the
-# key or file, without hanging or leaving temporaries.
+# (another model or optimizer, a missing or corrupted file, a flipped
+# byte in a shard's tensor data, an unknown or old version) and failed
+# saves fail on every rank with a message naming the key or file, without
+# hanging or leaving temporaries; the manifest's shard digests are the
+# files' sha256sum; a resume with another batch shape or data fails naming
+# the setting, one with another schedule warns once and trains on.
 # $MHUB is the binary, $MPIEXEC the launcher (the Makefile sets both).
 
 . "$(dirname "$0")/cli_common.sh"
@@ -76,13 +79,30 @@ if ls -a "$tmp/ck1" "$tmp/ck2" | grep -q '^\.tmp\|^\.old'; then
 else
     pass "no temporaries left behind"
 fi
-if grep -q '"version":[[:space:]]*1,' "$tmp/ck2/step-6/manifest.json" &&
+if grep -q '"version":[[:space:]]*2,' "$tmp/ck2/step-6/manifest.json" &&
     grep -q '"dp_size":[[:space:]]*2,' "$tmp/ck2/step-6/manifest.json" &&
+    grep -q '"global_batch":[[:space:]]*"8",' "$tmp/ck2/step-6/manifest.json" &&
+    grep -q '"lr":[[:space:]]*"0.01",' "$tmp/ck2/step-6/manifest.json" &&
     [ -f "$tmp/ck2/step-6/mhub_model.json" ] &&
     [ -f "$tmp/ck2/step-6/shard-00001-of-00002.safetensors" ]; then
-    pass "manifest: version 1, dp_size 2, config and one shard per rank"
+    pass "manifest: version 2, dp_size 2, run settings, config and one shard per rank"
 else
     fail "manifest" "$(cat "$tmp/ck2/step-6/manifest.json"; ls "$tmp/ck2/step-6")"
+fi
+
+# the recorded digests, against coreutils' sha256sum of the files: the
+# manifest prints each "sha256" on the line after its "file"
+recorded=$(sed -n -e 's/.*"file":[[:space:]]*"\([^"]*\)".*/\1/p' \
+    -e 's/.*"sha256":[[:space:]]*"\([^"]*\)".*/\1/p' "$tmp/ck2/step-6/manifest.json" |
+    paste -d' ' - - | awk '{ print $2 "  " $1 }')
+actual=$(cd "$tmp/ck2/step-6" && sha256sum shard-*.safetensors)
+if [ -n "$actual" ] && [ "$recorded" = "$actual" ]; then
+    pass "manifest: each shard's sha256 is the file's sha256sum"
+else
+    fail "shard digests" "recorded:
+$recorded
+sha256sum:
+$actual"
 fi
 
 # resume at the same size: bitwise
@@ -205,14 +225,60 @@ head -c 1000 "$tmp/ck2/step-6/shard-00000-of-00002.safetensors" \
 expect_fail "truncated shard" 'shard-00000-of-00002.safetensors' base 1 --load "$tmp/bad"
 
 cp "$tmp/ck2/step-6/shard-00000-of-00002.safetensors" "$tmp/bad/"
-sed 's/"version":[[:space:]]*1,/"version": 99,/' "$tmp/ck2/step-6/manifest.json" \
+sed 's/"version":[[:space:]]*2,/"version": 99,/' "$tmp/ck2/step-6/manifest.json" \
     >"$tmp/bad/manifest.json"
 expect_fail "unknown version" 'version 99 is not supported' base 2 --load "$tmp/bad"
+sed 's/"version":[[:space:]]*2,/"version": 1,/' "$tmp/ck2/step-6/manifest.json" \
+    >"$tmp/bad/manifest.json"
+expect_fail "version 1" 'version 1 is not supported: it has no shard checksums' base 2 \
+    --load "$tmp/bad"
+
+# one byte flipped inside the tensor data of shard 1 (past the 8-byte
+# length and the JSON header, which stay valid): both ranks read that
+# shard, both refuse it
+cp "$tmp/ck2/step-6/manifest.json" "$tmp/bad/"
+shard="$tmp/bad/shard-00001-of-00002.safetensors"
+header=$(od -An -tu8 -N8 "$shard" | tr -d ' ')
+at=$((8 + header + 100))
+byte=$(od -An -tu1 -j "$at" -N1 "$shard" | tr -d ' ')
+printf "$(printf '\\%03o' $((byte ^ 255)))" |
+    dd of="$shard" bs=1 seek="$at" conv=notrunc 2>/dev/null
+if [ "$(od -An -tu1 -j "$at" -N1 "$shard" | tr -d ' ')" -eq $((byte ^ 255)) ] &&
+    cmp -s -n "$((8 + header))" "$shard" "$tmp/ck2/step-6/shard-00001-of-00002.safetensors"
+then
+    expect_fail "flipped data byte" \
+        'shard-00001-of-00002.safetensors fails its sha256 checksum: the manifest has' \
+        base 2 --load "$tmp/bad"
+else
+    fail "flipping a byte at $at of $shard"
+fi
+cp "$tmp/ck2/step-6/shard-00001-of-00002.safetensors" "$tmp/bad/"
 
 printf '{"format": "mhub-checkpoint", "vers' >"$tmp/bad/manifest.json"
 expect_fail "corrupted manifest" 'bad/manifest.json' base 2 --load "$tmp/bad"
 
 expect_fail "no checkpoint" 'latest' base 2 --load "$tmp/nowhere"
+
+# what a resume must keep: the batch shape and the data
+expect_fail "another global batch" \
+    'global_batch was 8 in the saved run and is 16 here; resuming with another value' \
+    base 2 --load "$tmp/ck2/step-6" --global-batch 16
+sed "s|\"path\": \"$tmp/copy.txt\"|\"path\": \"$tmp/copy2.txt\"|" "$tmp/base.json" \
+    >"$tmp/data2.json"
+cp "$tmp/copy.txt" "$tmp/copy2.txt"
+expect_fail "another data file" "data was $tmp/copy.txt in the saved run and is $tmp/copy2.txt" \
+    data2 2 --load "$tmp/ck2/step-6"
+
+# what it may change, with one warning (rank 0's): a longer run at another
+# learning rate trains on from step 7 to 18
+run_train base 2 --load "$tmp/ck2/step-6" --steps 18 --lr 0.02 --metrics "$tmp/ext.jsonl"
+warned=$(grep -c 'warning: resuming .* another schedule .*steps 12 -> 18; lr 0.01 -> 0.02' "$err")
+trained=$(losses "$tmp/ext.jsonl" 1 | awk 'NR == 1 { a = $1 } END { print a "-" $1 }')
+if [ "$rc" -eq 0 ] && [ "$warned" -eq 1 ] && [ "$trained" = 7-18 ]; then
+    pass "another schedule: one warning ($(cut -c1-120 "$err")), steps 7-18 trained"
+else
+    fail "another schedule" "rc=$rc, $warned warnings, steps $trained: $(cat "$err")"
+fi
 
 # the sharded engines: bitwise at the same size, and their checkpoints
 # are engine-neutral (full tensors), so ddp resumes from them

@@ -15,13 +15,18 @@
  *   "checkpoint": {"save": DIR, "save_every": N, "load": DIR} (optional):
  *                save to DIR/step-<k> every N steps and after the last
  *                one; resume from DIR's latest checkpoint (or a step
- *                directory), bitwise where the dp size is unchanged
+ *                directory), bitwise where the dp size is unchanged. A
+ *                resume must keep micro_batch, global_batch, seq_len,
+ *                the data and the seed (an error otherwise); another
+ *                schedule (steps, warmup, lr, min_lr, weight_decay) is
+ *                a warning
  * Flags after --config override it. The learning rate warms up linearly
  * over warmup_steps, then follows a cosine from lr down to min_lr at the
  * last step. */
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <mpi.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -633,6 +638,69 @@ static mhub_status complete(void *ctx, const char *prompt_in, char *out, int out
     return s;
 }
 
+/* What a checkpoint records of the run, as text. A resume must keep the
+ * batch shape, the data and the seed (they fix which samples each step
+ * sees) to continue the run exactly; the schedule may change (a longer
+ * run, another learning rate), with a warning. */
+enum { RUN_SETTINGS = 11 };   /* as many as describe_run adds */
+
+typedef struct run_settings {
+    mhub_checkpoint_setting items[RUN_SETTINGS];
+    char values[RUN_SETTINGS][600];
+    int count;
+} run_settings;
+
+static void add_setting(run_settings *r, const char *key, bool exact, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void add_setting(run_settings *r, const char *key, bool exact, const char *fmt, ...)
+{
+    if (r->count == RUN_SETTINGS)
+        return;   /* unreachable while RUN_SETTINGS matches describe_run */
+    char *value = r->values[r->count];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(value, sizeof r->values[0], fmt, ap);
+    va_end(ap);
+    r->items[r->count++] = (mhub_checkpoint_setting){.key = key, .value = value, .exact = exact};
+}
+
+/* The shortest "%g" text that reads back as the same value, a float's
+ * when `single` (so a setting shows as "0.01", not "0.00999999978"). */
+static const char *shortest(char *buf, size_t size, double v, bool single)
+{
+    for (int digits = 6; digits <= 17; digits++) {
+        snprintf(buf, size, "%.*g", digits, v);
+        double back = strtod(buf, NULL);
+        if (single ? (float)back == (float)v : back == v)
+            break;
+    }
+    return buf;
+}
+
+static void describe_run(const gpt_trainer *t, run_settings *r)
+{
+    const gpt_options *o = &t->o;
+    r->count = 0;
+    add_setting(r, "micro_batch", true, "%d", o->micro_batch);
+    add_setting(r, "global_batch", true, "%d", o->global_batch);
+    add_setting(r, "seq_len", true, "%d", t->seq);
+    if (o->task_addition)
+        add_setting(r, "data", true, "task addition, digits %d, problems %ld, seed %ld",
+                    o->digits, o->problems, o->data_seed);
+    else
+        add_setting(r, "data", true, "%s", o->data_path);
+    add_setting(r, "seed", true, "%ld", o->seed);
+    add_setting(r, "steps", false, "%d", o->steps);
+    add_setting(r, "warmup_steps", false, "%d", o->warmup);
+    char num[32];
+    add_setting(r, "lr", false, "%s", shortest(num, sizeof num, o->optim.lr, true));
+    add_setting(r, "min_lr", false, "%s", shortest(num, sizeof num, o->min_lr, false));
+    add_setting(r, "lr_decay", false, "cosine");
+    add_setting(r, "weight_decay", false, "%s",
+                shortest(num, sizeof num, o->optim.weight_decay, true));
+}
+
 /* --load: the parameters, optimizer state and step of a checkpoint; the
  * data order needs nothing more, being a function of (seed, step). */
 static mhub_status resume(gpt_trainer *t, int *begin)
@@ -641,12 +709,20 @@ static mhub_status resume(gpt_trainer *t, int *begin)
     *begin = 0;
     if (!o->load_dir[0])
         return MHUB_OK;
+    run_settings run;
+    describe_run(t, &run);
     mhub_checkpoint_info info;
-    MHUB_TRY(mhub_checkpoint_load(o->load_dir, t->engine, t->world, o->model, &info));
+    MHUB_TRY(mhub_checkpoint_load(o->load_dir, t->engine, t->world, o->model, run.items,
+                                  run.count, &info));
     if (info.step > o->steps)
         return mhub_error(MHUB_ERR_INVALID_ARG, "checkpoint %s is at step %lld, past "
                           "training.steps %d", o->load_dir, (long long)info.step, o->steps);
     *begin = (int)info.step;
+    /* a changed schedule is how a run is extended, but its learning rates
+     * from here on are not the saved run's: say so even with --quiet */
+    if (t->world->rank == 0 && info.changed[0])
+        fprintf(stderr, "mhub %s: warning: resuming %s with another schedule than it was "
+                "saved with (%s)\n", CMD, o->load_dir, info.changed);
     if (t->world->rank == 0 && !o->quiet)
         printf("resumed from %s at step %lld (written at %d rank(s))\n", o->load_dir,
                (long long)info.step, info.dp_size);
@@ -661,7 +737,10 @@ static mhub_status maybe_save(gpt_trainer *t, int done)
     if (!o->save_dir[0] || !(due || done == o->steps))
         return MHUB_OK;
     MHUB_TRY(mhub_dp_engine_sync_params(t->engine));
-    MHUB_TRY(mhub_checkpoint_save(o->save_dir, t->engine, t->world, o->model, done, o->seed));
+    run_settings run;
+    describe_run(t, &run);
+    MHUB_TRY(mhub_checkpoint_save(o->save_dir, t->engine, t->world, o->model, done, o->seed,
+                                  run.items, run.count));
     if (t->world->rank == 0 && !o->quiet)
         printf("saved checkpoint %s/step-%d\n", o->save_dir, done);
     return MHUB_OK;
