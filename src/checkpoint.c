@@ -6,7 +6,7 @@
  * No hangs: a rank that fails must still make every collective call the
  * others make, or skip it together with them. So each call runs in
  * phases: the local work that can fail (argument checks, allocations,
- * file access) comes first and ends in agree(); only then does a phase
+ * file access) comes first and ends in mhub_dp_agree() (dp_common.h); only then does a phase
  * of collectives start, and it allocates nothing of its own. */
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -21,44 +21,12 @@
 #include "mhub/checkpoint.h"
 #include "mhub/digest.h"
 #include "mhub/safetensors.h"
+#include "src/dp_common.h"
 #include "src/fileio.h"
 
 #define MANIFEST "manifest.json"
 #define LATEST "latest"
 #define FORMAT "mhub-checkpoint"
-#define MSG_BYTES 512
-
-/* ---- agreeing on errors ------------------------------------------------------ */
-
-/* Collective: every rank passes its own status and gets back the same
- * outcome. The lowest failing rank's message and status are sent to the
- * others, marked with its rank, so every rank can report what went wrong. */
-static mhub_status agree(mhub_comm *dp, mhub_status mine)
-{
-    /* size - rank for a failing rank, so MAX picks the lowest one; f32
-     * holds these small integers exactly */
-    float mark = mine != MHUB_OK ? (float)(dp->size - dp->rank) : 0.0f, top = 0;
-    MHUB_TRY(mhub_comm_allreduce(dp, &mark, &top, 1, MHUB_F32, MHUB_MAX));
-    if (top == 0)
-        return MHUB_OK;
-    int root = dp->size - (int)top;
-    /* the message travels as raw bytes in an f32 buffer: a broadcast
-     * copies bits, it does no arithmetic */
-    float buf[MSG_BYTES / sizeof(float)];
-    memset(buf, 0, sizeof buf);
-    if (dp->rank == root) {
-        snprintf((char *)buf, sizeof buf, "%s", mhub_last_error());
-        buf[MSG_BYTES / sizeof(float) - 1] = (float)mine;
-    }
-    MHUB_TRY(mhub_comm_broadcast(dp, buf, MSG_BYTES / sizeof(float), MHUB_F32, root));
-    mhub_status code = (mhub_status)(int)buf[MSG_BYTES / sizeof(float) - 1];
-    if (root == dp->rank)
-        return mine;   /* its own message is still the last error */
-    char msg[MSG_BYTES];
-    memcpy(msg, buf, sizeof msg - sizeof(float));
-    msg[sizeof msg - sizeof(float)] = '\0';
-    return mhub_error(code, "(from rank %d) %s", root, msg);
-}
 
 /* ---- small file helpers ------------------------------------------------------ */
 
@@ -484,15 +452,15 @@ mhub_status mhub_checkpoint_save(const char *dir, mhub_dp_engine *e, mhub_comm *
         mine = make_tmp(dir, tmp);
     if (mine == MHUB_OK)
         mine = plan_save(e, dp, &plan);
-    mhub_status s = agree(dp, mine);
+    mhub_status s = mhub_dp_agree(dp, mine);
     if (s == MHUB_OK) {
         mine = gather_tensors(e, dp, &plan);
         if (mine == MHUB_OK)
             mine = write_shard(tmp, dp, &plan, hex);
-        s = agree(dp, mine);
+        s = mhub_dp_agree(dp, mine);
     }
     if (s == MHUB_OK)
-        s = agree(dp, gather_digests(dp, hex, &plan));
+        s = mhub_dp_agree(dp, gather_digests(dp, hex, &plan));
     if (s == MHUB_OK) {
         mine = MHUB_OK;
         /* the manifest last: a directory without one is never published */
@@ -502,7 +470,7 @@ mhub_status mhub_checkpoint_save(const char *dir, mhub_dp_engine *e, mhub_comm *
             mine = write_manifest(tmp, e, dp, step, seed, plan.digests, run, run_count);
         if (dp->rank == 0 && mine == MHUB_OK)
             mine = publish(dir, tmp, step);
-        s = agree(dp, mine);
+        s = mhub_dp_agree(dp, mine);
     }
     plan_free(&plan);
     /* nothing half-written stays behind */
@@ -913,9 +881,9 @@ mhub_status mhub_checkpoint_load(const char *path, mhub_dp_engine *e, mhub_comm 
     if (mine == MHUB_OK)
         mine = open_and_check(path, e, cfg, run, run_count, ckpt, sizeof ckpt, &m, &set,
                               changed);
-    mhub_status s = agree(dp, mine);
+    mhub_status s = mhub_dp_agree(dp, mine);
     if (s == MHUB_OK)
-        s = agree(dp, copy_in(e, &m, &set));
+        s = mhub_dp_agree(dp, copy_in(e, &m, &set));
     if (s == MHUB_OK && info) {
         *info = (mhub_checkpoint_info){.step = m.step, .optim_steps = m.optim_steps,
                                        .seed = m.seed, .dp_size = m.dp_size};

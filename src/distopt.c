@@ -998,13 +998,23 @@ static mhub_status copy_pieces(mhub_distopt *d, int i, int which, float *to_full
  * (rather than summing) keeps every bit, the sign of zero included. */
 mhub_status mhub_distopt_get_state(mhub_distopt *d, int param_index, int which, float *full)
 {
-    MHUB_TRY(check_state_args(d, param_index, which, full));
-    int64_t n = d->params->items[param_index].value.numel, ranks = d->dp->size;
-    float *all = calloc((size_t)(ranks * n + 1), sizeof *all);
-    float *mine = calloc((size_t)(n + 1), sizeof *mine);
-    mhub_status s = all && mine ? MHUB_OK : MHUB_ERROR(MHUB_ERR_NO_MEMORY, "state gather");
+    if (!d || !d->dp)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
+    mhub_status s = check_state_args(d, param_index, which, full);
+    int64_t n = s == MHUB_OK ? d->params->items[param_index].value.numel : 0;
+    int64_t ranks = d->dp->size;
+    float *all = NULL, *mine = NULL;
+    if (s == MHUB_OK) {
+        all = calloc((size_t)(ranks * n + 1), sizeof *all);
+        mine = calloc((size_t)(n + 1), sizeof *mine);
+        if (!all || !mine)
+            s = MHUB_ERROR(MHUB_ERR_NO_MEMORY, "state gather of %lld floats",
+                           (long long)(ranks * n));
+    }
     if (s == MHUB_OK)
         s = copy_pieces(d, param_index, which, mine, NULL);
+    /* a rank that failed above must not leave the others in the gather */
+    s = mhub_dp_agree(d->dp, s);
     if (s == MHUB_OK)
         s = mhub_comm_allgather(d->dp, mine, all, n, MHUB_F32);
     if (s == MHUB_OK) {

@@ -1,11 +1,42 @@
 /* dp_common.c - parameter checks, the buffer and unit planners, NaN
  * agreement, the bucket schedule and the deterministic sum tree shared by
  * the DDP, distributed-optimizer and FSDP engines (see dp_common.h). */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "mhub/distopt.h"
 #include "src/dp_common.h"
+
+/* The failing rank's message travels as raw bytes in an f32 buffer: a
+ * broadcast copies bits, it does no arithmetic. */
+#define AGREE_MSG_BYTES 512
+
+mhub_status mhub_dp_agree(mhub_comm *dp, mhub_status mine)
+{
+    /* size - rank for a failing rank, so MAX picks the lowest one; f32
+     * holds these small integers exactly */
+    float mark = mine != MHUB_OK ? (float)(dp->size - dp->rank) : 0.0f, top = 0;
+    MHUB_TRY(mhub_comm_allreduce(dp, &mark, &top, 1, MHUB_F32, MHUB_MAX));
+    if (top == 0)
+        return MHUB_OK;
+    int root = dp->size - (int)top;
+    enum { WORDS = AGREE_MSG_BYTES / sizeof(float) };
+    float buf[WORDS];
+    memset(buf, 0, sizeof buf);
+    if (dp->rank == root) {
+        snprintf((char *)buf, sizeof buf - sizeof(float), "%s", mhub_last_error());
+        buf[WORDS - 1] = (float)mine;
+    }
+    MHUB_TRY(mhub_comm_broadcast(dp, buf, WORDS, MHUB_F32, root));
+    mhub_status code = (mhub_status)(int)buf[WORDS - 1];
+    if (root == dp->rank)
+        return mine; /* its own message is still the last error */
+    char msg[AGREE_MSG_BYTES];
+    memcpy(msg, buf, sizeof msg - sizeof(float));
+    msg[sizeof msg - sizeof(float)] = '\0';
+    return mhub_error(code, "(from rank %d) %s", root, msg);
+}
 
 mhub_status mhub_dp_agree_on_nan(mhub_comm *dp, const mhub_param_list *params, int local_param,
                                  int64_t step, const char *engine)

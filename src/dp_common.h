@@ -4,6 +4,7 @@
  *                         distributed optimizer (one planner for both)
  *   mhub_unit_plan        FSDP's per-unit flat vectors and shards
  *   *_estimate_memory     what each engine will allocate, from shapes only
+ *   mhub_dp_agree         every rank returns the same outcome of a local step
  *   mhub_dp_agree_on_nan  every rank fails the same step with one report
  *   mhub_sumtree          the fixed-shape gradient sum of deterministic
  *                         mode (see ddp.h): a per-rank binary counter over
@@ -123,6 +124,13 @@ mhub_status mhub_dp_check_pow2(int size, const char *group);
  * runs across dp_size > 1 ranks, the half-buffer receive scratch. Each
  * doubling of the micro-shards per rank adds one level (numel floats). */
 int64_t mhub_sumtree_bytes(int64_t numel, int dp_size, bool exchange);
+
+/* Collective: every rank passes the status of its own local work (an
+ * allocation, a copy) and gets back the same outcome, so no rank enters a
+ * later collective that another has left. The lowest failing rank's
+ * status and message go to all, marked "(from rank r)". Call it before
+ * any collective that follows local work which can fail. */
+mhub_status mhub_dp_agree(mhub_comm *dp, mhub_status mine);
 
 /* Every rank learns the highest rank that saw a NaN and which parameter,
  * packed as rank * (params + 1) + param + 1 (exact in f32 below 2^24) and

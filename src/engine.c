@@ -682,11 +682,22 @@ static mhub_status from_host_f32(mhub_backend *be, void *dst, mhub_dtype dt, con
 /* DDP's and the distributed optimizer's parameters are full on every rank
  * (the latter once its gathers are waited for); FSDP's are its f32 master
  * shards, gathered. */
+/* The checks of a call that may communicate (a gather, a pending
+ * parameter sync): agreed over dp for the sharded engines, so that a rank
+ * with bad arguments fails together with the others instead of leaving
+ * them in a collective. DDP's calls are local. */
+static mhub_status check_collective_access(mhub_dp_engine *e, int param_index, const void *full)
+{
+    MHUB_TRY(check_engine(e));
+    mhub_status s = check_state_access(e, param_index);
+    if (s == MHUB_OK && !full)
+        s = MHUB_ERROR(MHUB_ERR_INVALID_ARG, "full is NULL");
+    return e->kind == MHUB_DP_DDP ? s : mhub_dp_agree(e->dp, s);
+}
+
 mhub_status mhub_dp_engine_get_param(mhub_dp_engine *e, int param_index, float *full)
 {
-    MHUB_TRY(check_state_access(e, param_index));
-    if (!full)
-        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "full is NULL");
+    MHUB_TRY(check_collective_access(e, param_index, full));
     if (e->kind == MHUB_DP_FSDP)
         return mhub_fsdp_get_state(e->fsdp, param_index, -1, full);
     MHUB_TRY(mhub_dp_engine_sync_params(e));
@@ -699,9 +710,7 @@ mhub_status mhub_dp_engine_get_param(mhub_dp_engine *e, int param_index, float *
  * state, when the checkpoint has it, then restores the unrounded f32). */
 mhub_status mhub_dp_engine_set_param(mhub_dp_engine *e, int param_index, const float *full)
 {
-    MHUB_TRY(check_state_access(e, param_index));
-    if (!full)
-        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "full is NULL");
+    MHUB_TRY(check_collective_access(e, param_index, full));
     if (e->kind == MHUB_DP_FSDP)
         return mhub_fsdp_set_state(e->fsdp, param_index, -1, full);
     MHUB_TRY(mhub_dp_engine_sync_params(e));
@@ -715,17 +724,22 @@ mhub_status mhub_dp_engine_set_param(mhub_dp_engine *e, int param_index, const f
 mhub_status mhub_dp_engine_get_state(mhub_dp_engine *e, int param_index, int which,
                                      float *full)
 {
-    MHUB_TRY(check_state_access(e, param_index));
+    MHUB_TRY(check_engine(e));
     int dw = 0;
-    MHUB_TRY(check_which(e, param_index, which, &dw));
-    if (!full)
-        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "full is NULL");
+    mhub_status s = check_state_access(e, param_index);
+    if (s == MHUB_OK)
+        s = check_which(e, param_index, which, &dw);
+    if (s == MHUB_OK && !full)
+        s = MHUB_ERROR(MHUB_ERR_INVALID_ARG, "full is NULL");
+    if (e->kind == MHUB_DP_DDP)
+        return s == MHUB_OK ? to_host_f32(e->be, full, ddp_state_slot(e, param_index, which),
+                                          MHUB_F32, e->params->items[param_index].value.numel)
+                            : s;
+    /* the sharded engines gather (see check_collective_access) */
+    MHUB_TRY(mhub_dp_agree(e->dp, s));
     if (e->kind == MHUB_DP_DISTOPT)
         return mhub_distopt_get_state(e->distopt, param_index, dw, full);
-    if (e->kind == MHUB_DP_FSDP)
-        return mhub_fsdp_get_state(e->fsdp, param_index, dw, full);
-    return to_host_f32(e->be, full, ddp_state_slot(e, param_index, which), MHUB_F32,
-                       e->params->items[param_index].value.numel);
+    return mhub_fsdp_get_state(e->fsdp, param_index, dw, full);
 }
 
 mhub_status mhub_dp_engine_set_state(mhub_dp_engine *e, int param_index, int which,

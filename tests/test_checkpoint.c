@@ -361,6 +361,57 @@ START_TEST(test_lone_bad_arguments)
 }
 END_TEST
 
+/* ---- the engine's state calls ---------------------------------------------- */
+
+/* mhub_dp_engine_get_state/set_state, which checkpoints are built on:
+ * every state of every parameter comes back as it was set, bit for bit,
+ * whichever rank holds which shard. And a rank that asks alone for a
+ * parameter that does not exist fails without leaving the others in the
+ * gather of a sharded engine: every rank of distopt/fsdp returns the
+ * error, marked with the culprit's rank; ddp's state is local, so only
+ * the culprit fails there. Either way no rank hangs, and the next call
+ * works everywhere. */
+START_TEST(test_engine_state_round_trip)
+{
+    static const mhub_dp_engine_kind kinds[] = {MHUB_DP_DDP, MHUB_DP_DISTOPT, MHUB_DP_FSDP};
+    trainee t;
+    trainee_make(&t, kinds[_i], 8);
+    train_step(&t, 0);
+    const mhub_param_list *pl = mhub_mlp_params(t.model);
+    for (int i = 0; i < pl->count; i++) {
+        int64_t n = pl->items[i].value.numel;
+        float *want = malloc((size_t)n * sizeof *want), *got = malloc((size_t)n * sizeof *got);
+        ck_assert_ptr_nonnull(want);
+        ck_assert_ptr_nonnull(got);
+        int states = mhub_dp_engine_state_count(t.engine, i);
+        ck_assert_int_ge(states, 2); /* AdamW: exp_avg, exp_avg_sq */
+        for (int w = 0; w < states; w++) {
+            for (int64_t k = 0; k < n; k++)
+                want[k] = 0.25f * (float)(k % 13) + (float)w + 0.5f * (float)i;
+            CK_OK(mhub_dp_engine_set_state(t.engine, i, w, want));
+            CK_OK(mhub_dp_engine_get_state(t.engine, i, w, got));
+            ck_assert_mem_eq(got, want, (size_t)n * sizeof *got);
+        }
+        free(want);
+        free(got);
+    }
+    /* one rank asks for a parameter that does not exist */
+    float *full = malloc((size_t)pl->items[0].value.numel * sizeof *full);
+    ck_assert_ptr_nonnull(full);
+    bool lone = world->rank == lone_rank();
+    mhub_status s = mhub_dp_engine_get_state(t.engine, lone ? pl->count + 5 : 0, 0, full);
+    if (kinds[_i] == MHUB_DP_DDP && !lone) {
+        CK_OK(s);
+    } else {
+        ck_assert_int_ne(s, MHUB_OK);
+        assert_names_culprit(lone_rank(), "parameter");
+    }
+    CK_OK(mhub_dp_engine_get_state(t.engine, 0, 0, full));
+    free(full);
+    trainee_free(&t);
+}
+END_TEST
+
 /* One rank's directory lies under a regular file: it cannot write its
  * shard (or, on one rank, make the temporary). Every rank fails, rank 0
  * clears its temporary, and the next save works. */
@@ -400,6 +451,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, test_run_settings);
     tcase_add_test(tc, test_bad_settings);
     tcase_add_test(tc, test_flipped_byte_fails_everywhere);
+    tcase_add_loop_test(tc, test_engine_state_round_trip, 0, 3);
     tcase_add_loop_test(tc, test_lone_bad_arguments, 0, 2);
     tcase_add_loop_test(tc, test_lone_unwritable_directory, 0, 3);
     suite_add_tcase(s, tc);

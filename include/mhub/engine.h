@@ -165,7 +165,11 @@ int mhub_dp_engine_state_count(const mhub_dp_engine *e, int param_index);
 /* The name of state `which` of parameter i, or NULL out of range. */
 const char *mhub_dp_engine_state_name(const mhub_dp_engine *e, int param_index, int which);
 
-/* Parameter i's full values as f32 host memory (numel floats). */
+/* Parameter i's full values as f32 host memory (numel floats).
+ * get_param, set_param and get_state are collective over dp for distopt
+ * and FSDP (they gather shards or a pending parameter sync): every rank
+ * calls them, and bad arguments on one rank fail on all, marked
+ * "(from rank r)", rather than leaving the others waiting. */
 mhub_status mhub_dp_engine_get_param(mhub_dp_engine *e, int param_index, float *full);
 /* Replace parameter i's values (rounded to its dtype). */
 mhub_status mhub_dp_engine_set_param(mhub_dp_engine *e, int param_index, const float *full);
