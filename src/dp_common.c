@@ -286,9 +286,12 @@ static void plan_unit(const mhub_param_list *params, int unit, int64_t dp, int *
 {
     mhub_unit_layout *u = &plan->units[unit];
     u->first = *next;
+    u->reader = -1;
     for (int i = 0; i < params->count; i++) {
         if (params->items[i].unit != unit)
             continue;
+        if (params->items[i].tied_unit >= 0)
+            u->reader = params->items[i].tied_unit;
         plan->order[(*next)++] = i;
         plan->param_offset[i] = u->numel;
         u->numel += params->items[i].value.numel;
@@ -300,6 +303,31 @@ static void plan_unit(const mhub_param_list *params, int unit, int64_t dp, int *
     plan->shard_numel += u->shard;
     plan->largest_padded = u->padded > plan->largest_padded ? u->padded : plan->largest_padded;
     plan->largest_shard = u->shard > plan->largest_shard ? u->shard : plan->largest_shard;
+}
+
+/* A tied parameter names another unit of the list as its reader, and
+ * all tied parameters of one unit name the same one: a unit's gathered
+ * values and gradient serve itself and at most one reader. */
+static mhub_status check_tied_units(const mhub_param_list *params, const mhub_unit_plan *plan)
+{
+    for (int i = 0; i < params->count; i++) {
+        const mhub_param *p = &params->items[i];
+        if (p->tied_unit < 0)
+            continue;
+        if (p->tied_unit == p->unit || p->tied_unit >= plan->num_units)
+            return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
+                              "parameter '%s' of unit %d names unit %d as tied_unit: it must "
+                              "be another of the list's units 0..%d",
+                              p->name, p->unit, p->tied_unit, plan->num_units - 1);
+        int reader = plan->units[p->unit].reader;
+        if (p->tied_unit != reader)
+            return MHUB_ERROR(MHUB_ERR_UNSUPPORTED,
+                              "parameter '%s' of unit %d is tied to unit %d, another of the "
+                              "unit's parameters to unit %d: a unit may be read by one other "
+                              "unit only",
+                              p->name, p->unit, p->tied_unit, reader);
+    }
+    return MHUB_OK;
 }
 
 mhub_status mhub_unit_plan_make(const mhub_param_list *params, int dp_size,
@@ -323,7 +351,10 @@ mhub_status mhub_unit_plan_make(const mhub_param_list *params, int dp_size,
     int next = 0;
     for (int unit = 0; unit < out->num_units; unit++)
         plan_unit(params, unit, dp_size, &next, out);
-    return MHUB_OK;
+    mhub_status s = check_tied_units(params, out);
+    if (s != MHUB_OK)
+        mhub_unit_plan_free(out);
+    return s;
 }
 
 /* ---- the bucket schedule ---------------------------------------------------- */

@@ -77,6 +77,8 @@ typedef struct mhub_unit_layout {
     int64_t padded;       /* numel rounded up to a multiple of dp */
     int64_t shard;        /* padded / dp */
     int64_t shard_offset; /* where its slice starts in the rank's shard vectors */
+    int reader;           /* the other unit that reads its parameters too (their
+                           * mhub_param.tied_unit), -1 if none */
 } mhub_unit_layout;
 
 typedef struct mhub_unit_plan {
@@ -88,8 +90,9 @@ typedef struct mhub_unit_plan {
     int64_t largest_padded, largest_shard;
 } mhub_unit_plan;
 
-/* Units are numbered from 0 (the caller checked). On error *out is empty
- * (and safe to free). */
+/* Units are numbered from 0 (the caller checked). A unit's parameters
+ * may name one other existing unit as their tied_unit (its reader);
+ * anything else is refused. On error *out is empty (and safe to free). */
 mhub_status mhub_unit_plan_make(const mhub_param_list *params, int dp_size,
                                 mhub_unit_plan *out);
 void mhub_unit_plan_free(mhub_unit_plan *plan);

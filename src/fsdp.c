@@ -12,6 +12,23 @@
  *   grad slots  two full-gradient buffers, unit u's backward in u % 2: the
  *               reduce-scatter of u runs while u-1 computes in the other.
  *
+ * Tied units: a unit whose parameters another unit reads too (a GPT's
+ * embedding, read by its tied output layer in the last unit) gets a gather
+ * slot and a grad slot of its own, after the shared ones (assign_slots).
+ * Its full values are needed from its forward to its reader's, and in
+ * backward from its reader's (the first) to its own (the last), while
+ * every unit between them cycles through the two shared slots; its
+ * gradient collects the reader's part and then its own. So it stays
+ * gathered from its pre_forward until the later of the two post_backwards
+ * (reshard_after_forward does not release it: its slot is its own, so
+ * that would save no memory and cost two all-gathers of the unit), its
+ * gradient slot is bound (zeroed) at the first of the two pre_backwards,
+ * and it is reduce-scattered once, when the second backward ends
+ * (backward_left counts down). The model calls only the running unit's
+ * hooks; the engine does the rest. FairScale's and PyTorch's FSDP keep
+ * the root module, the usual owner of tied weights, unsharded after
+ * forward by default for the same reason.
+ *
  * A gather slot is EMPTY, GATHERING (an all-gather into it is in flight)
  * or READY (the unit's parameters point into it). Anything that needs a
  * slot held by another unit first waits for that unit's collective and
@@ -73,8 +90,11 @@ struct mhub_fsdp {
     gather_slot *gather;
     int num_gather;
     void *grad_mem;
-    grad_slot grad[2];
+    grad_slot *grad;
     int num_grad;
+    int *gather_of, *grad_of; /* per unit: its gather slot and grad slot */
+    int *backward_left;      /* per tied unit: of it and its reader, the backwards not
+                              * yet ended in this pass (while its grad slot is bound) */
     bool sync_pending;       /* a reduce-scatter was issued since finish_grad_sync */
     int64_t step;            /* finish_grad_sync calls, for messages */
     int64_t opt_step;        /* optimizer steps; AdamW's t */
@@ -101,12 +121,12 @@ static double now_seconds(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static int slot_of(const mhub_fsdp *f, int unit)
-{
-    return f->opts.reshard_after_forward ? unit % 2 : unit;
-}
+static int slot_of(const mhub_fsdp *f, int unit) { return f->gather_of[unit]; }
 
-static grad_slot *grad_slot_of(mhub_fsdp *f, int unit) { return &f->grad[unit % 2]; }
+static grad_slot *grad_slot_of(mhub_fsdp *f, int unit) { return &f->grad[f->grad_of[unit]]; }
+
+/* Whether another unit reads `unit`'s parameters (see the top). */
+static bool is_tied(const mhub_fsdp *f, int unit) { return f->plan.units[unit].reader >= 0; }
 
 /* Element i of an array of `size`-byte elements. */
 static void *elem_at(const void *base, int64_t i, size_t size)
@@ -340,6 +360,8 @@ static mhub_status begin_backward(mhub_fsdp *f, int unit)
     MHUB_TRY(bind_grads(f, unit, g->data));
     g->unit = unit;
     g->bound = true;
+    if (is_tied(f, unit))
+        f->backward_left[unit] = 2; /* its own and its reader's */
     return MHUB_OK;
 }
 
@@ -412,22 +434,57 @@ static mhub_status hook_engine(void *user, int unit, const char *hook, mhub_fsdp
     return poll_outstanding(f);
 }
 
+/* One of a tied unit's two backwards (its own or its reader's) ended;
+ * after the second its gradient is final. */
+static mhub_status end_tied_use(mhub_fsdp *f, int unit)
+{
+    grad_slot *g = grad_slot_of(f, unit);
+    if (g->bound && g->unit == unit && --f->backward_left[unit] > 0)
+        return MHUB_OK;
+    MHUB_TRY(end_backward(f, unit)); /* or its error: pre_backward was missing */
+    return release_values(f, unit);
+}
+
+/* Make the tied units that `unit` reads usable, and with `backward` bind
+ * their gradients (kept bound, not zeroed, if already). */
+static mhub_status gather_read_units(mhub_fsdp *f, int unit, bool backward)
+{
+    for (int owner = 0; owner < f->plan.num_units; owner++) {
+        if (f->plan.units[owner].reader != unit)
+            continue;
+        MHUB_TRY(ensure_gathered(f, owner));
+        if (backward)
+            MHUB_TRY(begin_backward(f, owner));
+    }
+    return MHUB_OK;
+}
+
+static mhub_status end_read_units(mhub_fsdp *f, int unit)
+{
+    for (int owner = 0; owner < f->plan.num_units; owner++)
+        if (f->plan.units[owner].reader == unit)
+            MHUB_TRY(end_tied_use(f, owner));
+    return MHUB_OK;
+}
+
 static mhub_status pre_forward(void *user, int unit)
 {
     mhub_fsdp *f;
     MHUB_TRY(hook_engine(user, unit, "pre_forward", &f));
-    if (f->plan.units[unit].padded == 0)
-        return MHUB_OK;
-    MHUB_TRY(ensure_gathered(f, unit));
-    return prefetch(f, unit + 1);
+    bool own = f->plan.units[unit].padded > 0;
+    if (own)
+        MHUB_TRY(ensure_gathered(f, unit));
+    MHUB_TRY(gather_read_units(f, unit, false));
+    return own ? prefetch(f, unit + 1) : MHUB_OK;
 }
 
 static mhub_status post_forward(void *user, int unit)
 {
     mhub_fsdp *f;
     MHUB_TRY(hook_engine(user, unit, "post_forward", &f));
-    /* the last unit is the first one backward needs: keep it */
-    if (!f->opts.reshard_after_forward || unit == f->plan.num_units - 1)
+    /* the last unit is the first one backward needs: keep it; a tied unit
+     * stays until its backward (see the top) */
+    if (!f->opts.reshard_after_forward || unit == f->plan.num_units - 1 || is_tied(f, unit))
         return MHUB_OK;
     return release_values(f, unit);
 }
@@ -436,21 +493,26 @@ static mhub_status pre_backward(void *user, int unit)
 {
     mhub_fsdp *f;
     MHUB_TRY(hook_engine(user, unit, "pre_backward", &f));
-    if (f->plan.units[unit].padded == 0)
-        return MHUB_OK;
-    MHUB_TRY(ensure_gathered(f, unit));
-    MHUB_TRY(prefetch(f, unit - 1));
-    return begin_backward(f, unit);
+    bool own = f->plan.units[unit].padded > 0;
+    if (own) {
+        MHUB_TRY(ensure_gathered(f, unit));
+        MHUB_TRY(prefetch(f, unit - 1));
+        MHUB_TRY(begin_backward(f, unit));
+    }
+    return gather_read_units(f, unit, true);
 }
 
 static mhub_status post_backward(void *user, int unit)
 {
     mhub_fsdp *f;
     MHUB_TRY(hook_engine(user, unit, "post_backward", &f));
-    if (f->plan.units[unit].padded == 0)
-        return MHUB_OK;
-    MHUB_TRY(end_backward(f, unit));
-    return release_values(f, unit);
+    if (is_tied(f, unit)) {
+        MHUB_TRY(end_tied_use(f, unit));
+    } else if (f->plan.units[unit].padded > 0) {
+        MHUB_TRY(end_backward(f, unit));
+        MHUB_TRY(release_values(f, unit));
+    }
+    return end_read_units(f, unit);
 }
 
 mhub_status mhub_fsdp_unit_hooks(mhub_fsdp *f, mhub_unit_hooks *out)
@@ -501,30 +563,68 @@ static mhub_status plan_units(mhub_fsdp *f)
 
 /* ---- sizes: what create allocates, shared with the memory estimate -------- */
 
-/* Full-value slots: with reshard_after_forward, two used alternately (unit
- * u in u % 2) once there are more than two units; otherwise one per unit.
- * Full-gradient slots: two alternately, or one per unit for up to two. */
-static int gather_slot_count(bool reshard, int units) { return reshard && units > 2 ? 2 : units; }
+/* Which slots each unit uses. Units nobody else reads share two of each
+ * by parity (u % 2; one when there is one such unit), except that without
+ * reshard_after_forward every unit has a gather slot of its own (slot u).
+ * A tied unit has its own gather slot and grad slot, numbered after the
+ * shared ones (see the top). gather_of and grad_of hold num_units each. */
+typedef struct slot_map {
+    int *gather_of, *grad_of;
+    int num_gather, num_grad;
+} slot_map;
 
-static int grad_slot_count(int units) { return units > 2 ? 2 : units; }
-
-/* Largest padded unit among those that use slot `slot` of `slots` slots
- * assigned by unit % slots. */
-static int64_t slot_capacity(const mhub_unit_plan *plan, int slot, int slots)
+static void assign_slots(const mhub_unit_plan *plan, bool reshard, slot_map *map)
 {
-    int64_t cap = 0;
-    for (int unit = slot; unit < plan->num_units; unit += slots)
-        cap = plan->units[unit].padded > cap ? plan->units[unit].padded : cap;
-    return cap;
+    int untied = 0;
+    for (int u = 0; u < plan->num_units; u++)
+        untied += plan->units[u].reader < 0;
+    int shared = untied < 2 ? untied : 2;
+    map->num_gather = reshard ? shared : plan->num_units;
+    map->num_grad = shared;
+    for (int u = 0; u < plan->num_units; u++) {
+        bool tied = plan->units[u].reader >= 0;
+        if (!reshard)
+            map->gather_of[u] = u;
+        else
+            map->gather_of[u] = tied ? map->num_gather++ : u % shared;
+        map->grad_of[u] = tied ? map->num_grad++ : u % shared;
+    }
 }
 
-/* Elements of `slots` slots together. */
-static int64_t slots_elems(const mhub_unit_plan *plan, int slots)
+/* The largest padded unit that uses each of `slots` slots, per `of`
+ * (caps holds `slots`). */
+static void slot_capacities(const mhub_unit_plan *plan, const int *of, int slots, int64_t *caps)
 {
-    int64_t total = 0;
     for (int i = 0; i < slots; i++)
-        total += slot_capacity(plan, i, slots);
-    return total;
+        caps[i] = 0;
+    for (int u = 0; u < plan->num_units; u++)
+        caps[of[u]] = plan->units[u].padded > caps[of[u]] ? plan->units[u].padded : caps[of[u]];
+}
+
+/* Elements of the gather slots, and of the grad slots. */
+static mhub_status slots_elems(const mhub_unit_plan *plan, bool reshard, int64_t *gather,
+                               int64_t *grad)
+{
+    int n = plan->num_units;
+    int *of = malloc(2 * (size_t)n * sizeof *of);
+    int64_t *caps = malloc((size_t)(n + 2) * sizeof *caps);
+    if (!of || !caps) {
+        free(of);
+        free(caps);
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "slot tables for %d units", n);
+    }
+    slot_map map = {.gather_of = of, .grad_of = of + n};
+    assign_slots(plan, reshard, &map);
+    *gather = *grad = 0;
+    slot_capacities(plan, map.gather_of, map.num_gather, caps);
+    for (int i = 0; i < map.num_gather; i++)
+        *gather += caps[i];
+    slot_capacities(plan, map.grad_of, map.num_grad, caps);
+    for (int i = 0; i < map.num_grad; i++)
+        *grad += caps[i];
+    free(of);
+    free(caps);
+    return MHUB_OK;
 }
 
 /* Deterministic mode's halving scratch: half the largest unit. */
@@ -568,19 +668,54 @@ static mhub_status alloc_shards(mhub_fsdp *f)
     return MHUB_OK;
 }
 
+/* The per-unit tables and the slot structs (host memory). */
+static mhub_status alloc_slot_tables(mhub_fsdp *f)
+{
+    int n = f->plan.num_units;
+    f->gather_of = malloc((size_t)n * sizeof *f->gather_of);
+    f->grad_of = malloc((size_t)n * sizeof *f->grad_of);
+    f->backward_left = calloc((size_t)n, sizeof *f->backward_left);
+    if (!f->gather_of || !f->grad_of || !f->backward_left)
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "slot tables for %d units", n);
+    slot_map map = {.gather_of = f->gather_of, .grad_of = f->grad_of};
+    assign_slots(&f->plan, f->opts.reshard_after_forward, &map);
+    f->num_gather = map.num_gather;
+    f->num_grad = map.num_grad;
+    f->gather = calloc((size_t)f->num_gather + 1, sizeof *f->gather);
+    f->grad = calloc((size_t)f->num_grad + 1, sizeof *f->grad);
+    if (!f->gather || !f->grad)
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "%d gather and %d grad slots", f->num_gather,
+                          f->num_grad);
+    return MHUB_OK;
+}
+
+/* Every slot empty, sized by slot_capacities (as the estimate sizes it). */
+static mhub_status size_slots(mhub_fsdp *f)
+{
+    int64_t *caps = malloc(((size_t)f->num_gather + (size_t)f->num_grad + 1) * sizeof *caps);
+    if (!caps)
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "slot sizes");
+    slot_capacities(&f->plan, f->gather_of, f->num_gather, caps);
+    slot_capacities(&f->plan, f->grad_of, f->num_grad, caps + f->num_gather);
+    for (int i = 0; i < f->num_gather; i++) {
+        f->gather[i].capacity = caps[i];
+        f->gather[i].unit = -1;
+    }
+    for (int i = 0; i < f->num_grad; i++) {
+        f->grad[i].capacity = caps[f->num_gather + i];
+        f->grad[i].unit = -1;
+    }
+    free(caps);
+    return MHUB_OK;
+}
+
 static mhub_status alloc_buffers(mhub_fsdp *f)
 {
-    f->num_gather = gather_slot_count(f->opts.reshard_after_forward, f->plan.num_units);
-    f->num_grad = grad_slot_count(f->plan.num_units);
-    f->gather = calloc((size_t)f->num_gather, sizeof *f->gather);
-    if (!f->gather)
-        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "%d gather slots", f->num_gather);
+    MHUB_TRY(alloc_slot_tables(f));
+    MHUB_TRY(size_slots(f));
     int64_t total = 0;
-    for (int i = 0; i < f->num_gather; i++) {
-        f->gather[i].capacity = slot_capacity(&f->plan, i, f->num_gather);
-        f->gather[i].unit = -1;
+    for (int i = 0; i < f->num_gather; i++)
         total += f->gather[i].capacity;
-    }
     MHUB_TRY(alloc_elems(f, total, f->msize, &f->gather_mem));
     int64_t offset = 0;
     for (int i = 0; i < f->num_gather; i++) {
@@ -588,15 +723,14 @@ static mhub_status alloc_buffers(mhub_fsdp *f)
         offset += f->gather[i].capacity;
     }
     total = 0;
-    for (int i = 0; i < f->num_grad; i++) {
-        f->grad[i].capacity = slot_capacity(&f->plan, i, f->num_grad);
-        f->grad[i].unit = -1;
+    for (int i = 0; i < f->num_grad; i++)
         total += f->grad[i].capacity;
-    }
     MHUB_TRY(alloc_elems(f, total, f->gsize, &f->grad_mem));
-    f->grad[0].data = f->grad_mem;
-    if (f->num_grad > 1)
-        f->grad[1].data = elem_at(f->grad_mem, f->grad[0].capacity, f->gsize);
+    offset = 0;
+    for (int i = 0; i < f->num_grad; i++) {
+        f->grad[i].data = elem_at(f->grad_mem, offset, f->gsize);
+        offset += f->grad[i].capacity;
+    }
     if (f->gdt != MHUB_F32)
         MHUB_TRY(alloc_floats(f, f->plan.largest_shard, &f->widen));
     f->stats.buffer_bytes = f->stats.bytes_held - f->stats.shard_bytes;
@@ -663,6 +797,10 @@ static void destroy(mhub_fsdp *f)
         f->be->ops->free(f->be, f->tree_scratch);
     mhub_sumtree_free(&f->tree);
     free(f->gather);
+    free(f->grad);
+    free(f->gather_of);
+    free(f->grad_of);
+    free(f->backward_left);
     mhub_unit_plan_free(&f->plan);
     free(f);
 }
@@ -678,9 +816,9 @@ static mhub_status alloc_deterministic(mhub_fsdp *f)
 
 /* Bytes of what alloc_shards, alloc_buffers and alloc_deterministic (plus
  * the sum tree's one level in the first step) allocate, by kind. */
-static void estimate_from_plan(const mhub_unit_plan *plan, int dp_size, mhub_dtype mdt,
-                               mhub_dtype gdt, bool reshard, bool deterministic, int num_state,
-                               mhub_dp_memory *out)
+static mhub_status estimate_from_plan(const mhub_unit_plan *plan, int dp_size, mhub_dtype mdt,
+                                      mhub_dtype gdt, bool reshard, bool deterministic,
+                                      int num_state, mhub_dp_memory *out)
 {
     const int64_t f32 = sizeof(float), msize = (int64_t)mhub_dtype_size(mdt),
                   gsize = (int64_t)mhub_dtype_size(gdt), s = plan->shard_numel;
@@ -689,9 +827,9 @@ static void estimate_from_plan(const mhub_unit_plan *plan, int dp_size, mhub_dty
     out->main_param_bytes = mdt != MHUB_F32 ? s * f32 : 0;
     out->grad_bytes = s * f32;
     out->optim_state_bytes = num_state * s * f32;
-    out->gathered_bytes =
-        slots_elems(plan, gather_slot_count(reshard, plan->num_units)) * msize +
-        slots_elems(plan, grad_slot_count(plan->num_units)) * gsize;
+    int64_t gather_elems = 0, grad_elems = 0;
+    MHUB_TRY(slots_elems(plan, reshard, &gather_elems, &grad_elems));
+    out->gathered_bytes = gather_elems * msize + grad_elems * gsize;
     if (gdt != MHUB_F32)
         out->scratch_bytes = plan->largest_shard * f32;
     if (deterministic)
@@ -699,6 +837,7 @@ static void estimate_from_plan(const mhub_unit_plan *plan, int dp_size, mhub_dty
                               mhub_sumtree_bytes(s, dp_size, false);
     for (int u = 0; u < plan->num_units; u++)
         out->padding_elems += plan->units[u].padded - plan->units[u].numel;
+    return MHUB_OK;
 }
 
 mhub_status mhub_fsdp_estimate_memory(const mhub_param_list *params, int dp_size,
@@ -721,10 +860,11 @@ mhub_status mhub_fsdp_estimate_memory(const mhub_param_list *params, int dp_size
         o = *opts;
     mhub_unit_plan plan;
     MHUB_TRY(mhub_unit_plan_make(params, dp_size, &plan));
-    estimate_from_plan(&plan, dp_size, mdt, gdt, o.reshard_after_forward,
-                       ddp_cfg->deterministic, mhub_optim_state_arrays(opt_cfg), out);
+    mhub_status s = estimate_from_plan(&plan, dp_size, mdt, gdt, o.reshard_after_forward,
+                                       ddp_cfg->deterministic,
+                                       mhub_optim_state_arrays(opt_cfg), out);
     mhub_unit_plan_free(&plan);
-    return MHUB_OK;
+    return s;
 }
 
 mhub_status mhub_fsdp_create(mhub_param_list *params, mhub_comm *dp,
@@ -1123,6 +1263,7 @@ mhub_status mhub_fsdp_unit(const mhub_fsdp *f, int unit, mhub_fsdp_unit_info *ou
     out->numel = u->numel;
     out->padded_numel = u->padded;
     out->shard_numel = u->shard;
+    out->reader = u->reader;
     return MHUB_OK;
 }
 

@@ -32,6 +32,7 @@ mhub_status mhub_param_list_add(mhub_param_list *list, const char *name, mhub_dt
     p.init_std = init_std;
     p.requires_grad = true;
     p.unit = 0;
+    p.tied_unit = -1;
     if (list->count == list->cap) {
         int cap = list->cap ? 2 * list->cap : 16;
         mhub_param *items = realloc(list->items, (size_t)cap * sizeof *items);

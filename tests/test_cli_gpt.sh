@@ -82,6 +82,53 @@ for engine in ddp distopt fsdp; do
     fi
 done
 
+# a GPT-2-style model (LayerNorm, gelu, learned positions, biases) whose
+# output layer is the embedding table: FSDP keeps the embedding's unit
+# gathered while the head uses it. It trains at 2 ranks, and in
+# deterministic mode reaches DDP's bits at 1 and 2 ranks (one BLAS thread
+# per rank: the automatic count differs between 1 and 2 ranks on a node,
+# and a GEMM's sum order with it).
+# tied_config NAME ENGINE [DDP_EXTRA]: write $tmp/NAME.json
+tied_config() {
+    cat >"$tmp/$1.json" <<EOF
+{
+  "model": {"provider": "gpt", "num_layers": 2, "hidden_size": 32, "num_attention_heads": 4,
+            "ffn_hidden_size": 64, "seq_length": 32, "vocab_size": 256,
+            "share_embeddings_and_output_weights": true,
+            "init_method": "normal", "init_method_std": 0.02},
+  "ddp": {"overlap_grad_reduce": true, "bucket_size": 5000$3},
+  "optimizer": {"type": "adamw", "lr": 0.01, "warmup_steps": 5, "min_lr": 0.001},
+  "training": {"steps": 60, "micro_batch": 4, "global_batch": 8, "seq_len": 32,
+               "dp_engine": "$2", "log_every": 10},
+  "data": {"path": "$tmp/copy.txt"}
+}
+EOF
+}
+tied_config tied-fsdp fsdp
+run_train tied-fsdp 2
+if [ "$rc" -eq 0 ] && loss_fell; then
+    pass "tied GPT-2-style model, fsdp at 2 ranks: the loss falls ($(grep '^loss' "$out"))"
+else
+    fail "tied GPT with fsdp" "rc=$rc $(tail -3 "$out") $(cat "$err")"
+fi
+tied_config tied-det ddp ', "deterministic": true'
+MHUB_BLAS_THREADS=1
+export MHUB_BLAS_THREADS
+tied_digests=""
+for run in "ddp 1" "fsdp 1" "fsdp 2"; do
+    set -- $run
+    run_train tied-det "$2" --dp-engine "$1" --steps 20 --quiet --digest
+    d=$(sed -n 's/^params sha256: //p' "$out")
+    [ "$rc" -eq 0 ] && [ -n "$d" ] || fail "tied GPT, deterministic $1 at $2 rank(s)" "rc=$rc $(cat "$err")"
+    tied_digests="$tied_digests $d"
+done
+unset MHUB_BLAS_THREADS
+if [ "$(echo $tied_digests | tr ' ' '\n' | sort -u | wc -l)" -eq 1 ] && [ -n "$(echo $tied_digests)" ]; then
+    pass "tied GPT, deterministic: fsdp at 1 and 2 ranks gives ddp's digest"
+else
+    fail "tied GPT, deterministic digests" "ddp 1, fsdp 1, fsdp 2:$tied_digests"
+fi
+
 # the bundled task: written by mhub, scored on held-out problems
 config addition ddp 5 '{"task": "addition", "digits": 2, "problems": 500, "seed": 3}'
 run_train addition 2

@@ -468,13 +468,19 @@ WATCHED(post_forward)
 WATCHED(pre_backward)
 WATCHED(post_backward)
 
-static void install_watch(mhub_mlp *m, mhub_fsdp *f, watch *w)
+/* The engine's hooks wrapped by `w`, for any model. */
+static mhub_unit_hooks watch_hooks(mhub_fsdp *f, watch *w)
 {
     memset(w, 0, sizeof *w);
     w->f = f;
     CK_OK(mhub_fsdp_unit_hooks(f, &w->inner));
-    mhub_unit_hooks h = {watched_pre_forward, watched_post_forward, watched_pre_backward,
-                         watched_post_backward, w};
+    return (mhub_unit_hooks){watched_pre_forward, watched_post_forward, watched_pre_backward,
+                             watched_post_backward, w};
+}
+
+static void install_watch(mhub_mlp *m, mhub_fsdp *f, watch *w)
+{
+    mhub_unit_hooks h = watch_hooks(f, w);
     mhub_mlp_set_unit_hooks(m, &h);
 }
 
@@ -896,6 +902,544 @@ START_TEST(test_digest_agrees_across_ranks)
 }
 END_TEST
 
+/* ---- a GPT whose output layer is tied to its embedding ---------------------
+ * The head (the last unit) reads the embedding table, which belongs to
+ * unit 0 (mhub_param.tied_unit), so FSDP keeps unit 0 gathered while the
+ * head runs and its gradient open from the head's backward to the
+ * embedding's. Three layers make the head unit 4, of unit 0's parity:
+ * without its own buffers unit 0 would share a slot with it. Hidden 10
+ * and vocab 37 make the embedding (450 elements) and each layer (994) no
+ * multiple of 4, so dp 2 and 4 pad them. */
+
+enum { GPT_ROWS = 8, GPT_SEQ = 8, GPT_VOCAB = 37, GPT_LAYERS = 3, GPT_STEPS = 3,
+       GPT_MAX_PARAMS = 48 };
+
+static void tied_gpt_config(mhub_gpt_config *cfg, mhub_dtype dt)
+{
+    mhub_gpt_config_init(cfg); /* GPT-2 style: LayerNorm, gelu, learned positions, tied */
+    cfg->num_layers = GPT_LAYERS;
+    cfg->hidden_size = 10;
+    cfg->num_attention_heads = 2;
+    cfg->ffn_hidden_size = 24;
+    cfg->seq_length = GPT_SEQ;
+    cfg->vocab_size = GPT_VOCAB;
+    cfg->make_vocab_size_divisible_by = 1;
+    cfg->base.bf16 = dt == MHUB_BF16;
+    ck_assert(cfg->share_embeddings_and_output_weights);
+}
+
+/* The same seeds on every rank: FSDP needs equal values at create. */
+static mhub_gpt *tied_gpt(const mhub_gpt_config *cfg, int64_t micro_batch)
+{
+    mhub_provide_args a = {.pre_process = true, .post_process = true, .vp_stage = -1,
+                           .pp_size = 1, .vp_size = 1, .tp_size = 1, .backend = be,
+                           .seed = 11, .tp_seed = 12, .micro_batch = micro_batch};
+    mhub_gpt *m = NULL;
+    CK_OK(mhub_gpt_create(cfg, &a, &m));
+    ck_assert(mhub_gpt_runnable(m));
+    ck_assert_int_le(mhub_gpt_params(m)->count, GPT_MAX_PARAMS);
+    return m;
+}
+
+/* Rows [first, first + rows) of step `step`'s global batch: hashed
+ * tokens, each target a function of its token and position. */
+static void gpt_batch(int step, int64_t first, int64_t rows, int32_t *tokens, int32_t *targets)
+{
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t t = 0; t < GPT_SEQ; t++) {
+            uint64_t row = (uint64_t)step * GPT_ROWS + (uint64_t)(first + r);
+            int32_t tok = (int32_t)((row * 2654435761u + (uint64_t)t * 40503u) % GPT_VOCAB);
+            tokens[r * GPT_SEQ + t] = tok;
+            targets[r * GPT_SEQ + t] = (int32_t)((tok + t + 1) % GPT_VOCAB);
+        }
+}
+
+/* The reference: the whole global batch in one process with no engine,
+ * the update rule applied to each full parameter (through an f32 main
+ * copy rounded into a 16-bit parameter after every step). */
+static void train_gpt_single(mhub_gpt *m, const mhub_optim_config *oc, int steps)
+{
+    mhub_param_list *pl = mhub_gpt_params(m);
+    int k = mhub_optim_state_arrays(oc);
+    float *state[GPT_MAX_PARAMS][2] = {{NULL}}, *main[GPT_MAX_PARAMS] = {NULL};
+    for (int p = 0; p < pl->count; p++) {
+        const mhub_tensor *v = &pl->items[p].value;
+        for (int a = 0; a < k; a++)
+            state[p][a] = calloc((size_t)v->numel, sizeof(float));
+        if (v->dtype != MHUB_F32) {
+            main[p] = malloc((size_t)v->numel * sizeof(float));
+            CK_OK(be->ops->cast(be, main[p], MHUB_F32, v->data, v->dtype, v->numel));
+        }
+    }
+    int32_t tokens[GPT_ROWS * GPT_SEQ], targets[GPT_ROWS * GPT_SEQ];
+    for (int s = 0; s < steps; s++) {
+        CK_OK(mhub_param_list_zero_grad(pl));
+        gpt_batch(s, 0, GPT_ROWS, tokens, targets);
+        CK_OK(mhub_gpt_forward(m, tokens, targets, GPT_ROWS, GPT_SEQ, NULL));
+        CK_OK(mhub_gpt_backward(m, 1.0f / (GPT_ROWS * GPT_SEQ)));
+        for (int p = 0; p < pl->count; p++) {
+            mhub_tensor *v = &pl->items[p].value;
+            float *target = main[p] ? main[p] : v->data;
+            CK_OK(mhub_optim_update(be, oc, target, pl->items[p].grad.data, state[p], v->numel,
+                                    s + 1));
+            if (main[p])
+                CK_OK(be->ops->cast(be, v->data, v->dtype, main[p], MHUB_F32, v->numel));
+        }
+    }
+    for (int p = 0; p < pl->count; p++) {
+        for (int a = 0; a < k; a++)
+            free(state[p][a]);
+        free(main[p]);
+    }
+}
+
+typedef struct gpt_run {
+    mhub_dtype dtype;
+    mhub_optim_config optim;
+    mhub_fsdp_options fsdp;
+    mhub_ddp_config ddp;
+    int accum;
+} gpt_run;
+
+/* SGD with momentum: its update follows the gradient's size. (AdamW's
+ * m / sqrt(v) is scale-free, and the GPT has gradients that are exactly
+ * zero but for rounding, the key biases', whose softmax ignores them: a
+ * different summation order, more ranks or micro-batches, turns their
+ * noise into full learning-rate steps of either sign.) */
+static void gpt_run_init(gpt_run *r, mhub_dtype dt)
+{
+    memset(r, 0, sizeof *r);
+    r->dtype = dt;
+    r->accum = 1;
+    mhub_optim_config_init(&r->optim, MHUB_OPTIM_SGD);
+    r->optim.lr = 0.05f;
+    r->optim.momentum = 0.5f;
+    mhub_fsdp_options_init(&r->fsdp);
+    mhub_ddp_config_init(&r->ddp);
+}
+
+static mhub_fsdp *gpt_engine(mhub_gpt *m, const gpt_run *r)
+{
+    mhub_fsdp *f = NULL;
+    CK_OK(mhub_fsdp_create(mhub_gpt_params(m), world, &r->ddp, &r->fsdp, &r->optim, &f));
+    mhub_unit_hooks h;
+    CK_OK(mhub_fsdp_unit_hooks(f, &h));
+    mhub_gpt_set_unit_hooks(m, &h);
+    return f;
+}
+
+/* One step on this rank's slice of the global batch in r->accum
+ * micro-batches, each token weighing 1 / (local tokens): the engine
+ * divides the sum over ranks by dp. */
+static void gpt_fsdp_step(mhub_gpt *m, mhub_fsdp *f, const gpt_run *r, int s)
+{
+    int64_t local = GPT_ROWS / world->size, micro = local / r->accum;
+    int32_t tokens[GPT_ROWS * GPT_SEQ], targets[GPT_ROWS * GPT_SEQ];
+    CK_OK(mhub_fsdp_zero_grad(f));
+    for (int k = 0; k < r->accum; k++) {
+        gpt_batch(s, world->rank * local + k * micro, micro, tokens, targets);
+        CK_OK(mhub_gpt_forward(m, tokens, targets, micro, GPT_SEQ, NULL));
+        CK_OK(mhub_gpt_backward(m, 1.0f / (float)(local * GPT_SEQ)));
+    }
+    CK_OK(mhub_fsdp_finish_grad_sync(f));
+    CK_OK(mhub_fsdp_step(f));
+}
+
+/* A parameter list's gradients as f32 (malloc'd, list order). */
+static float *grads_f32(const mhub_param_list *pl)
+{
+    int64_t at = 0;
+    float *out = malloc((size_t)mhub_param_list_numel(pl) * sizeof(float));
+    ck_assert_ptr_nonnull(out);
+    for (int p = 0; p < pl->count; p++) {
+        const mhub_tensor *g = &pl->items[p].grad;
+        ck_assert_msg(g->data && g->dtype == MHUB_F32, "'%s'", pl->items[p].name);
+        memcpy(out + at, g->data, (size_t)g->numel * sizeof(float));
+        at += g->numel;
+    }
+    return out;
+}
+
+/* Over all ranks, the largest |a - b| in each parameter divided by that
+ * parameter's largest |b| (at least 1e-2). bf16 keeps 8 significant
+ * bits, so a bf16 run's error scales with the values of the tensor, not
+ * with each element (a weight that trained through zero). */
+static double max_diff_per_tensor(const mhub_param_list *pl, const float *a, const float *b)
+{
+    double worst = 0;
+    int64_t at = 0;
+    for (int p = 0; p < pl->count; p++) {
+        int64_t n = pl->items[p].value.numel;
+        double scale = 1e-2, diff = 0;
+        for (int64_t i = at; i < at + n; i++) {
+            scale = fmax(scale, fabs(b[i]));
+            diff = fmax(diff, fabs((double)a[i] - b[i]));
+        }
+        worst = fmax(worst, diff / scale);
+        at += n;
+    }
+    float w = (float)worst, all = w;
+    CK_OK(mhub_comm_allreduce(world, &w, &all, 1, MHUB_F32, MHUB_MAX));
+    return all;
+}
+
+typedef struct gpt_diffs {
+    double values, grads, moved;
+} gpt_diffs;
+
+/* GPT_STEPS steps of FSDP against the single-process reference: the
+ * gathered values, and after mhub_fsdp_free the model's own values (the
+ * same bits) and last gradients (the tied table's holds the head's part
+ * and the lookup's). f32 models compare element by element (relative,
+ * floor 1e-2), bf16 ones per tensor (max_diff_per_tensor). *out gets
+ * the differences and how far training moved the values. */
+static void run_tied_gpt(const gpt_run *r, gpt_diffs *out)
+{
+    mhub_gpt_config cfg, cfg32;
+    tied_gpt_config(&cfg, r->dtype);
+    tied_gpt_config(&cfg32, MHUB_F32);
+    mhub_gpt *dist = tied_gpt(&cfg, GPT_ROWS / world->size), *single = tied_gpt(&cfg, GPT_ROWS);
+    mhub_gpt *view = tied_gpt(&cfg32, 1); /* f32 destination of the gathered values */
+    mhub_param_list *pl = mhub_gpt_params(dist);
+    int64_t n = mhub_param_list_numel(pl);
+    float *initial = values_f32(pl);
+    mhub_fsdp *f = gpt_engine(dist, r);
+    /* the model's tie reached the engine: the head (the last unit) reads unit 0 */
+    mhub_fsdp_unit_info info;
+    CK_OK(mhub_fsdp_unit(f, 0, &info));
+    ck_assert_int_eq(mhub_fsdp_num_units(f), GPT_LAYERS + 2);
+    ck_assert_int_eq(info.reader, GPT_LAYERS + 1);
+    for (int s = 0; s < GPT_STEPS; s++)
+        gpt_fsdp_step(dist, f, r, s);
+    train_gpt_single(single, &r->optim, GPT_STEPS);
+
+    float *want = values_f32(mhub_gpt_params(single));
+    CK_OK(mhub_fsdp_full_params(f, mhub_gpt_params(view)));
+    float *got = values_f32(mhub_gpt_params(view));
+    mhub_gpt_set_unit_hooks(dist, NULL);
+    mhub_fsdp_free(f);
+    float *restored = values_f32(pl);
+    ck_assert_msg(max_diff_f32(restored, got, n, 1e-30) == 0, "restored values differ");
+    float *g = grads_f32(pl), *gwant = grads_f32(mhub_gpt_params(single));
+    bool f32 = r->dtype == MHUB_F32;
+    out->values = f32 ? max_diff_f32(got, want, n, 1e-2) : max_diff_per_tensor(pl, got, want);
+    out->grads = f32 ? max_diff_f32(g, gwant, n, 1e-2) : max_diff_per_tensor(pl, g, gwant);
+    out->moved = f32 ? max_diff_f32(got, initial, n, 1e-2)
+                     : max_diff_per_tensor(pl, got, initial);
+    free(g);
+    free(gwant);
+    free(restored);
+    free(got);
+    free(want);
+    free(initial);
+    mhub_gpt_free(view);
+    mhub_gpt_free(single);
+    mhub_gpt_free(dist);
+}
+
+static void describe_gpt_run(const gpt_run *r, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "tied GPT, ranks %d, %s, gradients %s, reshard %d, prefetch %d, accum %d",
+             world->size, mhub_dtype_name(r->dtype),
+             r->dtype == MHUB_F32 || r->ddp.grad_reduce_in_fp32 ? "f32" : "bf16",
+             r->fsdp.reshard_after_forward, r->fsdp.prefetch, r->accum);
+}
+
+/* Each variant's values within `tol` and gradients within `grad_tol`,
+ * the values having moved by more than 4 tol; the worst printed. */
+static void check_tied_gpt_runs(const gpt_run *runs, int count, double tol, double grad_tol)
+{
+    gpt_diffs worst = {0, 0, 1e30};
+    char what[160];
+    for (int i = 0; i < count; i++) {
+        gpt_diffs d;
+        run_tied_gpt(&runs[i], &d);
+        describe_gpt_run(&runs[i], what, sizeof what);
+        ck_assert_msg(d.values <= tol, "%s: values differ by %g > %g", what, d.values, tol);
+        ck_assert_msg(d.grads <= grad_tol, "%s: gradients differ by %g > %g", what, d.grads,
+                      grad_tol);
+        ck_assert_msg(d.moved > 4 * tol, "%s: the values moved only %g", what, d.moved);
+        worst.values = fmax(worst.values, d.values);
+        worst.grads = fmax(worst.grads, d.grads);
+        worst.moved = fmin(worst.moved, d.moved);
+    }
+    if (world->rank == 0)
+        printf("tied GPT, %s, %d rank(s), %d variants vs one process: values differ by <= %.3g, "
+               "last gradients by <= %.3g (tolerances %.3g, %.3g; training moved the values "
+               ">= %.3g)\n",
+               mhub_dtype_name(runs[0].dtype), world->size, count, worst.values, worst.grads,
+               tol, grad_tol, worst.moved);
+}
+
+START_TEST(test_tied_gpt_matches_single_process)
+{
+    gpt_run runs[8];
+    int count = 0;
+    for (int reshard = 0; reshard <= 1; reshard++)
+        for (int pf = 0; pf <= 1; pf++)
+            for (int accum = 1; accum <= 2; accum++) {
+                gpt_run *r = &runs[count++];
+                gpt_run_init(r, MHUB_F32);
+                r->fsdp.reshard_after_forward = reshard;
+                r->fsdp.prefetch = pf;
+                r->accum = accum;
+                r->ddp.check_for_nan_in_grad = accum > 1;
+            }
+    /* an element of the last gradient (~1e-2) sums 64 tokens' terms that
+     * are far larger and cancel; ranks and micro-batches group them
+     * differently, and the values it is taken at differ by up to 1e-6:
+     * it agrees to a few 1e-6 (a gradient missing the head's part of the
+     * tied table would be off by its whole size) */
+    check_tied_gpt_runs(runs, count, 1e-5, 1e-4);
+}
+END_TEST
+
+/* bf16 parameters with gradients reduced in f32, or in bf16 (then the
+ * tied table's two parts are summed in f32 and rounded once by the
+ * model). The parameters are rounded to bf16 after every step on both
+ * sides, and a master a hair from a rounding boundary lands one ulp off,
+ * which the following steps carry on: 4 ulps of each tensor's scale
+ * (4 x 2^-7) leave room for that. */
+START_TEST(test_tied_gpt_bf16_matches_single_process)
+{
+    gpt_run runs[4];
+    int count = 0;
+    for (int fp32 = 0; fp32 <= 1; fp32++)
+        for (int reshard = 0; reshard <= 1; reshard++) {
+            gpt_run *r = &runs[count++];
+            gpt_run_init(r, MHUB_BF16);
+            r->ddp.grad_reduce_in_fp32 = fp32;
+            r->fsdp.reshard_after_forward = reshard;
+        }
+    check_tied_gpt_runs(runs, count, 4.0 / 128, 4.0 / 128);
+}
+END_TEST
+
+/* Deterministic mode: FSDP over the world's ranks and DDP in one process
+ * (a communicator of this rank alone) sum the same GPT_SHARDS micro-shards
+ * of each global batch in the same fixed tree, so they train the tied GPT
+ * to the same bits, at any power-of-two dp size. */
+enum { GPT_SHARDS = 4 };
+
+static void train_gpt_engine(mhub_gpt *m, mhub_dp_engine *e, mhub_comm *dp)
+{
+    int micro = GPT_SHARDS / dp->size;
+    int64_t rows = GPT_ROWS / GPT_SHARDS;
+    int32_t tokens[GPT_ROWS * GPT_SEQ], targets[GPT_ROWS * GPT_SEQ];
+    for (int s = 0; s < GPT_STEPS; s++) {
+        CK_OK(mhub_dp_engine_zero_grad(e));
+        for (int k = 0; k < micro; k++) {
+            int64_t shard = mhub_dp_engine_shard_index(e, dp->rank, dp->size, k, micro);
+            ck_assert_int_ge(shard, 0);
+            gpt_batch(s, shard * rows, rows, tokens, targets);
+            CK_OK(mhub_dp_engine_micro_begin(e, k, micro));
+            CK_OK(mhub_gpt_forward(m, tokens, targets, rows, GPT_SEQ, NULL));
+            CK_OK(mhub_gpt_backward(m, 1.0f / (GPT_ROWS * GPT_SEQ)));
+            CK_OK(mhub_dp_engine_micro_end(e, k, micro));
+        }
+        CK_OK(mhub_dp_engine_finish_grad_sync(e));
+        CK_OK(mhub_dp_engine_step(e));
+    }
+}
+
+static void deterministic_digest(mhub_dp_engine_kind kind, mhub_comm *dp, bool reshard,
+                                 char hex[MHUB_SHA256_HEX_CHARS])
+{
+    mhub_gpt_config cfg;
+    tied_gpt_config(&cfg, MHUB_F32);
+    mhub_gpt *m = tied_gpt(&cfg, GPT_ROWS / GPT_SHARDS);
+    gpt_run r;
+    gpt_run_init(&r, MHUB_F32);
+    mhub_optim_config_init(&r.optim, MHUB_OPTIM_ADAMW); /* bitwise: any optimizer will do */
+    r.optim.lr = 1e-2f;
+    r.ddp.deterministic = true;
+    r.ddp.loss_is_global_mean = true; /* each token weighs 1 / (global tokens) */
+    r.fsdp.reshard_after_forward = reshard;
+    mhub_dp_engine *e;
+    CK_OK(mhub_dp_engine_create(kind, mhub_gpt_params(m), dp, &r.ddp, &r.optim, &r.fsdp, &e));
+    mhub_grad_ready_fn fn;
+    void *user;
+    mhub_unit_hooks hooks;
+    CK_OK(mhub_dp_engine_hooks(e, &fn, &user, &hooks));
+    mhub_gpt_set_grad_ready(m, fn, user);
+    mhub_gpt_set_unit_hooks(m, &hooks);
+    train_gpt_engine(m, e, dp);
+    CK_OK(mhub_dp_engine_digest(e, hex));
+    mhub_gpt_set_grad_ready(m, NULL, NULL);
+    mhub_gpt_set_unit_hooks(m, NULL);
+    mhub_dp_engine_free(e);
+    mhub_gpt_free(m);
+}
+
+START_TEST(test_tied_gpt_deterministic_digest_is_ddps)
+{
+    mhub_comm *self;
+    CK_OK(mhub_comm_split(world, world->rank, 0, "self", &self));
+    char ddp[MHUB_SHA256_HEX_CHARS], fsdp[MHUB_SHA256_HEX_CHARS];
+    deterministic_digest(MHUB_DP_DDP, self, true, ddp);
+    for (int reshard = 0; reshard <= 1; reshard++) {
+        deterministic_digest(MHUB_DP_FSDP, world, reshard, fsdp);
+        ck_assert_msg(!strcmp(fsdp, ddp), "ranks %d, reshard %d: fsdp %s, one-process ddp %s",
+                      world->size, reshard, fsdp, ddp);
+    }
+    if (world->rank == 0)
+        printf("tied GPT, deterministic, %d rank(s): fsdp digest = one-process ddp's %.16s...\n",
+               world->size, ddp);
+    mhub_comm_free(self);
+}
+END_TEST
+
+/* Memory as the allocator sees it, the estimate, the buffers by formula,
+ * and the gather schedule of one step: unit 0 has a value buffer and a
+ * gradient buffer of its own, stays gathered from its forward to its
+ * backward (never gathered twice), and is reduced once. */
+static void check_tied_gpt_schedule(bool reshard)
+{
+    gpt_run r;
+    gpt_run_init(&r, MHUB_F32);
+    r.fsdp.reshard_after_forward = reshard;
+    mhub_gpt_config cfg;
+    tied_gpt_config(&cfg, MHUB_F32);
+    int64_t local = GPT_ROWS / world->size;
+    mhub_gpt *m = tied_gpt(&cfg, local);
+    mhub_param_list *pl = mhub_gpt_params(m);
+    size_t full_bytes = 0; /* the model's own values and gradients, which the engine frees */
+    for (int p = 0; p < pl->count; p++)
+        full_bytes += mhub_tensor_nbytes(&pl->items[p].value) +
+                      mhub_tensor_nbytes(&pl->items[p].grad);
+    mhub_dp_memory est;
+    CK_OK(mhub_dp_engine_estimate_memory(MHUB_DP_FSDP, pl, world->size, &r.ddp, &r.optim,
+                                         &r.fsdp, &est));
+    size_t before = current_bytes();
+    mhub_fsdp *f = gpt_engine(m, &r);
+    size_t after = current_bytes();
+    mhub_fsdp_stats st;
+    mhub_fsdp_get_stats(f, &st);
+    ck_assert_int_eq((int64_t)(after - (before - full_bytes)), st.bytes_held);
+    ck_assert_int_eq(est.total_bytes, st.bytes_held);
+
+    const int units = GPT_LAYERS + 2, head = units - 1;
+    ck_assert_int_eq(mhub_fsdp_num_units(f), units);
+    int64_t padded[GPT_LAYERS + 2], cap[2] = {0, 0}, all = 0;
+    for (int u = 0; u < units; u++) {
+        mhub_fsdp_unit_info info;
+        CK_OK(mhub_fsdp_unit(f, u, &info));
+        ck_assert_int_eq(info.reader, u == 0 ? head : -1);
+        padded[u] = info.padded_numel;
+        all += padded[u];
+        if (u > 0)
+            cap[u % 2] = padded[u] > cap[u % 2] ? padded[u] : cap[u % 2];
+    }
+    /* values: unit 0's own buffer plus the others' two by parity, or
+     * every unit's without reshard; gradients: unit 0's plus two */
+    int64_t values = reshard ? padded[0] + cap[0] + cap[1] : all;
+    int64_t grads = padded[0] + cap[0] + cap[1];
+    ck_assert_int_eq(est.gathered_bytes, (int64_t)sizeof(float) * (values + grads));
+    ck_assert_int_eq(st.buffer_bytes, est.gathered_bytes);
+
+    watch w;
+    mhub_unit_hooks h = watch_hooks(f, &w);
+    mhub_gpt_set_unit_hooks(m, &h);
+    int32_t tokens[GPT_ROWS * GPT_SEQ], targets[GPT_ROWS * GPT_SEQ];
+    gpt_batch(0, world->rank * local, local, tokens, targets);
+    CK_OK(be->ops->reset_peak(be));
+    size_t step_start = current_bytes(), step_peak = 0, step_end = 0;
+    CK_OK(mhub_fsdp_zero_grad(f));
+    CK_OK(mhub_gpt_forward(m, tokens, targets, local, GPT_SEQ, NULL));
+    for (int u = 0; u < units; u++)
+        ck_assert_msg(mhub_fsdp_unit_gathered(f, u) == (!reshard || u == 0 || u == head),
+                      "reshard %d: unit %d after forward", reshard, u);
+    CK_OK(mhub_gpt_backward(m, 1.0f / (float)(local * GPT_SEQ)));
+    for (int u = 0; u < units; u++)
+        ck_assert_msg(!mhub_fsdp_unit_gathered(f, u), "unit %d after backward", u);
+    CK_OK(mhub_fsdp_finish_grad_sync(f));
+    CK_OK(mhub_fsdp_step(f));
+    CK_OK(be->ops->memory_usage(be, &step_end, &step_peak));
+    ck_assert_uint_eq(step_peak, step_start); /* a step allocates nothing */
+    ck_assert_uint_eq(step_end, step_start);
+    mhub_fsdp_get_stats(f, &st);
+    /* forward gathers every unit, prefetching all but unit 0; backward
+     * regathers (prefetched) units L..1 when resharding: neither the head,
+     * kept from forward, nor unit 0 */
+    int L = GPT_LAYERS;
+    ck_assert_int_eq(st.gathers_issued, reshard ? (L + 2) + L : L + 2);
+    ck_assert_int_eq(st.gathers_prefetched, reshard ? (L + 1) + L : L + 1);
+    ck_assert_int_eq(st.reduce_scatters, L + 2); /* unit 0 once */
+    ck_assert_int_le(w.max_gathered, reshard ? 3 : units);
+    ck_assert_int_ge(w.max_gathered, 2);
+    mhub_gpt_set_unit_hooks(m, NULL);
+    mhub_fsdp_free(f);
+    ck_assert_uint_eq(current_bytes(), before);
+    mhub_gpt_free(m);
+}
+
+START_TEST(test_tied_gpt_schedule_and_memory)
+{
+    ck_assert_ptr_nonnull(be->ops->memory_usage);
+    check_tied_gpt_schedule(true);
+    check_tied_gpt_schedule(false);
+}
+END_TEST
+
+START_TEST(test_tied_units_are_checked)
+{
+    mhub_optim_config oc;
+    mhub_optim_config_init(&oc, MHUB_OPTIM_SGD);
+    mhub_ddp_config dc;
+    mhub_ddp_config_init(&dc);
+    mhub_dp_memory est;
+    mhub_mlp *m;
+    CK_OK(mhub_mlp_create(&odd_cfg, be, 4, 1, &m)); /* units 0, 1, 2 */
+    mhub_param_list *pl = mhub_mlp_params(m);
+    mhub_fsdp *f = NULL;
+    const int bad[] = {0, 3}; /* its own unit, a unit the list lacks */
+    for (int i = 0; i < 2; i++) {
+        pl->items[0].tied_unit = bad[i];
+        CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_fsdp_create(pl, world, &dc, NULL, &oc, &f));
+        ck_assert_msg(strstr(mhub_last_error(), "'layers.0.weight'"), "%s", mhub_last_error());
+        CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_dp_engine_estimate_memory(MHUB_DP_FSDP, pl,
+                                                                      world->size, &dc, &oc,
+                                                                      NULL, &est));
+    }
+    /* one unit read by two others */
+    pl->items[0].tied_unit = 1;
+    pl->items[1].tied_unit = 2;
+    CK_FAILS(MHUB_ERR_UNSUPPORTED, mhub_fsdp_create(pl, world, &dc, NULL, &oc, &f));
+    ck_assert_msg(strstr(mhub_last_error(), "'layers.0.weight'") &&
+                      strstr(mhub_last_error(), "one other unit"),
+                  "%s", mhub_last_error());
+    CK_FAILS(MHUB_ERR_UNSUPPORTED, mhub_dp_engine_estimate_memory(MHUB_DP_FSDP, pl, world->size,
+                                                                  &dc, &oc, NULL, &est));
+    ck_assert_ptr_null(f);
+    for (int p = 0; p < pl->count; p++)
+        ck_assert(pl->items[p].value.owns_data && pl->items[p].grad.owns_data);
+    pl->items[0].tied_unit = pl->items[1].tied_unit = -1;
+    mhub_mlp_free(m);
+
+    /* a GPT whose tie is not declared: the head finds the table meta
+     * (unit 0 was resharded after its forward) and says so */
+    mhub_gpt_config cfg;
+    tied_gpt_config(&cfg, MHUB_F32);
+    mhub_gpt *g = tied_gpt(&cfg, 1);
+    mhub_param_list *gl = mhub_gpt_params(g);
+    int wte = mhub_param_list_find(gl, "embedding.word_embeddings.weight");
+    ck_assert_int_eq(gl->items[wte].tied_unit, GPT_LAYERS + 1);
+    gl->items[wte].tied_unit = -1;
+    gpt_run r;
+    gpt_run_init(&r, MHUB_F32);
+    f = gpt_engine(g, &r);
+    int32_t tokens[GPT_SEQ], targets[GPT_SEQ];
+    gpt_batch(0, 0, 1, tokens, targets);
+    CK_FAILS(MHUB_ERR_STATE, mhub_gpt_forward(g, tokens, targets, 1, GPT_SEQ, NULL));
+    ck_assert_msg(strstr(mhub_last_error(), "'embedding.word_embeddings.weight'") &&
+                      strstr(mhub_last_error(), "meta"),
+                  "%s", mhub_last_error());
+    mhub_gpt_set_unit_hooks(g, NULL);
+    mhub_fsdp_free(f);
+    mhub_gpt_free(g);
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     Suite *s = suite_create("fsdp");
@@ -911,6 +1455,11 @@ static Suite *make_suite(void)
     tcase_add_test(tc, test_memory_matches_formula);
     tcase_add_test(tc, test_nan_is_named_on_every_rank);
     tcase_add_test(tc, test_digest_agrees_across_ranks);
+    tcase_add_test(tc, test_tied_units_are_checked);
+    tcase_add_test(tc, test_tied_gpt_schedule_and_memory);
+    tcase_add_test(tc, test_tied_gpt_matches_single_process);
+    tcase_add_test(tc, test_tied_gpt_bf16_matches_single_process);
+    tcase_add_test(tc, test_tied_gpt_deterministic_digest_is_ddps);
     suite_add_tcase(s, tc);
     return s;
 }

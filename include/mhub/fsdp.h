@@ -47,6 +47,19 @@
  * its own gather buffer from forward to backward (ZeRO-2-like: fewer
  * all-gathers, full-size values in memory).
  *
+ * Tied parameters (mhub_param.tied_unit, module.h: a GPT's output layer
+ * reading the embedding table in the last unit): the unit holding them
+ * (unit 0) is read by its reader (unit L+1) too, so it gets a gather
+ * buffer and a full-gradient buffer of its own, outside the alternation.
+ * It stays gathered from its pre_forward until its backward ends, even
+ * with reshard_after_forward (its buffer is its own: releasing it would
+ * free nothing and cost two all-gathers); its gradient buffer is zeroed
+ * at the first pre_backward of the two units (the reader's), collects the
+ * reader's part and then its own, and is reduce-scattered once, at the
+ * second post_backward. A rank then holds at most three units' full
+ * values and gradients: the tied unit's and two others'. The model calls
+ * only the running unit's hooks.
+ *
  * Gradient accumulation: every micro-batch's backward reduce-scatters,
  * and the shards ACCUMULATE (grad_shard += reduce_scatter(full grad)).
  * This costs one reduce-scatter per unit per micro-batch but keeps the
@@ -176,6 +189,7 @@ typedef struct mhub_fsdp_unit_info {
     int64_t numel;         /* elements of its parameters */
     int64_t padded_numel;  /* numel rounded up to a multiple of dp */
     int64_t shard_numel;   /* padded_numel / dp: what each rank keeps */
+    int reader;            /* the other unit that reads its parameters (tied), or -1 */
 } mhub_fsdp_unit_info;
 
 int mhub_fsdp_num_units(const mhub_fsdp *f);

@@ -79,7 +79,9 @@
  * Wrapping units (module.h), local to the chunk and in forward order:
  * unit 0 is the embedding when pre_process, then one unit per
  * transformer layer, then the final norm with the output layer as the
- * last unit when post_process.
+ * last unit when post_process. A tied chunk's last unit reads the
+ * embedding table, whose tied_unit names it (FSDP keeps unit 0 gathered
+ * for it).
  *
  * Initialisation: norm weights one, biases zero. With init_method
  * NORMAL (Megatron's) weights are N(0, init_method_std^2), and the two

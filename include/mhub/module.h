@@ -39,6 +39,8 @@ typedef struct mhub_param {
     float init_std;
     bool requires_grad;
     int unit;                /* wrapping unit (layer) the model uses it in; see hooks */
+    int tied_unit;           /* another unit that reads it too (an output layer tied to
+                              * the embedding), or -1 (the default); see hooks */
 } mhub_param;
 
 typedef struct mhub_param_list {
@@ -96,7 +98,13 @@ typedef mhub_status (*mhub_grad_ready_fn)(void *user, int param_index);
  *             and its parameters are no longer needed.
  * FSDP gathers a unit's parameters in pre_* and frees them in post_*;
  * the distributed optimizer waits for a unit's all-gathered parameters in
- * pre_forward. Any hook may be NULL; an error stops the pass. */
+ * pre_forward. Any hook may be NULL; an error stops the pass.
+ * A parameter that a second unit reads too (tied weights: a GPT's output
+ * layer is its embedding table) names that unit in tied_unit. The model
+ * calls the hooks of the unit it is running only: between the reader's
+ * pre_* and post_* hooks the parameter is usable and its gradient
+ * accumulates the reader's part, and the gradient is final only after
+ * both units' backwards (FSDP keeps such a unit gathered, fsdp.h). */
 typedef struct mhub_unit_hooks {
     mhub_status (*pre_forward)(void *user, int unit);
     mhub_status (*post_forward)(void *user, int unit);

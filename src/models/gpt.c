@@ -542,6 +542,10 @@ static mhub_status build_params(mhub_gpt *m)
     }
     if (m->post_process)
         MHUB_TRY(add_head(m));
+    /* a tied head reads the embedding table in the last unit */
+    if (m->pre_process && m->post_process && tied(&m->cfg))
+        m->params.items[mhub_param_list_find(&m->params, "embedding.word_embeddings.weight")]
+            .tied_unit = m->unit;
     return MHUB_OK;
 }
 

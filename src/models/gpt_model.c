@@ -132,6 +132,18 @@ static mhub_status check_slot(const gpt_compute *c, const mhub_param *p, int slo
                       p->name, mhub_dtype_name(p->value.dtype), (long long)p->value.numel);
 }
 
+/* A sharding engine (FSDP) leaves a parameter meta outside its unit's
+ * hooks: name it rather than compute through a NULL pointer. */
+static mhub_status check_storage(const mhub_param *p, const mhub_tensor *t, const char *what)
+{
+    if (t->data || t->numel == 0)
+        return MHUB_OK;
+    return MHUB_ERROR(MHUB_ERR_STATE,
+                      "the %s of '%s' has no storage here (meta): the engine did not gather "
+                      "its unit %d for this use",
+                      what, p->name, p->unit);
+}
+
 /* Parameter i's value as f32 (NULL when i < 0): the tensor itself, or
  * widened (exactly) into slot's scratch, valid until the slot's next use. */
 static mhub_status param_view(mhub_gpt *m, int i, int slot, const float **out)
@@ -140,6 +152,7 @@ static mhub_status param_view(mhub_gpt *m, int i, int slot, const float **out)
     if (i < 0)
         return MHUB_OK;
     const mhub_param *p = &m->params.items[i];
+    MHUB_TRY(check_storage(p, &p->value, "value"));
     if (p->value.dtype == MHUB_F32) {
         *out = p->value.data;
         return MHUB_OK;
@@ -163,6 +176,7 @@ static mhub_status grad_begin(mhub_gpt *m, int i, int slot, float **out)
     if (i < 0)
         return MHUB_OK;
     const mhub_param *p = &m->params.items[i];
+    MHUB_TRY(check_storage(p, &p->grad, "gradient"));
     if (p->grad.dtype == MHUB_F32) {
         *out = p->grad.data;
         return MHUB_OK;
@@ -579,13 +593,6 @@ static mhub_status check_batch(const mhub_gpt *m, const int32_t *tokens, const i
                           "(one pipeline stage, tensor_model_parallel_size 1) with f32, bf16 "
                           "or f16 parameters on a backend");
     const gpt_compute *c = m->compute;
-    /* Backward unit hooks mean the parameters live only while their unit
-     * runs (FSDP). A tied output layer reads unit 0's embedding in the
-     * last unit, so it cannot work that way. */
-    if (c->hooks.pre_backward && c->out_w == c->wte)
-        return MHUB_ERROR(MHUB_ERR_UNSUPPORTED,
-                          "a tied output layer (share_embeddings_and_output_weights) cannot be "
-                          "sharded per unit (FSDP): untie it or use ddp/distopt");
     if (b < 1 || b > c->max_batch)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "batch = %lld must be in [1, %lld] (micro_batch)",
                           (long long)b, (long long)c->max_batch);
@@ -668,6 +675,9 @@ mhub_status mhub_gpt_forward(mhub_gpt *m, const int32_t *tokens, const int32_t *
         MHUB_TRY(layer_forward(m, l, x_out, batch, seq));
         MHUB_TRY(hook(c, c->hooks.post_forward, l + 1));
     }
+    /* a tied head reads unit 0's table here: the table's tied_unit (set
+     * in gpt.c) tells a sharding engine to keep unit 0 usable until the
+     * head is done with it, in forward and in backward */
     MHUB_TRY(hook(c, c->hooks.pre_forward, L + 1));
     MHUB_TRY(head_forward(m, targets, n));
     MHUB_TRY(hook(c, c->hooks.post_forward, L + 1));
