@@ -1337,16 +1337,26 @@ static mhub_status copy_piece(mhub_fsdp *f, int i, int which, float *to_full,
  * the sign of zero included. */
 mhub_status mhub_fsdp_get_state(mhub_fsdp *f, int param_index, int which, float *full)
 {
-    MHUB_TRY(check_state_args(f, param_index, which, full));
-    int64_t n = f->params->items[param_index].value.numel, ranks = f->dp->size;
-    float *all = calloc((size_t)(ranks * n + 1), sizeof *all);
-    float *mine = calloc((size_t)(n + 1), sizeof *mine);
-    mhub_status s = all && mine ? MHUB_OK : MHUB_ERROR(MHUB_ERR_NO_MEMORY, "state gather");
+    if (!f || !f->dp)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
+    mhub_status s = check_state_args(f, param_index, which, full);
+    int64_t n = s == MHUB_OK ? f->params->items[param_index].value.numel : 0;
+    int64_t ranks = f->dp->size;
+    float *all = NULL, *mine = NULL;
+    if (s == MHUB_OK) {
+        all = calloc((size_t)(ranks * n + 1), sizeof *all);
+        mine = calloc((size_t)(n + 1), sizeof *mine);
+        if (!all || !mine)
+            s = MHUB_ERROR(MHUB_ERR_NO_MEMORY, "state gather of %lld floats",
+                           (long long)(ranks * n));
+    }
     if (s == MHUB_OK)
         s = copy_piece(f, param_index, which, mine, NULL);
+    /* a rank that failed above must not leave the others in the gather */
+    s = mhub_dp_agree(f->dp, s);
     if (s == MHUB_OK)
         s = mhub_comm_allgather(f->dp, mine, all, n, MHUB_F32);
-    int64_t a = f->plan.param_offset[param_index], lo, hi;
+    int64_t a = s == MHUB_OK ? f->plan.param_offset[param_index] : 0, lo, hi;
     for (int r = 0; s == MHUB_OK && r < ranks; r++)
         if (piece_of(f, param_index, r, &lo, &hi))
             memcpy(full + (lo - a), all + r * n + (lo - a), (size_t)(hi - lo) * sizeof(float));

@@ -138,6 +138,17 @@ if [ "$rc" -eq 0 ] && grep -q '^addition accuracy: [0-9.]*% on 5 held-out 2-digi
 else
     fail "addition task" "rc=$rc $(tail -3 "$out") $(cat "$err")"
 fi
+# scoring runs forward passes, which are collective under FSDP: every
+# rank must score, or rank 0 waits alone for the others' gathers
+for engine in distopt fsdp; do
+    config "addition-$engine" "$engine" 3 '{"task": "addition", "digits": 2, "problems": 500, "seed": 3}'
+    run_train "addition-$engine" 2
+    if [ "$rc" -eq 0 ] && grep -q '^addition accuracy: [0-9.]*% on 5 held-out' "$out"; then
+        pass "addition task scored with $engine at 2 ranks"
+    else
+        fail "addition task with $engine" "rc=$rc $(tail -3 "$out") $(cat "$err")"
+    fi
+done
 
 # flags override the config
 run_train addition 1 --steps 3 --quiet

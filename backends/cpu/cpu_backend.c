@@ -9,6 +9,7 @@
  * Allocator accounting: each block carries a header in front of the
  * pointer handed out that records its requested size, so free can keep
  * the current/peak byte counters (ops->memory_usage) without a table. */
+#include <dlfcn.h>
 #include <errno.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -272,6 +273,39 @@ static mhub_status resolve_threads(const mhub_cpu_options *opts, int *out)
     return MHUB_OK;
 }
 
+/* ---- OpenBLAS's idle workers ----
+ * After a GEMM, OpenBLAS's pthread workers spin (sched_yield in a loop)
+ * for 2^28 cycles, about 0.1 s, before they sleep. A training step runs
+ * elementwise kernels between its GEMMs on threads of its own
+ * (cpu_parallel.c), and with as many threads as cores those kernels then
+ * share the cores with spinning workers. OpenBLAS reads the spin length
+ * (OPENBLAS_THREAD_TIMEOUT, log2 cycles, at least 4) only when it starts,
+ * before main(); so when the user has not set it, the backend sets the
+ * shortest one and has OpenBLAS read its environment again and restart
+ * its workers, which pick it up. The cost is a futex wake per threaded
+ * GEMM, microseconds against milliseconds. The two calls are OpenBLAS
+ * internals (exported, not in cblas.h), looked up at run time so that
+ * another BLAS, or an OpenBLAS without them, is simply left alone; the
+ * environment is restored afterwards. */
+#define OPENBLAS_TIMEOUT_ENV "OPENBLAS_THREAD_TIMEOUT"
+
+static void quiet_blas_workers(int threads)
+{
+    static bool done = false;
+    if (threads < 2 || done || getenv(OPENBLAS_TIMEOUT_ENV))
+        return;
+    void (*read_env)(void) = (void (*)(void))dlsym(RTLD_DEFAULT, "openblas_read_env");
+    void (*shutdown)(void) = (void (*)(void))dlsym(RTLD_DEFAULT, "blas_thread_shutdown_");
+    if (!read_env || !shutdown)
+        return;
+    if (setenv(OPENBLAS_TIMEOUT_ENV, "4", 0) != 0)
+        return;
+    read_env();
+    unsetenv(OPENBLAS_TIMEOUT_ENV);
+    shutdown(); /* the next threaded GEMM starts them with the short spin */
+    done = true;
+}
+
 /* ---- the backend object ---- */
 
 mhub_status mhub_cpu_backend_create(const mhub_cpu_options *opts, mhub_backend **out)
@@ -289,6 +323,7 @@ mhub_status mhub_cpu_backend_create(const mhub_cpu_options *opts, mhub_backend *
         free(st);
         return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "cannot allocate the CPU backend");
     }
+    quiet_blas_workers(threads);
     openblas_set_num_threads(threads);
     atomic_init(&st->current, 0);
     atomic_init(&st->peak, 0);

@@ -789,12 +789,15 @@ static mhub_status run(gpt_trainer *t)
     }
     if (t->world->rank == 0 && !o->quiet)
         printf("loss %.4f -> %.4f in %.1f s\n", first, loss, now_seconds() - start);
-    if (o->task_addition && o->eval_problems > 0 && t->world->rank == 0) {
+    /* every rank scores the same problems with the same weights, so each
+     * makes the same forward calls: FSDP's run collectives in its hooks */
+    if (o->task_addition && o->eval_problems > 0) {
         double acc = 0;
         MHUB_TRY(mhub_addition_score(o->digits, (uint64_t)o->data_seed, o->problems,
                                      o->eval_problems, complete, t, &acc));
-        printf("addition accuracy: %.1f%% on %d held-out %d-digit problems\n", 100 * acc,
-               o->eval_problems, o->digits);
+        if (t->world->rank == 0)
+            printf("addition accuracy: %.1f%% on %d held-out %d-digit problems\n", 100 * acc,
+                   o->eval_problems, o->digits);
     }
     return MHUB_OK;
 }
