@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "testutil_mpi.h"
+#include "testutil_reduce.h"
 
 /* be, world, setup and teardown: the engine fixture of testutil_mpi.h */
 MHUB_TEST_ENGINE_FIXTURE
@@ -234,117 +235,118 @@ static double max_diff_f32(const float *a, const float *b, int64_t n, double flo
     return all;
 }
 
-/* Round x[0..n) to dtype dt and back (in place; scratch holds n elements
- * of dt). */
-static void round_through(float *x, int64_t n, mhub_dtype dt, void *scratch)
+/* The engine's f32 master values and optimizer state of every parameter,
+ * into each step's "before" or "after" arrays. Collective. */
+static void read_engine_state(mhub_fsdp *f, const mhub_optim_config *o, mhub_test_param_step *st,
+                              int count, bool after)
 {
-    if (dt == MHUB_F32)
-        return;
-    CK_OK(be->ops->cast(be, scratch, dt, x, MHUB_F32, n));
-    CK_OK(be->ops->cast(be, x, MHUB_F32, scratch, dt, n));
-}
-
-/* parts[0] = the sum of parts[0..count), count a power of two, added in
- * the order of MPICH's reduce-scatter at a power-of-two size (recursive
- * halving: each part with the one count/2 away, then count/4, ...; probed
- * on this MPICH 4.0, and the result is then bitwise FSDP's at 1, 2 and 4
- * ranks) and rounded to dt after every add, as the 16-bit MPI sum op
- * does. Another MPI may associate differently; see train_reference_16bit. */
-static void halving_sum(float **parts, int count, int64_t n, mhub_dtype dt, void *scratch)
-{
-    for (int dist = count / 2; dist >= 1; dist /= 2)
-        for (int i = 0; i < dist; i++) {
-            CK_OK(be->ops->axpy(be, parts[i], parts[i + dist], n, 1.0f));
-            round_through(parts[i], n, dt, scratch);
-        }
-}
-
-/* The reference for 16-bit models: one process, but with the gradient
- * rounded where the dp ranks round it. Each of the `ranks` slices of the
- * global batch gets its own gradient (weight 1 / slice rows), rounded to
- * the gradient dtype as a rank's gradient buffer holds it; the slices are
- * summed as the reduce-scatter sums them (halving_sum), divided by the
- * rank count and rounded once more (MHUB_AVG; for f32 gradients FSDP
- * pre-scales by 1/ranks instead, the same bits at a power-of-two count),
- * widened to f32 and applied to f32 main copies, which are rounded into
- * the parameters after every step.
- *
- * Why not simply the global-batch gradient, rounded once (a one-process
- * DDP run, which needed AdamW's eps raised to 1e-3 to pass)? Where the
- * ranks' slice gradients nearly cancel, rounding each slice to 16 bits
- * before the sum changes the small sum completely: here element 126
- * (layers.0.weight) has slice gradients -0.04476 and +0.04465 at dp 2,
- * whose mean -5.7e-5 is below half a bf16 ulp of either slice, so the
- * reduced bf16 gradient is 0 where the one-process one is -5.7e-5 (at
- * dp 4 the order of the 16-bit partial sums matters the same way).
- * AdamW's update m / (sqrt(v) + eps) is scale-free for |g| >> eps (its
- * first step is lr * sign(g)), so such an element moves by up to lr per
- * step in one run and not in the other. That is a property of reducing
- * 16-bit gradients, not an FSDP bug (grad_reduce_in_fp32 avoids it; SGD,
- * whose update is proportional to g, barely notices); a large eps hid it
- * by damping every small-gradient update. tests/test_engine.c passes with
- * the default eps only because its data happens to have no such element:
- * in its first step the worst slice gradients are 190x (dp 2) and 390x
- * (dp 4) their mean and no reduced gradient vanishes or changes sign,
- * while here they are 785x and the dp-2 mean rounds to 0. */
-static void train_reference_16bit(mhub_mlp *m, const run_options *o, int ranks, mhub_dtype gdt)
-{
-    enum { MAX_P = 8, MAX_RANKS = 8 };
-    mhub_synthetic_task task;
-    CK_OK(mhub_synthetic_init(&task, o->model->inputs, o->model->classes, 9));
-    mhub_param_list *pl = mhub_mlp_params(m);
-    int k = mhub_optim_state_arrays(&o->optim);
-    float *state[MAX_P][2] = {{NULL}}, *main[MAX_P], *slice[MAX_P][MAX_RANKS];
-    void *scratch[MAX_P];
-    ck_assert_int_le(pl->count, MAX_P);
-    ck_assert_int_le(ranks, MAX_RANKS);
-    for (int p = 0; p < pl->count; p++) {
-        size_t n = (size_t)pl->items[p].value.numel;
+    int k = mhub_optim_state_arrays(o);
+    for (int p = 0; p < count; p++) {
+        CK_OK(mhub_fsdp_get_state(f, p, -1, after ? st[p].master_after : st[p].master));
         for (int a = 0; a < k; a++)
-            state[p][a] = calloc(n, sizeof(float));
-        for (int r = 0; r < ranks; r++)
-            slice[p][r] = calloc(n, sizeof(float));
-        main[p] = calloc(n, sizeof(float));
-        scratch[p] = calloc(n, sizeof(float));
-        CK_OK(be->ops->cast(be, main[p], MHUB_F32, pl->items[p].value.data,
-                            pl->items[p].value.dtype, (int64_t)n));
+            CK_OK(mhub_fsdp_get_state(f, p, a, after ? st[p].state_after[a] : st[p].state[a]));
     }
+}
+
+/* Each rank's gradient in step s, computed in this process by `ref` at the
+ * engine's current parameters (its master values rounded to the model
+ * dtype, as the gathers carry them). */
+static void rank_grads(mhub_mlp *ref, mhub_synthetic_task *task, int s, int ranks,
+                       mhub_test_param_step *st)
+{
+    mhub_param_list *pl = mhub_mlp_params(ref);
+    for (int p = 0; p < pl->count; p++)
+        CK_OK(be->ops->cast(be, pl->items[p].value.data, pl->items[p].value.dtype, st[p].master,
+                            MHUB_F32, pl->items[p].value.numel));
     int64_t local = GLOBAL_BATCH / ranks;
     float x[GLOBAL_BATCH * MAX_INPUTS];
     int32_t y[GLOBAL_BATCH];
-    for (int s = 0; s < STEPS; s++) {
-        for (int r = 0; r < ranks; r++) {
-            CK_OK(mhub_param_list_zero_grad(pl));
-            batch(&task, s, r * local, local, x, y);
-            CK_OK(mhub_mlp_forward(m, x, y, local, NULL));
-            CK_OK(mhub_mlp_backward(m, 1.0f / (float)local));
-            for (int p = 0; p < pl->count; p++) {
-                int64_t n = pl->items[p].value.numel;
-                memcpy(slice[p][r], pl->items[p].grad.data, (size_t)n * sizeof(float));
-                round_through(slice[p][r], n, gdt, scratch[p]); /* the rank's buffer */
-            }
-        }
-        for (int p = 0; p < pl->count; p++) {
-            int64_t n = pl->items[p].value.numel;
-            float *g = slice[p][0];
-            halving_sum(slice[p], ranks, n, gdt, scratch[p]);
-            for (int64_t i = 0; i < n; i++)
-                g[i] /= (float)ranks;
-            round_through(g, n, gdt, scratch[p]); /* MHUB_AVG's division */
-            CK_OK(mhub_optim_update(be, &o->optim, main[p], g, state[p], n, s + 1));
-            CK_OK(be->ops->cast(be, pl->items[p].value.data, pl->items[p].value.dtype, main[p],
-                                MHUB_F32, n));
-        }
+    for (int r = 0; r < ranks; r++) {
+        CK_OK(mhub_param_list_zero_grad(pl));
+        batch(task, s, r * local, local, x, y);
+        CK_OK(mhub_mlp_forward(ref, x, y, local, NULL));
+        CK_OK(mhub_mlp_backward(ref, 1.0f / (float)local));
+        for (int p = 0; p < pl->count; p++)
+            memcpy(st[p].grads[r], pl->items[p].grad.data,
+                   (size_t)pl->items[p].grad.numel * sizeof(float));
     }
-    for (int p = 0; p < pl->count; p++) {
-        for (int a = 0; a < k; a++)
-            free(state[p][a]);
-        for (int r = 0; r < ranks; r++)
-            free(slice[p][r]);
-        free(main[p]);
-        free(scratch[p]);
+}
+
+/* Train `dist` through `f` for STEPS steps and check every step against
+ * the one-process reference of tests/testutil_reduce.h: `ref` (a model of
+ * the same shapes) computes each rank's gradient, rounded to the gradient
+ * dtype where the ranks round it, and the engine's new master values and
+ * optimizer state must be the shared update rule's result for one of the
+ * reduced gradients some summation order gives. That holds for whatever
+ * order the MPI library adds in, and it fails for an engine that drops a
+ * rank's gradient or counts one twice; the second assertion checks that
+ * on this very data, by counting the elements that a double-counted
+ * gradient would also explain.
+ *
+ * Why not a trajectory against one process with a tolerance? Where the
+ * ranks' slice gradients nearly cancel, rounding each slice to 16 bits
+ * and the order of the 16-bit partial sums decide the small sum: here
+ * element 126 (layers.0.weight) has slice gradients -0.04476 and +0.04465
+ * at dp 2, whose mean -5.7e-5 is below half a bf16 ulp of either slice,
+ * so the reduced bf16 gradient is 0 where the one-process one is -5.7e-5,
+ * and at dp 4 recursive halving and a pairwise chain differ the same way.
+ * AdamW's update m / (sqrt(v) + eps) is scale-free for |g| >> eps (its
+ * first step is lr * sign(g)), so such an element moves by up to lr per
+ * step in one run and not in the other, and the difference then spreads
+ * through the next steps' gradients. That is a property of reducing
+ * 16-bit gradients, not an FSDP bug (grad_reduce_in_fp32 avoids it); a
+ * bound wide enough for it would let real errors through. */
+static void train_reference_16bit(mhub_mlp *dist, mhub_fsdp *f, mhub_mlp *ref,
+                                  const run_options *o, mhub_dtype gdt, const char *what)
+{
+    enum { MAX_P = 8 };
+    mhub_param_list *pl = mhub_mlp_params(ref);
+    ck_assert_int_le(pl->count, MAX_P);
+    mhub_test_param_step st[MAX_P];
+    for (int p = 0; p < pl->count; p++)
+        mhub_test_param_step_alloc(&st[p], pl->items[p].value.numel, world->size);
+    mhub_synthetic_task task;
+    CK_OK(mhub_synthetic_init(&task, o->model->inputs, o->model->classes, 9));
+    for (int s = 0; s < STEPS; s++) {
+        read_engine_state(f, &o->optim, st, pl->count, false);
+        rank_grads(ref, &task, s, world->size, st);
+        fsdp_step(dist, f, &task, o, s);
+        read_engine_state(f, &o->optim, st, pl->count, true);
+        mhub_test_reduce r = {
+            .be = be, .optim = &o->optim, .step = s + 1, .ranks = world->size, .gdt = gdt};
+        int64_t total = 0, fooled = 0, first;
+        for (int p = 0; p < pl->count; p++) {
+            int64_t bad = mhub_test_unexplained(&r, &st[p], false, &first);
+            ck_assert_msg(bad == 0,
+                          "%s, step %d: %lld of %lld elements of '%s' match no summation "
+                          "order; the first, %lld, went %g -> %g",
+                          what, s + 1, (long long)bad, (long long)st[p].n, pl->items[p].name,
+                          (long long)first, st[p].master[first], st[p].master_after[first]);
+            total += st[p].n;
+            fooled += st[p].n - mhub_test_unexplained(&r, &st[p], true, &first);
+        }
+        ck_assert_msg(fooled < total / 10,
+                      "%s, step %d: a double-counted gradient would pass for %lld of %lld "
+                      "elements",
+                      what, s + 1, (long long)fooled, (long long)total);
     }
     mhub_synthetic_free(&task);
+    for (int p = 0; p < pl->count; p++)
+        mhub_test_param_step_free(&st[p]);
+}
+
+/* The engine's master values rounded to dt and widened back, in list
+ * order: what the gathered parameters must be. Collective. */
+static float *rounded_masters(mhub_fsdp *f, const mhub_param_list *pl, mhub_dtype dt)
+{
+    float *out = malloc((size_t)mhub_param_list_numel(pl) * sizeof(float));
+    ck_assert_ptr_nonnull(out);
+    for (int p = 0, at = 0; p < pl->count; at += (int)pl->items[p].value.numel, p++) {
+        CK_OK(mhub_fsdp_get_state(f, p, -1, out + at));
+        for (int64_t i = 0; i < pl->items[p].value.numel; i++)
+            out[at + i] = mhub_test_round(out[at + i], dt);
+    }
+    return out;
 }
 
 static void check_16bit(mhub_dtype dt, bool fp32_grads, mhub_optim_kind kind, bool reshard)
@@ -357,7 +359,7 @@ static void check_16bit(mhub_dtype dt, bool fp32_grads, mhub_optim_kind kind, bo
         o.optim.lr = 0.2f;
         o.optim.momentum = 0.5f;
     } else {
-        /* the default eps: train_reference_16bit rounds like the ranks */
+        /* the default eps: the reference takes the ranks' rounding */
         o.optim.lr = 1e-2f;
         o.optim.weight_decay = 0.01f;
     }
@@ -366,35 +368,32 @@ static void check_16bit(mhub_dtype dt, bool fp32_grads, mhub_optim_kind kind, bo
     mhub_ddp_config_init(&o.ddp);
     o.ddp.grad_reduce_in_fp32 = fp32_grads;
     o.ddp.check_for_nan_in_grad = fp32_grads && reshard; /* allowed with f32 gradients */
-    /* with this MPI the reference is bitwise FSDP's (diff 0); 4 ulps leave
-     * room for another reduction order or BLAS, short of the cancelling
-     * AdamW elements described at train_reference_16bit */
-    double tol = dt == MHUB_BF16 ? 4.0 / 128 : 4.0 / 1024;
+    double ulp = dt == MHUB_BF16 ? 1.0 / 128 : 1.0 / 1024;
     char what[160];
     snprintf(what, sizeof what, "ranks %d, %s, %s, fp32 grads %d, reshard %d", world->size,
              mhub_dtype_name(dt), mhub_optim_kind_name(kind), fp32_grads, reshard);
 
-    mhub_mlp *dist, *single, *view, *view16;
+    mhub_mlp *dist, *ref, *view, *view16;
     CK_OK(mhub_mlp_create(&cfg, be, GLOBAL_BATCH, 21, &dist));
-    CK_OK(mhub_mlp_create(&cfg, be, GLOBAL_BATCH, 21, &single));
+    CK_OK(mhub_mlp_create(&cfg, be, GLOBAL_BATCH, 21, &ref));
     CK_OK(mhub_mlp_create(&odd_cfg, be, 1, 0, &view));  /* f32 destination */
     CK_OK(mhub_mlp_create(&cfg, be, 1, 0, &view16));    /* model-dtype destination */
     int64_t n = mhub_param_list_numel(mhub_mlp_params(dist));
     float *initial = values_f32(mhub_mlp_params(dist));
     mhub_fsdp *f = make_engine(dist, &o);
-    train_fsdp(dist, f, &o);
-    train_reference_16bit(single, &o, world->size, fp32_grads ? MHUB_F32 : dt);
-    float *want = values_f32(mhub_mlp_params(single));
+    train_reference_16bit(dist, f, ref, &o, fp32_grads ? MHUB_F32 : dt, what);
+    float *want = rounded_masters(f, mhub_mlp_params(dist), dt);
     CK_OK(mhub_fsdp_full_params(f, mhub_mlp_params(view)));
     CK_OK(mhub_fsdp_full_params(f, mhub_mlp_params(view16)));
     float *got = values_f32(mhub_mlp_params(view)), *got16 = values_f32(mhub_mlp_params(view16));
-    double diff = max_diff_f32(got, want, n, 1e-2);
-    ck_assert_msg(diff <= tol, "%s: gathered values rel diff %g > %g", what, diff, tol);
+    ck_assert_msg(max_diff_f32(got, want, n, 1e-30) == 0,
+                  "%s: gathered values are not the master values rounded to %s", what,
+                  mhub_dtype_name(dt));
     /* the f32 destination is the exact widening of the model-dtype one */
     ck_assert_msg(max_diff_f32(got, got16, n, 1e-30) == 0, "%s: f32 and %s copies differ", what,
                   mhub_dtype_name(dt));
     /* and training moved the parameters */
-    ck_assert_msg(max_diff_f32(got, initial, n, 1e-2) > 4 * tol, "%s: parameters did not move",
+    ck_assert_msg(max_diff_f32(got, initial, n, 1e-2) > 16 * ulp, "%s: parameters did not move",
                   what);
     mhub_mlp_set_unit_hooks(dist, NULL);
     mhub_fsdp_free(f);
@@ -421,7 +420,7 @@ static void check_16bit(mhub_dtype dt, bool fp32_grads, mhub_optim_kind kind, bo
     mhub_mlp_free(view16);
     mhub_mlp_free(view);
     mhub_mlp_free(dist);
-    mhub_mlp_free(single);
+    mhub_mlp_free(ref);
 }
 
 START_TEST(test_16bit_matches_single_process)
