@@ -738,6 +738,7 @@ static void read_engine_state(mhub_distopt *d, const mhub_optim_config *o,
 static void rank_grads(mhub_mlp *ref, mhub_synthetic_task *task, const run_options *o, int s,
                        int ranks, mhub_test_param_step *st)
 {
+    ck_assert_int_eq(o->accum, 1); /* one backward per rank and step, as here */
     mhub_param_list *pl = mhub_mlp_params(ref);
     for (int p = 0; p < pl->count; p++)
         CK_OK(be->ops->cast(be, pl->items[p].value.data, pl->items[p].value.dtype, st[p].master,
