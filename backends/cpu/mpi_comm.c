@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <mpi.h>
 
@@ -47,6 +48,7 @@ typedef struct mpi_comm {
     mhub_comm base;
     MPI_Comm comm;
     mhub_shm *shm;  /* shared-memory windows; NULL until the first alloc */
+    int spin_polls; /* polls before a wait starts yielding (see wait_for) */
 } mpi_comm;
 
 /* What a pending operation still needs at completion. */
@@ -476,20 +478,26 @@ static void world_errors_restore(world_errors *w)
  * (mpiexec -n 4 on 2 cores), MPICH's blocking wait spins and only gives up
  * the core at the scheduler tick, so a 4 KiB allreduce took 8-11 ms. Polling
  * with MPI_Test and calling sched_yield() between polls hands the core to
- * the rank that has work: ~70 us for the same collective. With a core per
- * rank the yield returns at once and costs nothing measurable (7.3 vs
- * 7.4 us at 2 ranks). A nanosleep(1 us) loop was 10x worse (771 us). */
+ * the rank that has work: ~70 us for the same collective. A nanosleep(1 us)
+ * loop was 10x worse (771 us). With a core per rank, the first polls spin
+ * without the yield's system call, as MPI's own blocking wait does: that
+ * brought a 1 MiB allgather at 2 ranks from 0.95 to 0.99 of
+ * MPI_Allgather's bandwidth. Oversubscribed, spinning only delays the
+ * rank with work (4 KiB allreduce at 4 ranks on 2 cores: 34 us with no
+ * spin, 45 us with 200 polls), so there the spin is 0. */
 static mhub_status wait_for(mhub_comm *c, mhub_request *req)
 {
+    int spin = ((const mpi_comm *)c->ctx)->spin_polls;
     world_errors w;
     world_errors_return(&w);
     mhub_status s;
-    for (;;) {
+    for (int polls = 0;; polls++) {
         bool done = false;
         s = poll_once(c, req, &done);
         if (done || s != MHUB_OK)
             break;
-        sched_yield();
+        if (polls >= spin)
+            sched_yield();
     }
     world_errors_restore(&w);
     return s;
@@ -638,6 +646,24 @@ static void prefer_pairwise_reduce_scatter(void) {}
 
 static const mhub_comm_ops mpi_comm_ops;
 
+/* Polls a wait spins before it yields: SPIN_POLLS when this
+ * communicator's ranks on this node have a core each, else 0. Collective
+ * over comm (a shared-memory split). */
+#define SPIN_POLLS 1000
+
+static int spin_polls_for(MPI_Comm comm)
+{
+    MPI_Comm node = MPI_COMM_NULL;
+    int local = 0;
+    if (MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) !=
+        MPI_SUCCESS)
+        return 0;
+    int rc = MPI_Comm_size(node, &local);
+    MPI_Comm_free(&node);
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    return rc == MPI_SUCCESS && cores > 0 && local <= cores ? SPIN_POLLS : 0;
+}
+
 /* Take ownership of `comm` (freed here on failure). */
 static mhub_status wrap(MPI_Comm comm, const char *name, const char *what, mhub_comm **out)
 {
@@ -658,6 +684,8 @@ static mhub_status wrap(MPI_Comm comm, const char *name, const char *what, mhub_
         rc = MPI_Comm_size(comm, &m->base.size);
     if (rc == MPI_SUCCESS)
         rc = MPI_Comm_set_name(comm, m->base.name);
+    if (rc == MPI_SUCCESS)
+        m->spin_polls = spin_polls_for(comm);
     if (rc != MPI_SUCCESS) {
         mhub_status s = mpi_fail(&m->base, what, "setting up the communicator", rc);
         MPI_Comm_free(&m->comm);
