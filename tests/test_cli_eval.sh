@@ -167,6 +167,28 @@ for model in gpt2 llama; do
         fail "convert $model: loss '$a' vs '$b' vs '$c'" "$(cat "$err")"
     fi
 done
+# a config written for tp 2 x pp 2 (a directory, as convert writes it):
+# eval runs the whole model on each rank and scores the same loss
+for model in gpt2 llama; do
+    sed -e 's/"tensor_model_parallel_size": 1/"tensor_model_parallel_size": 2/' \
+        -e 's/"pipeline_model_parallel_size": 1/"pipeline_model_parallel_size": 2/' \
+        "$tmp/$model-m1/mhub_model.json" >"$tmp/$model-m1/tp2pp2.json"
+    mkdir -p "$tmp/$model-tp2"
+    cp "$tmp/$model-m1/tp2pp2.json" "$tmp/$model-tp2/mhub_model.json"
+    run_eval 1 --config "$tmp/$model-m1/mhub_model.json" --data "$tokens" --seq-len 8 \
+        --weights "$tmp/$model-h"
+    a=$(loss_of)
+    run_eval 1 --config "$tmp/$model-tp2" --data "$tokens" --seq-len 8 --weights "$tmp/$model-h"
+    b=$(loss_of)
+    run_eval 4 --config "$tmp/$model-tp2" --data "$tokens" --seq-len 8 --weights "$tmp/$model-h"
+    c=$(loss_of)
+    if grep -q '"tensor_model_parallel_size": 2' "$tmp/$model-tp2/mhub_model.json" &&
+        [ -n "$a" ] && close "$b" "$a" && close "$c" "$a"; then
+        pass "eval $model: a tp 2 x pp 2 config scores $b at 1 and 4 ranks, as tp 1 ($a)"
+    else
+        fail "eval $model with a tp 2 x pp 2 config: '$a' vs '$b' vs '$c'" "$(cat "$err")"
+    fi
+done
 "$MHUB" convert --to hf "$data/hf-gpt2" "$tmp/nowhere" >"$out" 2>"$err"
 rc=$?
 if [ $rc -eq 1 ] && grep -q "mhub_model.json" "$err"; then

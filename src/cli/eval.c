@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <cJSON.h>
 
@@ -42,11 +43,14 @@ static void usage(FILE *f)
             "windows 0..N-1 (all by default); T defaults to the model's seq_length.\n"
             "  --hf DIR       a Hugging Face model directory: config.json + weights\n"
             "  --config FILE  a training config (its \"model\" section) or a provider\n"
-            "                 config (mhub_model.json); without --weights the model has\n"
-            "                 its seeded initial weights (the config's seed)\n"
+            "                 config (mhub_model.json, or a directory holding it);\n"
+            "                 without --weights the model has its seeded initial\n"
+            "                 weights (the config's seed)\n"
             "  --weights DIR  Hugging Face-format weights for --config's model\n"
             "  --json         print {\"loss\", \"tokens\", \"windows\"} instead\n"
-            "Under mpiexec the windows are split over the ranks; the loss is the same.\n");
+            "Under mpiexec the windows are split over the ranks; the loss is the same.\n"
+            "Each rank runs the whole model, whatever tensor/pipeline layout the config\n"
+            "was written for (the layout does not change the function).\n");
 }
 
 static int usage_error(const char *fmt, const char *arg)
@@ -104,6 +108,9 @@ static int parse_args(int argc, char **argv, eval_options *o)
 /* --config: a training config's "model" section, or a provider config. */
 static mhub_status read_config(const char *path, mhub_provider_config **out)
 {
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) /* a directory holding mhub_model.json */
+        return mhub_config_from_pretrained(path, MHUB_CONFIG_STRICT, NULL, out);
     char *text = NULL;
     size_t len = 0;
     MHUB_TRY(mhub_file_read_all(path, 16 << 20, "a config", &text, &len));
@@ -141,6 +148,25 @@ typedef struct evaluator {
     float *losses;
 } evaluator;
 
+/* Eval runs the whole model on every rank, whatever layout the config
+ * was written for: tensor, pipeline, context and expert parallelism split
+ * the same function over ranks, so one rank computes it alone. The one
+ * layout-dependent part of the function is the vocabulary padding
+ * (a multiple of make_vocab_size_divisible_by x tp), kept by folding tp
+ * into the divisor. */
+static void as_whole_model(mhub_gpt_config *g)
+{
+    mhub_provider_config *b = &g->base;
+    g->make_vocab_size_divisible_by *= b->tensor_model_parallel_size;
+    b->tensor_model_parallel_size = 1;
+    b->pipeline_model_parallel_size = 1;
+    b->virtual_pipeline_model_parallel_size = 0;
+    b->context_parallel_size = 1;
+    b->expert_model_parallel_size = 1;
+    b->expert_tensor_parallel_size = 0;
+    b->sequence_parallel = false;
+}
+
 static mhub_status build_model(evaluator *e)
 {
     if (e->o.hf_dir)
@@ -152,6 +178,7 @@ static mhub_status build_model(evaluator *e)
         return mhub_error(MHUB_ERR_INVALID_ARG, "%s: eval scores \"gpt\" models, not \"%s\"",
                           src, e->cfg->type->name);
     mhub_gpt_config *g = (mhub_gpt_config *)e->cfg;
+    as_whole_model(g);
     e->seq = e->o.seq_len ? e->o.seq_len : g->seq_length;
     if (e->seq > g->seq_length)
         return mhub_error(MHUB_ERR_INVALID_ARG, "--seq-len %d exceeds the model's seq_length %d "
