@@ -180,5 +180,15 @@ config bad7 ddp 5 "{\"path\": \"$tmp/none.txt\"}"
 run_train bad7 2
 if [ "$rc" -ne 0 ] && grep -q "none.txt" "$err"; then pass "missing data file"; else fail "missing data file" "rc=$rc $(cat "$err")"; fi
 
+# pipeline/tensor-parallel layouts are built but not trained: refused up
+# front on every rank, naming the key
+sed 's/"num_layers": 2,/"num_layers": 2, "pipeline_model_parallel_size": 2,/' "$tmp/bad6.json" >"$tmp/bad8.json"
+run_train bad8 2
+if [ "$rc" -eq 1 ] && [ "$(grep -c 'model.pipeline_model_parallel_size is 2' "$err")" -eq 2 ]; then
+    pass "a pipeline layout is refused on every rank"
+else
+    fail "pipeline layout" "rc=$rc $(cat "$err")"
+fi
+
 echo "$checks checks, $failures failed"
 [ "$failures" -eq 0 ]

@@ -490,6 +490,28 @@ static mhub_status prepare_data(gpt_trainer *t)
                              true);
 }
 
+/* Training runs the whole model on every rank, data parallel only: the
+ * provider builds pipeline and tensor-parallel chunks, but there is no
+ * pipeline schedule or tensor-parallel layer to run them. Checked before
+ * anything is built, naming the setting. */
+static mhub_status check_data_parallel_only(const mhub_provider_config *c, const char *file)
+{
+    const struct {
+        const char *key;
+        int value;
+    } sizes[] = {{"tensor_model_parallel_size", c->tensor_model_parallel_size},
+                 {"pipeline_model_parallel_size", c->pipeline_model_parallel_size},
+                 {"context_parallel_size", c->context_parallel_size},
+                 {"expert_model_parallel_size", c->expert_model_parallel_size}};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+        if (sizes[i].value > 1)
+            return mhub_error(MHUB_ERR_UNSUPPORTED,
+                              "%s: model.%s is %d, but training runs data parallel only (the "
+                              "whole model on every rank); set it to 1", file, sizes[i].key,
+                              sizes[i].value);
+    return MHUB_OK;
+}
+
 static mhub_status build(gpt_trainer *t)
 {
     gpt_options *o = &t->o;
@@ -498,6 +520,7 @@ static mhub_status build(gpt_trainer *t)
                           "is \"%s\" (use --model mlp for the MLP)", o->config_path,
                           o->model->type->name);
     mhub_gpt_config *g = (mhub_gpt_config *)o->model;
+    MHUB_TRY(check_data_parallel_only(&g->base, o->config_path));
     t->seq = o->seq_len ? o->seq_len : g->seq_length;
     if (t->seq > g->seq_length)
         return mhub_error(MHUB_ERR_INVALID_ARG, "%s: training.seq_len %d exceeds the model's "
@@ -532,9 +555,8 @@ static mhub_status build(gpt_trainer *t)
     t->model = mhub_chunk_model(t->chunks.items[0]);
     t->engine = mhub_chunk_engine(t->chunks.items[0]);
     if (!mhub_gpt_runnable(t->model))
-        return mhub_error(MHUB_ERR_UNSUPPORTED, "this model cannot train yet: training runs on "
-                          "one pipeline stage with tensor_model_parallel_size 1 and f32 "
-                          "parameters");
+        return mhub_error(MHUB_ERR_UNSUPPORTED, "%s: this model cannot train: training needs "
+                          "f32, bf16 or f16 parameters", o->config_path);
     size_t bytes = (size_t)t->rows * (size_t)t->seq * sizeof(int32_t);
     void *p = NULL;
     MHUB_TRY(t->be->ops->alloc(t->be, bytes, &p));
