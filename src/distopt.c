@@ -993,44 +993,33 @@ static mhub_status copy_pieces(mhub_distopt *d, int i, int which, float *to_full
     return MHUB_OK;
 }
 
-/* Every rank contributes its pieces in a zeroed full-size array; rank r's
- * shard of the bucket is then taken from rank r's array. Gathering
- * (rather than summing) keeps every bit, the sign of zero included. */
+/* Rank r's piece of parameter i: where the parameter meets rank r's shard
+ * of its bucket, in the parameter's coordinates. */
+static bool distopt_piece(const void *engine, int i, int r, int64_t *lo, int64_t *hi)
+{
+    const mhub_distopt *d = engine;
+    const bucket *b = &d->buckets[d->plan.param_bucket[i]];
+    int64_t p0 = d->plan.param_offset[i], n = d->params->items[i].value.numel;
+    int64_t s0 = b->at->offset + r * shard_numel(d, b), s1 = s0 + shard_numel(d, b);
+    *lo = (p0 > s0 ? p0 : s0) - p0;
+    *hi = (p0 + n < s1 ? p0 + n : s1) - p0;
+    return *lo < *hi;
+}
+
+static mhub_status distopt_fill(void *engine, int i, int which, float *mine)
+{
+    return copy_pieces(engine, i, which, mine, NULL);
+}
+
 mhub_status mhub_distopt_get_state(mhub_distopt *d, int param_index, int which, float *full)
 {
     if (!d || !d->dp)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
     mhub_status s = check_state_args(d, param_index, which, full);
-    int64_t n = s == MHUB_OK ? d->params->items[param_index].value.numel : 0;
-    int64_t ranks = d->dp->size;
-    float *all = NULL, *mine = NULL;
-    if (s == MHUB_OK) {
-        all = calloc((size_t)(ranks * n + 1), sizeof *all);
-        mine = calloc((size_t)(n + 1), sizeof *mine);
-        if (!all || !mine)
-            s = MHUB_ERROR(MHUB_ERR_NO_MEMORY, "state gather of %lld floats",
-                           (long long)(ranks * n));
-    }
+    mhub_dp_pieces p = {d, param_index, which, 0, distopt_fill, distopt_piece};
     if (s == MHUB_OK)
-        s = copy_pieces(d, param_index, which, mine, NULL);
-    /* a rank that failed above must not leave the others in the gather */
-    s = mhub_dp_agree(d->dp, s);
-    if (s == MHUB_OK)
-        s = mhub_comm_allgather(d->dp, mine, all, n, MHUB_F32);
-    if (s == MHUB_OK) {
-        const bucket *b = &d->buckets[d->plan.param_bucket[param_index]];
-        int64_t p0 = d->plan.param_offset[param_index], sn = shard_numel(d, b);
-        for (int64_t r = 0; r < ranks; r++) {
-            int64_t s0 = b->at->offset + r * sn;
-            int64_t lo = p0 > s0 ? p0 : s0, hi = p0 + n < s0 + sn ? p0 + n : s0 + sn;
-            if (lo < hi)
-                memcpy(full + (lo - p0), all + r * n + (lo - p0),
-                       (size_t)(hi - lo) * sizeof(float));
-        }
-    }
-    free(all);
-    free(mine);
-    return s;
+        p.numel = d->params->items[param_index].value.numel;
+    return mhub_dp_gather_pieces(d->dp, s, &p, full);
 }
 
 mhub_status mhub_distopt_set_state(mhub_distopt *d, int param_index, int which,

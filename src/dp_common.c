@@ -38,6 +38,33 @@ mhub_status mhub_dp_agree(mhub_comm *dp, mhub_status mine)
     return mhub_error(code, "(from rank %d) %s", root, msg);
 }
 
+mhub_status mhub_dp_gather_pieces(mhub_comm *dp, mhub_status s, const mhub_dp_pieces *p,
+                                  float *full)
+{
+    int64_t n = s == MHUB_OK ? p->numel : 0, ranks = dp->size;
+    float *all = NULL, *mine = NULL;
+    if (s == MHUB_OK) {
+        all = calloc((size_t)(ranks * n + 1), sizeof *all);
+        mine = calloc((size_t)(n + 1), sizeof *mine);
+        if (!all || !mine)
+            s = MHUB_ERROR(MHUB_ERR_NO_MEMORY, "state gather of %lld floats",
+                           (long long)(ranks * n));
+    }
+    if (s == MHUB_OK)
+        s = p->fill(p->engine, p->param, p->which, mine);
+    /* a rank that failed above must not leave the others in the gather */
+    s = mhub_dp_agree(dp, s);
+    if (s == MHUB_OK)
+        s = mhub_comm_allgather(dp, mine, all, n, MHUB_F32);
+    int64_t lo, hi;
+    for (int r = 0; s == MHUB_OK && r < ranks; r++)
+        if (p->piece(p->engine, p->param, r, &lo, &hi))
+            memcpy(full + lo, all + r * n + lo, (size_t)(hi - lo) * sizeof(float));
+    free(all);
+    free(mine);
+    return s;
+}
+
 mhub_status mhub_dp_agree_on_nan(mhub_comm *dp, const mhub_param_list *params, int local_param,
                                  int64_t step, const char *engine)
 {

@@ -5,6 +5,7 @@
  *   mhub_unit_plan        FSDP's per-unit flat vectors and shards
  *   *_estimate_memory     what each engine will allocate, from shapes only
  *   mhub_dp_agree         every rank returns the same outcome of a local step
+ *   mhub_dp_gather_pieces a sharded parameter (or state) whole on every rank
  *   mhub_dp_agree_on_nan  every rank fails the same step with one report
  *   mhub_sumtree          the fixed-shape gradient sum of deterministic
  *                         mode (see ddp.h): a per-rank binary counter over
@@ -134,6 +135,26 @@ int64_t mhub_sumtree_bytes(int64_t numel, int dp_size, bool exchange);
  * status and message go to all, marked "(from rank r)". Call it before
  * any collective that follows local work which can fail. */
 mhub_status mhub_dp_agree(mhub_comm *dp, mhub_status mine);
+
+/* A parameter's full f32 values, or one of its optimizer states, when
+ * its elements are spread over the dp ranks (the sharded engines): rank r
+ * holds elements [lo, hi) of it, as `piece` says. Each rank writes its own
+ * piece into a zeroed numel-element vector (`fill`, in the parameter's
+ * coordinates), the vectors are all-gathered, and every rank copies each
+ * rank's piece out of that rank's vector: gathering rather than summing
+ * keeps every bit, the sign of zero too. Collective. `s` is the caller's
+ * own checks; it and the local allocations are agreed on (mhub_dp_agree)
+ * before the gather. */
+typedef struct mhub_dp_pieces {
+    void *engine;
+    int param, which;
+    int64_t numel;
+    mhub_status (*fill)(void *engine, int param, int which, float *mine);
+    bool (*piece)(const void *engine, int param, int rank, int64_t *lo, int64_t *hi);
+} mhub_dp_pieces;
+
+mhub_status mhub_dp_gather_pieces(mhub_comm *dp, mhub_status s, const mhub_dp_pieces *p,
+                                  float *full);
 
 /* Every rank learns the highest rank that saw a NaN and which parameter,
  * packed as rank * (params + 1) + param + 1 (exact in f32 below 2^24) and

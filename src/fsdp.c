@@ -1333,36 +1333,32 @@ static mhub_status copy_piece(mhub_fsdp *f, int i, int which, float *to_full,
     return f->be->ops->copy(f->be, arr, from_full + at, bytes, MHUB_COPY_HOST_TO_DEVICE);
 }
 
-/* Gathering (rather than summing zero-padded pieces) keeps every bit,
- * the sign of zero included. */
+/* piece_of and copy_piece in mhub_dp_pieces' terms: offsets from the
+ * parameter's first element. */
+static bool fsdp_piece(const void *engine, int i, int r, int64_t *lo, int64_t *hi)
+{
+    const mhub_fsdp *f = engine;
+    if (!piece_of(f, i, r, lo, hi))
+        return false;
+    *lo -= f->plan.param_offset[i];
+    *hi -= f->plan.param_offset[i];
+    return true;
+}
+
+static mhub_status fsdp_fill(void *engine, int i, int which, float *mine)
+{
+    return copy_piece(engine, i, which, mine, NULL);
+}
+
 mhub_status mhub_fsdp_get_state(mhub_fsdp *f, int param_index, int which, float *full)
 {
     if (!f || !f->dp)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "engine is NULL");
     mhub_status s = check_state_args(f, param_index, which, full);
-    int64_t n = s == MHUB_OK ? f->params->items[param_index].value.numel : 0;
-    int64_t ranks = f->dp->size;
-    float *all = NULL, *mine = NULL;
-    if (s == MHUB_OK) {
-        all = calloc((size_t)(ranks * n + 1), sizeof *all);
-        mine = calloc((size_t)(n + 1), sizeof *mine);
-        if (!all || !mine)
-            s = MHUB_ERROR(MHUB_ERR_NO_MEMORY, "state gather of %lld floats",
-                           (long long)(ranks * n));
-    }
+    mhub_dp_pieces p = {f, param_index, which, 0, fsdp_fill, fsdp_piece};
     if (s == MHUB_OK)
-        s = copy_piece(f, param_index, which, mine, NULL);
-    /* a rank that failed above must not leave the others in the gather */
-    s = mhub_dp_agree(f->dp, s);
-    if (s == MHUB_OK)
-        s = mhub_comm_allgather(f->dp, mine, all, n, MHUB_F32);
-    int64_t a = s == MHUB_OK ? f->plan.param_offset[param_index] : 0, lo, hi;
-    for (int r = 0; s == MHUB_OK && r < ranks; r++)
-        if (piece_of(f, param_index, r, &lo, &hi))
-            memcpy(full + (lo - a), all + r * n + (lo - a), (size_t)(hi - lo) * sizeof(float));
-    free(all);
-    free(mine);
-    return s;
+        p.numel = f->params->items[param_index].value.numel;
+    return mhub_dp_gather_pieces(f->dp, s, &p, full);
 }
 
 mhub_status mhub_fsdp_set_state(mhub_fsdp *f, int param_index, int which, const float *full)

@@ -785,21 +785,7 @@ static void run_checked_steps(dist_run *r, mhub_mlp *ref, mhub_dtype gdt, const 
         read_engine_state(r->engine, &r->o.opt, st, pl->count, true);
         mhub_test_reduce rule = {
             .be = be, .optim = &r->o.opt, .step = s + 1, .ranks = r->dp->size, .gdt = gdt};
-        int64_t total = 0, fooled = 0, first;
-        for (int p = 0; p < pl->count; p++) {
-            int64_t bad = mhub_test_unexplained(&rule, &st[p], false, &first);
-            ck_assert_msg(bad == 0,
-                          "%s, step %d: %lld of %lld elements of '%s' match no summation "
-                          "order; the first, %lld, went %g -> %g",
-                          what, s + 1, (long long)bad, (long long)st[p].n, pl->items[p].name,
-                          (long long)first, st[p].master[first], st[p].master_after[first]);
-            total += st[p].n;
-            fooled += st[p].n - mhub_test_unexplained(&rule, &st[p], true, &first);
-        }
-        ck_assert_msg(fooled < total / 10,
-                      "%s, step %d: a double-counted gradient would pass for %lld of %lld "
-                      "elements",
-                      what, s + 1, (long long)fooled, (long long)total);
+        mhub_test_check_step(&rule, pl, st, what, s + 1);
     }
     mhub_synthetic_free(&task);
     for (int p = 0; p < pl->count; p++)

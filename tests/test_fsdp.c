@@ -314,21 +314,7 @@ static void train_reference_16bit(mhub_mlp *dist, mhub_fsdp *f, mhub_mlp *ref,
         read_engine_state(f, &o->optim, st, pl->count, true);
         mhub_test_reduce r = {
             .be = be, .optim = &o->optim, .step = s + 1, .ranks = world->size, .gdt = gdt};
-        int64_t total = 0, fooled = 0, first;
-        for (int p = 0; p < pl->count; p++) {
-            int64_t bad = mhub_test_unexplained(&r, &st[p], false, &first);
-            ck_assert_msg(bad == 0,
-                          "%s, step %d: %lld of %lld elements of '%s' match no summation "
-                          "order; the first, %lld, went %g -> %g",
-                          what, s + 1, (long long)bad, (long long)st[p].n, pl->items[p].name,
-                          (long long)first, st[p].master[first], st[p].master_after[first]);
-            total += st[p].n;
-            fooled += st[p].n - mhub_test_unexplained(&r, &st[p], true, &first);
-        }
-        ck_assert_msg(fooled < total / 10,
-                      "%s, step %d: a double-counted gradient would pass for %lld of %lld "
-                      "elements",
-                      what, s + 1, (long long)fooled, (long long)total);
+        mhub_test_check_step(&r, pl, st, what, s + 1);
     }
     mhub_synthetic_free(&task);
     for (int p = 0; p < pl->count; p++)

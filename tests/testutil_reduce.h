@@ -201,4 +201,28 @@ static inline int64_t mhub_test_unexplained(const mhub_test_reduce *r,
     return bad;
 }
 
+/* One step of every parameter in `pl`: each element's update must be
+ * explained by some summation order, and a double-counted rank gradient
+ * must be told apart for all but a tenth of the elements (or the check
+ * would be too weak to catch one). `what` and `step` name the case. */
+static inline void mhub_test_check_step(const mhub_test_reduce *r, const mhub_param_list *pl,
+                                        const mhub_test_param_step *st, const char *what,
+                                        int step)
+{
+    int64_t total = 0, fooled = 0, first;
+    for (int p = 0; p < pl->count; p++) {
+        int64_t bad = mhub_test_unexplained(r, &st[p], false, &first);
+        ck_assert_msg(bad == 0,
+                      "%s, step %d: %lld of %lld elements of '%s' match no summation "
+                      "order; the first, %lld, went %g -> %g",
+                      what, step, (long long)bad, (long long)st[p].n, pl->items[p].name,
+                      (long long)first, st[p].master[first], st[p].master_after[first]);
+        total += st[p].n;
+        fooled += st[p].n - mhub_test_unexplained(r, &st[p], true, &first);
+    }
+    ck_assert_msg(fooled < total / 10,
+                  "%s, step %d: a double-counted gradient would pass for %lld of %lld elements",
+                  what, step, (long long)fooled, (long long)total);
+}
+
 #endif
