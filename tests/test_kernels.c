@@ -9,6 +9,7 @@
  * are odd and above the kernels' vector block (16) so that both the
  * vectorized prefix and the remainder loop run. Every op is also given bad
  * arguments and must fail with MHUB_ERR_INVALID_ARG and a message. */
+#include <dlfcn.h>
 #include <float.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -300,6 +301,43 @@ START_TEST(test_thread_options)
     if (saved_copy)
         setenv("MHUB_BLAS_THREADS", saved_copy, 1);
     free(saved_copy);
+}
+END_TEST
+
+/* A backend with threads to share shortens the spin of OpenBLAS's idle
+ * workers (cpu_backend.c, quiet_blas_workers) unless the user set
+ * OPENBLAS_THREAD_TIMEOUT: OpenBLAS's own record of the setting then
+ * reads 4, and the environment is as it was. Skipped, saying so, with a
+ * BLAS that does not export that record. */
+START_TEST(test_blas_workers_quieted)
+{
+    int (*timeout)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "openblas_thread_timeout");
+    if (!timeout || getenv("OPENBLAS_THREAD_TIMEOUT")) {
+        printf("test_blas_workers_quieted: skipped (%s)\n",
+               timeout ? "OPENBLAS_THREAD_TIMEOUT is set" : "not OpenBLAS's pthread build");
+        return;
+    }
+    mhub_backend *two;
+    CK_OK(mhub_cpu_backend_create(&(mhub_cpu_options){.blas_threads = 2}, &two));
+    ck_assert_int_eq(timeout(), 4);
+    ck_assert_ptr_null(getenv("OPENBLAS_THREAD_TIMEOUT"));
+    /* and threaded GEMMs still work after the workers' restart */
+    enum { N = 96 };
+    float *a = fbuf(N * N), *b = fbuf(N * N), *c = fbuf(N * N);
+    for (int i = 0; i < N * N; i++) {
+        a[i] = (float)(i % 7) - 3.0f;
+        b[i] = (float)(i % 5) - 2.0f;
+    }
+    CK_OK(two->ops->gemm(two, false, false, N, N, N, 1.0f, a, N, b, N, 0.0f, c, N));
+    for (int i = 0; i < N; i += 17)
+        for (int j = 0; j < N; j += 13) {
+            double want = 0;
+            for (int k = 0; k < N; k++)
+                want += (double)a[i * N + k] * b[k * N + j];
+            ck_assert_msg(c[i * N + j] == (float)want, "c[%d][%d] = %g, want %g", i, j,
+                          (double)c[i * N + j], want);
+        }
+    mhub_backend_free(two);
 }
 END_TEST
 
@@ -1334,6 +1372,7 @@ static Suite *make_suite(void)
     tcase_add_test(mem, test_memory_bad_args);
     tcase_add_test(mem, test_backend_identity);
     tcase_add_test(mem, test_thread_options);
+    tcase_add_test(mem, test_blas_workers_quieted);
     suite_add_tcase(s, mem);
 
     TCase *layer = tcase_create("layer_kernels");

@@ -11,6 +11,7 @@
  * the current/peak byte counters (ops->memory_usage) without a table. */
 #include <dlfcn.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -289,21 +290,27 @@ static mhub_status resolve_threads(const mhub_cpu_options *opts, int *out)
  * environment is restored afterwards. */
 #define OPENBLAS_TIMEOUT_ENV "OPENBLAS_THREAD_TIMEOUT"
 
-static void quiet_blas_workers(int threads)
+static void quiet_blas_workers_once(void)
 {
-    static bool done = false;
-    if (threads < 2 || done || getenv(OPENBLAS_TIMEOUT_ENV))
+    if (getenv(OPENBLAS_TIMEOUT_ENV))
         return;
     void (*read_env)(void) = (void (*)(void))dlsym(RTLD_DEFAULT, "openblas_read_env");
     void (*shutdown)(void) = (void (*)(void))dlsym(RTLD_DEFAULT, "blas_thread_shutdown_");
-    if (!read_env || !shutdown)
-        return;
-    if (setenv(OPENBLAS_TIMEOUT_ENV, "4", 0) != 0)
+    if (!read_env || !shutdown || setenv(OPENBLAS_TIMEOUT_ENV, "4", 0) != 0)
         return;
     read_env();
     unsetenv(OPENBLAS_TIMEOUT_ENV);
     shutdown(); /* the next threaded GEMM starts them with the short spin */
-    done = true;
+}
+
+/* Once per process, from the first backend with threads to share; a
+ * backend is created before its training threads start, so the brief
+ * environment change races with nothing of ours. */
+static void quiet_blas_workers(int threads)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    if (threads >= 2)
+        pthread_once(&once, quiet_blas_workers_once);
 }
 
 /* ---- the backend object ---- */
