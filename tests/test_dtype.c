@@ -1,4 +1,5 @@
-/* test_dtype.c - dtype names and the bf16/f16 <-> f32 conversions.
+/* test_dtype.c - dtype names, the f32 bit casts and the bf16/f16 <-> f32
+ * conversions.
  *
  * The conversions are checked against a reference that shares no code or
  * trick with src/dtype.c: a 16-bit pattern's value is decoded from its
@@ -8,7 +9,9 @@
  * 16 -> 32 is checked on all 65,536 patterns; 32 -> 16 on every 16-bit
  * value, every midpoint between neighbours (the ties) and the f32 values
  * either side of it, hand-picked edge cases, and a million random f32 bit
- * patterns. */
+ * patterns. The bit casts are checked against known patterns, powers of
+ * two made by ldexpf, a union reinterpretation and a decoding of the
+ * fields, NaN payloads and signs included. */
 #include <float.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -347,6 +350,124 @@ START_TEST(test_f16_specials)
 }
 END_TEST
 
+/* ---- the f32 bit casts ---- */
+
+/* A union reads the other member's bytes (C11 6.5.2.3): a second,
+ * independent way to reinterpret, next to the library's memcpy. */
+typedef union f32_pun {
+    float f;
+    uint32_t u;
+} f32_pun;
+
+static uint32_t pun_bits(float f) { return (f32_pun){.f = f}.u; }
+static float pun_float(uint32_t u) { return (f32_pun){.u = u}.f; }
+
+/* The value of a finite f32 pattern from its fields, in double (exact). */
+static double decode32(uint32_t u)
+{
+    uint32_t mant = u & 0x7FFFFFu;
+    int exp = (int)((u >> 23) & 0xFFu);
+    double sign = (u >> 31) ? -1.0 : 1.0;
+    if (exp == 0)
+        return sign * ldexp((double)mant, -149);
+    return sign * ldexp((double)(mant | 0x800000u), exp - 150);
+}
+
+/* Patterns of every class, both signs: zeros, subnormals at both
+ * ends, the normal boundaries, Inf, quiet and signalling NaNs with
+ * payloads. */
+static const struct {
+    uint32_t bits;
+    float value; /* unused for NaNs */
+} known_bits[] = {
+    {0x00000000u, 0.0f},          {0x80000000u, -0.0f},
+    {0x3F800000u, 1.0f},          {0xC0000000u, -2.0f},
+    {0x3DCCCCCDu, 0.1f},          {0x3EAAAAABu, 1.0f / 3.0f},
+    {0x00000001u, 0x1p-149f},     {0x80000001u, -0x1p-149f},   /* smallest subnormal */
+    {0x007FFFFFu, 0x1.fffffcp-127f},                           /* largest subnormal */
+    {0x00400000u, 0x1p-127f},     {0x00800000u, FLT_MIN},
+    {0x7F7FFFFFu, FLT_MAX},       {0xFF7FFFFFu, -FLT_MAX},
+    {0x7F800000u, INFINITY},      {0xFF800000u, -INFINITY},
+    {0x34000000u, FLT_EPSILON},   {0x4B800000u, 16777216.0f},
+};
+
+static const uint32_t nan_bits[] = {
+    0x7FC00000u, 0xFFC00000u,                 /* quiet, both signs */
+    0x7FC00001u, 0x7FFFFFFFu, 0xFFFFFFFFu,    /* quiet with payloads */
+    0x7F800001u, 0x7FA5A5A5u, 0xFF800001u,    /* signalling, payloads */
+};
+
+START_TEST(test_f32_bits_known_patterns)
+{
+    for (size_t i = 0; i < sizeof known_bits / sizeof known_bits[0]; i++) {
+        uint32_t u = known_bits[i].bits;
+        float f = known_bits[i].value;
+        ck_assert_msg(mhub_f32_to_bits(f) == u, "to_bits(%a) = 0x%08X, want 0x%08X", (double)f,
+                      (unsigned)mhub_f32_to_bits(f), (unsigned)u);
+        float back = mhub_f32_from_bits(u);
+        ck_assert_msg(back == f && signbit(back) == signbit(f), "from_bits(0x%08X) = %a, want %a",
+                      (unsigned)u, (double)back, (double)f);
+        if (isfinite(f))
+            ck_assert(back == decode32(u));
+    }
+    /* -0 and +0 compare equal: only the bits tell them apart */
+    ck_assert(mhub_f32_to_bits(-0.0f) != mhub_f32_to_bits(0.0f));
+    ck_assert(fpclassify(mhub_f32_from_bits(0x00000001u)) == FP_SUBNORMAL);
+    ck_assert(fpclassify(mhub_f32_from_bits(0x007FFFFFu)) == FP_SUBNORMAL);
+    ck_assert(fpclassify(mhub_f32_from_bits(0x00800000u)) == FP_NORMAL);
+    /* NaNs keep sign and payload both ways */
+    for (size_t i = 0; i < sizeof nan_bits / sizeof nan_bits[0]; i++) {
+        uint32_t u = nan_bits[i];
+        float f = mhub_f32_from_bits(u);
+        ck_assert_msg(isnan(f), "from_bits(0x%08X) is not NaN", (unsigned)u);
+        ck_assert_msg(mhub_f32_to_bits(f) == u, "NaN 0x%08X came back as 0x%08X", (unsigned)u,
+                      (unsigned)mhub_f32_to_bits(f));
+        ck_assert_msg(mhub_f32_to_bits(pun_float(u)) == u, "NaN 0x%08X", (unsigned)u);
+        ck_assert_msg(pun_bits(f) == u, "NaN 0x%08X", (unsigned)u);
+    }
+}
+END_TEST
+
+/* Every power of two, normal and subnormal, from arithmetic: its pattern
+ * is the biased exponent alone, or a single mantissa bit below 2^-126. */
+START_TEST(test_f32_bits_powers_of_two)
+{
+    for (int e = -149; e <= 127; e++) {
+        float f = ldexpf(1.0f, e);
+        uint32_t want = e >= -126 ? (uint32_t)(e + 127) << 23 : 1u << (e + 149);
+        ck_assert_msg(mhub_f32_to_bits(f) == want, "2^%d: 0x%08X, want 0x%08X", e,
+                      (unsigned)mhub_f32_to_bits(f), (unsigned)want);
+        ck_assert_msg(mhub_f32_to_bits(-f) == (want | 0x80000000u), "-2^%d", e);
+        ck_assert(mhub_f32_from_bits(want) == f);
+    }
+}
+END_TEST
+
+/* A stride through all 2^32 patterns (about 4.3 million of them, every
+ * class): both casts agree with the union, round trip bit for bit, and
+ * finite values equal the value decoded from the fields. */
+START_TEST(test_f32_bits_sweep)
+{
+    const uint32_t stride = 997; /* prime: the low bits vary too */
+    int64_t checked = 0;
+    for (uint64_t w = 0; w <= UINT32_MAX; w += stride) {
+        uint32_t u = (uint32_t)w;
+        float f = mhub_f32_from_bits(u);
+        uint32_t back = mhub_f32_to_bits(f);
+        if (back != u || pun_bits(f) != u || mhub_f32_to_bits(pun_float(u)) != u)
+            ck_abort_msg("0x%08X: round trip 0x%08X, union 0x%08X", (unsigned)u, (unsigned)back,
+                         (unsigned)pun_bits(f));
+        bool nan_pattern = (u & 0x7FFFFFFFu) > 0x7F800000u;
+        if (nan_pattern != (bool)isnan(f))
+            ck_abort_msg("0x%08X: NaN class wrong", (unsigned)u);
+        if (isfinite(f) && (double)f != decode32(u))
+            ck_abort_msg("0x%08X: %a, fields say %a", (unsigned)u, (double)f, decode32(u));
+        checked++;
+    }
+    ck_assert_int_eq(checked, (int64_t)(UINT32_MAX / stride) + 1);
+}
+END_TEST
+
 /* ---- names ---- */
 
 START_TEST(test_sizes_and_names)
@@ -425,6 +546,13 @@ static Suite *make_suite(void)
     tcase_add_test(conv, test_bf16_random);
     tcase_add_test(conv, test_f16_random);
     suite_add_tcase(s, conv);
+
+    TCase *bits = tcase_create("bit casts");
+    tcase_set_timeout(bits, 60);
+    tcase_add_test(bits, test_f32_bits_known_patterns);
+    tcase_add_test(bits, test_f32_bits_powers_of_two);
+    tcase_add_test(bits, test_f32_bits_sweep);
+    suite_add_tcase(s, bits);
     return s;
 }
 
