@@ -1,7 +1,9 @@
 /* test_gpt.c - the GPT provider's config and parameter layout: defaults,
  * validation, names and shapes, closed-form counts against built chunks
- * for every pipeline cut and tensor-parallel shard, and the known sizes
- * of GPT-2 124M and GPT-3 175B (whole and per rank at tp 8 x pp 8). */
+ * for every pipeline cut and tensor-parallel shard, the known sizes of
+ * GPT-2 124M and GPT-3 175B (whole and per rank at tp 8 x pp 8), which
+ * chunk holds which end, and the FLOPs of a step against a published
+ * formula and a count by hand. */
 #include <string.h>
 #include <time.h>
 
@@ -971,6 +973,178 @@ START_TEST(test_gpt3_175b_tp8_pp8)
 }
 END_TEST
 
+/* ---- chunk ends ---------------------------------------------------------------------- */
+
+static bool has_param(mhub_gpt *m, const char *name)
+{
+    return mhub_param_list_find(mhub_gpt_params(m), name) >= 0;
+}
+
+/* What a chunk's ends hold: the embedding with pre_process, the final
+ * norm with post_process (and nothing of either without). */
+static void expect_ends(mhub_gpt *m, bool pre, bool post)
+{
+    ck_assert_msg(mhub_gpt_pre_process(m) == pre, "layers from %d: pre_process %d, want %d",
+                  mhub_gpt_first_layer(m), mhub_gpt_pre_process(m), pre);
+    ck_assert_msg(mhub_gpt_post_process(m) == post, "layers from %d: post_process %d, want %d",
+                  mhub_gpt_first_layer(m), mhub_gpt_post_process(m), post);
+    ck_assert(has_param(m, "embedding.word_embeddings.weight") == pre);
+    ck_assert(has_param(m, "decoder.final_layernorm.weight") == post);
+}
+
+/* The meta chunks of every stage of every pp x vp cut: only the first
+ * chunk in model order is pre_process, only the last post_process, and
+ * the model agrees with its chunk. */
+START_TEST(test_pre_post_process_every_cut)
+{
+    mhub_provider *p = NULL;
+    CK_OK(mhub_provider_create_default("gpt", &p));
+    mhub_gpt_config *c = (mhub_gpt_config *)mhub_provider_config_mut(p);
+    c->num_layers = 8;
+    const int pps[] = {1, 2, 4}, vps[] = {0, 2};
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 2; j++) {
+            int pp = pps[i], vp = vps[j];
+            if (pp == 1 && vp > 0)
+                continue; /* virtual stages need a pipeline */
+            c->base.pipeline_model_parallel_size = pp;
+            c->base.virtual_pipeline_model_parallel_size = vp;
+            int per_stage = vp > 0 ? vp : 1, chunks = pp * per_stage;
+            for (int stage = 0; stage < pp; stage++) {
+                mhub_chunk_list l = {0};
+                CK_OK(mhub_provider_meta_stage(p, stage, &l));
+                ck_assert_int_eq(l.count, per_stage);
+                for (int v = 0; v < l.count; v++) {
+                    int index = v * pp + stage; /* position in model order */
+                    mhub_gpt *m = mhub_chunk_model(l.items[v]);
+                    expect_ends(m, index == 0, index == chunks - 1);
+                    ck_assert(mhub_gpt_pre_process(m) == mhub_chunk_pre_process(l.items[v]));
+                    ck_assert(mhub_gpt_post_process(m) == mhub_chunk_post_process(l.items[v]));
+                }
+                mhub_chunk_list_free(&l);
+            }
+        }
+    mhub_provider_free(p);
+}
+END_TEST
+
+/* provide(pre_process, post_process, vp_stage) builds the ends it is
+ * asked for, whatever they are; a missing model has neither. */
+START_TEST(test_pre_post_process_as_asked)
+{
+    mhub_provider *p = NULL;
+    CK_OK(mhub_provider_create_default("gpt", &p));
+    mhub_gpt_config *c = (mhub_gpt_config *)mhub_provider_config_mut(p);
+    c->num_layers = 4;
+    c->base.pipeline_model_parallel_size = 2;
+    for (int k = 0; k < 4; k++) {
+        bool pre = k & 1, post = k & 2;
+        mhub_chunk *chunk = NULL;
+        CK_OK(mhub_provider_provide(p, pre, post, -1, &chunk));
+        expect_ends(mhub_chunk_model(chunk), pre, post);
+        mhub_chunk_free(chunk);
+    }
+    mhub_provider_free(p);
+    ck_assert(!mhub_gpt_pre_process(NULL));
+    ck_assert(!mhub_gpt_post_process(NULL));
+}
+END_TEST
+
+/* ---- FLOPs per step -------------------------------------------------------------------- */
+
+/* Narayanan et al. 2021 ("Efficient Large-Scale Language Model Training
+ * on GPU Clusters Using Megatron-LM") count 96 B s l h^2 (1 + s / 6h +
+ * V / 16lh) FLOPs for B sequences of s tokens through a GPT-2-shaped
+ * model (F = 4h, heads spanning h) with activation recomputation, whose
+ * layers run forward twice. Without it, three passes instead of four: */
+static double paper_flops(double B, double s, double l, double h, double V)
+{
+    return 72.0 * B * s * l * h * h * (1.0 + s / (6.0 * h) + V / (12.0 * l * h));
+}
+
+static void expect_flops(double got, double want, const char *what)
+{
+    ck_assert_msg(mhub_test_relerr(got, want, 1.0) < 1e-12, "%s: %.17g FLOPs, want %.17g", what,
+                  got, want);
+}
+
+START_TEST(test_flops_gpt2_family)
+{
+    mhub_gpt_config c = gpt_default(); /* 2 layers, hidden 64, vocab 256 */
+    expect_flops(mhub_gpt_flops_per_step(&c, 4, 32), paper_flops(4, 32, 2, 64, 256), "tiny");
+
+    c = gpt2_124m();
+    double tokens = 8.0 * 1024;
+    double flops = mhub_gpt_flops_per_step(&c, 8, 1024);
+    expect_flops(flops, paper_flops(8, 1024, 12, 768, 50257), "GPT-2 124M");
+    /* by hand, per token: the weights of the products, 12 x (768 x 2304
+     * qkv + 768 x 768 proj + 2 x 768 x 3072 mlp) + 768 x 50257 head =
+     * 123,532,032, six FLOPs each; attention 12 x 12 layers x 1024 x 768 */
+    expect_flops(flops, (6.0 * 123532032 + 12.0 * 12 * 1024 * 768) * tokens, "GPT-2 by hand");
+    /* the weights in products are nearly all of its 124.4 M parameters
+     * (the rest: positions, norms, biases), and attention adds s / 6h */
+    double six_n = 6.0 * (double)mhub_gpt_total_params(&c) * tokens;
+    double attention = 12.0 * 12 * 1024 * 768 * tokens;
+    ck_assert(flops - attention < six_n && flops - attention > 0.99 * six_n);
+    ck_assert(attention > 0.13 * flops && attention < 0.14 * flops);
+
+    /* GPT-3 175B: 300 B training tokens cost 3.14e23 FLOPs without
+     * attention (Brown et al. 2020, table D.1) */
+    c = gpt3_175b();
+    flops = mhub_gpt_flops_per_step(&c, 1, 2048);
+    expect_flops(flops, paper_flops(1, 2048, 96, 12288, 50257), "GPT-3 175B");
+    double per_token = (flops - 12.0 * 96 * 2048 * 12288 * 2048) / 2048;
+    ck_assert_msg(fabs(per_token * 300e9 / 3.14e23 - 1) < 0.005, "%.4g", per_token * 300e9);
+}
+END_TEST
+
+/* A Llama-style model whose head width a d (4 x 8) is not H (64):
+ * grouped queries, swiglu, a padded vocabulary, counted matrix by
+ * matrix. */
+START_TEST(test_flops_llama_by_hand)
+{
+    mhub_gpt_config c = llama_tiny(); /* 2 layers, H 64, 4 heads, 2 groups, F 96 */
+    c.kv_channels = 8;
+    c.vocab_size = 300;
+    c.make_vocab_size_divisible_by = 128; /* 384 rows */
+    CK_OK(mhub_config_validate(&c.base));
+    /* multiply-adds per token of one forward */
+    double qkv = (4 + 2 * 2) * 8 * 64.0; /* 4 query heads, 2 keys, 2 values of 8 */
+    double proj = 64 * (4 * 8.0);
+    double fc1 = 2 * 96 * 64.0; /* gate and up */
+    double fc2 = 64 * 96.0;
+    double head = 384 * 64.0;
+    double seq = 48, batch = 3;
+    double scores = 4 * seq * 8, weighted_values = 4 * seq * 8; /* every key: no causal discount */
+    double macs = 2 * (qkv + proj + fc1 + fc2 + scores + weighted_values) + head;
+    /* two FLOPs per multiply-add; backward costs twice the forward */
+    double want = 3 * 2 * macs * batch * seq;
+    expect_flops(mhub_gpt_flops_per_step(&c, 3, 48), want, "llama-style");
+
+    /* nothing without a matrix product changes it: ties, positions, norms, biases */
+    mhub_gpt_config d = c;
+    d.share_embeddings_and_output_weights = true;
+    d.position_embedding_type = MHUB_GPT_LEARNED_ABSOLUTE;
+    d.normalization = MHUB_GPT_LAYERNORM;
+    d.add_bias_linear = true;
+    expect_flops(mhub_gpt_flops_per_step(&d, 3, 48), want, "tied, learned, LayerNorm, biases");
+    /* linear in the batch; the attention term quadratic in the sequence */
+    expect_flops(mhub_gpt_flops_per_step(&c, 6, 48), 2 * want, "twice the batch");
+    double attention = 3 * 2 * 2 * (scores + weighted_values) * batch * seq;
+    expect_flops(mhub_gpt_flops_per_step(&c, 3, 96), 2 * (want - attention) + 4 * attention,
+                 "twice the sequence");
+}
+END_TEST
+
+START_TEST(test_flops_nothing)
+{
+    mhub_gpt_config c = gpt_default();
+    ck_assert(mhub_gpt_flops_per_step(NULL, 4, 64) == 0.0);
+    ck_assert(mhub_gpt_flops_per_step(&c, 0, 64) == 0.0);
+    ck_assert(mhub_gpt_flops_per_step(&c, 4, 0) == 0.0);
+}
+END_TEST
+
 static Suite *gpt_suite(void)
 {
     Suite *s = suite_create("gpt");
@@ -1001,6 +1175,11 @@ static Suite *gpt_suite(void)
     tcase_add_test(tc, test_tp_validation);
     tcase_add_test(tc, test_provider_tp_meta_stage);
     tcase_add_test(tc, test_gpt3_175b_tp8_pp8);
+    tcase_add_test(tc, test_pre_post_process_every_cut);
+    tcase_add_test(tc, test_pre_post_process_as_asked);
+    tcase_add_test(tc, test_flops_gpt2_family);
+    tcase_add_test(tc, test_flops_llama_by_hand);
+    tcase_add_test(tc, test_flops_nothing);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -6,9 +6,10 @@
  * PyTorch from the same float32 weights. mhub must match the logits and
  * loss within 1e-5 relative, the gradients within 1e-4, and the
  * parameters after 3 AdamW steps within 1e-4. A finite-difference check
- * of the loss and the bad-input cases follow, then 16-bit (bf16, f16)
- * parameters: f32 compute on the same rounded weights, 16-bit gradients
- * rounded once per backward, and a bf16 model that learns. */
+ * of the loss and the bad-input cases follow, the per-token losses
+ * against a log-softmax in double of PyTorch's logits, then 16-bit
+ * (bf16, f16) parameters: f32 compute on the same rounded weights, 16-bit
+ * gradients rounded once per backward, and a bf16 model that learns. */
 #include <string.h>
 
 #include "testutil.h"
@@ -358,6 +359,102 @@ START_TEST(test_loss_falls)
 }
 END_TEST
 
+/* ---- per-token losses ---------------------------------------------------------- */
+
+/* -log softmax(row)[target], in double. */
+static double ref_token_loss(const float *row, int64_t v, int32_t target)
+{
+    double top = row[0];
+    for (int64_t j = 1; j < v; j++)
+        top = fmax(top, row[j]);
+    double sum = 0;
+    for (int64_t j = 0; j < v; j++)
+        sum += exp((double)row[j] - top);
+    return top + log(sum) - (double)row[target];
+}
+
+/* Each of the n losses against the cross-entropy of its row of `logits`
+ * [n, v], and their mean against the forward's mean loss. */
+static void expect_token_losses(mhub_gpt *m, const float *logits, int64_t v,
+                                const int32_t *targets, int64_t n, float mean_loss,
+                                const char *what)
+{
+    const float *losses = mhub_gpt_losses(m);
+    ck_assert_ptr_nonnull(losses);
+    double sum = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double want = ref_token_loss(logits + i * v, v, targets[i]);
+        ck_assert_msg(mhub_test_relerr(losses[i], want, 1e-3) < 1e-5,
+                      "%s token %lld: loss %.9g, log-softmax says %.9g", what, (long long)i,
+                      losses[i], want);
+        sum += losses[i];
+    }
+    ck_assert_msg(mhub_test_relerr(mean_loss, sum / (double)n, 1e-30) < 1e-6,
+                  "%s: mean loss %.9g, the tokens' mean %.9g", what, mean_loss, sum / (double)n);
+}
+
+/* The golden models: per-token losses from PyTorch's logits. */
+START_TEST(test_token_losses_match_pytorch)
+{
+    const char *models[] = {"gpt2", "llama"};
+    for (int k = 0; k < 2; k++) {
+        mhub_gpt_config *cfg = golden_config(models[k]);
+        int b = golden_int("batch"), t = golden_int("seq");
+        int64_t n = (int64_t)b * t, v = mhub_gpt_padded_vocab_size(cfg);
+        mhub_gpt *m = build(cfg, b);
+        load(m, models[k], "param");
+        const int32_t *tokens = golden_ids(models[k], "tokens", n);
+        const int32_t *targets = golden_ids(models[k], "targets", n);
+        float loss = 0;
+        CK_OK(mhub_gpt_forward(m, tokens, targets, b, t, &loss));
+        float *logits = malloc((size_t)(n * v) * sizeof *logits);
+        char key[64];
+        snprintf(key, sizeof key, "%s/logits", models[k]);
+        int64_t shape[2] = {n, v};
+        CK_OK(mhub_safetensors_read_f32(golden, key, shape, 2, logits));
+        expect_token_losses(m, logits, v, targets, n, loss, models[k]);
+        free(logits);
+        free((void *)tokens);
+        free((void *)targets);
+        mhub_gpt_free(m);
+        mhub_config_free(&cfg->base);
+    }
+}
+END_TEST
+
+/* A padded vocabulary (60 tokens in 64 rows): the softmax runs over the
+ * padded rows too, as Megatron's does; a smaller batch than the model
+ * was sized for; and no losses where there is no forward to give them. */
+START_TEST(test_token_losses_padded_vocab)
+{
+    mhub_gpt_config *cfg = golden_config("gpt2");
+    cfg->vocab_size = 60;
+    cfg->make_vocab_size_divisible_by = 16;
+    int64_t v = mhub_gpt_padded_vocab_size(cfg);
+    ck_assert_int_eq(v, 64);
+    mhub_gpt *m = build(cfg, 3);
+    int32_t tokens[2 * 7], targets[2 * 7];
+    for (int i = 0; i < 14; i++) {
+        tokens[i] = (11 * i + 5) % 60;
+        targets[i] = (13 * i + 59) % 60; /* 59, the last real token, first */
+    }
+    float loss = 0;
+    CK_OK(mhub_gpt_forward(m, tokens, targets, 2, 7, &loss));
+    expect_token_losses(m, mhub_gpt_logits(m), v, targets, 14, loss, "padded");
+    mhub_gpt_free(m);
+
+    ck_assert_ptr_null(mhub_gpt_losses(NULL));
+    cfg->base.pipeline_model_parallel_size = 2;
+    mhub_provide_args a = {.pre_process = true, .post_process = false, .vp_stage = -1,
+                           .pp_size = 2, .vp_size = 1, .tp_size = 1, .backend = be,
+                           .seed = 5, .tp_seed = 6, .micro_batch = 2};
+    CK_OK(mhub_gpt_create(cfg, &a, &m));
+    ck_assert_ptr_null(mhub_gpt_losses(m)); /* holds parameters, never runs */
+    mhub_gpt_free(m);
+    mhub_config_free(&cfg->base);
+}
+END_TEST
+
 /* ---- 16-bit parameters ------------------------------------------------------ */
 
 static uint16_t to_half(mhub_dtype dt, float f)
@@ -566,6 +663,8 @@ static Suite *make_suite(void)
     tcase_add_test(tc, test_finite_differences);
     tcase_add_test(tc, test_bad_input);
     tcase_add_test(tc, test_loss_falls);
+    tcase_add_test(tc, test_token_losses_match_pytorch);
+    tcase_add_test(tc, test_token_losses_padded_vocab);
     tcase_add_test(tc, test_bf16_matches_f32);
     tcase_add_test(tc, test_f16_matches_f32);
     tcase_add_test(tc, test_bf16_loss_falls);
