@@ -140,7 +140,147 @@ START_TEST(test_registry)
 }
 END_TEST
 
+/* The type a provider was made from, whichever way it was made. */
+START_TEST(test_provider_type_of)
+{
+    mhub_provider *p = mlp_provider(2);
+    ck_assert_ptr_eq(mhub_provider_type_of(p), mhub_mlp_provider_type());
+    ck_assert_ptr_eq(mhub_provider_type_of(p), mhub_provider_type_find("mlp"));
+    mhub_provider_free(p);
+
+    CK_OK(mhub_provider_create_default("gpt", &p));
+    ck_assert_ptr_eq(mhub_provider_type_of(p), mhub_gpt_provider_type());
+    ck_assert_str_eq(mhub_provider_type_of(p)->name, "gpt");
+    mhub_provider_free(p);
+
+    if (!mhub_provider_type_find(toy_type.name))
+        CK_OK(mhub_provider_type_register(&toy_type));
+    mhub_provider_config *cfg = NULL;
+    CK_OK(mhub_config_create(&toy_type, &cfg));
+    CK_OK(mhub_provider_create(cfg, &p));
+    mhub_config_free(cfg); /* the provider keeps its own copy, of the same type */
+    ck_assert_ptr_eq(mhub_provider_type_of(p), &toy_type);
+    ck_assert_ptr_eq(mhub_provider_config_of(p)->type, &toy_type);
+    mhub_provider_free(p);
+
+    ck_assert_ptr_null(mhub_provider_type_of(NULL));
+}
+END_TEST
+
 /* ---- provide ------------------------------------------------------------------ */
+
+/* Which chunk of the model in model order, Megatron's interleaved
+ * numbering: every virtual stage walks the whole pipeline before the
+ * next begins. */
+START_TEST(test_chunk_index)
+{
+    static const struct {
+        int pp_size, vp_size, pp_rank, vp_stage, index;
+    } cases[] = {
+        {1, 1, 0, -1, 0}, /* one stage, no virtual pipelining */
+        {4, 1, 0, -1, 0}, {4, 1, 3, -1, 3},
+        {4, 2, 0, 0, 0},  {4, 2, 3, 0, 3},  /* the first virtual stage, pipeline ranks 0 .. 3 */
+        {4, 2, 0, 1, 4},  {4, 2, 2, 1, 6},  /* the second follows the whole first */
+        {2, 3, 1, 2, 5},  {2, 3, 0, 2, 4},  {2, 3, 1, 1, 3},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        mhub_provide_args a = {.pp_size = cases[i].pp_size, .vp_size = cases[i].vp_size,
+                               .pp_rank = cases[i].pp_rank, .vp_stage = cases[i].vp_stage};
+        ck_assert_msg(mhub_provide_args_chunk_index(&a) == cases[i].index,
+                      "pp %d vp %d, rank %d, vp stage %d: chunk %d, want %d", a.pp_size,
+                      a.vp_size, a.pp_rank, a.vp_stage, mhub_provide_args_chunk_index(&a),
+                      cases[i].index);
+    }
+    /* every (rank, virtual stage) of a cut names a different chunk, and
+     * together they are all of them */
+    const int pps[] = {1, 2, 4}, vps[] = {1, 2, 3};
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 3; j++) {
+            int pp = pps[i], vp = vps[j], chunks = pp * vp;
+            bool seen[12] = {false};
+            for (int r = 0; r < pp; r++)
+                for (int v = 0; v < vp; v++) {
+                    mhub_provide_args a = {.pp_size = pp, .vp_size = vp, .pp_rank = r,
+                                           .vp_stage = vp > 1 ? v : -1};
+                    ck_assert_int_eq(mhub_provide_args_num_chunks(&a), chunks);
+                    int g = mhub_provide_args_chunk_index(&a);
+                    ck_assert_msg(g >= 0 && g < chunks && !seen[g],
+                                  "pp %d vp %d: rank %d stage %d gave chunk %d", pp, vp, r, v, g);
+                    seen[g] = true;
+                }
+        }
+    /* the provider builds the layers that index names: chunk g of 6
+     * holds layers 2g and 2g + 1 of 12 */
+    mhub_provider *p = mlp_provider(12);
+    mlp_cfg(p)->base.pipeline_model_parallel_size = 2;
+    mlp_cfg(p)->base.virtual_pipeline_model_parallel_size = 3;
+    for (int r = 0; r < 2; r++) {
+        mhub_chunk_list l;
+        CK_OK(mhub_provider_meta_stage(p, r, &l));
+        for (int v = 0; v < l.count; v++) {
+            mhub_provide_args a = {.pp_size = 2, .vp_size = 3, .pp_rank = r, .vp_stage = v};
+            char first[MHUB_NAME_MAX];
+            snprintf(first, sizeof first, "layers.%d.weight",
+                     2 * mhub_provide_args_chunk_index(&a));
+            ck_assert_str_eq(mhub_chunk_params(l.items[v])->items[0].name, first);
+        }
+        mhub_chunk_list_free(&l);
+    }
+    mhub_provider_free(p);
+    ck_assert_int_eq(mhub_provide_args_chunk_index(NULL), -1);
+}
+END_TEST
+
+/* get_model's model_type reaches every chunk it builds; provide() and a
+ * bare chunk are one stack. */
+START_TEST(test_chunk_model_type)
+{
+    mhub_provider *p = mlp_provider(4);
+    mhub_chunk *c = NULL;
+    CK_OK(mhub_provider_provide(p, true, true, -1, &c));
+    ck_assert_int_eq(mhub_chunk_model_type(c), MHUB_MODEL_ENCODER_OR_DECODER);
+    mhub_chunk_free(c);
+
+    mhub_param_list *pl = calloc(1, sizeof *pl);
+    ck_assert_ptr_nonnull(pl);
+    static const mhub_chunk_ops ops = {.params = toy_params, .free = toy_free};
+    CK_OK(mhub_chunk_create("bare", pl, &ops, &c));
+    ck_assert_int_eq(mhub_chunk_model_type(c), MHUB_MODEL_ENCODER_OR_DECODER);
+    mhub_chunk_free(c);
+
+    mhub_get_model_options o;
+    mhub_get_model_options_init(&o);
+    o.wrap_with_ddp = false;
+    o.log = fopen("/dev/null", "w");
+    const mhub_model_type types[] = {MHUB_MODEL_ENCODER_OR_DECODER,
+                                     MHUB_MODEL_ENCODER_AND_DECODER};
+    mlp_cfg(p)->base.pipeline_model_parallel_size = 2;
+    for (int t = 0; t < 2; t++) {
+        o.model_type = types[t];
+        mhub_chunk_list l;
+        CK_OK(mhub_get_model(p, &o, &l));
+        ck_assert_int_eq(l.count, 1);
+        ck_assert_int_eq(mhub_chunk_model_type(l.items[0]), types[t]);
+        mhub_chunk_list_free(&l);
+    }
+    /* an encoder-and-decoder model has no virtual pipeline */
+    mlp_cfg(p)->base.virtual_pipeline_model_parallel_size = 2;
+    mhub_chunk_list l;
+    CK_FAILS(MHUB_ERR_UNSUPPORTED, mhub_get_model(p, &o, &l));
+    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "virtual_pipeline_model_parallel_size = 2"));
+    ck_assert_int_eq(l.count, 0);
+    o.model_type = MHUB_MODEL_ENCODER_OR_DECODER;
+    CK_OK(mhub_get_model(p, &o, &l));
+    ck_assert_int_eq(l.count, 2);
+    for (int v = 0; v < 2; v++)
+        ck_assert_int_eq(mhub_chunk_model_type(l.items[v]), MHUB_MODEL_ENCODER_OR_DECODER);
+    mhub_chunk_list_free(&l);
+    fclose(o.log);
+    mhub_provider_free(p);
+    ck_assert_int_eq(mhub_chunk_model_type(NULL), MHUB_MODEL_ENCODER_OR_DECODER);
+}
+END_TEST
+
 
 START_TEST(test_provide_flags_and_layers)
 {
@@ -396,6 +536,137 @@ START_TEST(test_hooks_order_and_override)
     ck_assert_ptr_nonnull(strstr(mhub_last_error(), "post-wrap hook 'late'"));
     ck_assert_int_eq(l.count, 0);
     fclose(o.log);
+    mhub_provider_free(p);
+}
+END_TEST
+
+static mhub_status hook_d(void *user, mhub_chunk_list *c) { (void)c; return record(user, "d"); }
+/* fails without leaving a message of its own */
+static mhub_status hook_fails_quietly(void *user, mhub_chunk_list *c)
+{
+    (void)user;
+    (void)c;
+    return MHUB_ERR_STATE;
+}
+/* hooks edit the list in place: this one drops the last chunk */
+static mhub_status hook_drop_last(void *user, mhub_chunk_list *c)
+{
+    mhub_chunk_free(mhub_chunk_list_remove(c, c->count - 1));
+    return record(user, "-");
+}
+
+/* Two whole chunks of `p` in a new list. */
+static mhub_chunk_list two_chunks(mhub_provider *p)
+{
+    mhub_chunk_list l = {0};
+    for (int i = 0; i < 2; i++) {
+        mhub_chunk *c = NULL;
+        CK_OK(mhub_provider_provide(p, true, true, -1, &c));
+        CK_OK(mhub_chunk_list_append(&l, c));
+    }
+    return l;
+}
+
+/* mhub_wrap_hooks_run on its own: in array order, the list edited in
+ * place, and the first failure stops the run, named with its kind. */
+START_TEST(test_wrap_hooks_run)
+{
+    mhub_provider *p = mlp_provider(2);
+    mhub_chunk_list l = two_chunks(p);
+    hook_log log = {""};
+    const mhub_wrap_hook abc[] = {{"a", hook_a, &log}, {"b", hook_b, &log}, {"c", hook_c, &log}};
+    CK_OK(mhub_wrap_hooks_run(abc, 3, "pre-wrap", &l));
+    ck_assert_str_eq(log.order, "abc");
+    const mhub_wrap_hook ca[] = {{"c", hook_c, &log}, {"a", hook_a, &log}};
+    log.order[0] = '\0';
+    CK_OK(mhub_wrap_hooks_run(ca, 2, NULL, &l));
+    ck_assert_str_eq(log.order, "ca");
+    log.order[0] = '\0';
+    CK_OK(mhub_wrap_hooks_run(NULL, 0, "pre-wrap", &l)); /* no hooks: nothing to do */
+    ck_assert_str_eq(log.order, "");
+    ck_assert_int_eq(l.count, 2);
+
+    /* a failure stops the run: the hooks after it never run */
+    const mhub_wrap_hook stops[] = {{"a", hook_a, &log}, {"refuser", hook_fails, NULL},
+                                    {"b", hook_b, &log}};
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_wrap_hooks_run(stops, 3, "adapter", &l));
+    ck_assert_str_eq(log.order, "a");
+    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "adapter hook 'refuser' failed"));
+    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "this hook refuses"));
+    ck_assert_int_eq(l.count, 2); /* the caller's list, untouched by the failure */
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_wrap_hooks_run(stops + 1, 1, NULL, &l));
+    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "wrap hook 'refuser' failed"));
+    /* a hook that says nothing is named with its status */
+    const mhub_wrap_hook quiet[] = {{NULL, hook_fails_quietly, NULL}};
+    CK_FAILS(MHUB_ERR_STATE, mhub_wrap_hooks_run(quiet, 1, "post-wrap", &l));
+    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "post-wrap hook '(unnamed)' failed"));
+    ck_assert_ptr_nonnull(strstr(mhub_last_error(), mhub_status_name(MHUB_ERR_STATE)));
+    /* a hook without a function stops the run where it stands */
+    log.order[0] = '\0';
+    const mhub_wrap_hook hollow[] = {{"a", hook_a, &log}, {"hollow", NULL, NULL},
+                                     {"b", hook_b, &log}};
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_wrap_hooks_run(hollow, 3, "pre-wrap", &l));
+    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "'hollow' has no function"));
+    ck_assert_str_eq(log.order, "a");
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_wrap_hooks_run(NULL, 1, "pre-wrap", &l));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_wrap_hooks_run(abc, 3, "pre-wrap", NULL));
+
+    /* the list a hook leaves is the list the next one sees */
+    log.order[0] = '\0';
+    const mhub_wrap_hook drop[] = {{"drop", hook_drop_last, &log}, {"a", hook_a, &log},
+                                   {"drop again", hook_drop_last, &log}, {"b", hook_b, &log}};
+    CK_FAILS(MHUB_ERR_STATE, mhub_wrap_hooks_run(drop, 4, "pre-wrap", &l));
+    ck_assert_str_eq(log.order, "-a-");
+    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "pre-wrap hook 'drop again' left no model "
+                                                    "chunks"));
+    ck_assert_int_eq(l.count, 0);
+    mhub_chunk_list_free(&l);
+    l = two_chunks(p);
+    log.order[0] = '\0';
+    CK_OK(mhub_wrap_hooks_run(drop, 2, "pre-wrap", &l));
+    ck_assert_str_eq(log.order, "-a");
+    ck_assert_int_eq(l.count, 1);
+    mhub_chunk_list_free(&l);
+    mhub_provider_free(p);
+}
+END_TEST
+
+/* Registration: prepend puts a hook before every hook registered so
+ * far, append after; the chain copies the names; running the chain, or
+ * its hooks as an array, keeps that order. */
+START_TEST(test_hook_prepend_order)
+{
+    mhub_provider *p = mlp_provider(2);
+    hook_log log = {""};
+    char name[16] = "a";
+    CK_OK(mhub_provider_register_post_wrap_hook(p, name, hook_a, &log, false));
+    strcpy(name, "b");
+    CK_OK(mhub_provider_register_post_wrap_hook(p, name, hook_b, &log, true));
+    strcpy(name, "c");
+    CK_OK(mhub_provider_register_post_wrap_hook(p, name, hook_c, &log, true));
+    strcpy(name, "d");
+    CK_OK(mhub_provider_register_post_wrap_hook(p, name, hook_d, &log, false));
+    strcpy(name, "gone");
+    const mhub_hook_chain *chain = mhub_provider_post_wrap_hook(p);
+    ck_assert_int_eq(mhub_hook_chain_length(chain), 4);
+    const char *want[] = {"c", "b", "a", "d"};
+    mhub_wrap_hook copy[4];
+    for (int i = 0; i < 4; i++) {
+        ck_assert_str_eq(mhub_hook_chain_at(chain, i)->name, want[i]);
+        copy[i] = *mhub_hook_chain_at(chain, i);
+    }
+    ck_assert_ptr_null(mhub_hook_chain_at(chain, 4));
+    ck_assert_ptr_null(mhub_provider_pre_wrap_hook(p)); /* the other kind is separate */
+
+    mhub_chunk_list l = two_chunks(p);
+    CK_OK(mhub_hook_chain_run(chain, &l));
+    ck_assert_str_eq(log.order, "cbad");
+    log.order[0] = '\0';
+    CK_OK(mhub_wrap_hooks_run(copy, 4, "post-wrap", &l));
+    ck_assert_str_eq(log.order, "cbad");
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_hook_chain_run(NULL, &l));
+    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "none registered"));
+    mhub_chunk_list_free(&l);
     mhub_provider_free(p);
 }
 END_TEST
@@ -695,6 +966,7 @@ START_TEST(test_get_model_wraps_and_trains)
             CK_OK(mhub_dp_engine_finish_grad_sync(e));
             CK_OK(mhub_dp_engine_step(e));
         }
+        mhub_synthetic_free(&task);
         char hex[65];
         CK_OK(mhub_dp_engine_digest(e, hex));
         /* every kind and every world size reach the same bits */
@@ -799,10 +1071,15 @@ static Suite *make_suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_registry);
+    tcase_add_test(tc, test_provider_type_of);
+    tcase_add_test(tc, test_chunk_index);
+    tcase_add_test(tc, test_chunk_model_type);
     tcase_add_test(tc, test_provide_flags_and_layers);
     tcase_add_test(tc, test_meta_stages_cover_the_model);
     tcase_add_test(tc, test_get_model_pipeline_flags);
     tcase_add_test(tc, test_hooks_order_and_override);
+    tcase_add_test(tc, test_wrap_hooks_run);
+    tcase_add_test(tc, test_hook_prepend_order);
     tcase_add_test(tc, test_get_model_option_errors);
     tcase_add_test(tc, test_get_model_precision_and_tristates);
     tcase_add_test(tc, test_get_model_prints_param_count);
