@@ -245,7 +245,8 @@ void mhub_gpt_set_unit_hooks(mhub_gpt *m, const mhub_unit_hooks *hooks);
 
 /* FLOPs of one forward + backward on batch x seq tokens, as llm.c and
  * Megatron count them: 6 per parameter used in a matrix product per
- * token, plus attention's 12 L T H per token (causal masking not
+ * token, plus attention's 12 L T a d per token (a heads of width d,
+ * which is H unless kv_channels says otherwise; causal masking not
  * discounted). */
 double mhub_gpt_flops_per_step(const mhub_gpt_config *cfg, int64_t batch, int64_t seq);
 
