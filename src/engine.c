@@ -705,9 +705,11 @@ mhub_status mhub_dp_engine_get_param(mhub_dp_engine *e, int param_index, float *
     return to_host_f32(e->be, full, v->data, v->dtype, v->numel);
 }
 
-/* The distributed optimizer updates its f32 main shards and copies them
- * into the parameters, so those shards take the values too ("main_param"
- * state, when the checkpoint has it, then restores the unrounded f32). */
+/* DDP's optimizer (for a 16-bit parameter) and the distributed optimizer
+ * update their f32 main copies and copy them into the parameters, so those
+ * copies take the values too, or the next step would start from the old
+ * ones ("main_param" state, when the checkpoint has it, then restores the
+ * unrounded f32). */
 mhub_status mhub_dp_engine_set_param(mhub_dp_engine *e, int param_index, const float *full)
 {
     MHUB_TRY(check_collective_access(e, param_index, full));
@@ -718,6 +720,9 @@ mhub_status mhub_dp_engine_set_param(mhub_dp_engine *e, int param_index, const f
     MHUB_TRY(from_host_f32(e->be, p->value.data, p->value.dtype, full, p->value.numel));
     if (e->kind == MHUB_DP_DISTOPT && p->requires_grad)
         return mhub_distopt_set_state(e->distopt, param_index, -1, full);
+    float *main_copy = e->kind == MHUB_DP_DDP ? e->state[SLOTS * param_index + SLOT_MAIN] : NULL;
+    if (main_copy)
+        return from_host_f32(e->be, main_copy, MHUB_F32, full, p->value.numel);
     return MHUB_OK;
 }
 

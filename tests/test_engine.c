@@ -536,6 +536,381 @@ START_TEST(test_clip_bad_input)
 }
 END_TEST
 
+/* ---- checkpoint access: parameters, optimizer state, step count ------------- */
+
+/* A model (same seed on every rank) under an engine with optimizer `oc`
+ * and the default DDP config, hooks installed; free with engine_done. */
+static mhub_dp_engine *engine_with(mhub_dp_engine_kind kind, mhub_dtype dt,
+                                   const mhub_optim_config *oc, mhub_mlp **m)
+{
+    mhub_mlp_config cfg = model_cfg;
+    cfg.param_dtype = dt;
+    CK_OK(mhub_mlp_create(&cfg, be, GLOBAL_BATCH, 8, m));
+    mhub_ddp_config dc;
+    mhub_ddp_config_init(&dc);
+    mhub_dp_engine *e;
+    CK_OK(mhub_dp_engine_create(kind, mhub_mlp_params(*m), world, &dc, oc, NULL, &e));
+    mhub_grad_ready_fn fn;
+    void *user;
+    mhub_unit_hooks hooks;
+    CK_OK(mhub_dp_engine_hooks(e, &fn, &user, &hooks));
+    mhub_mlp_set_grad_ready(*m, fn, user);
+    mhub_mlp_set_unit_hooks(*m, &hooks);
+    return e;
+}
+
+/* A smooth pattern distinct for every (tensor, element); `salt` tells
+ * tensors apart. Small multiples of 1/1024 when `coarse`, exact in bf16. */
+static float pattern(int salt, int64_t i, bool coarse)
+{
+    if (coarse)
+        return (float)((salt * 7 + i) % 41 - 20) / 1024.0f;
+    return 0.05f * (float)sin(0.37 * (double)i + 1.3 * salt) + 0.001f * (float)salt;
+}
+
+static void fill_pattern(float *dst, int64_t n, int salt, bool coarse)
+{
+    for (int64_t i = 0; i < n; i++)
+        dst[i] = pattern(salt, i, coarse);
+}
+
+/* Step 0's full global batch through a plain model (no engine, one
+ * process) holding `values` (every parameter in list order, flat): the
+ * reference gradient, flat in the same order. */
+static void one_process_grads(const float *values, float *grads)
+{
+    mhub_mlp *m;
+    CK_OK(mhub_mlp_create(&model_cfg, be, GLOBAL_BATCH, 8, &m));
+    mhub_param_list *pl = mhub_mlp_params(m);
+    for (int p = 0, at = 0; p < pl->count; at += (int)pl->items[p].value.numel, p++)
+        CK_OK(be->ops->copy(be, pl->items[p].value.data, values + at,
+                            mhub_tensor_nbytes(&pl->items[p].value), MHUB_COPY_HOST_TO_DEVICE));
+    mhub_synthetic_task task;
+    CK_OK(mhub_synthetic_init(&task, model_cfg.inputs, model_cfg.classes, 2));
+    float x[GLOBAL_BATCH * 10];
+    int32_t y[GLOBAL_BATCH];
+    CK_OK(mhub_synthetic_batch(&task, 0, GLOBAL_BATCH, x, y));
+    CK_OK(mhub_param_list_zero_grad(pl));
+    CK_OK(mhub_mlp_forward(m, x, y, GLOBAL_BATCH, NULL));
+    CK_OK(mhub_mlp_backward(m, 1.0f / GLOBAL_BATCH));
+    for (int p = 0, at = 0; p < pl->count; at += (int)pl->items[p].value.numel, p++)
+        CK_OK(be->ops->copy(be, grads + at, pl->items[p].grad.data,
+                            mhub_tensor_nbytes(&pl->items[p].grad), MHUB_COPY_DEVICE_TO_HOST));
+    mhub_synthetic_free(&task);
+    mhub_mlp_free(m);
+}
+
+START_TEST(test_state_names)
+{
+    const struct {
+        mhub_optim_kind optim;
+        float momentum;
+        mhub_dtype dt;
+        int count;
+        const char *names[3];
+    } cases[] = {
+        {MHUB_OPTIM_ADAMW, 0.0f, MHUB_F32, 2, {"exp_avg", "exp_avg_sq"}},
+        {MHUB_OPTIM_ADAMW, 0.0f, MHUB_BF16, 3, {"exp_avg", "exp_avg_sq", "main_param"}},
+        {MHUB_OPTIM_SGD, 0.5f, MHUB_F32, 1, {"momentum"}},
+        {MHUB_OPTIM_SGD, 0.5f, MHUB_F16, 2, {"momentum", "main_param"}},
+        {MHUB_OPTIM_SGD, 0.0f, MHUB_F32, 0, {NULL}},
+        {MHUB_OPTIM_SGD, 0.0f, MHUB_BF16, 1, {"main_param"}},
+    };
+    for (int kind = 0; kind <= 2; kind++)
+        for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+            mhub_optim_config oc;
+            mhub_optim_config_init(&oc, cases[c].optim);
+            oc.momentum = cases[c].momentum;
+            mhub_mlp *m;
+            mhub_dp_engine *e = engine_with((mhub_dp_engine_kind)kind, cases[c].dt, &oc, &m);
+            int count = mhub_dp_engine_params(e)->count;
+            for (int p = 0; p < count; p++) {
+                ck_assert_int_eq(mhub_dp_engine_state_count(e, p), cases[c].count);
+                for (int w = 0; w < cases[c].count; w++) {
+                    const char *name = mhub_dp_engine_state_name(e, p, w);
+                    ck_assert_msg(name && !strcmp(name, cases[c].names[w]),
+                                  "%s case %zu state %d: %s, expected %s",
+                                  mhub_dp_engine_name((mhub_dp_engine_kind)kind), c, w,
+                                  name ? name : "NULL", cases[c].names[w]);
+                }
+                ck_assert_ptr_null(mhub_dp_engine_state_name(e, p, cases[c].count));
+                ck_assert_ptr_null(mhub_dp_engine_state_name(e, p, -1));
+            }
+            ck_assert_ptr_null(mhub_dp_engine_state_name(e, -1, 0));
+            ck_assert_ptr_null(mhub_dp_engine_state_name(e, count, 0));
+            ck_assert_ptr_null(mhub_dp_engine_state_name(NULL, 0, 0));
+            engine_done(e, m);
+        }
+    /* a frozen parameter has no state (DDP and distopt take frozen ones) */
+    mhub_optim_config oc;
+    mhub_optim_config_init(&oc, MHUB_OPTIM_ADAMW);
+    mhub_mlp *m;
+    CK_OK(mhub_mlp_create(&model_cfg, be, 4, 8, &m));
+    mhub_mlp_params(m)->items[1].requires_grad = false;
+    mhub_ddp_config dc;
+    mhub_ddp_config_init(&dc);
+    for (int kind = 0; kind <= 1; kind++) {
+        mhub_dp_engine *e;
+        CK_OK(mhub_dp_engine_create((mhub_dp_engine_kind)kind, mhub_mlp_params(m), world, &dc,
+                                    &oc, NULL, &e));
+        ck_assert_int_eq(mhub_dp_engine_state_count(e, 1), 0);
+        ck_assert_ptr_null(mhub_dp_engine_state_name(e, 1, 0));
+        ck_assert_str_eq(mhub_dp_engine_state_name(e, 0, 1), "exp_avg_sq");
+        mhub_dp_engine_free(e);
+    }
+    mhub_mlp_free(m);
+}
+END_TEST
+
+START_TEST(test_set_param_round_trip_and_step_from_it)
+{
+    /* SGD with momentum from zero state: the first step moves every
+     * parameter by -lr * the reduced gradient, which one process computes
+     * here at the values set_param installed */
+    static float set[MAX_PARAMS], got[MAX_PARAMS], grads[MAX_PARAMS];
+    for (int kind = 0; kind <= 2; kind++) {
+        run r = {(mhub_dp_engine_kind)kind, MHUB_OPTIM_SGD, false, 1, MHUB_F32, false, 0};
+        mhub_mlp *m;
+        mhub_dp_engine *e = engine_for(&r, world, &m);
+        const mhub_param_list *pl = mhub_dp_engine_params(e);
+        int64_t total = 0;
+        for (int p = 0; p < pl->count; total += pl->items[p].value.numel, p++) {
+            int64_t n = pl->items[p].value.numel;
+            CK_OK(mhub_dp_engine_get_param(e, p, got + total));
+            fill_pattern(set + total, n, p, false);
+            ck_assert(memcmp(set + total, got + total, (size_t)n * sizeof(float)) != 0);
+            CK_OK(mhub_dp_engine_set_param(e, p, set + total));
+            CK_OK(mhub_dp_engine_get_param(e, p, got + total));
+            ck_assert_msg(!memcmp(set + total, got + total, (size_t)n * sizeof(float)),
+                          "%s: parameter %d does not read back bit for bit",
+                          mhub_dp_engine_name(r.kind), p);
+        }
+        ck_assert_int_eq(total, MAX_PARAMS);
+        one_process_grads(set, grads);
+        reduce_step0(&r, world, e, m);
+        CK_OK(mhub_dp_engine_step(e));
+        double worst = 0;
+        for (int p = 0, at = 0; p < pl->count; at += (int)pl->items[p].value.numel, p++)
+            CK_OK(mhub_dp_engine_get_param(e, p, got + at));
+        for (int i = 0; i < MAX_PARAMS; i++) {
+            double expect = (double)set[i] - 0.2 * (double)grads[i];
+            worst = fmax(worst, mhub_test_relerr(got[i], expect, 1e-2));
+        }
+        ck_assert_msg(worst < 1e-6, "%s on %d ranks: a step from the set values is off by %g",
+                      mhub_dp_engine_name(r.kind), world->size, worst);
+        engine_done(e, m);
+    }
+}
+END_TEST
+
+START_TEST(test_set_param_of_16bit_models)
+{
+    /* Values exact in bf16/f16 read back unchanged, and a step with a zero
+     * learning rate keeps them: the step starts from the set values, not
+     * from an f32 main copy left behind. A value between two bf16
+     * neighbours is rounded: every engine then holds the same parameters
+     * (digest of the model-dtype values). */
+    static float set[MAX_PARAMS], got[MAX_PARAMS];
+    const mhub_dtype dts[] = {MHUB_BF16, MHUB_F16};
+    mhub_optim_config oc;
+    mhub_optim_config_init(&oc, MHUB_OPTIM_SGD);
+    for (int d = 0; d < 2; d++) {
+        char digest[3][65];
+        for (int kind = 0; kind <= 2; kind++) {
+            const char *name = mhub_dp_engine_name((mhub_dp_engine_kind)kind);
+            mhub_mlp *m;
+            mhub_dp_engine *e = engine_with((mhub_dp_engine_kind)kind, dts[d], &oc, &m);
+            const mhub_param_list *pl = mhub_dp_engine_params(e);
+            for (int p = 0, at = 0; p < pl->count; at += (int)pl->items[p].value.numel, p++) {
+                fill_pattern(set + at, pl->items[p].value.numel, p, true);
+                CK_OK(mhub_dp_engine_set_param(e, p, set + at));
+            }
+            run r = {(mhub_dp_engine_kind)kind, MHUB_OPTIM_SGD, false, 1, dts[d], false, 0};
+            reduce_step0(&r, world, e, m);
+            CK_OK(mhub_dp_engine_set_lr(e, 0.0f));
+            CK_OK(mhub_dp_engine_step(e));
+            for (int p = 0, at = 0; p < pl->count; at += (int)pl->items[p].value.numel, p++)
+                CK_OK(mhub_dp_engine_get_param(e, p, got + at));
+            for (int i = 0; i < MAX_PARAMS; i++)
+                ck_assert_msg(got[i] == set[i], "%s %s: element %d is %.9g after a step of lr 0 "
+                              "from %.9g", name, mhub_dtype_name(dts[d]), i, got[i], set[i]);
+            /* 1 + 2^-10: between bf16's 1 and 1 + 2^-7 (nearer 1), exact in f16 */
+            int64_t n = pl->items[0].value.numel;
+            for (int64_t i = 0; i < n; i++)
+                set[i] = 1.0f + 1.0f / 1024;
+            CK_OK(mhub_dp_engine_set_param(e, 0, set));
+            CK_OK(mhub_dp_engine_digest(e, digest[kind]));
+            if (kind != MHUB_DP_FSDP) { /* FSDP reads back its f32 master instead */
+                float expect = dts[d] == MHUB_BF16 ? 1.0f : 1.0f + 1.0f / 1024;
+                CK_OK(mhub_dp_engine_get_param(e, 0, got));
+                for (int64_t i = 0; i < n; i++)
+                    ck_assert_msg(got[i] == expect, "%s %s: %.9g, expected %.9g", name,
+                                  mhub_dtype_name(dts[d]), got[i], expect);
+            }
+            ck_assert_msg(!strcmp(digest[kind], digest[0]), "%s %s: digest %s, ddp's %s", name,
+                          mhub_dtype_name(dts[d]), digest[kind], digest[0]);
+            engine_done(e, m);
+        }
+    }
+}
+END_TEST
+
+/* PyTorch's AdamW step t on one element (no weight decay), in double. */
+static double adamw_reference(double x, double g, double m, double v, const mhub_optim_config *oc,
+                              int64_t t)
+{
+    double b1 = oc->beta1, b2 = oc->beta2;
+    m = b1 * m + (1 - b1) * g;
+    v = b2 * v + (1 - b2) * g * g;
+    double bc1 = 1 - pow(b1, (double)t), bc2 = 1 - pow(b2, (double)t);
+    return x - oc->lr / bc1 * m / (sqrt(v) / sqrt(bc2) + oc->eps);
+}
+
+START_TEST(test_state_round_trip_and_bias_correction)
+{
+    /* Set the values, both moments and the step count, take one step, and
+     * compare with AdamW's formula at t = steps + 1 from those states and
+     * the one-process gradient. */
+    enum { RESUME_AT = 9 };
+    static float x0[MAX_PARAMS], m0[MAX_PARAMS], v0[MAX_PARAMS], got[MAX_PARAMS],
+        grads[MAX_PARAMS], m1[MAX_PARAMS];
+    for (int kind = 0; kind <= 2; kind++) {
+        run r = {(mhub_dp_engine_kind)kind, MHUB_OPTIM_ADAMW, false, 1, MHUB_F32, false, 0};
+        mhub_mlp *m;
+        mhub_dp_engine *e = engine_for(&r, world, &m);
+        mhub_ddp_config dc;
+        mhub_optim_config oc;
+        configs(&r, &dc, &oc);
+        const mhub_param_list *pl = mhub_dp_engine_params(e);
+        ck_assert_int_eq(mhub_dp_engine_optim_steps(e), 0);
+        for (int p = 0, at = 0; p < pl->count; at += (int)pl->items[p].value.numel, p++) {
+            int64_t n = pl->items[p].value.numel;
+            fill_pattern(x0 + at, n, p, false);
+            for (int64_t i = 0; i < n; i++) {
+                m0[at + i] = 0.01f * pattern(p + 11, i, false);
+                v0[at + i] = 1e-4f * (1.0f + pattern(p + 23, i, false));
+            }
+            CK_OK(mhub_dp_engine_set_param(e, p, x0 + at));
+            CK_OK(mhub_dp_engine_set_state(e, p, 0, m0 + at));
+            CK_OK(mhub_dp_engine_set_state(e, p, 1, v0 + at));
+            CK_OK(mhub_dp_engine_get_state(e, p, 0, got));
+            ck_assert(!memcmp(got, m0 + at, (size_t)n * sizeof(float)));
+            CK_OK(mhub_dp_engine_get_state(e, p, 1, got));
+            ck_assert(!memcmp(got, v0 + at, (size_t)n * sizeof(float)));
+        }
+        CK_OK(mhub_dp_engine_set_optim_steps(e, RESUME_AT));
+        ck_assert_int_eq(mhub_dp_engine_optim_steps(e), RESUME_AT);
+        one_process_grads(x0, grads);
+        reduce_step0(&r, world, e, m);
+        CK_OK(mhub_dp_engine_step(e));
+        ck_assert_int_eq(mhub_dp_engine_optim_steps(e), RESUME_AT + 1);
+        for (int p = 0, at = 0; p < pl->count; at += (int)pl->items[p].value.numel, p++) {
+            CK_OK(mhub_dp_engine_get_param(e, p, got + at));
+            CK_OK(mhub_dp_engine_get_state(e, p, 0, m1 + at));
+        }
+        /* errors relative to the step (floor 1e-5: a few f32 ulps of the
+         * parameter are then far below the bound) */
+        double worst = 0, worst_m = 0, moved = 0, t1_apart = 0;
+        for (int i = 0; i < MAX_PARAMS; i++) {
+            double want = adamw_reference(x0[i], grads[i], m0[i], v0[i], &oc, RESUME_AT + 1);
+            double first = adamw_reference(x0[i], grads[i], m0[i], v0[i], &oc, 1);
+            double step = fabs(want - x0[i]);
+            worst = fmax(worst, fabs(got[i] - want) / fmax(step, 1e-5));
+            moved += step;
+            t1_apart += fabs(first - want); /* what a step count left at 0 would give */
+            double want_m = 0.9 * m0[i] + 0.1 * grads[i];
+            worst_m = fmax(worst_m, mhub_test_relerr(m1[i], want_m, 1e-4));
+        }
+        ck_assert_msg(worst < 1e-3, "%s on %d ranks: update off AdamW's t = %d by %g of a step",
+                      mhub_dp_engine_name(r.kind), world->size, RESUME_AT + 1, worst);
+        ck_assert_msg(t1_apart > 0.3 * moved, "t = 1 and t = %d are too close to tell apart",
+                      RESUME_AT + 1);
+        ck_assert_msg(worst_m < 1e-4, "%s: exp_avg off by %g", mhub_dp_engine_name(r.kind),
+                      worst_m);
+        engine_done(e, m);
+    }
+}
+END_TEST
+
+START_TEST(test_main_param_state_round_trip)
+{
+    /* a 16-bit model's f32 main copy keeps the unrounded values */
+    static float set[MAX_PARAMS], got[MAX_PARAMS];
+    mhub_optim_config oc;
+    mhub_optim_config_init(&oc, MHUB_OPTIM_SGD);
+    for (int kind = 0; kind <= 2; kind++) {
+        mhub_mlp *m;
+        mhub_dp_engine *e = engine_with((mhub_dp_engine_kind)kind, MHUB_BF16, &oc, &m);
+        const mhub_param_list *pl = mhub_dp_engine_params(e);
+        for (int p = 0; p < pl->count; p++) {
+            int64_t n = pl->items[p].value.numel;
+            ck_assert_str_eq(mhub_dp_engine_state_name(e, p, 0), "main_param");
+            fill_pattern(set, n, p, false);
+            CK_OK(mhub_dp_engine_set_state(e, p, 0, set));
+            CK_OK(mhub_dp_engine_get_state(e, p, 0, got));
+            ck_assert_msg(!memcmp(set, got, (size_t)n * sizeof(float)), "%s parameter %d",
+                          mhub_dp_engine_name((mhub_dp_engine_kind)kind), p);
+        }
+        engine_done(e, m);
+    }
+}
+END_TEST
+
+START_TEST(test_checkpoint_access_bad_input)
+{
+    static float buf[MAX_PARAMS];
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_dp_engine_get_param(NULL, 0, buf));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_dp_engine_set_param(NULL, 0, buf));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_dp_engine_set_state(NULL, 0, 0, buf));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_dp_engine_set_optim_steps(NULL, 1));
+    ck_assert_int_eq(mhub_dp_engine_optim_steps(NULL), 0);
+    mhub_optim_config oc;
+    mhub_optim_config_init(&oc, MHUB_OPTIM_ADAMW);
+    for (int kind = 0; kind <= 2; kind++) {
+        const char *name = mhub_dp_engine_name((mhub_dp_engine_kind)kind);
+        mhub_mlp *m;
+        mhub_dp_engine *e = engine_with((mhub_dp_engine_kind)kind, MHUB_F32, &oc, &m);
+        int count = mhub_dp_engine_params(e)->count;
+        /* every rank passes the same bad argument */
+        CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_dp_engine_get_param(e, -1, buf));
+        ck_assert_msg(strstr(mhub_last_error(), "parameter index -1") != NULL, "%s: %s", name,
+                      mhub_last_error());
+        CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_dp_engine_set_param(e, count, buf));
+        ck_assert_msg(strstr(mhub_last_error(), "parameter index") != NULL, "%s: %s", name,
+                      mhub_last_error());
+        CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_dp_engine_get_param(e, 0, NULL));
+        CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_dp_engine_set_param(e, 0, NULL));
+        CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_dp_engine_set_state(e, 0, 2, buf));
+        ck_assert_msg(strstr(mhub_last_error(), "state 2 of parameter 0") != NULL, "%s: %s",
+                      name, mhub_last_error());
+        CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_dp_engine_set_state(e, 0, -1, buf));
+        CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_dp_engine_set_state(e, count, 0, buf));
+        CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_dp_engine_set_state(e, 0, 0, NULL));
+        CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_dp_engine_set_optim_steps(e, -1));
+        ck_assert_msg(strstr(mhub_last_error(), "optimizer steps -1") != NULL, "%s: %s", name,
+                      mhub_last_error());
+        ck_assert_int_eq(mhub_dp_engine_optim_steps(e), 0); /* left as it was */
+        /* the sharded engines' get/set_param are collective: one rank's bad
+         * index fails every rank, naming that rank, and nobody hangs */
+        if (kind != MHUB_DP_DDP && world->size > 1) {
+            int bad = world->size - 1;
+            int index = world->rank == bad ? count + 3 : 0;
+            CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_dp_engine_get_param(e, index, buf));
+            char from[32];
+            snprintf(from, sizeof from, "(from rank %d)", bad);
+            if (world->rank != bad)
+                ck_assert_msg(strstr(mhub_last_error(), from) != NULL, "%s: %s", name,
+                              mhub_last_error());
+            CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_dp_engine_set_param(e, index, buf));
+        }
+        /* the engine is still usable afterwards */
+        CK_OK(mhub_dp_engine_get_param(e, 0, buf));
+        CK_OK(mhub_dp_engine_set_param(e, 0, buf));
+        engine_done(e, m);
+    }
+}
+END_TEST
+
 /* ---- the memory estimate ---------------------------------------------------- */
 
 /* DDP puts its gradient buffer in the communicator's shared-memory window
@@ -908,6 +1283,12 @@ static Suite *make_suite(void)
     tcase_add_test(tc, test_clipped_training_matches_one_process);
     tcase_add_test(tc, test_deterministic_clipping_bits);
     tcase_add_test(tc, test_clip_bad_input);
+    tcase_add_test(tc, test_state_names);
+    tcase_add_test(tc, test_set_param_round_trip_and_step_from_it);
+    tcase_add_test(tc, test_set_param_of_16bit_models);
+    tcase_add_test(tc, test_state_round_trip_and_bias_correction);
+    tcase_add_test(tc, test_main_param_state_round_trip);
+    tcase_add_test(tc, test_checkpoint_access_bad_input);
     tcase_add_test(tc, test_memory_estimate_matches_allocator);
     tcase_add_test(tc, test_memory_estimate_of_a_meta_model);
     tcase_add_test(tc, test_memory_estimate_refuses_what_create_refuses);
