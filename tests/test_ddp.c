@@ -463,6 +463,102 @@ START_TEST(test_config_json)
 }
 END_TEST
 
+START_TEST(test_config_validate)
+{
+    /* only bucket_size has values to refuse: 0 and anything below -1 */
+    mhub_ddp_config c;
+    mhub_ddp_config_init(&c);
+    CK_OK(mhub_ddp_config_validate(&c));
+    c.grad_reduce_in_fp32 = c.overlap_grad_reduce = c.average_in_collective = true;
+    c.loss_is_global_mean = c.check_for_nan_in_grad = c.deterministic = true;
+    c.use_distributed_optimizer = c.overlap_param_gather = true;
+    const int64_t good[] = {MHUB_DDP_BUCKET_AUTO, 1, 60, INT64_MAX};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        c.bucket_size = good[i];
+        CK_OK(mhub_ddp_config_validate(&c));
+    }
+    const int64_t bad[] = {0, -2, INT64_MIN};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        c.bucket_size = bad[i];
+        CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_ddp_config_validate(&c));
+        char value[48];
+        snprintf(value, sizeof value, "bucket_size = %lld", (long long)bad[i]);
+        ck_assert_msg(strstr(mhub_last_error(), value) != NULL, "%s", mhub_last_error());
+    }
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_ddp_config_validate(NULL));
+    ck_assert_msg(strstr(mhub_last_error(), "NULL") != NULL, "%s", mhub_last_error());
+}
+END_TEST
+
+/* A copy of the world communicator that records what its alloc hands
+ * out, or (offer = false) offers no memory of its own. */
+static struct {
+    const mhub_comm_ops *world_ops;
+    void *block;
+    size_t bytes;
+} comm_mem;
+
+static mhub_status recording_alloc(mhub_comm *c, size_t bytes, void **out)
+{
+    MHUB_TRY(comm_mem.world_ops->alloc(c, bytes, out));
+    comm_mem.block = *out;
+    comm_mem.bytes = bytes;
+    return MHUB_OK;
+}
+
+static void recording_free(mhub_comm *c, void *ptr)
+{
+    if (ptr == comm_mem.block)
+        comm_mem.block = NULL;
+    comm_mem.world_ops->free_mem(c, ptr);
+}
+
+static void world_copy(mhub_comm *copy, mhub_comm_ops *ops, bool offer)
+{
+    comm_mem.world_ops = world->ops;
+    comm_mem.block = NULL;
+    *ops = *world->ops;
+    ops->alloc = offer && world->ops->alloc ? recording_alloc : NULL;
+    ops->free_mem = offer && world->ops->alloc ? recording_free : NULL;
+    *copy = *world;
+    copy->ops = ops;
+}
+
+START_TEST(test_uses_comm_memory)
+{
+    /* dp > 1 on one node: the gradient buffer is the communicator's
+     * shared-memory slot, and every gradient lies in it; one rank, or a
+     * communicator without memory of its own: the backend's */
+    ck_assert(!mhub_ddp_uses_comm_memory(NULL));
+    mhub_mlp *m;
+    CK_OK(mhub_mlp_create(&model_cfg, be, GLOBAL_BATCH, 3, &m));
+    mhub_param_list *pl = mhub_mlp_params(m);
+    mhub_ddp_config cfg;
+    mhub_ddp_config_init(&cfg);
+    for (int offer = 0; offer <= 1; offer++) {
+        mhub_comm copy;
+        mhub_comm_ops ops;
+        world_copy(&copy, &ops, offer);
+        mhub_ddp *d;
+        CK_OK(mhub_ddp_create(pl, &copy, &cfg, &d));
+        bool expect = offer && world->size > 1 && world->ops->alloc != NULL;
+        ck_assert_msg(mhub_ddp_uses_comm_memory(d) == expect, "offer %d, %d ranks: %d", offer,
+                      world->size, mhub_ddp_uses_comm_memory(d));
+        ck_assert(expect == (comm_mem.block != NULL));
+        for (int p = 0; expect && p < pl->count; p++) {
+            const char *g = pl->items[p].grad.data, *lo = comm_mem.block;
+            ck_assert(g >= lo && g + mhub_tensor_nbytes(&pl->items[p].grad) <= lo + comm_mem.bytes);
+        }
+        /* a reduction runs in it */
+        CK_OK(mhub_ddp_zero_grad(d));
+        CK_OK(mhub_ddp_finish_grad_sync(d));
+        mhub_ddp_free(d);
+        ck_assert_ptr_null(comm_mem.block); /* given back */
+    }
+    mhub_mlp_free(m);
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     Suite *s = suite_create("ddp");
@@ -470,6 +566,8 @@ static Suite *make_suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_config_json);
+    tcase_add_test(tc, test_config_validate);
+    tcase_add_test(tc, test_uses_comm_memory);
     tcase_add_test(tc, test_bucket_layout);
     tcase_add_test(tc, test_matches_single_process);
     tcase_add_test(tc, test_gradient_accumulation);

@@ -995,6 +995,259 @@ START_TEST(test_misuse_is_reported)
 }
 END_TEST
 
+/* ---- gradient norm pieces, scaling, checkpoint state ------------------------ */
+
+/* x from every rank of `dp` (at most 8), added in rank order. */
+static double sum_over_ranks(mhub_comm *dp, double x)
+{
+    double all[8];
+    ck_assert_int_le(dp->size, 8);
+    CK_OK(mhub_comm_allgather(dp, &x, all, 2, MHUB_F32)); /* 8 bytes, copied */
+    double total = 0;
+    for (int r = 0; r < dp->size; r++)
+        total += all[r];
+    return total;
+}
+
+/* Step 0's whole global batch in one process (a fresh model of seed 21):
+ * the reference gradient, flat in list order. */
+static void one_process_grads(float *grads)
+{
+    mhub_mlp *m;
+    CK_OK(mhub_mlp_create(&model_cfg, be, 16, 21, &m));
+    mhub_param_list *pl = mhub_mlp_params(m);
+    mhub_synthetic_task task;
+    CK_OK(mhub_synthetic_init(&task, model_cfg.inputs, model_cfg.classes, 9));
+    float x[16 * 12];
+    int32_t y[16];
+    CK_OK(mhub_synthetic_batch(&task, 0, 16, x, y));
+    CK_OK(mhub_param_list_zero_grad(pl));
+    CK_OK(mhub_mlp_forward(m, x, y, 16, NULL));
+    CK_OK(mhub_mlp_backward(m, 1.0f / 16));
+    for (int p = 0, at = 0; p < pl->count; at += (int)pl->items[p].value.numel, p++)
+        memcpy(grads + at, pl->items[p].grad.data, mhub_tensor_nbytes(&pl->items[p].grad));
+    mhub_synthetic_free(&task);
+    mhub_mlp_free(m);
+}
+
+/* This rank's slice of step 0's global batch through the engine, one
+ * backward (a deterministic run's one micro-shard: loss weight 1/G), then
+ * finish_grad_sync. */
+static void reduce_step0(mhub_distopt *d, mhub_mlp *m, bool deterministic)
+{
+    int64_t local = 16 / world->size;
+    mhub_synthetic_task task;
+    CK_OK(mhub_synthetic_init(&task, model_cfg.inputs, model_cfg.classes, 9));
+    float x[16 * 12];
+    int32_t y[16];
+    CK_OK(mhub_synthetic_batch(&task, (uint64_t)(world->rank * local), local, x, y));
+    CK_OK(mhub_distopt_zero_grad(d));
+    CK_OK(mhub_mlp_forward(m, x, y, local, NULL));
+    CK_OK(mhub_mlp_backward(m, deterministic ? 1.0f / 16 : 1.0f / (float)local));
+    if (deterministic)
+        CK_OK(mhub_distopt_shard_done(d));
+    CK_OK(mhub_distopt_finish_grad_sync(d));
+    mhub_synthetic_free(&task);
+}
+
+/* Whether buffer element `at` lies in this rank's shard of its bucket. */
+static bool owned(mhub_distopt *d, int param, int64_t at)
+{
+    mhub_distopt_bucket_info b;
+    CK_OK(mhub_distopt_bucket(d, mhub_distopt_param_bucket(d, param), &b));
+    int64_t lo = b.offset + world->rank * b.shard_numel;
+    return at >= lo && at < lo + b.shard_numel;
+}
+
+/* The gradient elements the step reads, as the test finds them: this
+ * rank's shards outside deterministic mode, every element in it. Copied
+ * to `out` (flat, list order; others left as they are); returns how many. */
+static int64_t read_step_grads(mhub_distopt *d, mhub_param_list *pl, bool all, float *out,
+                               bool *mask)
+{
+    int64_t count = 0;
+    for (int p = 0, at = 0; p < pl->count; at += (int)pl->items[p].value.numel, p++) {
+        const float *g = pl->items[p].grad.data;
+        int64_t off = mhub_distopt_param_offset(d, p);
+        for (int64_t i = 0; i < pl->items[p].value.numel; i++) {
+            mask[at + i] = all || owned(d, p, off + i);
+            if (mask[at + i]) {
+                out[at + i] = g[i];
+                count++;
+            }
+        }
+    }
+    return count;
+}
+
+START_TEST(test_grad_sum_squares_and_scale)
+{
+    /* grad_sum_squares covers exactly the elements the step reads: summed
+     * over ranks (or, deterministic, on each rank) it is the one-process
+     * gradient's sum of squares; scale_grads multiplies exactly those */
+    static float ref[MODEL_NUMEL], before[MODEL_NUMEL], after[MODEL_NUMEL];
+    static bool mask[MODEL_NUMEL];
+    one_process_grads(ref);
+    double ref_ss = 0;
+    for (int i = 0; i < MODEL_NUMEL; i++)
+        ref_ss += (double)ref[i] * ref[i];
+    const int64_t buckets[] = {MHUB_DDP_BUCKET_AUTO, 100};
+    for (int det = 0; det <= 1; det++)
+        for (int b = 0; b < 2; b++) {
+            mhub_mlp *m;
+            CK_OK(mhub_mlp_create(&model_cfg, be, 16, 21, &m));
+            mhub_param_list *pl = mhub_mlp_params(m);
+            run_options o = default_options(sgd_config());
+            o.ddp.deterministic = det;
+            o.ddp.overlap_grad_reduce = buckets[b] > 0;
+            o.ddp.bucket_size = buckets[b];
+            mhub_distopt *d;
+            CK_OK(mhub_distopt_create(pl, world, &o.ddp, &o.opt, &d));
+            mhub_mlp_set_grad_ready(m, mhub_distopt_grad_ready, d);
+            reduce_step0(d, m, det);
+            double mine = -1;
+            bool partial = det;
+            CK_OK(mhub_distopt_grad_sum_squares(d, &mine, &partial));
+            ck_assert(partial == !det);
+            int64_t n = read_step_grads(d, pl, det, before, mask);
+            double seen = 0, worst = 0;
+            for (int i = 0; i < MODEL_NUMEL; i++)
+                if (mask[i]) {
+                    seen += (double)before[i] * before[i];
+                    worst = fmax(worst, mhub_test_relerr(before[i], ref[i], 1e-3));
+                }
+            ck_assert_msg(worst < 1e-4, "det %d bucket %lld: reduced gradient off by %g", det,
+                          (long long)buckets[b], worst);
+            ck_assert_msg(mhub_test_relerr(mine, seen, 0) < 1e-12,
+                          "det %d bucket %lld: %.17g, the test sums %.17g over %lld elements",
+                          det, (long long)buckets[b], mine, seen, (long long)n);
+            double total = partial ? sum_over_ranks(world, mine) : mine;
+            ck_assert_msg(mhub_test_relerr(total, ref_ss, 0) < 1e-5,
+                          "det %d bucket %lld on %d ranks: %.12g, one process %.12g", det,
+                          (long long)buckets[b], world->size, total, ref_ss);
+            if (!partial) /* the same bits everywhere */
+                ck_assert(sum_over_ranks(world, mine) == world->size * mine);
+            ck_assert_int_eq(sum_over_ranks(world, (double)n), det ? world->size * MODEL_NUMEL
+                                                                   : MODEL_NUMEL);
+
+            CK_OK(mhub_distopt_scale_grads(d, 3.0f));
+            read_step_grads(d, pl, det, after, mask);
+            for (int i = 0; i < MODEL_NUMEL; i++)
+                if (mask[i])
+                    ck_assert_msg(after[i] == before[i] * 3.0f, "element %d: %.9g, 3 x %.9g", i,
+                                  after[i], before[i]);
+            double scaled = -1;
+            CK_OK(mhub_distopt_grad_sum_squares(d, &scaled, &partial));
+            ck_assert(mhub_test_relerr(scaled, 9 * mine, 0) < 1e-6);
+            CK_OK(mhub_distopt_step(d));
+            CK_FAILS(MHUB_ERR_STATE, mhub_distopt_grad_sum_squares(d, &scaled, &partial));
+            mhub_mlp_set_grad_ready(m, NULL, NULL);
+            mhub_distopt_free(d);
+            mhub_mlp_free(m);
+        }
+}
+END_TEST
+
+START_TEST(test_state_and_step_count_round_trip)
+{
+    static float set[MODEL_NUMEL], got[MODEL_NUMEL];
+    mhub_mlp *m;
+    CK_OK(mhub_mlp_create(&model_cfg, be, 16, 21, &m));
+    mhub_param_list *pl = mhub_mlp_params(m);
+    run_options o = default_options(adamw_config());
+    o.ddp.overlap_grad_reduce = true;
+    o.ddp.bucket_size = 100; /* parameters cut across rank shards */
+    mhub_distopt *d;
+    CK_OK(mhub_distopt_create(pl, world, &o.ddp, &o.opt, &d));
+    mhub_mlp_set_grad_ready(m, mhub_distopt_grad_ready, d);
+    ck_assert_int_eq(mhub_distopt_optim_steps(d), 0);
+    /* every rank passes the same arrays; get gathers them back whole */
+    for (int which = -1; which < 2; which++)
+        for (int p = 0; p < pl->count; p++) {
+            int64_t n = pl->items[p].value.numel;
+            for (int64_t i = 0; i < n; i++) /* exp_avg_sq (1) stays >= 0 */
+                set[i] = 0.01f * (float)((i * 13 + p * 5 + which * 3) % 29) -
+                         (which == 1 ? 0.0f : 0.1f);
+            CK_OK(mhub_distopt_set_state(d, p, which, set));
+            CK_OK(mhub_distopt_get_state(d, p, which, got));
+            ck_assert_msg(!memcmp(set, got, (size_t)n * sizeof(float)), "state %d of %d", which,
+                          p);
+        }
+    /* the main params are what the step starts from: with lr 0 and no
+     * weight decay the step copies them into the parameters unchanged */
+    static float mains[MODEL_NUMEL];
+    for (int p = 0, at = 0; p < pl->count; at += (int)pl->items[p].value.numel, p++)
+        CK_OK(mhub_distopt_get_state(d, p, -1, mains + at));
+    CK_OK(mhub_distopt_set_lr(d, 0.0f));
+    reduce_step0(d, m, false);
+    CK_OK(mhub_distopt_step(d));
+    CK_OK(mhub_distopt_wait_params(d));
+    read_params(m, got);
+    ck_assert(!memcmp(got, mains, sizeof mains));
+    ck_assert_int_eq(mhub_distopt_optim_steps(d), 1);
+    CK_OK(mhub_distopt_set_optim_steps(d, 7));
+    ck_assert_int_eq(mhub_distopt_optim_steps(d), 7);
+    reduce_step0(d, m, false);
+    CK_OK(mhub_distopt_step(d));
+    ck_assert_int_eq(mhub_distopt_optim_steps(d), 8);
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_distopt_set_optim_steps(d, -2));
+    ck_assert_int_eq(mhub_distopt_optim_steps(d), 8);
+    CK_OK(mhub_distopt_set_optim_steps(d, 0));
+    ck_assert_int_eq(mhub_distopt_optim_steps(d), 0);
+    mhub_mlp_set_grad_ready(m, NULL, NULL);
+    mhub_distopt_free(d);
+    mhub_mlp_free(m);
+}
+END_TEST
+
+START_TEST(test_norm_and_state_bad_input)
+{
+    static float buf[MODEL_NUMEL];
+    double ss = 0;
+    bool partial = false;
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_distopt_grad_sum_squares(NULL, &ss, &partial));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_distopt_scale_grads(NULL, 2.0f));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_distopt_set_state(NULL, 0, 0, buf));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_distopt_set_optim_steps(NULL, 1));
+    ck_assert_int_eq(mhub_distopt_optim_steps(NULL), 0);
+    mhub_mlp *m;
+    CK_OK(mhub_mlp_create(&model_cfg, be, 16, 21, &m));
+    mhub_param_list *pl = mhub_mlp_params(m);
+    pl->items[1].requires_grad = false; /* frozen: no state */
+    run_options o = default_options(adamw_config());
+    mhub_distopt *d;
+    CK_OK(mhub_distopt_create(pl, world, &o.ddp, &o.opt, &d));
+    mhub_mlp_set_grad_ready(m, mhub_distopt_grad_ready, d);
+    /* no reduced gradients: at create, and after a step */
+    CK_FAILS(MHUB_ERR_STATE, mhub_distopt_grad_sum_squares(d, &ss, &partial));
+    ck_assert_msg(strstr(mhub_last_error(), "finish_grad_sync") != NULL, "%s",
+                  mhub_last_error());
+    CK_FAILS(MHUB_ERR_STATE, mhub_distopt_scale_grads(d, 2.0f));
+    reduce_step0(d, m, false);
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_distopt_grad_sum_squares(d, NULL, &partial));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_distopt_grad_sum_squares(d, &ss, NULL));
+    CK_OK(mhub_distopt_scale_grads(d, 0.5f));
+    CK_OK(mhub_distopt_step(d));
+    CK_FAILS(MHUB_ERR_STATE, mhub_distopt_scale_grads(d, 2.0f));
+    /* state arguments */
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_distopt_set_state(d, 1, 0, buf));
+    ck_assert_msg(strstr(mhub_last_error(), "parameter 1 has no optimizer state") != NULL, "%s",
+                  mhub_last_error());
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_distopt_set_state(d, pl->count, 0, buf));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_distopt_set_state(d, -1, 0, buf));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_distopt_set_state(d, 0, 2, buf));
+    ck_assert_msg(strstr(mhub_last_error(), "state 2 of 2") != NULL, "%s", mhub_last_error());
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_distopt_set_state(d, 0, -2, buf));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_distopt_set_state(d, 0, 0, NULL));
+    /* get is collective: the same refusal on every rank, nobody waits */
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_distopt_get_state(d, 1, 0, buf));
+    CK_OK(mhub_distopt_get_state(d, 0, 0, buf));
+    mhub_mlp_set_grad_ready(m, NULL, NULL);
+    mhub_distopt_free(d);
+    mhub_mlp_free(m);
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     Suite *s = suite_create("distopt");
@@ -1016,6 +1269,9 @@ static Suite *make_suite(void)
     tcase_add_test(tc, test_half_precision_needs_f32_grads_for_checks);
     tcase_add_test(tc, test_bad_input_is_reported);
     tcase_add_test(tc, test_misuse_is_reported);
+    tcase_add_test(tc, test_grad_sum_squares_and_scale);
+    tcase_add_test(tc, test_state_and_step_count_round_trip);
+    tcase_add_test(tc, test_norm_and_state_bad_input);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -1425,6 +1425,302 @@ START_TEST(test_tied_units_are_checked)
 }
 END_TEST
 
+/* ---- gradient norm pieces, scaling, checkpoint state, shard_done ------------ */
+
+/* x from every rank (at most 8), added in rank order. */
+static double sum_over_ranks(double x)
+{
+    double all[8];
+    ck_assert_int_le(world->size, 8);
+    CK_OK(mhub_comm_allgather(world, &x, all, 2, MHUB_F32)); /* 8 bytes, copied */
+    double total = 0;
+    for (int r = 0; r < world->size; r++)
+        total += all[r];
+    return total;
+}
+
+/* odd_cfg's parameters, flat: 169 + 126 + 50 */
+enum { ODD_NUMEL = 345, SHARDS = 8 };
+
+/* Rows [first, first + rows) of step 0's global batch through a plain
+ * model of seed 21 (one process, no engine), loss weight `weight`: its
+ * gradient, flat in list order. */
+static void one_process_grads(int64_t first, int64_t rows, float weight, float *grads)
+{
+    mhub_mlp *m;
+    CK_OK(mhub_mlp_create(&odd_cfg, be, GLOBAL_BATCH, 21, &m));
+    mhub_param_list *pl = mhub_mlp_params(m);
+    ck_assert_int_eq(mhub_param_list_numel(pl), ODD_NUMEL);
+    mhub_synthetic_task task;
+    CK_OK(mhub_synthetic_init(&task, odd_cfg.inputs, odd_cfg.classes, 9));
+    float x[GLOBAL_BATCH * MAX_INPUTS];
+    int32_t y[GLOBAL_BATCH];
+    batch(&task, 0, first, rows, x, y);
+    CK_OK(mhub_param_list_zero_grad(pl));
+    CK_OK(mhub_mlp_forward(m, x, y, rows, NULL));
+    CK_OK(mhub_mlp_backward(m, weight));
+    for (int p = 0, at = 0; p < pl->count; at += (int)pl->items[p].value.numel, p++)
+        memcpy(grads + at, pl->items[p].grad.data, mhub_tensor_nbytes(&pl->items[p].grad));
+    mhub_synthetic_free(&task);
+    mhub_mlp_free(m);
+}
+
+/* An odd_cfg model of seed 21 under FSDP (SGD, defaults otherwise). */
+static mhub_fsdp *odd_engine(const mhub_ddp_config *dc, mhub_optim_kind kind, mhub_mlp **m)
+{
+    run_options o = {.model = &odd_cfg, .accum = 1, .ddp = *dc};
+    mhub_optim_config_init(&o.optim, kind);
+    mhub_fsdp_options_init(&o.fsdp);
+    CK_OK(mhub_mlp_create(&odd_cfg, be, GLOBAL_BATCH, 21, m));
+    return make_engine(*m, &o);
+}
+
+/* This rank's slice of step 0's global batch, forward and backward (the
+ * reduce-scatters start from the hooks). */
+static void backward_step0(mhub_mlp *m, mhub_fsdp *f)
+{
+    int64_t local = GLOBAL_BATCH / world->size;
+    mhub_synthetic_task task;
+    CK_OK(mhub_synthetic_init(&task, odd_cfg.inputs, odd_cfg.classes, 9));
+    float x[GLOBAL_BATCH * MAX_INPUTS];
+    int32_t y[GLOBAL_BATCH];
+    batch(&task, 0, world->rank * local, local, x, y);
+    CK_OK(mhub_fsdp_zero_grad(f));
+    CK_OK(mhub_mlp_forward(m, x, y, local, NULL));
+    CK_OK(mhub_mlp_backward(m, 1.0f / (float)local));
+    mhub_synthetic_free(&task);
+}
+
+/* Free the engine (which gathers the gradients back into the model) and
+ * read the model's gradients, flat. */
+static void free_and_read_grads(mhub_mlp *m, mhub_fsdp *f, float *grads)
+{
+    mhub_mlp_set_unit_hooks(m, NULL);
+    mhub_fsdp_free(f);
+    mhub_param_list *pl = mhub_mlp_params(m);
+    for (int p = 0, at = 0; p < pl->count; at += (int)pl->items[p].value.numel, p++)
+        memcpy(grads + at, pl->items[p].grad.data, mhub_tensor_nbytes(&pl->items[p].grad));
+}
+
+/* The units' layout (odd_cfg has three), kept to read gradients after
+ * the engine is gone. */
+enum { ODD_UNITS = 3 };
+static void save_units(mhub_fsdp *f, mhub_fsdp_unit_info *units)
+{
+    ck_assert_int_eq(mhub_fsdp_num_units(f), ODD_UNITS);
+    for (int u = 0; u < ODD_UNITS; u++)
+        CK_OK(mhub_fsdp_unit(f, u, &units[u]));
+}
+
+/* The sum of squares of the elements of `grads` (flat, odd_cfg's list)
+ * that this rank's slices hold: rank r keeps elements [r*s, (r+1)*s) of
+ * each unit vector (the unit's parameters in list order, then padding). */
+static double my_slice_sum_squares(const mhub_fsdp_unit_info *units, const float *grads)
+{
+    double ss = 0;
+    int64_t at = 0;
+    for (int u = 0; u < ODD_UNITS; u++) {
+        int64_t lo = world->rank * units[u].shard_numel, hi = lo + units[u].shard_numel;
+        for (int64_t i = lo; i < hi && i < units[u].numel; i++)
+            ss += (double)grads[at + i] * grads[at + i];
+        at += units[u].numel;
+    }
+    ck_assert_int_eq(at, ODD_NUMEL);
+    return ss;
+}
+
+START_TEST(test_grad_sum_squares_and_scale)
+{
+    /* the ranks' sums add up to the one-process gradient's sum of squares
+     * (odd unit sizes: padding at every dp > 1), each the sum over the
+     * rank's slices; scale_grads multiplies the gradient the step and free
+     * see by the factor, bit for bit */
+    static float ref[ODD_NUMEL], plain[ODD_NUMEL], scaled[ODD_NUMEL];
+    one_process_grads(0, GLOBAL_BATCH, 1.0f / GLOBAL_BATCH, ref);
+    double ref_ss = 0;
+    for (int i = 0; i < ODD_NUMEL; i++)
+        ref_ss += (double)ref[i] * ref[i];
+    mhub_ddp_config dc;
+    mhub_ddp_config_init(&dc);
+    mhub_fsdp_unit_info units[ODD_UNITS];
+    double mine[2] = {-1, -1};
+    for (int run = 0; run < 2; run++) {
+        mhub_mlp *m;
+        mhub_fsdp *f = odd_engine(&dc, MHUB_OPTIM_SGD, &m);
+        save_units(f, units);
+        backward_step0(m, f);
+        CK_OK(mhub_fsdp_finish_grad_sync(f));
+        CK_OK(mhub_fsdp_grad_sum_squares(f, &mine[run]));
+        double total = sum_over_ranks(mine[run]);
+        ck_assert_msg(mhub_test_relerr(total, ref_ss, 0) < 1e-5,
+                      "%d ranks: %.12g, one process %.12g", world->size, total, ref_ss);
+        if (run == 1) {
+            CK_OK(mhub_fsdp_scale_grads(f, 3.0f));
+            double after = -1;
+            CK_OK(mhub_fsdp_grad_sum_squares(f, &after));
+            ck_assert(mhub_test_relerr(after, 9 * mine[1], 0) < 1e-6);
+        }
+        free_and_read_grads(m, f, run ? scaled : plain);
+        mhub_mlp_free(m);
+    }
+    ck_assert(mine[0] == mine[1]); /* the same reduction twice */
+    double sliced = my_slice_sum_squares(units, plain);
+    ck_assert_msg(mhub_test_relerr(mine[0], sliced, 0) < 1e-12, "rank %d: %.17g, slices %.17g",
+                  world->rank, mine[0], sliced);
+    for (int i = 0; i < ODD_NUMEL; i++) {
+        ck_assert_msg(scaled[i] == plain[i] * 3.0f, "element %d: %.9g, 3 x %.9g", i, scaled[i],
+                      plain[i]);
+        ck_assert_msg(mhub_test_relerr(plain[i], ref[i], 1e-3) < 1e-4, "element %d: %g vs %g",
+                      i, plain[i], ref[i]);
+    }
+}
+END_TEST
+
+START_TEST(test_state_and_step_count_round_trip)
+{
+    static float set[ODD_NUMEL], got[ODD_NUMEL];
+    mhub_ddp_config dc;
+    mhub_ddp_config_init(&dc);
+    mhub_mlp *m, *view;
+    mhub_fsdp *f = odd_engine(&dc, MHUB_OPTIM_ADAMW, &m);
+    CK_OK(mhub_mlp_create(&odd_cfg, be, 1, 0, &view));
+    mhub_param_list *pl = mhub_mlp_params(m);
+    ck_assert_int_eq(mhub_fsdp_optim_steps(f), 0);
+    /* every rank passes the same arrays; get gathers them back whole */
+    for (int which = -1; which < 2; which++)
+        for (int p = 0; p < pl->count; p++) {
+            int64_t n = pl->items[p].value.numel;
+            for (int64_t i = 0; i < n; i++) /* exp_avg_sq (1) stays >= 0 */
+                set[i] = 0.01f * (float)((i * 13 + p * 5 + which * 3) % 29) -
+                         (which == 1 ? 0.0f : 0.1f);
+            CK_OK(mhub_fsdp_set_state(f, p, which, set));
+            CK_OK(mhub_fsdp_get_state(f, p, which, got));
+            ck_assert_msg(!memcmp(set, got, (size_t)n * sizeof(float)), "state %d of %d", which,
+                          p);
+        }
+    /* new values replace a gathered copy: after a forward the last unit
+     * stays gathered (backward needs it first) */
+    backward_step0(m, f);
+    CK_OK(mhub_fsdp_finish_grad_sync(f));
+    CK_OK(mhub_fsdp_step(f));
+    ck_assert_int_eq(mhub_fsdp_optim_steps(f), 1);
+    float x[GLOBAL_BATCH * MAX_INPUTS];
+    int32_t y[GLOBAL_BATCH];
+    mhub_synthetic_task task;
+    CK_OK(mhub_synthetic_init(&task, odd_cfg.inputs, odd_cfg.classes, 9));
+    batch(&task, 1, 0, 4, x, y);
+    CK_OK(mhub_mlp_forward(m, x, y, 4, NULL));
+    int last = pl->count - 1;
+    ck_assert(mhub_fsdp_unit_gathered(f, pl->items[last].unit));
+    for (int64_t i = 0; i < pl->items[last].value.numel; i++)
+        set[i] = (float)i / 64;
+    CK_OK(mhub_fsdp_set_state(f, last, -1, set));
+    ck_assert(!mhub_fsdp_unit_gathered(f, pl->items[last].unit));
+    CK_OK(mhub_fsdp_full_params(f, mhub_mlp_params(view)));
+    ck_assert(!memcmp(mhub_mlp_params(view)->items[last].value.data, set,
+                      mhub_tensor_nbytes(&pl->items[last].value)));
+    /* the step count AdamW's bias correction reads */
+    CK_OK(mhub_fsdp_set_optim_steps(f, 5));
+    ck_assert_int_eq(mhub_fsdp_optim_steps(f), 5);
+    backward_step0(m, f);
+    CK_OK(mhub_fsdp_finish_grad_sync(f));
+    CK_OK(mhub_fsdp_step(f));
+    ck_assert_int_eq(mhub_fsdp_optim_steps(f), 6);
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_fsdp_set_optim_steps(f, -1));
+    ck_assert_int_eq(mhub_fsdp_optim_steps(f), 6);
+    mhub_synthetic_free(&task);
+    mhub_mlp_set_unit_hooks(m, NULL);
+    mhub_fsdp_free(f);
+    mhub_mlp_free(view);
+    mhub_mlp_free(m);
+}
+END_TEST
+
+START_TEST(test_norm_and_state_bad_input)
+{
+    static float buf[ODD_NUMEL];
+    double ss = 0;
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_fsdp_grad_sum_squares(NULL, &ss));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_fsdp_scale_grads(NULL, 2.0f));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_fsdp_set_state(NULL, 0, 0, buf));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_fsdp_set_optim_steps(NULL, 1));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_fsdp_shard_done(NULL));
+    ck_assert_int_eq(mhub_fsdp_optim_steps(NULL), 0);
+    mhub_ddp_config dc;
+    mhub_ddp_config_init(&dc);
+    mhub_mlp *m;
+    mhub_fsdp *f = odd_engine(&dc, MHUB_OPTIM_ADAMW, &m);
+    int count = mhub_mlp_params(m)->count;
+    /* reduce-scatters outstanding: neither the norm nor the scaling */
+    backward_step0(m, f);
+    CK_FAILS(MHUB_ERR_STATE, mhub_fsdp_grad_sum_squares(f, &ss));
+    ck_assert_msg(strstr(mhub_last_error(), "finish_grad_sync") != NULL, "%s",
+                  mhub_last_error());
+    CK_FAILS(MHUB_ERR_STATE, mhub_fsdp_scale_grads(f, 2.0f));
+    CK_OK(mhub_fsdp_finish_grad_sync(f));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_fsdp_grad_sum_squares(f, NULL));
+    /* shard_done belongs to deterministic mode */
+    CK_FAILS(MHUB_ERR_STATE, mhub_fsdp_shard_done(f));
+    ck_assert_msg(strstr(mhub_last_error(), "deterministic") != NULL, "%s", mhub_last_error());
+    /* state arguments */
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_fsdp_set_state(f, count, 0, buf));
+    ck_assert_msg(strstr(mhub_last_error(), "parameter 6 of 6") != NULL, "%s",
+                  mhub_last_error());
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_fsdp_set_state(f, -1, 0, buf));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_fsdp_set_state(f, 0, 2, buf));
+    ck_assert_msg(strstr(mhub_last_error(), "state 2 of 2") != NULL, "%s", mhub_last_error());
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_fsdp_set_state(f, 0, -2, buf));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_fsdp_set_state(f, 0, 0, NULL));
+    /* get is collective: the same refusal on every rank, nobody waits */
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_fsdp_get_state(f, 0, 2, buf));
+    CK_OK(mhub_fsdp_get_state(f, 0, 0, buf));
+    mhub_mlp_set_unit_hooks(m, NULL);
+    mhub_fsdp_free(f);
+    mhub_mlp_free(m);
+}
+END_TEST
+
+START_TEST(test_shard_done_sums_the_shards_in_a_fixed_tree)
+{
+    /* Deterministic mode: rank r of P takes shards r, P + r, ... of the
+     * SHARDS micro-shards and calls shard_done after each backward. The
+     * gradient is then the complete binary tree over the shards'
+     * gradients in shard order ((g0 + g1) + (g2 + g3)) + ..., which one
+     * process adds here in f32: the same bits at any dp size. */
+    static float shard_grads[SHARDS][ODD_NUMEL], got[ODD_NUMEL];
+    const int64_t rows = GLOBAL_BATCH / SHARDS;
+    for (int k = 0; k < SHARDS; k++)
+        one_process_grads(k * rows, rows, 1.0f / GLOBAL_BATCH, shard_grads[k]);
+    for (int width = SHARDS; width > 1; width /= 2)
+        for (int k = 0; k < width / 2; k++)
+            for (int i = 0; i < ODD_NUMEL; i++)
+                shard_grads[k][i] = shard_grads[2 * k][i] + shard_grads[2 * k + 1][i];
+    mhub_ddp_config dc;
+    mhub_ddp_config_init(&dc);
+    dc.deterministic = true;
+    mhub_mlp *m;
+    mhub_fsdp *f = odd_engine(&dc, MHUB_OPTIM_SGD, &m);
+    mhub_synthetic_task task;
+    CK_OK(mhub_synthetic_init(&task, odd_cfg.inputs, odd_cfg.classes, 9));
+    float x[GLOBAL_BATCH * MAX_INPUTS];
+    int32_t y[GLOBAL_BATCH];
+    CK_OK(mhub_fsdp_zero_grad(f));
+    for (int round = 0; round < SHARDS / world->size; round++) {
+        batch(&task, 0, (round * world->size + world->rank) * rows, rows, x, y);
+        CK_OK(mhub_mlp_forward(m, x, y, rows, NULL));
+        CK_OK(mhub_mlp_backward(m, 1.0f / GLOBAL_BATCH));
+        CK_OK(mhub_fsdp_shard_done(f));
+    }
+    CK_OK(mhub_fsdp_finish_grad_sync(f));
+    mhub_synthetic_free(&task);
+    free_and_read_grads(m, f, got);
+    for (int i = 0; i < ODD_NUMEL; i++)
+        ck_assert_msg(got[i] == shard_grads[0][i], "%d ranks, element %d: %.9g, tree %.9g",
+                      world->size, i, got[i], shard_grads[0][i]);
+    mhub_mlp_free(m);
+}
+END_TEST
+
 static Suite *make_suite(void)
 {
     Suite *s = suite_create("fsdp");
@@ -1432,6 +1728,10 @@ static Suite *make_suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_bad_input_is_reported);
+    tcase_add_test(tc, test_grad_sum_squares_and_scale);
+    tcase_add_test(tc, test_state_and_step_count_round_trip);
+    tcase_add_test(tc, test_norm_and_state_bad_input);
+    tcase_add_test(tc, test_shard_done_sums_the_shards_in_a_fixed_tree);
     tcase_add_test(tc, test_params_are_meta_outside_hooks);
     tcase_add_test(tc, test_gather_schedule);
     tcase_add_test(tc, test_sgd_momentum_matches_single_process);
