@@ -1,8 +1,10 @@
 /* test_engine.c - the engine wrapper under mpiexec -n 1, 2, 4: every
  * engine trains like one process on the same global batch; deterministic
  * mode gives the same bits on P ranks as on one, and the same bits for DDP
- * and the distributed optimizer; bad input; the memory estimate against
- * the allocator, and on a 175-billion-parameter meta list. */
+ * and the distributed optimizer; bad input; checkpoint access (parameters,
+ * optimizer state by name, the step count AdamW's bias correction reads);
+ * the memory estimate against the allocator, and on a
+ * 175-billion-parameter meta list. */
 #include <string.h>
 #include <time.h>
 
