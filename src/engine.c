@@ -695,11 +695,28 @@ static mhub_status check_collective_access(mhub_dp_engine *e, int param_index, c
     return e->kind == MHUB_DP_DDP ? s : mhub_dp_agree(e->dp, s);
 }
 
+/* x rounded to dt (nearest, ties to even) and widened back to f32. */
+static void round_to_dtype(float *x, int64_t n, mhub_dtype dt)
+{
+    if (dt == MHUB_BF16)
+        for (int64_t i = 0; i < n; i++)
+            x[i] = mhub_bf16_to_f32(mhub_f32_to_bf16(x[i]));
+    else if (dt == MHUB_F16)
+        for (int64_t i = 0; i < n; i++)
+            x[i] = mhub_f16_to_f32(mhub_f32_to_f16(x[i]));
+}
+
 mhub_status mhub_dp_engine_get_param(mhub_dp_engine *e, int param_index, float *full)
 {
     MHUB_TRY(check_collective_access(e, param_index, full));
-    if (e->kind == MHUB_DP_FSDP)
-        return mhub_fsdp_get_state(e->fsdp, param_index, -1, full);
+    if (e->kind == MHUB_DP_FSDP) {
+        /* FSDP keeps f32 masters; the parameter is the master rounded to
+         * its dtype, which is what the other engines return */
+        MHUB_TRY(mhub_fsdp_get_state(e->fsdp, param_index, -1, full));
+        round_to_dtype(full, e->params->items[param_index].value.numel,
+                       e->params->items[param_index].value.dtype);
+        return MHUB_OK;
+    }
     MHUB_TRY(mhub_dp_engine_sync_params(e));
     const mhub_tensor *v = &e->params->items[param_index].value;
     return to_host_f32(e->be, full, v->data, v->dtype, v->numel);
