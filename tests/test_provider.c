@@ -924,6 +924,7 @@ START_TEST(test_get_model_wraps_and_trains)
         mhub_provider *p = mlp_provider(3);
         CK_OK(mhub_provider_initialize_model_parallel(p, world, NULL, NULL));
         mhub_ddp_config dc;
+        memset(&dc, 0, sizeof dc); /* defined padding: the struct is compared as bytes */
         mhub_ddp_config_init(&dc);
         dc.overlap_grad_reduce = true;
         dc.deterministic = true;
