@@ -1204,6 +1204,38 @@ START_TEST(test_gelu_bits_match_scalar_formula)
 }
 END_TEST
 
+/* AdamW runs vectorized (and, here, as an AVX2 clone); every element must
+ * still be exactly the scalar formula in C11 float arithmetic, with the
+ * per-step coefficients formed in double as adamw_step documents. */
+START_TEST(test_adamw_bits_match_scalar_formula)
+{
+    const int64_t n = 4099;
+    const float lr = 3e-3f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f;
+    float *p = randn(n, 95, 1.0f), *g = randn(n, 96, 0.1f), *m = randn(n, 97, 0.01f);
+    float *v = fbuf(n);
+    for (int64_t i = 0; i < n; i++)
+        v[i] = 1e-3f * fabsf(p[i]);
+    float *p0 = fcopy(p, n), *m0 = fcopy(m, n), *v0 = fcopy(v, n);
+    const int64_t t = 3;
+    CK_OK(be->ops->adamw_step(be, p, g, m, v, n, lr, b1, b2, eps, wd, t));
+    double bc1 = 1.0 - pow((double)b1, (double)t), bc2 = 1.0 - pow((double)b2, (double)t);
+    float decay = (float)(1.0 - (double)lr * (double)wd);
+    float omb1 = (float)(1.0 - (double)b1), omb2 = (float)(1.0 - (double)b2);
+    float step = (float)((double)lr / bc1), inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
+    for (int64_t i = 0; i < n; i++) {
+        volatile float gi = g[i]; /* keeps this loop scalar */
+        float mi = b1 * m0[i] + omb1 * gi;
+        float vi = b2 * v0[i] + omb2 * gi * gi;
+        float pi = p0[i] * decay - step * mi / (sqrtf(vi) * inv_sqrt_bc2 + eps);
+        ck_assert_msg(f32_bits(m[i]) == f32_bits(mi) && f32_bits(v[i]) == f32_bits(vi) &&
+                          f32_bits(p[i]) == f32_bits(pi),
+                      "element %lld: p %a m %a v %a, scalar %a %a %a", (long long)i,
+                      (double)p[i], (double)m[i], (double)v[i], (double)pi, (double)mi,
+                      (double)vi);
+    }
+}
+END_TEST
+
 START_TEST(test_adamw_three_steps)
 {
     const float lr = 1e-2f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = 0.1f;
@@ -1408,6 +1440,7 @@ static Suite *make_suite(void)
     tcase_add_test(opt, test_sgd_plain);
     tcase_add_test(opt, test_sgd_momentum);
     tcase_add_test(opt, test_adamw_three_steps);
+    tcase_add_test(opt, test_adamw_bits_match_scalar_formula);
     tcase_add_test(opt, test_optimizers_same_bits_on_any_thread_count);
     tcase_add_test(opt, test_row_and_gelu_kernels_same_bits_on_any_thread_count);
     tcase_add_test(opt, test_gelu_bits_match_scalar_formula);

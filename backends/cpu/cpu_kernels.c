@@ -808,8 +808,11 @@ typedef struct adamw_coef {
     float eps;
 } adamw_coef;
 
-/* Not vectorized: gcc keeps sqrtf a possible libm call (for errno) unless
- * built with -fno-math-errno. */
+/* Vectorized (sqrt and division are correctly rounded in vector form
+ * too, so the bits are the scalar loop's): the build's -fno-math-errno
+ * lets sqrtf be an instruction, and adamw_range gives it whole vector
+ * blocks. Scalar, the two instructions per element made AdamW compute
+ * bound: 132 ms over 124 M parameters on 2 threads, against 26 GB/s. */
 static inline void adamw_run(float *restrict param, const float *restrict grad,
                              float *restrict m, float *restrict v, int64_t n, adamw_coef k)
 {
@@ -831,10 +834,13 @@ typedef struct adamw_args {
     adamw_coef k;
 } adamw_args;
 
+/* Elements [lo, hi): a vector-block body, then the remainder. */
 CPU_VECTOR_CLONES static void adamw_range(void *p, int64_t lo, int64_t hi)
 {
     const adamw_args *a = p;
-    adamw_run(a->param + lo, a->grad + lo, a->m + lo, a->v + lo, hi - lo, a->k);
+    int64_t body = lo + vec_prefix(hi - lo);
+    adamw_run(a->param + lo, a->grad + lo, a->m + lo, a->v + lo, body - lo, a->k);
+    adamw_run(a->param + body, a->grad + body, a->m + body, a->v + body, hi - body, a->k);
 }
 
 mhub_status mhub_cpu_adamw_step(mhub_backend *be, float *param, const float *grad, float *m,
