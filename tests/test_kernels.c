@@ -1236,6 +1236,69 @@ START_TEST(test_adamw_bits_match_scalar_formula)
 }
 END_TEST
 
+/* The softmax cross-entropy, scalar, in the kernel's order: the row max
+ * and the double row sum over 16 lanes (lane j takes elements j mod 16 of
+ * the whole 16-element blocks, the tail is added after), e^(x - max) by
+ * the same inline exp, p = e * (float)(1 / sum). */
+static void softmax_xent_scalar(const float *x, int32_t target, int64_t c, float *p,
+                                float *loss)
+{
+    enum { LANES = 16 };
+    int64_t body = c & ~(int64_t)(LANES - 1);
+    float mx = x[0];
+    if (body > 0) {
+        float acc[LANES];
+        memcpy(acc, x, sizeof acc);
+        for (int64_t i = LANES; i < body; i += LANES)
+            for (int j = 0; j < LANES; j++)
+                acc[j] = x[i + j] > acc[j] ? x[i + j] : acc[j];
+        for (int j = 0; j < LANES; j++)
+            mx = acc[j] > mx ? acc[j] : mx;
+    }
+    for (int64_t i = body; i < c; i++)
+        mx = x[i] > mx ? x[i] : mx;
+    for (int64_t i = 0; i < c; i++)
+        p[i] = mhub_cpu_expf(x[i] - mx);
+    double lane[LANES] = {0}, sum = 0;
+    for (int64_t i = 0; i < body; i += LANES)
+        for (int j = 0; j < LANES; j++)
+            lane[j] += (double)p[i + j];
+    for (int j = 0; j < LANES && body > 0; j++)
+        sum += lane[j];
+    for (int64_t i = body; i < c; i++)
+        sum += (double)p[i];
+    float inv = (float)(1.0 / sum);
+    for (int64_t i = 0; i < c; i++)
+        p[i] *= inv;
+    *loss = (float)(log(sum) - (double)(x[target] - mx));
+}
+
+/* The vectorized (here AVX2-cloned) kernel gives the scalar order's bits,
+ * for rows longer and shorter than a vector block. */
+START_TEST(test_softmax_xent_bits_match_scalar_order)
+{
+    const int64_t classes[] = {50257, 37, 10};
+    for (size_t k = 0; k < sizeof classes / sizeof classes[0]; k++) {
+        const int64_t rows = 5, c = classes[k];
+        float *x = randn(rows * c, 98 + k, 3.0f), *p = fbuf(rows * c), *loss = fbuf(rows);
+        float *want = fbuf(c);
+        int32_t t[5] = {0, 3, 7, 1, 9};
+        CK_OK(be->ops->softmax_xent_forward(be, p, loss, x, t, rows, c));
+        for (int64_t r = 0; r < rows; r++) {
+            float want_loss;
+            softmax_xent_scalar(x + r * c, t[r], c, want, &want_loss);
+            for (int64_t i = 0; i < c; i++)
+                ck_assert_msg(f32_bits(p[r * c + i]) == f32_bits(want[i]),
+                              "classes %lld row %lld p[%lld] = %a, scalar %a", (long long)c,
+                              (long long)r, (long long)i, (double)p[r * c + i], (double)want[i]);
+            ck_assert_msg(f32_bits(loss[r]) == f32_bits(want_loss),
+                          "classes %lld row %lld: loss %a, scalar %a", (long long)c,
+                          (long long)r, (double)loss[r], (double)want_loss);
+        }
+    }
+}
+END_TEST
+
 START_TEST(test_adamw_three_steps)
 {
     const float lr = 1e-2f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = 0.1f;
@@ -1441,6 +1504,7 @@ static Suite *make_suite(void)
     tcase_add_test(opt, test_sgd_momentum);
     tcase_add_test(opt, test_adamw_three_steps);
     tcase_add_test(opt, test_adamw_bits_match_scalar_formula);
+    tcase_add_test(opt, test_softmax_xent_bits_match_scalar_order);
     tcase_add_test(opt, test_optimizers_same_bits_on_any_thread_count);
     tcase_add_test(opt, test_row_and_gelu_kernels_same_bits_on_any_thread_count);
     tcase_add_test(opt, test_gelu_bits_match_scalar_formula);

@@ -429,10 +429,12 @@ static inline void exp_run(float *restrict x, int64_t n)
  * The loss comes from the logits rather than as -log(p[t]), which would
  * be Inf once p[t] underflows. d[t] is the float difference that p[t]
  * came from; since d[t] <= 0 <= log(sum), its rounding (half an ulp of
- * d[t]) is at most half an ulp of the loss. */
-CPU_VECTOR_CLONES static void softmax_xent_group(float *p, float *losses, const float *x,
-                                                 const int32_t *targets, int64_t rows,
-                                                 int64_t classes)
+ * d[t]) is at most half an ulp of the loss.
+ * Always inlined into its caller's vector clones: as a function of its
+ * own (cloned or not), gcc 12 left its exp loop scalar. */
+static inline __attribute__((always_inline)) void
+softmax_xent_group(float *p, float *losses, const float *x, const int32_t *targets, int64_t rows,
+                   int64_t classes)
 {
     for (int64_t r = 0; r < rows; r++) {
         float *pr = p + r * classes;
