@@ -273,10 +273,9 @@ static mhub_status plan_save(mhub_dp_engine *e, const mhub_comm *dp, save_plan *
 /* Collective: every rank calls the getters (collective for sharded
  * engines) for every tensor in the same order, into the buffers planned;
  * only the owner keeps what it gets. Nothing here allocates or touches a
- * file: the getters are all that can fail. The distributed optimizer's
- * and FSDP's getters allocate and copy before their own gather, so a
- * rank failing there alone still leaves the others waiting in it; that
- * is theirs to agree on. */
+ * file: the getters are all that can fail, and the sharded engines'
+ * getters agree on their own local failures before they gather
+ * (mhub_dp_gather_pieces), so a rank failing there fails them all. */
 static mhub_status gather_tensors(mhub_dp_engine *e, const mhub_comm *dp, save_plan *plan)
 {
     const mhub_param_list *pl = mhub_dp_engine_params(e);
@@ -717,12 +716,15 @@ static mhub_status check_run(const char *ckpt, const manifest *m,
     return MHUB_OK;
 }
 
-/* Every shard file this rank will read, against the manifest's digest,
- * before any of its tensors is used. */
-static mhub_status verify_shards(const char *ckpt, const manifest *m)
+/* The shard files against the manifest's digests, before any tensor is
+ * used. Every rank reads every shard, but each is hashed by one rank only
+ * (shard r by rank r mod `ranks`): the outcome is agreed before the copy,
+ * so a mismatch still fails every rank, and hashing is not done `ranks`
+ * times over. */
+static mhub_status verify_shards(const char *ckpt, const manifest *m, int rank, int ranks)
 {
     char path[4096], hex[MHUB_SHA256_HEX_CHARS];
-    for (int r = 0; r < m->dp_size; r++) {
+    for (int r = rank; r < m->dp_size; r += ranks) {
         join(path, sizeof path, ckpt, m->shards[r]);
         MHUB_TRY(hash_file(path, hex));
         if (strcmp(hex, m->sha256[r]) != 0)
@@ -839,7 +841,7 @@ static mhub_status copy_in(mhub_dp_engine *e, const manifest *m, const shard_set
 }
 
 /* This rank's checks, in the order a user would fix them. */
-static mhub_status open_and_check(const char *path, mhub_dp_engine *e,
+static mhub_status open_and_check(const char *path, mhub_dp_engine *e, const mhub_comm *dp,
                                   const mhub_provider_config *cfg,
                                   const mhub_checkpoint_setting *run, int run_count, char *ckpt,
                                   size_t size, manifest *m, shard_set *set, char *changed)
@@ -849,7 +851,7 @@ static mhub_status open_and_check(const char *path, mhub_dp_engine *e,
     /* m->engine is informational: the tensors are engine-neutral */
     MHUB_TRY(check_config(ckpt, cfg));
     MHUB_TRY(check_run(ckpt, m, run, run_count, changed, MHUB_CHECKPOINT_CHANGED_BYTES));
-    MHUB_TRY(verify_shards(ckpt, m));
+    MHUB_TRY(verify_shards(ckpt, m, dp->rank, dp->size));
     MHUB_TRY(shards_open(ckpt, m, set));
     return check_tensors(e, m, set);
 }
@@ -879,7 +881,7 @@ mhub_status mhub_checkpoint_load(const char *path, mhub_dp_engine *e, mhub_comm 
     shard_set set = {0};
     mhub_status mine = check_load_args(path, e, cfg, run, run_count);
     if (mine == MHUB_OK)
-        mine = open_and_check(path, e, cfg, run, run_count, ckpt, sizeof ckpt, &m, &set,
+        mine = open_and_check(path, e, dp, cfg, run, run_count, ckpt, sizeof ckpt, &m, &set,
                               changed);
     mhub_status s = mhub_dp_agree(dp, mine);
     if (s == MHUB_OK)

@@ -169,6 +169,22 @@ static void check_matches_single_process(const run_options *o)
     mhub_mlp_free(single);
 }
 
+/* The optimizers the FSDP runs train with: SGD with momentum, or AdamW
+ * with weight decay (default eps). */
+static mhub_optim_config test_optim(mhub_optim_kind kind)
+{
+    mhub_optim_config c;
+    mhub_optim_config_init(&c, kind);
+    if (kind == MHUB_OPTIM_SGD) {
+        c.lr = 0.2f;
+        c.momentum = 0.5f;
+    } else {
+        c.lr = 1e-2f;
+        c.weight_decay = 0.01f;
+    }
+    return c;
+}
+
 static void check_all_variants(mhub_optim_kind kind)
 {
     const mhub_mlp_config *models[] = {&odd_cfg, &tiny_cfg};
@@ -177,14 +193,7 @@ static void check_all_variants(mhub_optim_kind kind)
             for (int pf = 0; pf <= 1; pf++)
                 for (int accum = 1; accum <= 4; accum += 3) {
                     run_options o = {.model = models[mi], .accum = accum};
-                    mhub_optim_config_init(&o.optim, kind);
-                    if (kind == MHUB_OPTIM_SGD) {
-                        o.optim.lr = 0.2f;
-                        o.optim.momentum = 0.5f;
-                    } else {
-                        o.optim.lr = 1e-2f;
-                        o.optim.weight_decay = 0.01f;
-                    }
+                    o.optim = test_optim(kind);
                     mhub_fsdp_options_init(&o.fsdp);
                     o.fsdp.reshard_after_forward = reshard;
                     o.fsdp.prefetch = pf;
@@ -340,15 +349,7 @@ static void check_16bit(mhub_dtype dt, bool fp32_grads, mhub_optim_kind kind, bo
     mhub_mlp_config cfg = odd_cfg;
     cfg.param_dtype = dt;
     run_options o = {.model = &cfg, .accum = 1};
-    mhub_optim_config_init(&o.optim, kind);
-    if (kind == MHUB_OPTIM_SGD) {
-        o.optim.lr = 0.2f;
-        o.optim.momentum = 0.5f;
-    } else {
-        /* the default eps: the reference takes the ranks' rounding */
-        o.optim.lr = 1e-2f;
-        o.optim.weight_decay = 0.01f;
-    }
+    o.optim = test_optim(kind); /* AdamW's default eps: the reference takes the ranks' rounding */
     mhub_fsdp_options_init(&o.fsdp);
     o.fsdp.reshard_after_forward = reshard;
     mhub_ddp_config_init(&o.ddp);

@@ -19,41 +19,9 @@
 #include <cblas.h>
 
 #include "backends/cpu/cpu_internal.h"
-#include "testutil.h"
 
-static mhub_backend *be;
-
-/* Buffers from the backend, released by the teardown even when an
- * assertion ends a test early. */
-#define MAX_BUFS 64
-static void *bufs[MAX_BUFS];
-static int nbufs;
-
-static void setup(void)
-{
-    CK_OK(mhub_cpu_backend_create(NULL, &be));
-    nbufs = 0;
-}
-
-static void teardown(void)
-{
-    for (int i = 0; i < nbufs; i++)
-        be->ops->free(be, bufs[i]);
-    nbufs = 0;
-    mhub_backend_free(be);
-    be = NULL;
-}
-
-static void *buf_bytes(size_t bytes)
-{
-    ck_assert_int_lt(nbufs, MAX_BUFS);
-    void *p = NULL;
-    CK_OK(be->ops->alloc(be, bytes, &p));
-    bufs[nbufs++] = p;
-    return p;
-}
-
-static float *fbuf(int64_t n) { return buf_bytes((size_t)n * sizeof(float)); }
+/* be, setup, teardown, buf_bytes, fbuf */
+#include "testutil_buffers.h"
 
 static float *fcopy(const float *x, int64_t n)
 {

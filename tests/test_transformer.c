@@ -19,42 +19,13 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "testutil.h"
 
-static mhub_backend *be;
+/* be, setup, teardown, buf_bytes, fbuf: one BLAS thread, 512 buffers */
+#define MHUB_TEST_BLAS_THREADS 1
+#define MHUB_TEST_MAX_BUFS 512
+#include "testutil_buffers.h"
 
-/* Buffers from the backend, released by the teardown even when an
- * assertion ends a test early. */
-#define MAX_BUFS 512
-static void *bufs[MAX_BUFS];
-static int nbufs;
-
-static void setup(void)
-{
-    CK_OK(mhub_cpu_backend_create(&(mhub_cpu_options){.blas_threads = 1}, &be));
-    nbufs = 0;
-}
-
-static void teardown(void)
-{
-    for (int i = 0; i < nbufs; i++)
-        be->ops->free(be, bufs[i]);
-    nbufs = 0;
-    mhub_backend_free(be);
-    be = NULL;
-}
-
-static void *tbuf(size_t bytes)
-{
-    ck_assert_int_lt(nbufs, MAX_BUFS);
-    void *p = NULL;
-    CK_OK(be->ops->alloc(be, bytes, &p));
-    bufs[nbufs++] = p;
-    return p;
-}
-
-static float *fbuf(int64_t n) { return tbuf((size_t)n * sizeof(float)); }
-static double *dbuf(int64_t n) { return tbuf((size_t)n * sizeof(double)); }
+static double *dbuf(int64_t n) { return buf_bytes((size_t)n * sizeof(double)); }
 
 static uint64_t next_stream = 1;
 
@@ -178,7 +149,7 @@ enum { EMB_ROWS = 9, EMB_VOCAB = 11, EMB_DIM = 37 };
 /* Ids with repeats (rows 0, 3, 6 share one). */
 static int32_t *emb_ids(void)
 {
-    int32_t *ids = tbuf(EMB_ROWS * sizeof *ids);
+    int32_t *ids = buf_bytes(EMB_ROWS * sizeof *ids);
     for (int r = 0; r < EMB_ROWS; r++)
         ids[r] = (int32_t)((r * 4 + 5) % 12 % EMB_VOCAB);
     ids[3] = ids[6] = ids[0];

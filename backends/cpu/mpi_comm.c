@@ -646,9 +646,12 @@ static void prefer_pairwise_reduce_scatter(void) {}
 
 static const mhub_comm_ops mpi_comm_ops;
 
-/* Polls a wait spins before it yields: SPIN_POLLS when this
- * communicator's ranks on this node have a core each, else 0. Collective
- * over comm (a shared-memory split). */
+/* Polls a wait spins before it yields: SPIN_POLLS when the ranks of comm
+ * on this node have a core each, else 0. Collective over comm (a
+ * shared-memory split). Decided for the communicator an application
+ * hands in (usually MPI_COMM_WORLD, so it counts every rank on the node)
+ * and inherited by the groups split from it: a small group of an
+ * oversubscribed node must not spin. */
 #define SPIN_POLLS 1000
 
 static int spin_polls_for(MPI_Comm comm)
@@ -684,8 +687,6 @@ static mhub_status wrap(MPI_Comm comm, const char *name, const char *what, mhub_
         rc = MPI_Comm_size(comm, &m->base.size);
     if (rc == MPI_SUCCESS)
         rc = MPI_Comm_set_name(comm, m->base.name);
-    if (rc == MPI_SUCCESS)
-        m->spin_polls = spin_polls_for(comm);
     if (rc != MPI_SUCCESS) {
         mhub_status s = mpi_fail(&m->base, what, "setting up the communicator", rc);
         MPI_Comm_free(&m->comm);
@@ -707,7 +708,9 @@ static mhub_status mpi_split(mhub_comm *c, int color, int key, const char *name,
         *out = NULL;
         return MHUB_OK;
     }
-    return wrap(sub, name, "split", out);
+    MHUB_TRY(wrap(sub, name, "split", out));
+    ((mpi_comm *)(*out)->ctx)->spin_polls = ((const mpi_comm *)c->ctx)->spin_polls;
+    return MHUB_OK;
 }
 
 static mhub_status mpi_alloc(mhub_comm *c, size_t bytes, void **out)
@@ -786,7 +789,10 @@ mhub_status mhub_comm_create_mpi(const void *mpi_comm_ptr, const char *name, mhu
     int rc = MPI_Comm_dup(parent, &dup);
     if (rc != MPI_SUCCESS)
         return init_error("MPI_Comm_dup", rc);
-    return wrap(dup, name, call, out);
+    int spin = spin_polls_for(dup);
+    MHUB_TRY(wrap(dup, name, call, out));
+    ((mpi_comm *)(*out)->ctx)->spin_polls = spin;
+    return MHUB_OK;
 }
 
 mhub_status mhub_comm_create_mpi_world(mhub_comm **out)

@@ -25,9 +25,10 @@
  * Version 1 (no checksums, no settings) is refused with a message saying
  * so: it cannot be verified, and a resume from it cannot be checked.
  *
- * Integrity: every rank hashes each shard file it reads and compares it
- * with the manifest before any tensor is used; a mismatch fails the load
- * naming the file and both digests' first hex digits.
+ * Integrity: each shard file is hashed (by one of the loading ranks, in
+ * turn) and compared with the manifest before any tensor is used; a
+ * mismatch fails the load on every rank, naming the file and both
+ * digests' first hex digits.
  *
  * Run settings: the caller names what a resume must agree on (exact:
  * batch sizes, sequence length, data) and what it may change (the
