@@ -8,6 +8,7 @@
  * sign; the 16 -> 32 conversions are exact. */
 #include <string.h>
 
+#include "mhub/backend.h"
 #include "mhub/dtype.h"
 
 #define F32_ABS_MASK 0x7FFFFFFFu
@@ -138,4 +139,14 @@ float mhub_f16_to_f32(uint16_t h)
     uint32_t mag = select_u32(exp == 0, subnormal, normal);
     mag = select_u32(exp == 0x1Fu, special, mag);
     return mhub_f32_from_bits(sign | mag);
+}
+
+const char *mhub_matmul_precision_name(mhub_matmul_precision p)
+{
+    switch (p) {
+    case MHUB_MATMUL_F32: return "f32";
+    case MHUB_MATMUL_TF32: return "tf32";
+    case MHUB_MATMUL_BF16: return "bf16";
+    }
+    return "unknown";
 }

@@ -163,6 +163,23 @@ typedef struct mhub_backend_ops {
                                              const float *probs, int64_t batch, int64_t seq,
                                              int64_t heads, int64_t groups, int64_t head_dim);
 
+    /* Optional (NULL = not offered): the same attention without the
+     * [batch, heads, seq, seq] probabilities. The forward keeps, per query
+     * row, lse[batch, heads, seq] = log sum_j exp(score_j) (scores scaled
+     * by 1/sqrt(head_dim), causal), and works through the keys in tiles,
+     * so its memory is O(seq) per head, not O(seq^2); the backward
+     * recomputes each probability from q, k and lse. out and dqkv as in
+     * causal_attention_forward/backward; out is the forward's output.
+     * Results agree with causal_attention to rounding (the sums run in
+     * another order). */
+    mhub_status (*flash_attention_forward)(mhub_backend *be, float *out, float *lse,
+                                           const float *qkv, int64_t batch, int64_t seq,
+                                           int64_t heads, int64_t groups, int64_t head_dim);
+    mhub_status (*flash_attention_backward)(mhub_backend *be, float *dqkv, const float *dout,
+                                            const float *out, const float *qkv,
+                                            const float *lse, int64_t batch, int64_t seq,
+                                            int64_t heads, int64_t groups, int64_t head_dim);
+
     /* ---- elementwise utilities ---- */
     /* Convert n elements between dtypes (RNE to 16-bit; NaN/Inf kept). */
     mhub_status (*cast)(mhub_backend *be, void *dst, mhub_dtype dst_dtype,
@@ -219,6 +236,46 @@ typedef struct mhub_cpu_options {
 mhub_status mhub_cpu_backend_create(const mhub_cpu_options *opts, mhub_backend **out);
 /* BLAS threads the CPU backend configured (for the progress line). */
 int mhub_cpu_backend_threads(const mhub_backend *be);
+
+/* ---- the CUDA backend (backends/cuda; ./configure --with-cuda) ----
+ * Without --with-cuda these functions exist and return
+ * MHUB_ERR_UNSUPPORTED saying so, so a program links either way. */
+
+/* How the CUDA backend's GEMMs round their inputs (accumulation is f32 in
+ * every mode). The CPU backend always computes in f32. */
+typedef enum mhub_matmul_precision {
+    MHUB_MATMUL_F32 = 0,   /* f32 inputs, f32 multiply */
+    MHUB_MATMUL_TF32 = 1,  /* inputs rounded to tf32 (10-bit mantissa) on tensor cores */
+    MHUB_MATMUL_BF16 = 2   /* inputs rounded to bf16 on tensor cores */
+} mhub_matmul_precision;
+
+const char *mhub_matmul_precision_name(mhub_matmul_precision p);
+
+typedef struct mhub_cuda_options {
+    /* CUDA device ordinal; -1 = the local rank (one GPU per rank). */
+    int device;
+    /* This process's rank among the ranks on its node, and their count
+     * (for device = -1 and for the error when the node has fewer GPUs
+     * than ranks); 0/0 = a single process. */
+    int local_rank;
+    int local_ranks;
+    /* Bytes of the one device memory pool every allocation comes from;
+     * 0 = all free device memory less a reserve for cuBLAS, NCCL and the
+     * CUDA context (MHUB_CUDA_POOL_MB overrides). */
+    size_t pool_bytes;
+    mhub_matmul_precision matmul;
+} mhub_cuda_options;
+
+/* true when mhub was built with CUDA and at least one device is usable;
+ * otherwise false with the reason in why[len] (may be NULL). */
+bool mhub_cuda_available(char *why, size_t len);
+/* opts may be NULL for defaults (device -1, whole free memory, f32). */
+mhub_status mhub_cuda_backend_create(const mhub_cuda_options *opts, mhub_backend **out);
+/* Change the GEMM precision of a CUDA backend (MHUB_ERR_INVALID_ARG for
+ * any other backend). */
+mhub_status mhub_cuda_backend_set_matmul(mhub_backend *be, mhub_matmul_precision p);
+/* The device ordinal a CUDA backend runs on, or -1. */
+int mhub_cuda_backend_device(const mhub_backend *be);
 
 #ifdef __cplusplus
 }

@@ -38,6 +38,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "mhub/backend.h"
 #include "mhub/dtype.h"
 #include "mhub/status.h"
 
@@ -163,6 +164,19 @@ void mhub_comm_free_mem(mhub_comm *c, void *ptr);
 mhub_status mhub_comm_create_mpi(const void *mpi_comm, const char *name, mhub_comm **out);
 /* The world communicator: MPI_COMM_WORLD, named "world". */
 mhub_status mhub_comm_create_mpi_world(mhub_comm **out);
+
+/* ---- the NCCL communicator (backends/cuda/nccl_comm.c) ----
+ * Collective over the MPI communicator `mpi_comm` (an MPI_Comm passed by
+ * address): its rank 0 makes the NCCL unique id and broadcasts it through
+ * MPI, and every rank joins with the device of the CUDA backend `be`.
+ * Device buffers go through NCCL on a communication stream of its own,
+ * ordered after the work `be` has issued so far with an event, and the
+ * backend's stream waits for the result at mhub_request_wait: so a
+ * gradient bucket's reduction overlaps the backward still running.
+ * Host buffers (agreement flags, loss sums) go through the MPI
+ * communicator underneath. Without --with-cuda: MHUB_ERR_UNSUPPORTED. */
+mhub_status mhub_comm_create_nccl(const void *mpi_comm, mhub_backend *be, const char *name,
+                                  mhub_comm **out);
 
 #ifdef __cplusplus
 }
