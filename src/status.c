@@ -21,6 +21,7 @@ const char *mhub_status_name(mhub_status s)
     case MHUB_ERR_UNSUPPORTED: return "MHUB_ERR_UNSUPPORTED";
     case MHUB_ERR_NUMERIC: return "MHUB_ERR_NUMERIC";
     case MHUB_ERR_STATE: return "MHUB_ERR_STATE";
+    case MHUB_ERR_DEVICE: return "MHUB_ERR_DEVICE";
     }
     return "MHUB_ERR_UNKNOWN";
 }

@@ -15,6 +15,7 @@ START_TEST(test_names)
     ck_assert_str_eq(mhub_status_name(MHUB_ERR_UNSUPPORTED), "MHUB_ERR_UNSUPPORTED");
     ck_assert_str_eq(mhub_status_name(MHUB_ERR_NUMERIC), "MHUB_ERR_NUMERIC");
     ck_assert_str_eq(mhub_status_name(MHUB_ERR_STATE), "MHUB_ERR_STATE");
+    ck_assert_str_eq(mhub_status_name(MHUB_ERR_DEVICE), "MHUB_ERR_DEVICE");
     ck_assert_str_eq(mhub_status_name((mhub_status)999), "MHUB_ERR_UNKNOWN");
 }
 END_TEST

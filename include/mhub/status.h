@@ -21,7 +21,8 @@ typedef enum mhub_status {
     MHUB_ERR_COMM,         /* a collective or point-to-point call failed */
     MHUB_ERR_UNSUPPORTED,  /* valid request this build or backend cannot do */
     MHUB_ERR_NUMERIC,      /* NaN/Inf found where finite values are required */
-    MHUB_ERR_STATE         /* call made in the wrong order or state */
+    MHUB_ERR_STATE,        /* call made in the wrong order or state */
+    MHUB_ERR_DEVICE        /* a device (GPU) runtime or library call failed */
 } mhub_status;
 
 /* Short stable name of a status ("MHUB_ERR_INVALID_ARG"). Never NULL. */
