@@ -95,12 +95,16 @@ static mhub_status check_fault(cuda_state *st)
     if (f.code == MHUB_CUDA_FAULT_NONE)
         return MHUB_OK;
     MHUB_CUDA_TRY(cudaMemset(st->fault, 0, sizeof f), st->device);
-    const char *op = f.code == MHUB_CUDA_FAULT_TARGET ? "softmax_xent" : "embedding";
-    const char *what = f.code == MHUB_CUDA_FAULT_TARGET ? "target" : "id";
-    return mhub_error_at(MHUB_ERR_INVALID_ARG, op,
-                         "%s %lld at row %lld is outside [0, %lld) (found on device %d by a "
-                         "kernel issued before this synchronization)",
-                         what, f.value, f.row, f.limit, st->device);
+    /* the CPU backend's words, with where the device found it */
+    if (f.code == MHUB_CUDA_FAULT_TARGET)
+        return mhub_error_at(MHUB_ERR_INVALID_ARG, "softmax_xent",
+                             "targets[%lld] = %lld is outside [0, %lld) (found on device %d by "
+                             "a kernel issued before this synchronization)",
+                             f.row, f.value, f.limit, st->device);
+    return mhub_error_at(MHUB_ERR_INVALID_ARG, "embedding",
+                         "ids[%lld] = %lld is outside [0, vocab = %lld) (found on device %d by "
+                         "a kernel issued before this synchronization)",
+                         f.row, f.value, f.limit, st->device);
 }
 
 static mhub_status wait_stream(cuda_state *st)

@@ -1,0 +1,804 @@
+/* test_conformance.c - one suite for every backend: each operation of the
+ * backend table runs on the backend under test and on the CPU backend
+ * (the reference) with the same random inputs, and the results must
+ * agree: f32 to a relative error of 1e-5 (as a whole tensor: ||a-b||/||b||),
+ * GEMMs rounded to tf32 to 1e-3 and to bf16 to 1e-2, casts and random
+ * fills bit for bit. Bad arguments must give the reference's message
+ * word for word, and the PyTorch golden files of the GPT (tests/data/gpt)
+ * must be matched on the backend under test as on the CPU.
+ *
+ * The backend under test is MHUB_TEST_BACKEND: "cpu" (a second CPU
+ * backend on 2 threads against the reference's 1, which checks the suite
+ * itself and the CPU's threading) or "cuda". Without a usable GPU the
+ * cuda run prints why and exits 77, which automake reports as SKIP.
+ *
+ * Every buffer the suite touches on the backend under test goes through
+ * ops->alloc and ops->copy, so the suite never reads device memory from
+ * the host. */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "mhub/gpt.h"
+#include "mhub/rng.h"
+#include "mhub/safetensors.h"
+#include "testutil.h"
+
+#define TOL_F32 1e-5
+#define TOL_TF32 1e-3
+#define TOL_BF16 1e-2
+
+static mhub_backend *ref; /* the CPU backend, 1 thread */
+static mhub_backend *dut; /* the backend under test */
+static const char *dut_name = "cpu";
+
+/* ---- buffers on both backends ---- */
+
+#define MAX_BUFS 96
+static struct {
+    mhub_backend *be;
+    void *p;
+} bufs[MAX_BUFS];
+static int nbufs;
+
+static void *alloc_on(mhub_backend *be, size_t bytes)
+{
+    ck_assert_int_lt(nbufs, MAX_BUFS);
+    void *p = NULL;
+    CK_OK(be->ops->alloc(be, bytes, &p));
+    bufs[nbufs].be = be;
+    bufs[nbufs++].p = p;
+    return p;
+}
+
+static void free_all(void)
+{
+    for (int i = 0; i < nbufs; i++)
+        bufs[i].be->ops->free(bufs[i].be, bufs[i].p);
+    nbufs = 0;
+}
+
+/* The same n floats on the reference (r) and on the backend under test (d). */
+typedef struct pair {
+    float *r, *d;
+    int64_t n;
+} pair;
+
+static void upload(mhub_backend *be, void *dst, const void *host, size_t bytes)
+{
+    CK_OK(be->ops->copy(be, dst, host, bytes, MHUB_COPY_HOST_TO_DEVICE));
+}
+
+static void download(mhub_backend *be, void *host, const void *src, size_t bytes)
+{
+    CK_OK(be->ops->copy(be, host, src, bytes, MHUB_COPY_DEVICE_TO_HOST));
+}
+
+static pair pair_from(const float *host, int64_t n)
+{
+    pair p = {alloc_on(ref, (size_t)n * sizeof(float)), alloc_on(dut, (size_t)n * sizeof(float)),
+              n};
+    upload(ref, p.r, host, (size_t)n * sizeof(float));
+    upload(dut, p.d, host, (size_t)n * sizeof(float));
+    return p;
+}
+
+/* Uniform values in [lo, hi) from the project's counter-based RNG. */
+static pair pair_random(int64_t n, uint64_t stream, float lo, float hi)
+{
+    float *h = malloc((size_t)(n ? n : 1) * sizeof *h);
+    for (int64_t i = 0; i < n; i++)
+        h[i] = lo + (hi - lo) * mhub_rng_uniform(2024, stream, (uint64_t)i);
+    pair p = pair_from(h, n);
+    free(h);
+    return p;
+}
+
+static pair pair_zeros(int64_t n)
+{
+    return (pair){alloc_on(ref, (size_t)n * sizeof(float)),
+                  alloc_on(dut, (size_t)n * sizeof(float)), n};
+}
+
+typedef struct ipair {
+    int32_t *r, *d;
+} ipair;
+
+static ipair ipair_from(const int32_t *host, int64_t n)
+{
+    size_t bytes = (size_t)n * sizeof(int32_t);
+    ipair p = {alloc_on(ref, bytes), alloc_on(dut, bytes)};
+    upload(ref, p.r, host, bytes);
+    upload(dut, p.d, host, bytes);
+    return p;
+}
+
+static ipair ipair_random(int64_t n, uint64_t stream, uint32_t below)
+{
+    int32_t *h = malloc((size_t)(n ? n : 1) * sizeof *h);
+    for (int64_t i = 0; i < n; i++)
+        h[i] = (int32_t)mhub_rng_below(2024, stream, (uint64_t)i, below);
+    ipair p = ipair_from(h, n);
+    free(h);
+    return p;
+}
+
+/* ||d - r|| / ||r|| in double, over both backends' copies of p. */
+static double pair_relerr(pair p)
+{
+    size_t bytes = (size_t)(p.n ? p.n : 1) * sizeof(float);
+    float *r = malloc(bytes), *d = malloc(bytes);
+    download(ref, r, p.r, (size_t)p.n * sizeof(float));
+    download(dut, d, p.d, (size_t)p.n * sizeof(float));
+    double num = 0, den = 0;
+    bool finite = true;
+    for (int64_t i = 0; i < p.n; i++) {
+        if (isfinite(r[i]) != isfinite(d[i]))
+            finite = false;
+        if (!isfinite(r[i]))
+            continue;
+        num += ((double)d[i] - r[i]) * ((double)d[i] - r[i]);
+        den += (double)r[i] * r[i];
+    }
+    free(r);
+    free(d);
+    if (!finite)
+        return INFINITY;
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+#define EXPECT_CLOSE(p, tol, what)                                                      \
+    do {                                                                                \
+        double e_ = pair_relerr(p);                                                     \
+        ck_assert_msg(e_ <= (tol), "%s on %s: relative error %.3g > %.1g", (what),      \
+                      dut_name, e_, (double)(tol));                                     \
+    } while (0)
+
+static void expect_same_bits(const void *rdev, const void *ddev, size_t bytes, const char *what)
+{
+    unsigned char *r = malloc(bytes ? bytes : 1), *d = malloc(bytes ? bytes : 1);
+    download(ref, r, rdev, bytes);
+    download(dut, d, ddev, bytes);
+    ck_assert_msg(memcmp(r, d, bytes) == 0, "%s on %s: not bit-identical to the CPU", what,
+                  dut_name);
+    free(r);
+    free(d);
+}
+
+/* Both backends refuse the call with the same code and message. */
+#define EXPECT_SAME_ERROR(call_ref, call_dut)                                          \
+    do {                                                                               \
+        char msg_[512];                                                                \
+        mhub_status sr_ = (call_ref);                                                  \
+        snprintf(msg_, sizeof msg_, "%s", mhub_last_error());                          \
+        mhub_status sd_ = (call_dut);                                                  \
+        ck_assert_msg(sr_ != MHUB_OK && sr_ == sd_, "%s: %s vs %s", #call_dut,         \
+                      mhub_status_name(sr_), mhub_status_name(sd_));                   \
+        ck_assert_str_eq(mhub_last_error(), msg_);                                     \
+    } while (0)
+
+static void set_matmul(mhub_matmul_precision p)
+{
+    if (strcmp(dut_name, "cuda") == 0)
+        CK_OK(mhub_cuda_backend_set_matmul(dut, p));
+}
+
+static void teardown(void)
+{
+    set_matmul(MHUB_MATMUL_F32);
+    free_all();
+}
+
+/* ---- memory ---- */
+
+START_TEST(test_memory)
+{
+    const int64_t n = 100003;
+    pair z = pair_zeros(n); /* alloc is zero-filled on every backend */
+    float *h = malloc((size_t)n * sizeof *h);
+    download(dut, h, z.d, (size_t)n * sizeof *h);
+    for (int64_t i = 0; i < n; i++)
+        ck_assert_msg(h[i] == 0.0f, "alloc left %g at %lld", h[i], (long long)i);
+    pair a = pair_random(n, 1, -1, 1);
+    CK_OK(dut->ops->copy(dut, z.d, a.d, (size_t)n * sizeof(float), MHUB_COPY_DEVICE_TO_DEVICE));
+    CK_OK(ref->ops->copy(ref, z.r, a.r, (size_t)n * sizeof(float), MHUB_COPY_DEVICE_TO_DEVICE));
+    expect_same_bits(z.r, z.d, (size_t)n * sizeof(float), "device-to-device copy");
+    CK_OK(dut->ops->memset_zero(dut, z.d + 7, 1000 * sizeof(float)));
+    CK_OK(ref->ops->memset_zero(ref, z.r + 7, 1000 * sizeof(float)));
+    expect_same_bits(z.r, z.d, (size_t)n * sizeof(float), "memset_zero");
+    if (dut->ops->memory_usage) {
+        size_t before, after, peak;
+        CK_OK(dut->ops->memory_usage(dut, &before, NULL));
+        void *p = alloc_on(dut, 12345);
+        CK_OK(dut->ops->memory_usage(dut, &after, &peak));
+        ck_assert_uint_eq(after - before, 12345);
+        ck_assert_uint_ge(peak, after);
+        (void)p;
+    }
+    CK_OK(dut->ops->synchronize(dut));
+    EXPECT_SAME_ERROR(ref->ops->memset_zero(ref, NULL, 8), dut->ops->memset_zero(dut, NULL, 8));
+    free(h);
+}
+END_TEST
+
+/* The comparison itself can fail: one element off by 1e-4 of the
+ * tensor's scale is caught, and so is a NaN where the reference has a
+ * number. */
+START_TEST(test_suite_detects_differences)
+{
+    float h[1000];
+    for (int i = 0; i < 1000; i++)
+        h[i] = (float)(i % 7) - 3.0f;
+    pair p = pair_from(h, 1000);
+    ck_assert(pair_relerr(p) == 0.0);
+    h[500] += 0.03f; /* ||diff|| / ||h|| ~ 0.03 / 63 = 5e-4 */
+    upload(dut, p.d, h, sizeof h);
+    ck_assert(pair_relerr(p) > TOL_F32);
+    h[500] = NAN;
+    upload(dut, p.d, h, sizeof h);
+    ck_assert(isinf(pair_relerr(p)));
+}
+END_TEST
+
+/* ---- GEMM ---- */
+
+static void gemm_case(bool ta, bool tb, int64_t m, int64_t n, int64_t k, int64_t pad,
+                      double tol)
+{
+    /* leading dimensions are at least 1, even for an empty k */
+    int64_t lda = (ta ? m : k) + pad, ldb = (tb ? k : n) + pad, ldc = n + pad;
+    lda = lda > 0 ? lda : 1;
+    ldb = ldb > 0 ? ldb : 1;
+    pair a = pair_random((ta ? k : m) * lda, 10, -1, 1);
+    pair b = pair_random((tb ? n : k) * ldb, 11, -1, 1);
+    pair c = pair_random(m * ldc, 12, -1, 1);
+    CK_OK(ref->ops->gemm(ref, ta, tb, m, n, k, 0.75f, a.r, lda, b.r, ldb, 0.5f, c.r, ldc));
+    CK_OK(dut->ops->gemm(dut, ta, tb, m, n, k, 0.75f, a.d, lda, b.d, ldb, 0.5f, c.d, ldc));
+    char what[96];
+    snprintf(what, sizeof what, "gemm %c%c %lldx%lldx%lld", ta ? 'T' : 'N', tb ? 'T' : 'N',
+             (long long)m, (long long)n, (long long)k);
+    EXPECT_CLOSE(c, tol, what);
+}
+
+static void gemm_all(double tol)
+{
+    for (int t = 0; t < 4; t++) {
+        gemm_case(t & 1, t & 2, 37, 53, 71, 0, tol);
+        gemm_case(t & 1, t & 2, 64, 768, 256, 3, tol);
+    }
+    gemm_case(false, true, 256, 1000, 768, 0, tol); /* a logits-like shape */
+    gemm_case(false, false, 5, 7, 0, 0, tol);       /* k = 0: C = beta C */
+}
+
+START_TEST(test_gemm_f32)
+{
+    gemm_all(TOL_F32);
+    pair c = pair_zeros(16);
+    EXPECT_SAME_ERROR(ref->ops->gemm(ref, false, false, 4, 4, 4, 1, NULL, 4, c.r, 4, 0, c.r, 4),
+                      dut->ops->gemm(dut, false, false, 4, 4, 4, 1, NULL, 4, c.d, 4, 0, c.d, 4));
+    EXPECT_SAME_ERROR(ref->ops->gemm(ref, false, false, 4, 4, 4, 1, c.r, 3, c.r, 4, 0, c.r, 4),
+                      dut->ops->gemm(dut, false, false, 4, 4, 4, 1, c.d, 3, c.d, 4, 0, c.d, 4));
+}
+END_TEST
+
+START_TEST(test_gemm_tf32_bf16)
+{
+    if (strcmp(dut_name, "cuda") != 0)
+        return; /* the CPU computes every GEMM in f32 */
+    set_matmul(MHUB_MATMUL_TF32);
+    gemm_all(TOL_TF32);
+    set_matmul(MHUB_MATMUL_BF16);
+    gemm_all(TOL_BF16);
+}
+END_TEST
+
+/* ---- layer kernels ---- */
+
+START_TEST(test_bias_gelu)
+{
+    const int64_t rows = 300, cols = 769;
+    pair out = pair_random(rows * cols, 20, -3, 3), bias = pair_random(cols, 21, -1, 1);
+    CK_OK(ref->ops->bias_add(ref, out.r, bias.r, rows, cols));
+    CK_OK(dut->ops->bias_add(dut, out.d, bias.d, rows, cols));
+    EXPECT_CLOSE(out, TOL_F32, "bias_add");
+    pair db = pair_random(cols, 22, -1, 1);
+    CK_OK(ref->ops->bias_backward(ref, db.r, out.r, rows, cols));
+    CK_OK(dut->ops->bias_backward(dut, db.d, out.d, rows, cols));
+    EXPECT_CLOSE(db, TOL_F32, "bias_backward");
+    pair g = pair_zeros(rows * cols);
+    CK_OK(ref->ops->gelu_forward(ref, g.r, out.r, rows * cols));
+    CK_OK(dut->ops->gelu_forward(dut, g.d, out.d, rows * cols));
+    EXPECT_CLOSE(g, TOL_F32, "gelu_forward");
+    pair dout = pair_random(rows * cols, 23, -1, 1);
+    CK_OK(ref->ops->gelu_backward(ref, dout.r, out.r, dout.r, rows * cols)); /* in place */
+    CK_OK(dut->ops->gelu_backward(dut, dout.d, out.d, dout.d, rows * cols));
+    EXPECT_CLOSE(dout, TOL_F32, "gelu_backward");
+    CK_OK(ref->ops->gelu_forward(ref, out.r, out.r, rows * cols));
+    CK_OK(dut->ops->gelu_forward(dut, out.d, out.d, rows * cols));
+    EXPECT_CLOSE(out, TOL_F32, "gelu_forward in place");
+    EXPECT_SAME_ERROR(ref->ops->gelu_forward(ref, g.r, out.r, -1),
+                      dut->ops->gelu_forward(dut, g.d, out.d, -1));
+    EXPECT_SAME_ERROR(ref->ops->bias_add(ref, out.r, out.r + 1, rows, cols),
+                      dut->ops->bias_add(dut, out.d, out.d + 1, rows, cols));
+}
+END_TEST
+
+static void xent_case(int64_t rows, int64_t classes)
+{
+    pair logits = pair_random(rows * classes, 30, -8, 8);
+    ipair tg = ipair_random(rows, 31, (uint32_t)classes);
+    pair probs = pair_zeros(rows * classes), loss = pair_zeros(rows);
+    CK_OK(ref->ops->softmax_xent_forward(ref, probs.r, loss.r, logits.r, tg.r, rows, classes));
+    CK_OK(dut->ops->softmax_xent_forward(dut, probs.d, loss.d, logits.d, tg.d, rows, classes));
+    EXPECT_CLOSE(probs, TOL_F32, "softmax_xent_forward probs");
+    EXPECT_CLOSE(loss, TOL_F32, "softmax_xent_forward losses");
+    /* in place: dlogits == probs */
+    CK_OK(ref->ops->softmax_xent_backward(ref, probs.r, probs.r, tg.r, rows, classes, 0.125f));
+    CK_OK(dut->ops->softmax_xent_backward(dut, probs.d, probs.d, tg.d, rows, classes, 0.125f));
+    EXPECT_CLOSE(probs, TOL_F32, "softmax_xent_backward");
+}
+
+START_TEST(test_softmax_xent)
+{
+    xent_case(7, 10);
+    xent_case(16, 50257);
+    xent_case(3, 1);
+}
+END_TEST
+
+/* A target out of range: the CPU refuses at the call; a GPU finds it in
+ * the kernel and reports it by the next call that waits. Either way the
+ * error names the target and the row. */
+START_TEST(test_device_faults)
+{
+    const int64_t rows = 4, classes = 9, dim = 5;
+    int32_t bad[4] = {1, 2, 9, 0};
+    ipair tg = ipair_from(bad, rows);
+    pair logits = pair_random(rows * classes, 32, -1, 1);
+    pair probs = pair_zeros(rows * classes), loss = pair_zeros(rows);
+    mhub_clear_error();
+    mhub_status s = dut->ops->softmax_xent_forward(dut, probs.d, loss.d, logits.d, tg.d, rows,
+                                                   classes);
+    if (s == MHUB_OK)
+        s = dut->ops->synchronize(dut);
+    ck_assert_int_eq(s, MHUB_ERR_INVALID_ARG);
+    ck_assert_msg(strstr(mhub_last_error(), "targets[2] = 9 is outside [0, 9)"),
+                  "message: %s", mhub_last_error());
+    CK_OK(dut->ops->synchronize(dut)); /* reported once, then clear */
+    int32_t ids[4] = {0, -1, 3, 4};
+    ipair id = ipair_from(ids, rows);
+    pair table = pair_random(classes * dim, 33, -1, 1), out = pair_zeros(rows * dim);
+    s = dut->ops->embedding_forward(dut, out.d, table.d, id.d, rows, classes, dim, false);
+    if (s == MHUB_OK)
+        s = dut->ops->synchronize(dut);
+    ck_assert_int_eq(s, MHUB_ERR_INVALID_ARG);
+    ck_assert_msg(strstr(mhub_last_error(), "ids[1] = -1 is outside [0, vocab = 9)"),
+                  "message: %s", mhub_last_error());
+    CK_OK(dut->ops->synchronize(dut));
+}
+END_TEST
+
+START_TEST(test_embedding)
+{
+    const int64_t rows = 517, vocab = 300, dim = 96;
+    pair table = pair_random(vocab * dim, 40, -1, 1);
+    ipair ids = ipair_random(rows, 41, 37); /* few ids: many repeats */
+    pair out = pair_random(rows * dim, 42, -1, 1);
+    CK_OK(ref->ops->embedding_forward(ref, out.r, table.r, ids.r, rows, vocab, dim, true));
+    CK_OK(dut->ops->embedding_forward(dut, out.d, table.d, ids.d, rows, vocab, dim, true));
+    EXPECT_CLOSE(out, TOL_F32, "embedding_forward accumulate");
+    CK_OK(ref->ops->embedding_forward(ref, out.r, table.r, ids.r, rows, vocab, dim, false));
+    CK_OK(dut->ops->embedding_forward(dut, out.d, table.d, ids.d, rows, vocab, dim, false));
+    expect_same_bits(out.r, out.d, (size_t)(rows * dim) * sizeof(float), "embedding_forward");
+    pair dtable = pair_random(vocab * dim, 43, -1, 1);
+    CK_OK(ref->ops->embedding_backward(ref, dtable.r, out.r, ids.r, rows, vocab, dim));
+    CK_OK(dut->ops->embedding_backward(dut, dtable.d, out.d, ids.d, rows, vocab, dim));
+    EXPECT_CLOSE(dtable, TOL_F32, "embedding_backward");
+}
+END_TEST
+
+static void norm_case(int64_t rows, int64_t dim, bool rms, bool with_bias)
+{
+    pair in = pair_random(rows * dim, 50, -2, 3), w = pair_random(dim, 51, 0.5f, 1.5f);
+    pair b = pair_random(dim, 52, -0.5f, 0.5f), out = pair_zeros(rows * dim);
+    pair mean = pair_zeros(rows), rstd = pair_zeros(rows);
+    if (rms) {
+        CK_OK(ref->ops->rmsnorm_forward(ref, out.r, rstd.r, in.r, w.r, rows, dim, 1e-5f));
+        CK_OK(dut->ops->rmsnorm_forward(dut, out.d, rstd.d, in.d, w.d, rows, dim, 1e-5f));
+    } else {
+        CK_OK(ref->ops->layernorm_forward(ref, out.r, mean.r, rstd.r, in.r, w.r,
+                                          with_bias ? b.r : NULL, rows, dim, 1e-5f));
+        CK_OK(dut->ops->layernorm_forward(dut, out.d, mean.d, rstd.d, in.d, w.d,
+                                          with_bias ? b.d : NULL, rows, dim, 1e-5f));
+        EXPECT_CLOSE(mean, TOL_F32, "layernorm mean");
+    }
+    EXPECT_CLOSE(out, TOL_F32, rms ? "rmsnorm_forward" : "layernorm_forward");
+    EXPECT_CLOSE(rstd, TOL_F32, "norm rstd");
+    pair dout = pair_random(rows * dim, 53, -1, 1), din = pair_zeros(rows * dim);
+    pair dw = pair_random(dim, 54, -1, 1), db = pair_random(dim, 55, -1, 1);
+    if (rms) {
+        CK_OK(ref->ops->rmsnorm_backward(ref, din.r, dw.r, dout.r, in.r, w.r, rstd.r, rows,
+                                         dim));
+        CK_OK(dut->ops->rmsnorm_backward(dut, din.d, dw.d, dout.d, in.d, w.d, rstd.d, rows,
+                                         dim));
+    } else {
+        CK_OK(ref->ops->layernorm_backward(ref, din.r, dw.r, with_bias ? db.r : NULL, dout.r,
+                                           in.r, w.r, mean.r, rstd.r, rows, dim));
+        CK_OK(dut->ops->layernorm_backward(dut, din.d, dw.d, with_bias ? db.d : NULL, dout.d,
+                                           in.d, w.d, mean.d, rstd.d, rows, dim));
+        EXPECT_CLOSE(db, TOL_F32, "layernorm dbias");
+    }
+    EXPECT_CLOSE(din, TOL_F32, "norm din");
+    EXPECT_CLOSE(dw, TOL_F32, "norm dweight");
+}
+
+START_TEST(test_norms)
+{
+    norm_case(64, 768, false, true);
+    norm_case(1031, 1000, false, false);
+    norm_case(64, 768, true, false);
+    norm_case(5, 4097, true, false);
+}
+END_TEST
+
+START_TEST(test_swiglu)
+{
+    const int64_t rows = 129, ffn = 1000;
+    pair in = pair_random(rows * 2 * ffn, 60, -4, 4), out = pair_zeros(rows * ffn);
+    CK_OK(ref->ops->swiglu_forward(ref, out.r, in.r, rows, ffn));
+    CK_OK(dut->ops->swiglu_forward(dut, out.d, in.d, rows, ffn));
+    EXPECT_CLOSE(out, TOL_F32, "swiglu_forward");
+    pair dout = pair_random(rows * ffn, 61, -1, 1), din = pair_zeros(rows * 2 * ffn);
+    CK_OK(ref->ops->swiglu_backward(ref, din.r, dout.r, in.r, rows, ffn));
+    CK_OK(dut->ops->swiglu_backward(dut, din.d, dout.d, in.d, rows, ffn));
+    EXPECT_CLOSE(din, TOL_F32, "swiglu_backward");
+}
+END_TEST
+
+START_TEST(test_rope)
+{
+    const int64_t batch = 3, seq = 37, heads = 8, groups = 2, d = 64;
+    const int64_t n = batch * seq * (heads + 2 * groups) * d;
+    pair qkv = pair_random(n, 70, -1, 1);
+    CK_OK(ref->ops->rope_forward(ref, qkv.r, batch, seq, heads, groups, d, 10000.0f));
+    CK_OK(dut->ops->rope_forward(dut, qkv.d, batch, seq, heads, groups, d, 10000.0f));
+    EXPECT_CLOSE(qkv, TOL_F32, "rope_forward");
+    CK_OK(ref->ops->rope_backward(ref, qkv.r, batch, seq, heads, groups, d, 500000.0f));
+    CK_OK(dut->ops->rope_backward(dut, qkv.d, batch, seq, heads, groups, d, 500000.0f));
+    EXPECT_CLOSE(qkv, TOL_F32, "rope_backward");
+    EXPECT_SAME_ERROR(ref->ops->rope_forward(ref, qkv.r, batch, seq, heads, 3, d, 1e4f),
+                      dut->ops->rope_forward(dut, qkv.d, batch, seq, heads, 3, d, 1e4f));
+}
+END_TEST
+
+/* The probabilities path on both backends, then the flash path of the
+ * backend under test (when offered) against the reference's
+ * probabilities path: same out and dqkv up to rounding. */
+static void attention_case(int64_t batch, int64_t seq, int64_t heads, int64_t groups,
+                           int64_t d)
+{
+    const int64_t rows = batch * seq, width = (heads + 2 * groups) * d;
+    const int64_t pn = batch * heads * seq * seq;
+    pair qkv = pair_random(rows * width, 80, -2, 2), out = pair_zeros(rows * heads * d);
+    pair probs = pair_zeros(pn), scratch = pair_zeros(pn), dqkv = pair_zeros(rows * width);
+    pair dout = pair_random(rows * heads * d, 81, -1, 1);
+    CK_OK(ref->ops->causal_attention_forward(ref, out.r, probs.r, qkv.r, batch, seq, heads,
+                                             groups, d));
+    CK_OK(dut->ops->causal_attention_forward(dut, out.d, probs.d, qkv.d, batch, seq, heads,
+                                             groups, d));
+    EXPECT_CLOSE(out, TOL_F32, "causal_attention_forward out");
+    EXPECT_CLOSE(probs, TOL_F32, "causal_attention_forward probs");
+    CK_OK(ref->ops->causal_attention_backward(ref, dqkv.r, scratch.r, dout.r, qkv.r, probs.r,
+                                              batch, seq, heads, groups, d));
+    CK_OK(dut->ops->causal_attention_backward(dut, dqkv.d, scratch.d, dout.d, qkv.d, probs.d,
+                                              batch, seq, heads, groups, d));
+    EXPECT_CLOSE(dqkv, TOL_F32, "causal_attention_backward");
+    if (!dut->ops->flash_attention_forward)
+        return;
+    pair fout = pair_zeros(rows * heads * d), lse = pair_zeros(batch * heads * seq);
+    pair fdqkv = pair_zeros(rows * width);
+    CK_OK(dut->ops->flash_attention_forward(dut, fout.d, lse.d, qkv.d, batch, seq, heads,
+                                            groups, d));
+    CK_OK(dut->ops->flash_attention_backward(dut, fdqkv.d, dout.d, fout.d, qkv.d, lse.d, batch,
+                                             seq, heads, groups, d));
+    /* compare the flash results with the reference's probabilities path */
+    fout.r = out.r;
+    fdqkv.r = dqkv.r;
+    EXPECT_CLOSE(fout, TOL_F32, "flash_attention_forward out");
+    EXPECT_CLOSE(fdqkv, TOL_F32, "flash_attention_backward");
+}
+
+START_TEST(test_attention)
+{
+    attention_case(2, 70, 4, 2, 64);   /* grouped queries, seq not a tile multiple */
+    attention_case(1, 128, 12, 12, 64); /* GPT-2's heads */
+    attention_case(2, 33, 2, 1, 128);  /* Llama's head_dim */
+    attention_case(3, 1, 2, 2, 16);
+}
+END_TEST
+
+/* ---- elementwise utilities ---- */
+
+START_TEST(test_cast_bits)
+{
+    /* specials, halfway cases and subnormals of both 16-bit formats */
+    static const uint32_t special[] = {0x00000000u, 0x80000000u, 0x7f800000u, 0xff800000u,
+                                       0x7fc00000u, 0x7f800001u, 0x3f808000u, 0x3f818000u,
+                                       0x3f80ffffu, 0x477fe000u, 0x477ff000u, 0x33800000u,
+                                       0x00000001u, 0x387fc000u, 0x7f7fffffu, 0xc0490fdbu};
+    const int64_t n = 4096;
+    float *h = malloc((size_t)n * sizeof *h);
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t bits = i < 16 ? special[i] : (uint32_t)mhub_rng_below(7, 90, (uint64_t)i, 0xffffffffu);
+        memcpy(&h[i], &bits, sizeof bits);
+    }
+    pair src = pair_from(h, n);
+    const mhub_dtype types[3] = {MHUB_F32, MHUB_BF16, MHUB_F16};
+    for (int a = 0; a < 3; a++) {
+        for (int b = 0; b < 3; b++) {
+            size_t mid_bytes = (size_t)n * mhub_dtype_size(types[a]);
+            size_t out_bytes = (size_t)n * mhub_dtype_size(types[b]);
+            void *rm = alloc_on(ref, mid_bytes), *dm = alloc_on(dut, mid_bytes);
+            void *ro = alloc_on(ref, out_bytes), *dd = alloc_on(dut, out_bytes);
+            CK_OK(ref->ops->cast(ref, rm, types[a], src.r, MHUB_F32, n));
+            CK_OK(dut->ops->cast(dut, dm, types[a], src.d, MHUB_F32, n));
+            CK_OK(ref->ops->cast(ref, ro, types[b], rm, types[a], n));
+            CK_OK(dut->ops->cast(dut, dd, types[b], dm, types[a], n));
+            char what[64];
+            snprintf(what, sizeof what, "cast %s -> %s", mhub_dtype_name(types[a]),
+                     mhub_dtype_name(types[b]));
+            expect_same_bits(ro, dd, out_bytes, what);
+        }
+    }
+    free(h);
+}
+END_TEST
+
+START_TEST(test_scale_axpy_sum_squares)
+{
+    const int64_t n = 1000003;
+    pair x = pair_random(n, 100, -1, 1), y = pair_random(n, 101, -1, 1);
+    CK_OK(ref->ops->scale(ref, x.r, n, 0.3f));
+    CK_OK(dut->ops->scale(dut, x.d, n, 0.3f));
+    expect_same_bits(x.r, x.d, (size_t)n * sizeof(float), "scale");
+    CK_OK(ref->ops->axpy(ref, y.r, x.r, n, -1.7f));
+    CK_OK(dut->ops->axpy(dut, y.d, x.d, n, -1.7f));
+    EXPECT_CLOSE(y, TOL_F32, "axpy");
+    double sr = 0, sd = 0;
+    CK_OK(ref->ops->sum_squares(ref, y.r, n, &sr));
+    CK_OK(dut->ops->sum_squares(dut, y.d, n, &sd));
+    ck_assert_msg(fabs(sr - sd) <= 1e-12 * sr, "sum_squares %.17g vs %.17g", sd, sr);
+    CK_OK(dut->ops->sum_squares(dut, y.d, 0, &sd));
+    ck_assert(sd == 0.0);
+    EXPECT_SAME_ERROR(ref->ops->scale(ref, x.r, -1, 2.0f), dut->ops->scale(dut, x.d, -1, 2.0f));
+    EXPECT_SAME_ERROR(ref->ops->axpy(ref, y.r, y.r + 1, 10, 2.0f),
+                      dut->ops->axpy(dut, y.d, y.d + 1, 10, 2.0f));
+}
+END_TEST
+
+START_TEST(test_random_fills_bits)
+{
+    const int64_t n = 300001;
+    pair a = pair_zeros(n);
+    CK_OK(ref->ops->fill_normal(ref, a.r, n, 42, 7, 1000, 0.0f, 0.02f));
+    CK_OK(dut->ops->fill_normal(dut, a.d, n, 42, 7, 1000, 0.0f, 0.02f));
+    expect_same_bits(a.r, a.d, (size_t)n * sizeof(float), "fill_normal");
+    CK_OK(ref->ops->fill_uniform(ref, a.r, n, 43, 8, 5, -0.1f, 0.1f));
+    CK_OK(dut->ops->fill_uniform(dut, a.d, n, 43, 8, 5, -0.1f, 0.1f));
+    expect_same_bits(a.r, a.d, (size_t)n * sizeof(float), "fill_uniform");
+}
+END_TEST
+
+START_TEST(test_optimizers)
+{
+    const int64_t n = 200001;
+    pair p = pair_random(n, 110, -1, 1), g = pair_random(n, 111, -1, 1);
+    pair mom = pair_zeros(n), m = pair_zeros(n), v = pair_zeros(n);
+    for (int step = 1; step <= 3; step++) {
+        CK_OK(ref->ops->sgd_step(ref, p.r, g.r, mom.r, n, 0.1f, 0.9f, 0.01f));
+        CK_OK(dut->ops->sgd_step(dut, p.d, g.d, mom.d, n, 0.1f, 0.9f, 0.01f));
+        CK_OK(ref->ops->adamw_step(ref, p.r, g.r, m.r, v.r, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f,
+                                   step));
+        CK_OK(dut->ops->adamw_step(dut, p.d, g.d, m.d, v.d, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f,
+                                   step));
+    }
+    EXPECT_CLOSE(p, TOL_F32, "sgd + adamw parameters");
+    EXPECT_CLOSE(mom, TOL_F32, "sgd momentum");
+    EXPECT_CLOSE(m, TOL_F32, "adamw m");
+    EXPECT_CLOSE(v, TOL_F32, "adamw v");
+    EXPECT_SAME_ERROR(
+        ref->ops->adamw_step(ref, p.r, g.r, m.r, v.r, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 0),
+        dut->ops->adamw_step(dut, p.d, g.d, m.d, v.d, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 0));
+}
+END_TEST
+
+/* ---- the GPT against PyTorch's golden files ---- */
+
+static mhub_safetensors *golden;
+
+static void open_golden(void)
+{
+    const char *src = getenv("top_srcdir");
+    char path[1024];
+    snprintf(path, sizeof path, "%s/tests/data/gpt/golden.safetensors", src ? src : ".");
+    CK_OK(mhub_safetensors_open(path, &golden));
+}
+
+static int golden_int(const char *key)
+{
+    const char *v = mhub_safetensors_metadata(golden, key);
+    ck_assert_ptr_nonnull(v);
+    return atoi(v);
+}
+
+static int32_t *golden_ids_on(mhub_backend *be, const char *model, const char *what, int64_t n)
+{
+    char key[64];
+    snprintf(key, sizeof key, "%s/%s", model, what);
+    int i = mhub_safetensors_find(golden, key);
+    ck_assert_int_ge(i, 0);
+    mhub_safetensors_tensor t;
+    CK_OK(mhub_safetensors_info(golden, i, &t));
+    ck_assert_int_eq(t.numel, n);
+    int32_t *ids = alloc_on(be, (size_t)n * sizeof *ids);
+    upload(be, ids, t.data, (size_t)n * sizeof *ids);
+    return ids;
+}
+
+/* The worst ||x - golden|| / ||golden|| over the parameters' `kind`
+ * ("param" values or "grad" gradients). */
+static double golden_param_err(mhub_gpt *g, const char *model, const char *kind, bool grads)
+{
+    mhub_param_list *pl = mhub_gpt_params(g);
+    double worst = 0;
+    for (int i = 0; i < pl->count; i++) {
+        mhub_tensor *t = grads ? &pl->items[i].grad : &pl->items[i].value;
+        char key[160];
+        snprintf(key, sizeof key, "%s/%s/%s", model, kind, pl->items[i].name);
+        float *want = malloc((size_t)t->numel * sizeof *want);
+        float *have = malloc((size_t)t->numel * sizeof *have);
+        CK_OK(mhub_safetensors_read_f32(golden, key, t->shape, t->ndim, want));
+        download(dut, have, t->data, (size_t)t->numel * sizeof *have);
+        double num = 0, den = 0;
+        for (int64_t k = 0; k < t->numel; k++) {
+            num += ((double)have[k] - want[k]) * ((double)have[k] - want[k]);
+            den += (double)want[k] * want[k];
+        }
+        double e = den > 0 ? sqrt(num / den) : sqrt(num);
+        if (e > worst)
+            worst = e;
+        free(want);
+        free(have);
+    }
+    return worst;
+}
+
+static void golden_case(const char *model)
+{
+    if (!golden)
+        open_golden();
+    char key[160];
+    snprintf(key, sizeof key, "%s/config", model);
+    const char *text = mhub_safetensors_metadata(golden, key);
+    ck_assert_ptr_nonnull(text);
+    mhub_provider_config *pc = NULL;
+    CK_OK(mhub_config_from_json(text, strlen(text), key, MHUB_CONFIG_STRICT, &pc));
+    mhub_gpt_config *cfg = (mhub_gpt_config *)pc;
+    int b = golden_int("batch"), t = golden_int("seq");
+    int64_t n = (int64_t)b * t, v = mhub_gpt_padded_vocab_size(cfg);
+    mhub_provide_args a = {.pre_process = true, .post_process = true, .vp_stage = -1,
+                           .pp_size = 1, .vp_size = 1, .tp_size = 1, .backend = dut,
+                           .seed = 5, .tp_seed = 6, .micro_batch = b};
+    mhub_gpt *g = NULL;
+    CK_OK(mhub_gpt_create(cfg, &a, &g));
+    mhub_param_list *pl = mhub_gpt_params(g);
+    for (int i = 0; i < pl->count; i++) {
+        mhub_tensor *val = &pl->items[i].value;
+        float *h = malloc((size_t)val->numel * sizeof *h);
+        snprintf(key, sizeof key, "%s/param/%s", model, pl->items[i].name);
+        CK_OK(mhub_safetensors_read_f32(golden, key, val->shape, val->ndim, h));
+        upload(dut, val->data, h, (size_t)val->numel * sizeof *h);
+        free(h);
+    }
+    int32_t *tokens = golden_ids_on(dut, model, "tokens", n);
+    int32_t *targets = golden_ids_on(dut, model, "targets", n);
+    float loss = 0, ref_loss = 0;
+    CK_OK(mhub_param_list_zero_grad(pl));
+    CK_OK(mhub_gpt_forward(g, tokens, targets, b, t, &loss));
+    snprintf(key, sizeof key, "%s/loss", model);
+    CK_OK(mhub_safetensors_read_f32(golden, key, NULL, -1, &ref_loss));
+    ck_assert_msg(fabs(loss - ref_loss) <= 1e-5 * fabs(ref_loss), "%s loss on %s: %.9g vs %.9g",
+                  model, dut_name, loss, ref_loss);
+    float *want = malloc((size_t)(n * v) * sizeof *want), *have = malloc((size_t)(n * v) * sizeof *have);
+    snprintf(key, sizeof key, "%s/logits", model);
+    int64_t shape[2] = {n, v};
+    CK_OK(mhub_safetensors_read_f32(golden, key, shape, 2, want));
+    download(dut, have, mhub_gpt_logits(g), (size_t)(n * v) * sizeof *have);
+    double num = 0, den = 0;
+    for (int64_t k = 0; k < n * v; k++) {
+        num += ((double)have[k] - want[k]) * ((double)have[k] - want[k]);
+        den += (double)want[k] * want[k];
+    }
+    ck_assert_msg(sqrt(num / den) < 1e-5, "%s logits on %s: relative error %.3g", model,
+                  dut_name, sqrt(num / den));
+    CK_OK(mhub_gpt_backward(g, 1.0f / (float)n));
+    double gerr = golden_param_err(g, model, "grad", true);
+    ck_assert_msg(gerr < 1e-4, "%s gradients on %s: relative error %.3g", model, dut_name, gerr);
+    free(want);
+    free(have);
+    mhub_gpt_free(g);
+    mhub_config_free(&cfg->base);
+}
+
+START_TEST(test_golden_gpt2) { golden_case("gpt2"); }
+END_TEST
+
+START_TEST(test_golden_llama) { golden_case("llama"); }
+END_TEST
+
+static Suite *make_suite(void)
+{
+    Suite *s = suite_create("conformance");
+    TCase *tc = tcase_create("ops");
+    tcase_add_checked_fixture(tc, NULL, teardown);
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_suite_detects_differences);
+    tcase_add_test(tc, test_memory);
+    tcase_add_test(tc, test_gemm_f32);
+    tcase_add_test(tc, test_gemm_tf32_bf16);
+    tcase_add_test(tc, test_bias_gelu);
+    tcase_add_test(tc, test_softmax_xent);
+    tcase_add_test(tc, test_device_faults);
+    tcase_add_test(tc, test_embedding);
+    tcase_add_test(tc, test_norms);
+    tcase_add_test(tc, test_swiglu);
+    tcase_add_test(tc, test_rope);
+    tcase_add_test(tc, test_attention);
+    tcase_add_test(tc, test_cast_bits);
+    tcase_add_test(tc, test_scale_axpy_sum_squares);
+    tcase_add_test(tc, test_random_fills_bits);
+    tcase_add_test(tc, test_optimizers);
+    tcase_add_test(tc, test_golden_gpt2);
+    tcase_add_test(tc, test_golden_llama);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    const char *want = getenv("MHUB_TEST_BACKEND");
+    dut_name = want && *want ? want : "cpu";
+    if (mhub_cpu_backend_create(&(mhub_cpu_options){.blas_threads = 1}, &ref) != MHUB_OK) {
+        fprintf(stderr, "cannot create the CPU reference backend: %s\n", mhub_last_error());
+        return EXIT_FAILURE;
+    }
+    mhub_status s;
+    if (strcmp(dut_name, "cpu") == 0) {
+        s = mhub_cpu_backend_create(&(mhub_cpu_options){.blas_threads = 2}, &dut);
+    } else if (strcmp(dut_name, "cuda") == 0) {
+        char why[256];
+        if (!mhub_cuda_available(why, sizeof why)) {
+            printf("SKIP: the conformance suite on cuda: %s\n", why);
+            mhub_backend_free(ref);
+            return 77;
+        }
+        /* a modest pool: the suite's largest case is ~100 MB */
+        s = mhub_cuda_backend_create(&(mhub_cuda_options){.device = -1,
+                                                          .pool_bytes = (size_t)2 << 30},
+                                     &dut);
+    } else {
+        fprintf(stderr, "MHUB_TEST_BACKEND = '%s': expected cpu or cuda\n", dut_name);
+        return EXIT_FAILURE;
+    }
+    if (s != MHUB_OK) {
+        fprintf(stderr, "cannot create the %s backend: %s\n", dut_name, mhub_last_error());
+        return EXIT_FAILURE;
+    }
+    printf("conformance: %s against the CPU reference\n", dut_name);
+    int rc = mhub_test_main(make_suite());
+    if (golden)
+        mhub_safetensors_close(golden);
+    mhub_backend_free(dut);
+    mhub_backend_free(ref);
+    return rc;
+}
