@@ -180,6 +180,22 @@ config bad7 ddp 5 "{\"path\": \"$tmp/none.txt\"}"
 run_train bad7 2
 if [ "$rc" -ne 0 ] && grep -q "none.txt" "$err"; then pass "missing data file"; else fail "missing data file" "rc=$rc $(cat "$err")"; fi
 
+# --backend: an unknown one is a usage error; cuda on a build or machine
+# without it stops every rank, each naming itself and the reason
+run_train addition 1 --backend tpu
+expect_error "unknown backend" "unknown backend 'tpu'"
+run_train addition 1 --matmul fp8
+expect_error "unknown matmul precision" "unknown precision 'fp8'"
+if ! nvidia-smi -L >/dev/null 2>&1; then
+    run_train addition 2 --backend cuda --steps 1
+    if [ "$rc" -eq 1 ] && grep -q 'rank 0: .*--backend cuda' "$err" &&
+        grep -q 'rank 1: .*--backend cuda' "$err"; then
+        pass "--backend cuda without a GPU stops both ranks, each saying why"
+    else
+        fail "--backend cuda without a GPU" "rc=$rc $(cat "$err")"
+    fi
+fi
+
 # pipeline/tensor-parallel layouts are built but not trained: refused up
 # front on every rank, naming the key
 sed 's/"num_layers": 2,/"num_layers": 2, "pipeline_model_parallel_size": 2,/' "$tmp/bad6.json" >"$tmp/bad8.json"

@@ -57,6 +57,8 @@ typedef struct gpt_options {
     char save_dir[512], load_dir[512];
     int save_every;
     bool quiet, digest;
+    bool cuda;                 /* --backend cuda */
+    int matmul;                /* --matmul: an mhub_matmul_precision, or -1 = by dtype */
 } gpt_options;
 
 /* ---- the config file --------------------------------------------------------- */
@@ -312,7 +314,8 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: mhub train --config FILE [--steps N] [--micro-batch N] [--global-batch N]\n"
-            "                  [--lr F] [--dp-engine ddp|distopt|fsdp] [--backend cpu]\n"
+            "                  [--lr F] [--dp-engine ddp|distopt|fsdp] [--backend cpu|cuda]\n"
+            "                  [--matmul f32|tf32|bf16]\n"
             "                  [--metrics FILE] [--quiet] [--digest]\n"
             "                  [--save DIR [--save-every N]] [--load DIR]\n"
             "\n"
@@ -334,6 +337,7 @@ static void set_defaults(gpt_options *o)
     o->micro_batch = 8;
     o->global_batch = 32;
     o->log_every = 1;
+    o->matmul = -1;
     o->digits = 3;
     o->problems = 20000;
     o->data_seed = 1;
@@ -375,9 +379,23 @@ static bool parse_value_flag(const char *a, const char *v, gpt_options *o)
         return false;
     }
     if (!strcmp(a, "--backend")) {
-        if (!strcmp(v, "cpu"))
+        /* whether this build and machine can run cuda is told at run time,
+         * by every rank, naming itself */
+        if (!strcmp(v, "cpu") || !strcmp(v, "cuda")) {
+            o->cuda = !strcmp(v, "cuda");
             return true;
-        fprintf(stderr, "mhub %s: --backend: '%s' is not built in (available: cpu)\n", CMD, v);
+        }
+        fprintf(stderr, "mhub %s: --backend: unknown backend '%s' (cpu or cuda)\n", CMD, v);
+        return false;
+    }
+    if (!strcmp(a, "--matmul")) {
+        for (int p = MHUB_MATMUL_F32; p <= MHUB_MATMUL_BF16; p++)
+            if (!strcmp(v, mhub_matmul_precision_name((mhub_matmul_precision)p))) {
+                o->matmul = p;
+                return true;
+            }
+        fprintf(stderr, "mhub %s: --matmul: unknown precision '%s' (f32, tf32 or bf16)\n", CMD,
+                v);
         return false;
     }
     if (!strcmp(a, "--dp-engine")) {
@@ -512,6 +530,61 @@ static mhub_status check_data_parallel_only(const mhub_provider_config *c, const
     return MHUB_OK;
 }
 
+/* This rank's index among the ranks on its node, and their count. */
+static void local_rank(int *rank, int *size)
+{
+    MPI_Comm node;
+    *rank = 0;
+    *size = 1;
+    if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) !=
+        MPI_SUCCESS)
+        return;
+    MPI_Comm_rank(node, rank);
+    MPI_Comm_size(node, size);
+    MPI_Comm_free(&node);
+}
+
+/* The GEMM precision a CUDA run uses: --matmul, else bf16 tensor cores
+ * for 16-bit parameters and exact f32 for f32 ones. */
+static mhub_matmul_precision matmul_for(const gpt_options *o, const mhub_gpt_config *g)
+{
+    if (o->matmul >= 0)
+        return (mhub_matmul_precision)o->matmul;
+    return mhub_provider_config_param_dtype(&g->base) == MHUB_F32 ? MHUB_MATMUL_F32
+                                                                   : MHUB_MATMUL_BF16;
+}
+
+/* The CPU backend, or a CUDA backend on this rank's GPU with the world
+ * communicator moved onto NCCL. Every rank learns whether every other
+ * rank got its GPU before any NCCL call, so a rank without one (no GPU,
+ * fewer GPUs than ranks on its node, no memory) makes all of them stop
+ * with its reason instead of leaving them waiting. */
+static mhub_status make_backend(gpt_trainer *t, const mhub_gpt_config *g)
+{
+    int ranks = t->world->size;
+    if (!t->o.cuda)
+        return mhub_cpu_backend_create(&(mhub_cpu_options){.local_ranks = ranks}, &t->be);
+    mhub_cuda_options co = {.device = -1, .matmul = matmul_for(&t->o, g)};
+    local_rank(&co.local_rank, &co.local_ranks);
+    mhub_status s = mhub_cuda_backend_create(&co, &t->be);
+    char reason[512] = "";
+    if (s != MHUB_OK)
+        snprintf(reason, sizeof reason, "%s", mhub_last_error());
+    float failed = s != MHUB_OK, any = 0;
+    MHUB_TRY(mhub_comm_allreduce(t->world, &failed, &any, 1, MHUB_F32, MHUB_MAX));
+    if (s != MHUB_OK)
+        return mhub_error(s, "--backend cuda: %s", reason);
+    if (any != 0)
+        return mhub_error(MHUB_ERR_UNSUPPORTED,
+                          "--backend cuda: another rank could not start its CUDA backend (its "
+                          "own message says why)");
+    mhub_comm *nccl = NULL;
+    MHUB_TRY(mhub_comm_create_nccl(&(MPI_Comm){MPI_COMM_WORLD}, t->be, "world", &nccl));
+    mhub_comm_free(t->world);
+    t->world = nccl;
+    return MHUB_OK;
+}
+
 static mhub_status build(gpt_trainer *t)
 {
     gpt_options *o = &t->o;
@@ -532,7 +605,7 @@ static mhub_status build(gpt_trainer *t)
                           o->global_batch, ranks, o->micro_batch);
     t->micro_per_rank = o->global_batch / (ranks * o->micro_batch);
     t->rows = o->micro_batch;
-    MHUB_TRY(mhub_cpu_backend_create(&(mhub_cpu_options){.local_ranks = ranks}, &t->be));
+    MHUB_TRY(make_backend(t, (mhub_gpt_config *)o->model));
     o->model->seed = o->seed;
     MHUB_TRY(mhub_provider_create(o->model, &t->provider));
     mhub_provider_set_backend(t->provider, t->be);
