@@ -1,9 +1,15 @@
-/* bench_gpt.c - one GPT training step (forward, backward, AdamW) on the
- * CPU backend, next to the floor a BLAS-based step cannot beat: the same
+/* bench_gpt.c - one GPT training step (forward, backward, AdamW) on a
+ * backend, next to the floor a BLAS-based step cannot beat: the same
  * step's weight GEMMs alone, timed in the same run.
  *
  *   bench/bench_gpt [--shape 124m|small] [--batch B] [--seq T] [--threads N]
- *                   [--steps N] [--json]
+ *                   [--steps N] [--json] [--backend cpu|cuda]
+ *                   [--matmul f32|tf32|bf16] [--peak-tflops P]
+ *
+ * On cuda, parameters and activations stay f32 and --matmul picks the
+ * GEMMs' input rounding (bf16: tensor cores with f32 accumulation, as
+ * autocast does); with --peak-tflops (the card's dense peak for that
+ * precision) the model FLOP utilisation is printed too.
  *
  * 124m: GPT-2 small (12 layers, 12 heads, width 768, vocab 50257, tied);
  * small: 6 layers, 8 heads, width 512, vocab 256. Prints the median
@@ -38,14 +44,16 @@ static double median(double *v, int n)
 }
 
 typedef struct opts {
-    const char *shape;
+    const char *shape, *backend, *matmul;
     int batch, seq, threads, steps;
+    double peak_tflops;
     bool json;
 } opts;
 
 static bool parse(int argc, char **argv, opts *o)
 {
-    *o = (opts){.shape = "124m", .batch = 4, .seq = 64, .threads = 2, .steps = 5};
+    *o = (opts){.shape = "124m", .backend = "cpu", .matmul = "f32", .batch = 4, .seq = 64,
+                .threads = 2, .steps = 5};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--json")) {
@@ -65,9 +73,17 @@ static bool parse(int argc, char **argv, opts *o)
             o->threads = atoi(v);
         else if (!strcmp(a, "--steps"))
             o->steps = atoi(v);
+        else if (!strcmp(a, "--backend"))
+            o->backend = v;
+        else if (!strcmp(a, "--matmul"))
+            o->matmul = v;
+        else if (!strcmp(a, "--peak-tflops"))
+            o->peak_tflops = atof(v);
         else
             return false;
     }
+    if (strcmp(o->backend, "cpu") && strcmp(o->backend, "cuda"))
+        return false;
     return o->batch > 0 && o->seq > 0 && o->threads > 0 && o->steps > 0 &&
            (!strcmp(o->shape, "124m") || !strcmp(o->shape, "small"));
 }
@@ -105,6 +121,7 @@ static double gemm_floor(mhub_backend *be, const mhub_gpt_config *c, int64_t n)
     be->ops->alloc(be, (size_t)acts * 4, (void **)&dx);
     double times[5];
     for (int r = 0; r < 5; r++) {
+        be->ops->synchronize(be);
         double t0 = now();
         for (int k = 0; k < 5; k++) {
             int reps = k < 4 ? c->num_layers : 1;
@@ -115,6 +132,7 @@ static double gemm_floor(mhub_backend *be, const mhub_gpt_config *c, int64_t n)
                 be->ops->gemm(be, true, false, out, in, n, 1, y, out, x, in, 1, g, in);
             }
         }
+        be->ops->synchronize(be);
         times[r] = now() - t0;
     }
     float *bufs[] = {w, g, x, y, dx};
@@ -123,17 +141,42 @@ static double gemm_floor(mhub_backend *be, const mhub_gpt_config *c, int64_t n)
     return median(times, 5);
 }
 
+static mhub_status make_backend(const opts *o, mhub_backend **be)
+{
+    if (!strcmp(o->backend, "cpu"))
+        return mhub_cpu_backend_create(&(mhub_cpu_options){.blas_threads = o->threads}, be);
+    mhub_cuda_options co = {.device = -1};
+    for (int p = MHUB_MATMUL_F32; p <= MHUB_MATMUL_BF16; p++)
+        if (!strcmp(o->matmul, mhub_matmul_precision_name((mhub_matmul_precision)p)))
+            co.matmul = (mhub_matmul_precision)p;
+    return mhub_cuda_backend_create(&co, be);
+}
+
+/* Tokens and targets in backend memory. */
+static int32_t *upload_ids(mhub_backend *be, int64_t n, int64_t mul, int64_t add, int64_t mod)
+{
+    int32_t *host = malloc((size_t)n * 4), *dev = NULL;
+    for (int64_t i = 0; i < n; i++)
+        host[i] = (int32_t)((i * mul + add) % mod);
+    if (be->ops->alloc(be, (size_t)n * 4, (void **)&dev) != MHUB_OK ||
+        be->ops->copy(be, dev, host, (size_t)n * 4, MHUB_COPY_HOST_TO_DEVICE) != MHUB_OK)
+        dev = NULL;
+    free(host);
+    return dev;
+}
+
 int main(int argc, char **argv)
 {
     opts o;
     if (!parse(argc, argv, &o)) {
         fprintf(stderr, "usage: bench_gpt [--shape 124m|small] [--batch B] [--seq T] "
-                        "[--threads N] [--steps N] [--json]\n");
+                        "[--threads N] [--steps N] [--json] [--backend cpu|cuda] "
+                        "[--matmul f32|tf32|bf16] [--peak-tflops P]\n");
         return 2;
     }
     mhub_backend *be;
     mhub_gpt_config *cfg = shape_config(&o);
-    if (!cfg || mhub_cpu_backend_create(&(mhub_cpu_options){.blas_threads = o.threads}, &be))
+    if (!cfg || make_backend(&o, &be))
         return fprintf(stderr, "bench_gpt: %s\n", mhub_last_error()), 1;
     mhub_provide_args a = {.pre_process = true, .post_process = true, .vp_stage = -1,
                            .pp_size = 1, .vp_size = 1, .tp_size = 1, .backend = be, .seed = 1,
@@ -142,17 +185,17 @@ int main(int argc, char **argv)
     if (mhub_gpt_create(cfg, &a, &m) != MHUB_OK)
         return fprintf(stderr, "bench_gpt: %s\n", mhub_last_error()), 1;
     int64_t n = (int64_t)o.batch * o.seq;
-    int32_t *tokens = malloc((size_t)n * 4), *targets = malloc((size_t)n * 4);
-    for (int64_t i = 0; i < n; i++) {
-        tokens[i] = (int32_t)((i * 7919) % cfg->vocab_size);
-        targets[i] = (int32_t)((i * 104729 + 1) % cfg->vocab_size);
-    }
+    int32_t *tokens = upload_ids(be, n, 7919, 0, cfg->vocab_size);
+    int32_t *targets = upload_ids(be, n, 104729, 1, cfg->vocab_size);
+    if (!tokens || !targets)
+        return fprintf(stderr, "bench_gpt: %s\n", mhub_last_error()), 1;
     mhub_param_list *pl = mhub_gpt_params(m);
     mhub_optim_config oc;
     mhub_optim_config_init(&oc, MHUB_OPTIM_ADAMW);
     float **state = calloc((size_t)pl->count * 2, sizeof *state);
     for (int i = 0; i < 2 * pl->count; i++)
-        be->ops->alloc(be, (size_t)pl->items[i / 2].value.numel * 4, (void **)&state[i]);
+        if (be->ops->alloc(be, (size_t)pl->items[i / 2].value.numel * 4, (void **)&state[i]))
+            return fprintf(stderr, "bench_gpt: %s\n", mhub_last_error()), 1;
     double *t = malloc((size_t)(o.steps + 1) * sizeof *t);
     for (int s = 0; s <= o.steps; s++) {
         double t0 = now();
@@ -164,6 +207,8 @@ int main(int argc, char **argv)
         for (int i = 0; st == MHUB_OK && i < pl->count; i++)
             st = mhub_optim_update(be, &oc, pl->items[i].value.data, pl->items[i].grad.data,
                                    &state[2 * i], pl->items[i].value.numel, s + 1);
+        if (st == MHUB_OK)
+            st = be->ops->synchronize(be); /* an asynchronous backend's step ends here */
         if (st != MHUB_OK)
             return fprintf(stderr, "bench_gpt: %s\n", mhub_last_error()), 1;
         t[s] = now() - t0;
@@ -171,17 +216,28 @@ int main(int argc, char **argv)
     double step = median(t + 1, o.steps);
     double floor_s = gemm_floor(be, cfg, n);
     double flops = mhub_gpt_flops_per_step(cfg, o.batch, o.seq);
+    double mfu = o.peak_tflops > 0 ? flops / step / (o.peak_tflops * 1e12) : -1;
     int64_t params = mhub_param_list_numel(pl);
     if (o.json)
-        printf("{\"shape\":\"%s\",\"params\":%lld,\"batch\":%d,\"seq\":%d,\"threads\":%d,"
+        printf("{\"shape\":\"%s\",\"backend\":\"%s\",\"matmul\":\"%s\",\"params\":%lld,"
+               "\"batch\":%d,\"seq\":%d,\"threads\":%d,"
                "\"ms_per_step\":%.2f,\"tokens_per_s\":%.1f,\"gflops\":%.2f,"
-               "\"gemm_floor_ms\":%.2f,\"ratio_to_floor\":%.3f}\n",
-               o.shape, (long long)params, o.batch, o.seq, o.threads, 1e3 * step, n / step,
-               flops / step / 1e9, 1e3 * floor_s, step / floor_s);
-    else
+               "\"gemm_floor_ms\":%.2f,\"ratio_to_floor\":%.3f,\"mfu\":%.4f}\n",
+               o.shape, o.backend, o.matmul, (long long)params, o.batch, o.seq, o.threads,
+               1e3 * step, n / step, flops / step / 1e9, 1e3 * floor_s, step / floor_s, mfu);
+    else if (!strcmp(o.backend, "cpu"))
         printf("%-5s %lld params  B=%d T=%d  %d thread(s): %.1f ms/step, %.0f tokens/s, "
                "%.1f GFLOP/s; weight GEMMs alone %.1f ms: %.2fx the floor\n",
                o.shape, (long long)params, o.batch, o.seq, o.threads, 1e3 * step, n / step,
                flops / step / 1e9, 1e3 * floor_s, step / floor_s);
+    else {
+        char mfu_text[48] = "";
+        if (mfu >= 0)
+            snprintf(mfu_text, sizeof mfu_text, ", MFU %.1f%%", 100 * mfu);
+        printf("%-5s %lld params  B=%d T=%d  cuda, %s GEMMs: %.2f ms/step, %.0f tokens/s, "
+               "%.1f TFLOP/s%s; weight GEMMs alone %.2f ms: %.2fx the floor\n",
+               o.shape, (long long)params, o.batch, o.seq, o.matmul, 1e3 * step, n / step,
+               flops / step / 1e12, mfu_text, 1e3 * floor_s, step / floor_s);
+    }
     return 0;
 }

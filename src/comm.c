@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "mhub/comm.h"
+#include "src/comm_internal.h"
 
 /* Longest group name that fits comm->name with its terminator. */
 #define NAME_MAX_LEN (sizeof(((mhub_comm *)0)->name) - 1)
@@ -203,7 +204,7 @@ static void divide_f16(uint16_t *x, int64_t n, float d)
         x[i] = mhub_f32_to_f16(mhub_f16_to_f32(x[i]) / d);
 }
 
-static void request_finish(const mhub_request *req)
+void mhub_request_finish_host(mhub_request *req)
 {
     float d = req->finish_divisor;
     if (d == 1.0f || req->finish_count == 0 || req->finish_buf == NULL)
@@ -213,6 +214,7 @@ static void request_finish(const mhub_request *req)
     case MHUB_BF16: divide_bf16(req->finish_buf, req->finish_count, d); break;
     case MHUB_F16: divide_f16(req->finish_buf, req->finish_count, d); break;
     }
+    req->finish_divisor = 1.0f;
 }
 
 static mhub_status check_pending(const mhub_request *req, const char *call)
@@ -235,7 +237,7 @@ mhub_status mhub_request_wait(mhub_request *req)
     mhub_comm *c = req->comm;
     mhub_status s = c->ops->wait(c, req);
     if (s == MHUB_OK)
-        request_finish(req);
+        mhub_request_finish_host(req);
     request_reset(req);
     return s;
 }
@@ -259,7 +261,7 @@ mhub_status mhub_request_test(mhub_request *req, bool *done)
         return s;
     }
     if (complete) {
-        request_finish(req);
+        mhub_request_finish_host(req);
         request_reset(req);
         *done = true;
     }

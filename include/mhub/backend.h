@@ -237,6 +237,16 @@ mhub_status mhub_cpu_backend_create(const mhub_cpu_options *opts, mhub_backend *
 /* BLAS threads the CPU backend configured (for the progress line). */
 int mhub_cpu_backend_threads(const mhub_backend *be);
 
+/* ---- the guard backend (backends/cpu/guard_backend.c) ----
+ * The CPU backend with its memory closed to the host outside backend
+ * calls (mprotect): code that reads or writes backend memory directly,
+ * instead of through ops->copy, faults at once with the address named,
+ * as it would misbehave on a GPU. Same results as the CPU backend; slower
+ * (two system calls per op). Installs a SIGSEGV handler that names the
+ * address and then hands the fault on. MHUB_GUARD_ARENA_MB sets the
+ * address space reserved (default 16 GiB, touched pages only). */
+mhub_status mhub_guard_backend_create(const mhub_cpu_options *opts, mhub_backend **out);
+
 /* ---- the CUDA backend (backends/cuda; ./configure --with-cuda) ----
  * Without --with-cuda these functions exist and return
  * MHUB_ERR_UNSUPPORTED saying so, so a program links either way. */

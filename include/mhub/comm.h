@@ -165,6 +165,11 @@ mhub_status mhub_comm_create_mpi(const void *mpi_comm, const char *name, mhub_co
 /* The world communicator: MPI_COMM_WORLD, named "world". */
 mhub_status mhub_comm_create_mpi_world(mhub_comm **out);
 
+/* ---- the guard communicator (backends/cpu/guard_backend.c) ----
+ * Wraps `inner` (which it then owns) so that every call may touch the
+ * memory of the guard backend `guard`; split groups are wrapped too. */
+mhub_status mhub_comm_create_guard(mhub_comm *inner, mhub_backend *guard, mhub_comm **out);
+
 /* ---- the NCCL communicator (backends/cuda/nccl_comm.c) ----
  * Collective over the MPI communicator `mpi_comm` (an MPI_Comm passed by
  * address): its rank 0 makes the NCCL unique id and broadcasts it through

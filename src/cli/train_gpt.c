@@ -58,6 +58,7 @@ typedef struct gpt_options {
     int save_every;
     bool quiet, digest;
     bool cuda;                 /* --backend cuda */
+    bool guard;                /* --backend guard: the CPU's, closed to host code */
     int matmul;                /* --matmul: an mhub_matmul_precision, or -1 = by dtype */
 } gpt_options;
 
@@ -314,7 +315,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: mhub train --config FILE [--steps N] [--micro-batch N] [--global-batch N]\n"
-            "                  [--lr F] [--dp-engine ddp|distopt|fsdp] [--backend cpu|cuda]\n"
+            "                  [--lr F] [--dp-engine ddp|distopt|fsdp] [--backend cpu|cuda|guard]\n"
             "                  [--matmul f32|tf32|bf16]\n"
             "                  [--metrics FILE] [--quiet] [--digest]\n"
             "                  [--save DIR [--save-every N]] [--load DIR]\n"
@@ -381,11 +382,13 @@ static bool parse_value_flag(const char *a, const char *v, gpt_options *o)
     if (!strcmp(a, "--backend")) {
         /* whether this build and machine can run cuda is told at run time,
          * by every rank, naming itself */
-        if (!strcmp(v, "cpu") || !strcmp(v, "cuda")) {
+        if (!strcmp(v, "cpu") || !strcmp(v, "cuda") || !strcmp(v, "guard")) {
             o->cuda = !strcmp(v, "cuda");
+            o->guard = !strcmp(v, "guard");
             return true;
         }
-        fprintf(stderr, "mhub %s: --backend: unknown backend '%s' (cpu or cuda)\n", CMD, v);
+        fprintf(stderr, "mhub %s: --backend: unknown backend '%s' (cpu, cuda or guard)\n", CMD,
+                v);
         return false;
     }
     if (!strcmp(a, "--matmul")) {
@@ -562,6 +565,13 @@ static mhub_matmul_precision matmul_for(const gpt_options *o, const mhub_gpt_con
 static mhub_status make_backend(gpt_trainer *t, const mhub_gpt_config *g)
 {
     int ranks = t->world->size;
+    if (t->o.guard) {
+        MHUB_TRY(mhub_guard_backend_create(&(mhub_cpu_options){.local_ranks = ranks}, &t->be));
+        mhub_comm *guarded = NULL;
+        MHUB_TRY(mhub_comm_create_guard(t->world, t->be, &guarded));
+        t->world = guarded; /* it owns the MPI world now */
+        return MHUB_OK;
+    }
     if (!t->o.cuda)
         return mhub_cpu_backend_create(&(mhub_cpu_options){.local_ranks = ranks}, &t->be);
     mhub_cuda_options co = {.device = -1, .matmul = matmul_for(&t->o, g)};

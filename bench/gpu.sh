@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# bench/gpu.sh - the CUDA backend on one GPU, in one go (under 6 minutes):
+#   1. build with --with-cuda (unless MHUB_GPU_PREBUILT names a tree that
+#      bench/gpu-pack.sh made on a machine with the build's packages);
+#   2. the conformance suite on the GPU (every backend op against the CPU
+#      backend, and the PyTorch golden GPT files), and the NCCL
+#      communicator's suite;
+#   3. GPT-2 124M training steps, sequence 1024, bf16 GEMMs: ms/step,
+#      tokens/s and model FLOP utilisation against the card's dense bf16
+#      peak (and the same in tf32 and f32 for comparison);
+#   4. all-reduce bus bandwidth through mhub_comm over NCCL.
+# Prints one table at the end; the whole log also goes to $OUT/gpu.log
+# when OUT is set (the device tool's output folder).
+#
+#   bench/gpu.sh [--quick]        --quick: conformance only
+set -uo pipefail
+cd "$(dirname "$0")/.."
+log=${OUT:-/tmp}/gpu.log
+exec > >(tee "$log") 2>&1
+start=$(date +%s)
+say() { printf '\n== %s (%ds)\n' "$*" $(($(date +%s) - start)); }
+results=()
+record() { results+=("$(printf '%-44s %s' "$1" "$2")"); }
+
+nvidia-smi -L || { echo "gpu.sh: no GPU (nvidia-smi -L failed)"; exit 1; }
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+# dense bf16 peak (TFLOP/s, no sparsity) by card, from NVIDIA's data sheets
+case $gpu in
+    *H100*PCIe*) peak=756 ;;
+    *H100*|*H200*|*GH200*) peak=989 ;;
+    *A100*) peak=312 ;;
+    *L40S*) peak=362 ;;
+    *) peak=0 ;;
+esac
+echo "GPU: $gpu; dense bf16 peak taken as ${peak} TFLOP/s (0 = unknown card: no MFU)"
+
+# ---- 1. build ----
+if [ -n "${MHUB_GPU_PREBUILT:-}" ]; then
+    say "using the prebuilt tree $MHUB_GPU_PREBUILT"
+    build=$MHUB_GPU_PREBUILT
+    export LD_LIBRARY_PATH="$build/deps${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+else
+    say "build with --with-cuda"
+    archs=${CUDA_ARCHS:-}
+    if [ -z "$archs" ]; then
+        cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d '.')
+        archs=${cc:-"80 90"}
+    fi
+    { autoreconf -fi && ./configure --with-cuda CUDA_ARCHS="$archs" && make -j"$(nproc)"; } \
+        >"${OUT:-/tmp}/build.log" 2>&1 ||
+        { tail -40 "${OUT:-/tmp}/build.log"; echo "gpu.sh: the build failed"; exit 1; }
+    make -j"$(nproc)" tests/test_conformance tests/test_nccl_comm bench/bench_gpt \
+        bench/bench_collectives >/dev/null 2>&1 || { echo "gpu.sh: building the tests failed"; exit 1; }
+    build=.
+fi
+
+# ---- 2. conformance ----
+say "conformance suite on cuda"
+if MHUB_TEST_BACKEND=cuda top_srcdir=. timeout 180 "$build/tests/test_conformance"; then
+    record "conformance (cuda vs cpu, golden GPT)" "PASS"
+else
+    record "conformance (cuda vs cpu, golden GPT)" "FAIL (rc $?)"
+fi
+if [ -x "$build/tests/test_nccl_comm" ]; then
+    say "NCCL communicator suite (1 rank)"
+    if timeout 120 "$build/tests/test_nccl_comm"; then rc=PASS; else rc="FAIL (rc $?)"; fi
+    record "nccl communicator suite" "$rc"
+fi
+if [ "${1:-}" = "--quick" ]; then
+    printf '\n%s\n' "${results[@]}"
+    exit 0
+fi
+
+# ---- 3. GPT-2 124M training ----
+for matmul in bf16 tf32 f32; do
+    say "GPT-2 124M, seq 1024, batch 16, $matmul GEMMs"
+    line=$(timeout 150 "$build/bench/bench_gpt" --backend cuda --shape 124m --seq 1024 \
+        --batch 16 --steps 10 --matmul "$matmul" --peak-tflops "$peak" --json)
+    echo "$line"
+    ms=$(printf '%s' "$line" | sed -n 's/.*"ms_per_step":\([0-9.]*\).*/\1/p')
+    tps=$(printf '%s' "$line" | sed -n 's/.*"tokens_per_s":\([0-9.]*\).*/\1/p')
+    mfu=$(printf '%s' "$line" | sed -n 's/.*"mfu":\([-0-9.]*\).*/\1/p')
+    if [ -n "$ms" ]; then
+        record "GPT-2 124M T=1024 B=16 $matmul" \
+            "$ms ms/step, $tps tokens/s, MFU $(awk -v m="$mfu" 'BEGIN{printf "%.1f%%", 100*m}') (vs bf16 peak)"
+    else
+        record "GPT-2 124M T=1024 B=16 $matmul" "FAILED"
+    fi
+done
+
+# ---- 4. NCCL all-reduce ----
+if [ -x "$build/bench/bench_collectives" ]; then
+    say "all-reduce through mhub_comm over NCCL (1 rank: the local copy path)"
+    timeout 120 "$build/bench/bench_collectives" --backend cuda --min-bytes 1048576 \
+        --max-bytes 268435456 | tee /tmp/coll.txt
+    record "nccl all-reduce (1 GPU)" "$(tail -1 /tmp/coll.txt)"
+fi
+
+say "summary ($gpu)"
+printf '%s\n' "${results[@]}"
