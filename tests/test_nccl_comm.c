@@ -1,0 +1,653 @@
+/* test_nccl_comm.c - the NCCL communicator on a CUDA backend.
+ *
+ * Runs under mpiexec with one GPU per rank (CI runs it at 1 rank). On a
+ * machine without a CUDA device it prints "SKIP: no CUDA device: <why>"
+ * and exits 77, which automake counts as a skipped test.
+ *
+ * Every result is computed on the host from the same inputs and compared
+ * after copying the device buffer back: inputs are small integers that
+ * depend on rank and index, so sums and maxima are exact in every dtype;
+ * an average may differ from the host's f32 division by one rounding of
+ * the dtype, since NCCL may scale before it sums. The host-buffer cases
+ * check that the same communicator carries host memory through MPI, as
+ * the core's control messages need. A case records its first failure and
+ * the ranks agree on the outcome over raw MPI before the next collective,
+ * so a wrong result on one rank fails the test on all of them instead of
+ * hanging the others. */
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_runtime.h>
+#include <mpi.h>
+
+#include "testutil.h"
+
+#define SKIP_EXIT 77
+#define SMALL 1001
+#define LARGE ((1 << 20) + 3)
+
+static mhub_backend *be;
+static mhub_comm *world;
+static int rank, nranks;
+
+static void setup(void)
+{
+    MPI_Comm node = MPI_COMM_NULL;
+    int local_rank = 0, local_ranks = 1;
+    ck_assert_int_eq(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL,
+                                         &node),
+                     MPI_SUCCESS);
+    MPI_Comm_rank(node, &local_rank);
+    MPI_Comm_size(node, &local_ranks);
+    MPI_Comm_free(&node);
+    mhub_cuda_options o = {.device = -1, .local_rank = local_rank, .local_ranks = local_ranks,
+                           .pool_bytes = (size_t)256 << 20, .matmul = MHUB_MATMUL_F32};
+    CK_OK(mhub_cuda_backend_create(&o, &be));
+    MPI_Comm w = MPI_COMM_WORLD;
+    CK_OK(mhub_comm_create_nccl(&w, be, "world", &world));
+    rank = world->rank;
+    nranks = world->size;
+}
+
+static void teardown(void)
+{
+    mhub_comm_free(world);
+    world = NULL;
+    mhub_backend_free(be);
+    be = NULL;
+}
+
+/* ---- data --------------------------------------------------------------- */
+
+/* Rank r's input at index j: an integer in [-15, 15], distinct across the
+ * first 31 ranks at every index so a maximum has one winner. */
+static float value(int r, int64_t j)
+{
+    return (float)((int)((j % 251 * 7 + r * 3) % 31) - 15);
+}
+
+static float reduced(mhub_reduce_op op, int64_t j, int ranks)
+{
+    float sum = 0, max = value(0, j);
+    for (int r = 0; r < ranks; r++) {
+        sum += value(r, j);
+        max = value(r, j) > max ? value(r, j) : max;
+    }
+    return op == MHUB_MAX ? max : op == MHUB_AVG ? sum / (float)ranks : sum;
+}
+
+static void put(void *buf, mhub_dtype dt, int64_t i, float v)
+{
+    switch (dt) {
+    case MHUB_F32: ((float *)buf)[i] = v; break;
+    case MHUB_BF16: ((uint16_t *)buf)[i] = mhub_f32_to_bf16(v); break;
+    case MHUB_F16: ((uint16_t *)buf)[i] = mhub_f32_to_f16(v); break;
+    }
+}
+
+static float get(const void *buf, mhub_dtype dt, int64_t i)
+{
+    switch (dt) {
+    case MHUB_F32: return ((const float *)buf)[i];
+    case MHUB_BF16: return mhub_bf16_to_f32(((const uint16_t *)buf)[i]);
+    case MHUB_F16: return mhub_f16_to_f32(((const uint16_t *)buf)[i]);
+    }
+    return NAN;
+}
+
+static float round_to(mhub_dtype dt, float v)
+{
+    switch (dt) {
+    case MHUB_F32: return v;
+    case MHUB_BF16: return mhub_bf16_to_f32(mhub_f32_to_bf16(v));
+    case MHUB_F16: return mhub_f16_to_f32(mhub_f32_to_f16(v));
+    }
+    return NAN;
+}
+
+/* One rounding of the dtype, relative. */
+static double tolerance(mhub_dtype dt)
+{
+    return dt == MHUB_F32 ? 1e-6 : dt == MHUB_BF16 ? 1.0 / 128 : 1.0 / 1024;
+}
+
+/* ---- device buffers ----------------------------------------------------- */
+
+static void *dev_alloc(size_t bytes)
+{
+    void *p = NULL;
+    CK_OK(be->ops->alloc(be, bytes, &p));
+    return p;
+}
+
+static void to_device(void *dst, const void *src, size_t bytes)
+{
+    CK_OK(be->ops->copy(be, dst, src, bytes, MHUB_COPY_HOST_TO_DEVICE));
+}
+
+/* The copy is issued on the compute stream, after the stream's wait for
+ * the collective; synchronize makes it visible to the host. */
+static void to_host(void *dst, const void *src, size_t bytes)
+{
+    CK_OK(be->ops->copy(be, dst, src, bytes, MHUB_COPY_DEVICE_TO_HOST));
+    CK_OK(be->ops->synchronize(be));
+}
+
+static void *host_alloc(size_t bytes)
+{
+    void *p = malloc(bytes > 0 ? bytes : 1);
+    ck_assert_ptr_nonnull(p);
+    return p;
+}
+
+/* ---- verdicts ----------------------------------------------------------- */
+
+typedef struct verdict {
+    bool failed;
+    char msg[512];
+} verdict;
+
+__attribute__((format(printf, 2, 3)))
+static void flunk(verdict *v, const char *fmt, ...)
+{
+    if (v->failed)
+        return;
+    v->failed = true;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(v->msg, sizeof v->msg, fmt, ap);
+    va_end(ap);
+}
+
+static bool expect_ok(verdict *v, mhub_status s, const char *what)
+{
+    if (s != MHUB_OK)
+        flunk(v, "%s (rank %d of %d): %s: %s", what, rank, nranks, mhub_status_name(s),
+              mhub_last_error());
+    return s == MHUB_OK;
+}
+
+/* got[0, count) against want(j) for j from `first`, within the dtype's
+ * rounding for averages and exactly otherwise. */
+static void expect_values(verdict *v, const void *got, mhub_dtype dt, int64_t count,
+                          float (*want)(int64_t j, const void *arg), const void *arg,
+                          int64_t first, bool rounded, const char *what)
+{
+    for (int64_t i = 0; i < count; i++) {
+        float w = round_to(dt, want(first + i, arg));
+        float g = get(got, dt, i);
+        bool ok = rounded ? fabs((double)g - w) <= tolerance(dt) * fmax(1.0, fabs(w)) : g == w;
+        if (!ok) {
+            flunk(v, "%s %s (rank %d of %d): element %lld of %lld is %.9g, expected %.9g", what,
+                  mhub_dtype_name(dt), rank, nranks, (long long)i, (long long)count, (double)g,
+                  (double)w);
+            return;
+        }
+    }
+}
+
+/* Agree on the outcome with raw MPI, not the code under test. */
+static void settle(verdict *v)
+{
+    int mine = v->failed, any = 0;
+    ck_assert_int_eq(MPI_Allreduce(&mine, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD),
+                     MPI_SUCCESS);
+    if (v->failed)
+        ck_abort_msg("%s", v->msg);
+    ck_assert_msg(!any, "failed on another rank (see its message)");
+}
+
+/* ---- expected values ---------------------------------------------------- */
+
+typedef struct reduction {
+    mhub_reduce_op op;
+    int ranks;
+} reduction;
+
+static float want_reduced(int64_t j, const void *arg)
+{
+    const reduction *r = arg;
+    return reduced(r->op, j, r->ranks);
+}
+
+/* Rank `*arg`'s input. */
+static float want_input_of(int64_t j, const void *arg)
+{
+    return value(*(const int *)arg, j);
+}
+
+/* The allgather of `count` per rank: block q is rank q's input. */
+static float want_gathered(int64_t j, const void *arg)
+{
+    int64_t count = *(const int64_t *)arg;
+    return value((int)(j / count), j % count);
+}
+
+/* Rank r's input buffer of `count` elements starting at index `first`. */
+static void fill_input(void *buf, mhub_dtype dt, int r, int64_t first, int64_t count)
+{
+    for (int64_t i = 0; i < count; i++)
+        put(buf, dt, i, value(r, first + i));
+}
+
+/* ---- collectives on device memory --------------------------------------- */
+
+static const mhub_dtype dtypes[] = {MHUB_F32, MHUB_BF16, MHUB_F16};
+
+/* One allreduce of `count`, in place or not, nonblocking and waited. */
+static void allreduce_case(verdict *v, mhub_dtype dt, mhub_reduce_op op, int64_t count,
+                           bool inplace)
+{
+    size_t bytes = (size_t)count * mhub_dtype_size(dt);
+    void *h = host_alloc(bytes);
+    void *send = dev_alloc(bytes), *recv = inplace ? send : dev_alloc(bytes);
+    fill_input(h, dt, rank, 0, count);
+    to_device(send, h, bytes);
+    mhub_request req = {0};
+    if (expect_ok(v, mhub_comm_iallreduce(world, send, recv, count, dt, op, &req), "iallreduce"))
+        expect_ok(v, mhub_request_wait(&req), "wait");
+    memset(h, 0, bytes);
+    to_host(h, recv, bytes);
+    reduction r = {op, nranks};
+    char what[64];
+    snprintf(what, sizeof what, "allreduce %s %s count %lld", mhub_reduce_op_name(op),
+             inplace ? "in place" : "out of place", (long long)count);
+    expect_values(v, h, dt, count, want_reduced, &r, 0, op == MHUB_AVG, what);
+    if (!inplace)
+        be->ops->free(be, recv);
+    be->ops->free(be, send);
+    free(h);
+}
+
+START_TEST(test_allreduce)
+{
+    mhub_dtype dt = dtypes[_i];
+    verdict v = {0};
+    const mhub_reduce_op ops[] = {MHUB_SUM, MHUB_AVG, MHUB_MAX};
+    for (int o = 0; o < 3; o++)
+        for (int inplace = 0; inplace < 2; inplace++) {
+            allreduce_case(&v, dt, ops[o], SMALL, inplace);
+            allreduce_case(&v, dt, ops[o], LARGE, inplace);
+        }
+    settle(&v);
+}
+END_TEST
+
+START_TEST(test_reduce_scatter)
+{
+    mhub_dtype dt = dtypes[_i];
+    verdict v = {0};
+    int64_t count = SMALL;
+    size_t block = (size_t)count * mhub_dtype_size(dt);
+    void *h = host_alloc(block * (size_t)nranks);
+    void *send = dev_alloc(block * (size_t)nranks), *recv = dev_alloc(block);
+    reduction r = {MHUB_SUM, nranks};
+    for (int inplace = 0; inplace < 2; inplace++) {
+        fill_input(h, dt, rank, 0, count * nranks);
+        to_device(send, h, block * (size_t)nranks);
+        void *out = inplace ? (char *)send + (size_t)rank * block : recv;
+        expect_ok(&v, mhub_comm_reduce_scatter(world, send, out, count, dt, MHUB_SUM),
+                  "reduce_scatter");
+        to_host(h, out, block);
+        expect_values(&v, h, dt, count, want_reduced, &r, (int64_t)rank * count, false,
+                      inplace ? "reduce_scatter in place" : "reduce_scatter");
+    }
+    be->ops->free(be, recv);
+    be->ops->free(be, send);
+    free(h);
+    settle(&v);
+}
+END_TEST
+
+START_TEST(test_allgather)
+{
+    mhub_dtype dt = dtypes[_i];
+    verdict v = {0};
+    int64_t count = SMALL;
+    size_t block = (size_t)count * mhub_dtype_size(dt), all = block * (size_t)nranks;
+    void *h = host_alloc(all);
+    void *send = dev_alloc(block), *recv = dev_alloc(all);
+    for (int inplace = 0; inplace < 2; inplace++) {
+        fill_input(h, dt, rank, 0, count);
+        void *in = inplace ? (char *)recv + (size_t)rank * block : send;
+        to_device(in, h, block);
+        expect_ok(&v, mhub_comm_allgather(world, in, recv, count, dt), "allgather");
+        to_host(h, recv, all);
+        expect_values(&v, h, dt, count * nranks, want_gathered, &count, 0, false,
+                      inplace ? "allgather in place" : "allgather");
+    }
+    be->ops->free(be, recv);
+    be->ops->free(be, send);
+    free(h);
+    settle(&v);
+}
+END_TEST
+
+START_TEST(test_broadcast)
+{
+    mhub_dtype dt = dtypes[_i];
+    verdict v = {0};
+    int64_t count = LARGE;
+    int root = nranks - 1;
+    size_t bytes = (size_t)count * mhub_dtype_size(dt);
+    void *h = host_alloc(bytes);
+    void *buf = dev_alloc(bytes);
+    if (rank == root)
+        fill_input(h, dt, root, 0, count);
+    else
+        memset(h, 0, bytes);
+    to_device(buf, h, bytes);
+    expect_ok(&v, mhub_comm_broadcast(world, buf, count, dt, root), "broadcast");
+    memset(h, 0, bytes);
+    to_host(h, buf, bytes);
+    expect_values(&v, h, dt, count, want_input_of, &root, 0, false, "broadcast");
+    be->ops->free(be, buf);
+    free(h);
+    settle(&v);
+}
+END_TEST
+
+/* ---- sends and receives ------------------------------------------------- */
+
+/* Each rank sends to the next and receives from the previous (itself at
+ * one rank). The receive is waited first: waiting issues both as one
+ * group, which separate calls would deadlock on. */
+START_TEST(test_send_recv_ring)
+{
+    mhub_dtype dt = dtypes[_i];
+    verdict v = {0};
+    int64_t count = SMALL;
+    int next = (rank + 1) % nranks, prev = (rank + nranks - 1) % nranks;
+    size_t bytes = (size_t)count * mhub_dtype_size(dt);
+    void *h = host_alloc(bytes);
+    void *out = dev_alloc(bytes), *in = dev_alloc(bytes);
+    fill_input(h, dt, rank, 0, count);
+    to_device(out, h, bytes);
+    mhub_request sreq = {0}, rreq = {0};
+    expect_ok(&v, mhub_comm_isend(world, out, count, dt, next, 7, &sreq), "isend");
+    expect_ok(&v, mhub_comm_irecv(world, in, count, dt, prev, 7, &rreq), "irecv");
+    expect_ok(&v, mhub_request_wait(&rreq), "wait for the receive");
+    expect_ok(&v, mhub_request_wait(&sreq), "wait for the send");
+    memset(h, 0, bytes);
+    to_host(h, in, bytes);
+    expect_values(&v, h, dt, count, want_input_of, &prev, 0, false, "ring receive");
+    be->ops->free(be, in);
+    be->ops->free(be, out);
+    free(h);
+    settle(&v);
+}
+END_TEST
+
+/* A collective issued while sends and receives are queued goes after them,
+ * and all of them complete. */
+START_TEST(test_send_recv_then_collective)
+{
+    verdict v = {0};
+    int64_t count = SMALL;
+    int next = (rank + 1) % nranks, prev = (rank + nranks - 1) % nranks;
+    size_t bytes = (size_t)count * sizeof(float);
+    float *h = host_alloc(bytes);
+    float *out = dev_alloc(bytes), *in = dev_alloc(bytes), *sum = dev_alloc(bytes);
+    fill_input(h, MHUB_F32, rank, 0, count);
+    to_device(out, h, bytes);
+    to_device(sum, h, bytes);
+    mhub_request sreq = {0}, rreq = {0}, areq = {0};
+    expect_ok(&v, mhub_comm_irecv(world, in, count, MHUB_F32, prev, 0, &rreq), "irecv");
+    expect_ok(&v, mhub_comm_isend(world, out, count, MHUB_F32, next, 0, &sreq), "isend");
+    expect_ok(&v, mhub_comm_iallreduce(world, sum, sum, count, MHUB_F32, MHUB_SUM, &areq),
+              "iallreduce");
+    expect_ok(&v, mhub_request_wait(&areq), "wait for the allreduce");
+    expect_ok(&v, mhub_request_wait(&sreq), "wait for the send");
+    expect_ok(&v, mhub_request_wait(&rreq), "wait for the receive");
+    to_host(h, in, bytes);
+    expect_values(&v, h, MHUB_F32, count, want_input_of, &prev, 0, false, "receive");
+    to_host(h, sum, bytes);
+    reduction r = {MHUB_SUM, nranks};
+    expect_values(&v, h, MHUB_F32, count, want_reduced, &r, 0, false, "allreduce");
+    be->ops->free(be, sum);
+    be->ops->free(be, in);
+    be->ops->free(be, out);
+    free(h);
+    settle(&v);
+}
+END_TEST
+
+/* ---- requests ----------------------------------------------------------- */
+
+START_TEST(test_request_test_polling)
+{
+    verdict v = {0};
+    int64_t count = LARGE;
+    size_t bytes = (size_t)count * sizeof(float);
+    float *h = host_alloc(bytes);
+    float *buf = dev_alloc(bytes);
+    fill_input(h, MHUB_F32, rank, 0, count);
+    to_device(buf, h, bytes);
+    mhub_request req = {0};
+    expect_ok(&v, mhub_comm_iallreduce(world, buf, buf, count, MHUB_F32, MHUB_AVG, &req),
+              "iallreduce");
+    bool done = false;
+    for (long polls = 0; !done && !v.failed; polls++) {
+        expect_ok(&v, mhub_request_test(&req, &done), "test");
+        if (polls > 100000000L)
+            flunk(&v, "the allreduce never completed");
+    }
+    if (req.active)
+        flunk(&v, "a completed request is still active");
+    to_host(h, buf, bytes);
+    reduction r = {MHUB_AVG, nranks};
+    expect_values(&v, h, MHUB_F32, count, want_reduced, &r, 0, true, "polled allreduce avg");
+    be->ops->free(be, buf);
+    free(h);
+    settle(&v);
+}
+END_TEST
+
+START_TEST(test_barrier)
+{
+    CK_OK(mhub_comm_barrier(world));
+    CK_OK(mhub_comm_barrier(world));
+}
+END_TEST
+
+/* ---- host memory goes through MPI --------------------------------------- */
+
+START_TEST(test_host_buffers)
+{
+    verdict v = {0};
+    int64_t count = SMALL;
+    float *in = host_alloc((size_t)count * sizeof(float));
+    float *out = host_alloc((size_t)count * sizeof(float) * (size_t)nranks);
+    const mhub_reduce_op ops[] = {MHUB_SUM, MHUB_AVG, MHUB_MAX};
+    for (int o = 0; o < 3; o++) {
+        fill_input(in, MHUB_F32, rank, 0, count);
+        expect_ok(&v, mhub_comm_allreduce(world, in, out, count, MHUB_F32, ops[o]),
+                  "host allreduce");
+        reduction r = {ops[o], nranks};
+        expect_values(&v, out, MHUB_F32, count, want_reduced, &r, 0, ops[o] == MHUB_AVG,
+                      "host allreduce");
+    }
+    /* a one-element flag, as the core agrees on outcomes */
+    float flag = (float)rank, lowest = -1;
+    expect_ok(&v, mhub_comm_allreduce(world, &flag, &lowest, 1, MHUB_F32, MHUB_MAX),
+              "host flag");
+    if (lowest != (float)(nranks - 1))
+        flunk(&v, "host flag max is %g, expected %d", (double)lowest, nranks - 1);
+
+    fill_input(in, MHUB_F32, rank, 0, count);
+    expect_ok(&v, mhub_comm_allgather(world, in, out, count, MHUB_F32), "host allgather");
+    expect_values(&v, out, MHUB_F32, count * nranks, want_gathered, &count, 0, false,
+                  "host allgather");
+
+    int next = (rank + 1) % nranks, prev = (rank + nranks - 1) % nranks;
+    mhub_request sreq = {0}, rreq = {0};
+    expect_ok(&v, mhub_comm_irecv(world, out, count, MHUB_F32, prev, 3, &rreq), "host irecv");
+    expect_ok(&v, mhub_comm_isend(world, in, count, MHUB_F32, next, 3, &sreq), "host isend");
+    expect_ok(&v, mhub_request_wait(&rreq), "host recv wait");
+    expect_ok(&v, mhub_request_wait(&sreq), "host send wait");
+    expect_values(&v, out, MHUB_F32, count, want_input_of, &prev, 0, false, "host receive");
+    free(out);
+    free(in);
+    settle(&v);
+}
+END_TEST
+
+/* ---- groups ------------------------------------------------------------- */
+
+START_TEST(test_split)
+{
+    verdict v = {0};
+    mhub_comm *half = NULL;
+    CK_OK(mhub_comm_split(world, rank % 2, rank, "parity", &half));
+    ck_assert_ptr_nonnull(half);
+    int size = (nranks - rank % 2 + 1) / 2;
+    if (half->size != size || half->rank != rank / 2 || strcmp(half->name, "parity") != 0)
+        flunk(&v, "world rank %d: \"%s\" rank %d of %d, expected \"parity\" %d of %d", rank,
+              half->name, half->rank, half->size, rank / 2, size);
+    /* the sum of the world ranks of this parity, on device memory */
+    float *h = host_alloc(sizeof(float)), *d = dev_alloc(sizeof(float));
+    h[0] = (float)rank;
+    to_device(d, h, sizeof(float));
+    expect_ok(&v, mhub_comm_allreduce(half, d, d, 1, MHUB_F32, MHUB_SUM), "split allreduce");
+    to_host(h, d, sizeof(float));
+    float want = 0;
+    for (int r = rank % 2; r < nranks; r += 2)
+        want += (float)r;
+    if (h[0] != want)
+        flunk(&v, "split allreduce gave %g, expected %g", (double)h[0], (double)want);
+    expect_ok(&v, mhub_comm_barrier(half), "split barrier");
+    mhub_comm_free(half);
+
+    mhub_comm *none = world;
+    CK_OK(mhub_comm_split(world, rank == 0 ? 0 : -1, 0, "first", &none));
+    if (rank == 0 && (none == NULL || none->size != 1))
+        flunk(&v, "rank 0 did not get a group of one");
+    if (rank != 0 && none != NULL)
+        flunk(&v, "a negative color gave a communicator");
+    mhub_comm_free(none);
+    be->ops->free(be, d);
+    free(h);
+    settle(&v);
+}
+END_TEST
+
+/* ---- errors ------------------------------------------------------------- */
+
+/* Every error here is made identically on every rank and fails before any
+ * communication. */
+START_TEST(test_bad_arguments)
+{
+    int64_t count = 16;
+    float host[16] = {0};
+    float *dev = dev_alloc(sizeof host);
+    mhub_request req = {0};
+
+    CK_FAILS(MHUB_ERR_INVALID_ARG,
+             mhub_comm_allreduce(world, host, dev, count, MHUB_F32, MHUB_SUM));
+    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "host memory"));
+    CK_FAILS(MHUB_ERR_INVALID_ARG,
+             mhub_comm_allreduce(world, dev, host, count, MHUB_F32, MHUB_SUM));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_comm_allreduce(world, dev, dev, -1, MHUB_F32, MHUB_SUM));
+    CK_FAILS(MHUB_ERR_INVALID_ARG,
+             mhub_comm_allreduce(world, dev, dev, count, (mhub_dtype)99, MHUB_SUM));
+    CK_FAILS(MHUB_ERR_INVALID_ARG,
+             mhub_comm_allreduce(world, dev, dev, count, MHUB_F32, (mhub_reduce_op)7));
+    /* overlapping but not the in-place form */
+    CK_FAILS(MHUB_ERR_INVALID_ARG,
+             mhub_comm_allreduce(world, dev, dev + 1, count - 1, MHUB_F32, MHUB_SUM));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_comm_broadcast(world, dev, count, MHUB_F32, nranks));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_comm_broadcast(world, dev, count, MHUB_F32, -1));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_comm_isend(world, dev, count, MHUB_F32, nranks, 0, &req));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_comm_irecv(world, dev, count, MHUB_F32, 0, -1, &req));
+    ck_assert(!req.active);
+    CK_FAILS(MHUB_ERR_UNSUPPORTED, mhub_comm_alloc(world, 64, &(void *){NULL}));
+
+    /* creation: bad arguments, and a backend that is not CUDA (collective:
+     * every rank fails alike and none is left waiting) */
+    MPI_Comm w = MPI_COMM_WORLD;
+    mhub_comm *c = NULL;
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_comm_create_nccl(&w, NULL, "x", &c));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_comm_create_nccl(NULL, be, "x", &c));
+    CK_FAILS(MHUB_ERR_INVALID_ARG,
+             mhub_comm_create_nccl(&w, be, "a name longer than thirty-one chars", &c));
+    mhub_backend *cpu = NULL;
+    CK_OK(mhub_cpu_backend_create(&(mhub_cpu_options){.blas_threads = 1}, &cpu));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_comm_create_nccl(&w, cpu, "cpu", &c));
+    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "not a CUDA backend"));
+    ck_assert_ptr_null(c);
+    mhub_backend_free(cpu);
+
+    /* a bad timeout fails creation on every rank */
+    setenv("MHUB_NCCL_TIMEOUT_S", "soon", 1);
+    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_comm_create_nccl(&w, be, "timeout", &c));
+    unsetenv("MHUB_NCCL_TIMEOUT_S");
+    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "MHUB_NCCL_TIMEOUT_S"));
+    ck_assert_ptr_null(c);
+
+    /* the communicator still works after all that */
+    CK_OK(mhub_comm_allreduce(world, dev, dev, count, MHUB_F32, MHUB_SUM));
+    be->ops->free(be, dev);
+}
+END_TEST
+
+static Suite *make_suite(void)
+{
+    Suite *s = suite_create("nccl_comm");
+    TCase *coll = tcase_create("collectives");
+    tcase_add_unchecked_fixture(coll, setup, teardown);
+    tcase_set_timeout(coll, 120);
+    tcase_add_loop_test(coll, test_allreduce, 0, 3);
+    tcase_add_loop_test(coll, test_reduce_scatter, 0, 3);
+    tcase_add_loop_test(coll, test_allgather, 0, 3);
+    tcase_add_loop_test(coll, test_broadcast, 0, 3);
+    tcase_add_loop_test(coll, test_send_recv_ring, 0, 3);
+    tcase_add_test(coll, test_send_recv_then_collective);
+    tcase_add_test(coll, test_request_test_polling);
+    tcase_add_test(coll, test_barrier);
+    suite_add_tcase(s, coll);
+
+    TCase *mixed = tcase_create("host, groups, errors");
+    tcase_add_unchecked_fixture(mixed, setup, teardown);
+    tcase_set_timeout(mixed, 120);
+    tcase_add_test(mixed, test_host_buffers);
+    tcase_add_test(mixed, test_split);
+    tcase_add_test(mixed, test_bad_arguments);
+    suite_add_tcase(s, mixed);
+    return s;
+}
+
+/* The reason this rank cannot run the suite, or NULL when it can. */
+static const char *no_device_reason(char *why, size_t len)
+{
+    int count = 0;
+    cudaError_t err = cudaGetDeviceCount(&count);
+    if (err != cudaSuccess)
+        snprintf(why, len, "cudaGetDeviceCount: %s", cudaGetErrorString(err));
+    else if (count == 0)
+        snprintf(why, len, "cudaGetDeviceCount found no device");
+    else
+        return NULL;
+    return why;
+}
+
+int main(int argc, char **argv)
+{
+    MPI_Init(&argc, &argv);
+    char why[256];
+    const char *reason = no_device_reason(why, sizeof why);
+    int mine = reason != NULL, any = 0;
+    MPI_Allreduce(&mine, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    if (any) {
+        printf("SKIP: no CUDA device: %s\n", reason ? reason : "another rank has none");
+        MPI_Finalize();
+        return SKIP_EXIT;
+    }
+    int failed = mhub_test_run_suite(make_suite());
+    int anyfail = 0;
+    MPI_Allreduce(&failed, &anyfail, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    MPI_Finalize();
+    return anyfail == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
