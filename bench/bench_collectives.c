@@ -19,7 +19,12 @@
  * scheduler tick per call when ranks outnumber cores), to show what the
  * wrapper costs; --shm adds "shm", the all-reduce in place in memory from
  * mhub_comm_alloc (the shared-memory path on one node), and a closing
- * table of allreduce busbw with shm/mpi. In-place runs (shm, and the
+ * table of allreduce busbw with shm/mpi. --backend cuda times "nccl"
+ * instead: the collectives on device buffers of a CUDA backend, through
+ * mhub_comm over NCCL, each iteration ending when the backend's stream has
+ * the result (mhub_request_wait only orders the stream; synchronize waits
+ * for it), as nccl-tests times to the stream's completion. It needs a GPU
+ * per rank and refuses to run without one. In-place runs (shm, and the
  * others with --inplace) rewrite the input before every iteration,
  * untimed, as a training step writes its gradient before reducing it.
  * The paths of a size take turns in rounds (see measure), so that their
@@ -43,10 +48,11 @@ enum { WARMUP = 2, ITERS_SMALL = 100, ITERS_LARGE = 20, ROUNDS = 4 };
 typedef enum coll { ALLREDUCE, REDUCE_SCATTER, ALLGATHER, N_COLLS } coll;
 static const char *const coll_names[N_COLLS] = {"allreduce", "reduce_scatter", "allgather"};
 
-/* Who does the collective: mhub_comm, MPI itself, or mhub_comm on
- * communicator memory (the shared-memory all-reduce). */
-typedef enum path { PATH_MHUB, PATH_MPI, PATH_SHM, N_PATHS } path;
-static const char *const path_names[N_PATHS] = {"mhub", "mpi", "shm"};
+/* Who does the collective: mhub_comm, MPI itself, mhub_comm on
+ * communicator memory (the shared-memory all-reduce), or mhub_comm over
+ * NCCL on device memory. */
+typedef enum path { PATH_MHUB, PATH_MPI, PATH_SHM, PATH_NCCL, N_PATHS } path;
+static const char *const path_names[N_PATHS] = {"mhub", "mpi", "shm", "nccl"};
 
 typedef struct options {
     int64_t min_bytes, max_bytes;
@@ -54,6 +60,7 @@ typedef struct options {
     bool run[N_COLLS];
     bool json;
     bool raw_mpi, shm, inplace;
+    bool cuda;          /* --backend cuda: the NCCL path alone */
 } options;
 
 /* The buffers of one run: max_bytes each. send holds the input and is
@@ -61,6 +68,7 @@ typedef struct options {
 typedef struct buffers {
     float *send, *recv;
     float *slot;        /* from mhub_comm_alloc; NULL without --shm */
+    float *dev_send, *dev_recv; /* device copies; NULL without --backend cuda */
 } buffers;
 
 typedef struct result {
@@ -83,6 +91,8 @@ static void usage(FILE *to)
             "  --raw-mpi       also time the collectives called on MPI directly\n"
             "  --shm           also time allreduce in place in mhub_comm_alloc memory\n"
             "  --inplace       run the mhub and MPI allreduce in place too\n"
+            "  --backend NAME  cpu (default) | cuda: device buffers through mhub_comm over\n"
+            "                  NCCL, one GPU per rank (not with --raw-mpi or --shm)\n"
             "  --json          print JSON instead of a table\n");
 }
 
@@ -152,7 +162,8 @@ static int parse_args(int argc, char **argv, options *o, bool loud)
             o->inplace = true;
             continue;
         } else if (!has_value && (strcmp(a, "--min-bytes") == 0 || strcmp(a, "--max-bytes") == 0 ||
-                                  strcmp(a, "--iters") == 0 || strcmp(a, "--op") == 0)) {
+                                  strcmp(a, "--iters") == 0 || strcmp(a, "--op") == 0 ||
+                                  strcmp(a, "--backend") == 0)) {
             if (loud)
                 fprintf(stderr, "bench_collectives: %s needs a value\n", a);
             return 2;
@@ -167,6 +178,9 @@ static int parse_args(int argc, char **argv, options *o, bool loud)
             o->iters = ok ? (int)n : 0;
         } else if (strcmp(a, "--op") == 0) {
             ok = parse_op(v, o);
+        } else if (strcmp(a, "--backend") == 0) {
+            ok = strcmp(v, "cpu") == 0 || strcmp(v, "cuda") == 0;
+            o->cuda = strcmp(v, "cuda") == 0;
         } else {
             if (loud) {
                 fprintf(stderr, "bench_collectives: unknown flag '%s'\n", a);
@@ -180,6 +194,12 @@ static int parse_args(int argc, char **argv, options *o, bool loud)
             return 2;
         }
         i++;
+    }
+    if (o->cuda && (o->raw_mpi || o->shm)) {
+        if (loud)
+            fprintf(stderr, "bench_collectives: --raw-mpi and --shm time host memory; they do "
+                            "not combine with --backend cuda\n");
+        return 2;
     }
     if (o->min_bytes > o->max_bytes) {
         if (loud)
@@ -288,17 +308,8 @@ static void run_mpi(int ranks, coll which, float *send, float *recv, int64_t cou
  * the receive buffer (or the slot) before each iteration. */
 static void pick_buffers(const buffers *b, path how, bool inplace, float **send, float **recv)
 {
-    *recv = how == PATH_SHM ? b->slot : b->recv;
-    *send = inplace ? *recv : b->send;
-}
-
-static void run_once(mhub_comm *c, path how, coll which, float *send, float *recv,
-                     int64_t count)
-{
-    if (how == PATH_MPI)
-        run_mpi(c->size, which, send, recv, count);
-    else
-        check(run_mhub(c, which, send, recv, count), coll_names[which]);
+    *recv = how == PATH_SHM ? b->slot : how == PATH_NCCL ? b->dev_recv : b->recv;
+    *send = inplace ? *recv : how == PATH_NCCL ? b->dev_send : b->send;
 }
 
 static double bus_factor(coll which, int n)
@@ -308,13 +319,42 @@ static double bus_factor(coll which, int n)
     return which == ALLREDUCE ? 2.0 * (n - 1) / n : (double)(n - 1) / n;
 }
 
-/* One path's part of a size: its buffers and timings. */
+/* One path's part of a size: its communicator, buffers and timings. */
 typedef struct run_of {
     path how;
     bool inplace;
+    mhub_comm *comm;
+    mhub_backend *be;   /* the CUDA backend of device buffers, else NULL */
     float *send, *recv;
     double *times;      /* iters of them */
 } run_of;
+
+/* A device path is done when the backend's stream is: the request's wait
+ * only made the stream wait for the collective. */
+static void run_once(const run_of *r, coll which, int64_t count)
+{
+    if (r->how == PATH_MPI) {
+        run_mpi(r->comm->size, which, r->send, r->recv, count);
+        return;
+    }
+    check(run_mhub(r->comm, which, r->send, r->recv, count), coll_names[which]);
+    if (r->be != NULL)
+        check(r->be->ops->synchronize(r->be), "synchronize");
+}
+
+/* Rewrite an in-place run's input, and (on a device) wait for the copy so
+ * the timed call does not pay for it. */
+static void refill(const run_of *r, const buffers *b, int64_t count)
+{
+    size_t bytes = (size_t)count * sizeof(float);
+    if (r->be == NULL) {
+        memcpy(r->recv, b->send, bytes);
+        return;
+    }
+    check(r->be->ops->copy(r->be, r->recv, b->dev_send, bytes, MHUB_COPY_DEVICE_TO_DEVICE),
+          "refilling the device buffer");
+    check(r->be->ops->synchronize(r->be), "synchronize");
+}
 
 /* A run's result: slowest rank per iteration, median over iterations. */
 static result summarize(mhub_comm *c, coll which, const run_of *r, int64_t count, int iters,
@@ -352,10 +392,10 @@ static int measure(mhub_comm *c, coll which, int64_t bytes, int iters, run_of *r
             run_of *r = &runs[k];
             for (int it = first - WARMUP; it < last; it++) {
                 if (r->inplace)
-                    memcpy(r->recv, b->send, (size_t)count * sizeof(float));
+                    refill(r, b, count);
                 check(mhub_comm_barrier(c), "barrier");
                 double t0 = now_s();
-                run_once(c, r->how, which, r->send, r->recv, count);
+                run_once(r, which, count);
                 if (it >= first)
                     r->times[it] = now_s() - t0;
             }
@@ -418,16 +458,71 @@ static void print_json(const result *rs, int n, int ranks)
 }
 
 /* The paths that run `which`: mhub always, MPI with --raw-mpi, and the
- * shared-memory path for allreduce with --shm. */
+ * shared-memory path for allreduce with --shm; with --backend cuda, NCCL
+ * alone. */
 static bool path_runs(const options *o, coll which, path how)
 {
+    if (o->cuda)
+        return how == PATH_NCCL;
     switch (how) {
     case PATH_MHUB: return true;
     case PATH_MPI: return o->raw_mpi;
     case PATH_SHM: return o->shm && which == ALLREDUCE;
+    case PATH_NCCL: return false;
     case N_PATHS: break;
     }
     return false;
+}
+
+/* The CUDA side of --backend cuda: every rank needs a device, else every
+ * rank stops with the reason (collective over MPI_COMM_WORLD). */
+typedef struct device_side {
+    mhub_backend *be;
+    mhub_comm *nccl;
+} device_side;
+
+static bool cuda_usable_everywhere(void)
+{
+    char why[256] = "";
+    int mine = mhub_cuda_available(why, sizeof why), all = 0;
+    MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    if (!mine) {
+        int rank = 0;
+        MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+        fprintf(stderr, "bench_collectives: --backend cuda: rank %d has no usable CUDA device: "
+                        "%s\n", rank, why);
+    }
+    return all != 0;
+}
+
+/* One GPU per rank, picked by the rank on its node; the pool holds the
+ * two device buffers and some room for the allocator's alignment. */
+static device_side open_device(size_t buffer_bytes)
+{
+    MPI_Comm node = MPI_COMM_NULL;
+    int local_rank = 0, local_ranks = 1;
+    check_mpi(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node),
+              "MPI_Comm_split_type");
+    MPI_Comm_rank(node, &local_rank);
+    MPI_Comm_size(node, &local_ranks);
+    MPI_Comm_free(&node);
+    mhub_cuda_options co = {.device = -1, .local_rank = local_rank, .local_ranks = local_ranks,
+                            .pool_bytes = 2 * buffer_bytes + ((size_t)16 << 20),
+                            .matmul = MHUB_MATMUL_F32};
+    device_side d = {0};
+    check(mhub_cuda_backend_create(&co, &d.be), "creating the CUDA backend");
+    MPI_Comm world = MPI_COMM_WORLD;
+    check(mhub_comm_create_nccl(&world, d.be, "world", &d.nccl), "creating the NCCL communicator");
+    return d;
+}
+
+static float *device_copy(mhub_backend *be, const float *src, size_t bytes)
+{
+    void *p = NULL;
+    check(be->ops->alloc(be, bytes, &p), "allocating a device buffer");
+    check(be->ops->copy(be, p, src, bytes, MHUB_COPY_HOST_TO_DEVICE), "filling a device buffer");
+    check(be->ops->synchronize(be), "synchronize");
+    return p;
 }
 
 static void *alloc_or_die(size_t bytes)
@@ -444,6 +539,8 @@ enum { MAX_RESULTS = N_COLLS * N_PATHS * 64 };
 
 static int run(const options *o)
 {
+    if (o->cuda && !cuda_usable_everywhere())
+        return 2;
     mhub_comm *world = NULL;
     check(mhub_comm_create_mpi_world(&world), "creating the world communicator");
     int max_iters = o->iters ? o->iters : ITERS_SMALL;
@@ -461,6 +558,12 @@ static int run(const options *o)
         MPI_Abort(MPI_COMM_WORLD, 1);
     for (size_t i = 0; i < n; i++)
         b.send[i] = b.recv[i] = (float)(i % 7);
+    device_side dev = {0};
+    if (o->cuda) {
+        dev = open_device(n * sizeof(float));
+        b.dev_send = device_copy(dev.be, b.send, n * sizeof(float));
+        b.dev_recv = device_copy(dev.be, b.recv, n * sizeof(float));
+    }
 
     int nres = 0;
     for (int w = 0; w < N_COLLS; w++) {
@@ -475,6 +578,8 @@ static int run(const options *o)
             r->how = (path)h;
             r->inplace = h == PATH_SHM || (o->inplace && w == ALLREDUCE);
             r->times = times + (size_t)nruns * (size_t)max_iters;
+            r->comm = h == PATH_NCCL ? dev.nccl : world;
+            r->be = h == PATH_NCCL ? dev.be : NULL;
             pick_buffers(&b, r->how, r->inplace, &r->send, &r->recv);
             nruns++;
         }
@@ -493,6 +598,12 @@ static int run(const options *o)
             if (o->shm && o->run[ALLREDUCE])
                 print_comparison(rs, nres);
         }
+    }
+    if (o->cuda) {
+        dev.be->ops->free(dev.be, b.dev_send);
+        dev.be->ops->free(dev.be, b.dev_recv);
+        mhub_comm_free(dev.nccl);
+        mhub_backend_free(dev.be);
     }
     mhub_comm_free_mem(world, b.slot);
     free(b.send);
