@@ -31,9 +31,12 @@
  * one stream: a deadlock. So isend and irecv on device memory only queue
  * the operation; the queue is issued as one ncclGroupStart/End group at
  * the next wait, test, collective, barrier, split or destroy on this
- * communicator. NCCL cannot tell a receive that its message was shorter:
- * on device memory, send and receive counts must match (comm.h's contract)
- * without being checked.
+ * communicator. Unlike MPI's, a queued send therefore does not progress
+ * behind a later collective on the same communicator: the group is issued
+ * before it, on one stream, so every rank must post its sends and
+ * receives in the same order relative to its collectives. NCCL cannot
+ * tell a receive that its message was shorter: on device memory, send and
+ * receive counts must match (comm.h's contract) without being checked.
  *
  * No hang on failure. Creation agrees on every step's success over MPI
  * before the next collective step, so a rank that fails does not leave the
@@ -897,10 +900,9 @@ static mhub_status init_nccl(nccl_comm *n, const char *what, ncclUniqueId id)
     return MHUB_OK;
 }
 
-/* The MPI side: a duplicate with MPI errors returned, and the inner
- * communicator. Collective over parent. */
-static mhub_status make_mpi_side(nccl_comm *n, MPI_Comm parent, const char *name,
-                                 const char *what)
+/* Our duplicate of the MPI communicator, with MPI errors returned.
+ * Collective over parent. */
+static mhub_status dup_mpi(nccl_comm *n, MPI_Comm parent, const char *what)
 {
     int rc = MPI_Comm_dup(parent, &n->mpi);
     if (rc != MPI_SUCCESS) {
@@ -908,13 +910,9 @@ static mhub_status make_mpi_side(nccl_comm *n, MPI_Comm parent, const char *name
         return mpi_fail(n, what, "MPI_Comm_dup", rc);
     }
     rc = MPI_Comm_set_errhandler(n->mpi, MPI_ERRORS_RETURN);
-    if (rc == MPI_SUCCESS)
-        rc = MPI_Comm_rank(n->mpi, &n->base.rank);
-    if (rc == MPI_SUCCESS)
-        rc = MPI_Comm_size(n->mpi, &n->base.size);
     if (rc != MPI_SUCCESS)
-        return mpi_fail(n, what, "setting up the MPI communicator", rc);
-    return mhub_comm_create_mpi(&n->mpi, name, &n->host);
+        return mpi_fail(n, what, "MPI_Comm_set_errhandler", rc);
+    return MHUB_OK;
 }
 
 static mhub_status check_create_args(const void *mpi_comm, const mhub_backend *be,
@@ -939,9 +937,10 @@ static mhub_status check_create_args(const void *mpi_comm, const mhub_backend *b
     return MHUB_OK;
 }
 
-/* Every step after the argument checks runs on every rank, and each
- * collective step starts only once all ranks agree the steps before it
- * succeeded. */
+/* Argument errors are the same on every rank (the call is collective and
+ * comm.h asks for valid arguments everywhere) and return before any
+ * communication. Each later step starts only once all ranks agree that
+ * the steps before it succeeded. */
 mhub_status mhub_comm_create_nccl(const void *mpi_comm, mhub_backend *be, const char *name,
                                   mhub_comm **out)
 {
@@ -956,11 +955,13 @@ mhub_status mhub_comm_create_nccl(const void *mpi_comm, mhub_backend *be, const 
     MPI_Comm_size(parent, &size);
 
     nccl_comm *n = calloc(1, sizeof *n);
-    mhub_status st = MHUB_OK;
-    if (n == NULL) {
-        st = mhub_error(MHUB_ERR_NO_MEMORY, "%s: out of memory for communicator \"%s\"", what,
-                        name);
-        return agree(parent, what, name, rank, "allocating the communicator", st);
+    mhub_status st = n != NULL ? MHUB_OK
+                               : mhub_error(MHUB_ERR_NO_MEMORY, "%s: out of memory for "
+                                            "communicator \"%s\" (rank %d)", what, name, rank);
+    st = agree(parent, what, name, rank, "allocating the communicator", st);
+    if (st != MHUB_OK) {
+        free(n);
+        return st;
     }
     n->base.ops = &nccl_comm_ops;
     n->base.ctx = n;
@@ -971,21 +972,22 @@ mhub_status mhub_comm_create_nccl(const void *mpi_comm, mhub_backend *be, const 
     n->mpi = MPI_COMM_NULL;
     snprintf(n->base.name, sizeof n->base.name, "%s", name);
 
-    /* each agreement's outcome is the same on every rank, so every rank
-     * takes the same branches below */
-    st = make_mpi_side(n, parent, name, what);
+    /* An agreement's outcome is the same on every rank, so every rank
+     * takes the same branches: no rank enters a collective step that
+     * another has skipped. */
+    st = agree(parent, what, name, rank, "MPI_Comm_dup", dup_mpi(n, parent, what));
     if (st == MHUB_OK)
-        st = prepare_local(n, what);
-    st = agree(parent, what, name, rank, "preparing the CUDA stream and MPI side", st);
+        st = agree(parent, what, name, rank, "creating the inner MPI communicator",
+                   mhub_comm_create_mpi(&n->mpi, name, &n->host));
+    if (st == MHUB_OK)
+        st = agree(parent, what, name, rank, "preparing the device and its stream",
+                   prepare_local(n, what));
     ncclUniqueId id;
-    if (st == MHUB_OK) {
-        st = share_unique_id(n, what, &id);
-        st = agree(parent, what, name, rank, "sharing the NCCL unique id", st);
-    }
-    if (st == MHUB_OK) {
-        st = init_nccl(n, what, id);
-        st = agree(parent, what, name, rank, "ncclCommInitRank", st);
-    }
+    if (st == MHUB_OK)
+        st = agree(parent, what, name, rank, "sharing the NCCL unique id",
+                   share_unique_id(n, what, &id));
+    if (st == MHUB_OK)
+        st = agree(parent, what, name, rank, "ncclCommInitRank", init_nccl(n, what, id));
     if (st != MHUB_OK) {
         release_partial(n);
         return st;
