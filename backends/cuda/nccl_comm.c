@@ -337,15 +337,13 @@ static double now_s(void)
  * for peers) and report `why`. */
 static mhub_status abort_with(nccl_comm *n, const char *what, mhub_status code, const char *why)
 {
-    char reason[512];
-    snprintf(reason, sizeof reason, "%s", why);
     if (n->nccl != NULL)
         ncclCommAbort(n->nccl);
     n->nccl = NULL;
     n->aborted = true;
     return mhub_error(code, "%s: %s in group \"%s\" (rank %d of %d, device %d; latest NCCL call "
                       "%s); the NCCL communicator was aborted",
-                      what, reason, n->base.name, n->base.rank, n->base.size, n->device,
+                      what, why, n->base.name, n->base.rank, n->base.size, n->device,
                       n->last_call ? n->last_call : "none");
 }
 
@@ -449,7 +447,7 @@ static void issue_queue(nccl_comm *n)
         call = "cudaStreamWaitEvent";
         rc = ncclUnhandledCudaError;
     } else if (n->aborted) {
-        call = "ncclGroupEnd (on an aborted communicator)";
+        call = "ncclSend/ncclRecv (the communicator was aborted before they were issued)";
         rc = ncclInvalidUsage;
     } else if ((rc = ncclGroupStart()) == ncclSuccess) {
         ncclResult_t issued = issue_queued_calls(n, &call);
