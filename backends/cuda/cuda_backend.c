@@ -697,7 +697,7 @@ static mhub_status setup(cuda_state *st, const mhub_cuda_options *o)
     int dev = st->device;
     MHUB_CUDA_TRY(cudaSetDevice(dev), dev);
     MHUB_CUDA_TRY(cudaStreamCreateWithFlags(&st->stream, cudaStreamNonBlocking), dev);
-    size_t bytes;
+    size_t bytes = 0;
     MHUB_TRY(pool_size(o, dev, &bytes));
     cudaError_t err = cudaMalloc(&st->pool_base, bytes);
     if (err != cudaSuccess) {
