@@ -49,7 +49,9 @@
  * (the backend turns it into a message). Shared memory per block (opt-in
  * above 48 KB): forward 50, 83 or 70 KB, backward 84, 149 or 136 KB for
  * D = 64, 128, 256; sm_80 and sm_90 offer 163 and 227 KB, a GPU offering
- * less makes cudaFuncSetAttribute fail and that error is returned.
+ * less makes cudaFuncSetAttribute fail and that error is returned. The
+ * backward also returns cudaErrorInvalidValue when one head's D_t rows do
+ * not fit `work` (seq above MHUB_CUDA_WORK_BYTES / 4, 16 M positions).
  *
  * What would be faster (later steps): tensor-core products (mma.sync or
  * wgmma in TF32 or BF16 with f32 accumulation) in place of the CUDA-core
@@ -189,10 +191,10 @@ static __device__ __forceinline__ float half_warp_max(float v)
 /* ==== the probabilities path ==== */
 
 /* 32 x 32 output tiles computed by 32 x 8 threads, 4 rows each. */
-#define TILE 32
-#define TILE_ROW_STEP 8
-#define TILE_THREADS (TILE * TILE_ROW_STEP)
-#define TILE_ROWS_PER_THREAD (TILE / TILE_ROW_STEP)
+#define PROBS_TILE 32
+#define PROBS_ROW_STEP 8
+#define PROBS_THREADS (PROBS_TILE * PROBS_ROW_STEP)
+#define PROBS_ROWS_PER_THREAD (PROBS_TILE / PROBS_ROW_STEP)
 
 /* Row kernels: one warp per row, 8 warps per block. */
 #define ROW_THREADS 256
@@ -202,22 +204,22 @@ static __device__ __forceinline__ float half_warp_max(float v)
 /* c[pair][t][j] = alpha * a_t . b_j for j <= t and 0 above the diagonal,
  * where a_t and b_j are head h's rows of a and b (b's head mapped as its
  * head_cols say). Block = (pair, row tile, column tile), pair fastest. */
-static __global__ void __launch_bounds__(TILE_THREADS)
+static __global__ void __launch_bounds__(PROBS_THREADS)
 scores_kernel(float *c, const float *a, head_view av, const float *b, head_view bv,
               attn_dims dm, int64_t pair0, int64_t n_pairs, float alpha)
 {
-    __shared__ float a_s[TILE][TILE + 1];
-    __shared__ float b_s[TILE][TILE + 1];
-    const int tx = (int)(threadIdx.x % TILE), ty = (int)(threadIdx.x / TILE);
-    const int64_t seq = dm.seq, n_tiles = ceil_div(seq, TILE);
+    __shared__ float a_s[PROBS_TILE][PROBS_TILE + 1];
+    __shared__ float b_s[PROBS_TILE][PROBS_TILE + 1];
+    const int tx = (int)(threadIdx.x % PROBS_TILE), ty = (int)(threadIdx.x / PROBS_TILE);
+    const int64_t seq = dm.seq, n_tiles = ceil_div(seq, PROBS_TILE);
     int64_t blk = blockIdx.x;
     const int64_t pair = pair0 + blk % n_pairs;
     blk /= n_pairs;
-    const int64_t r0 = blk / n_tiles * TILE, c0 = blk % n_tiles * TILE;
+    const int64_t r0 = blk / n_tiles * PROBS_TILE, c0 = blk % n_tiles * PROBS_TILE;
     float *cp = c + pair * seq * seq;
-    if (c0 > r0 + TILE - 1) {  /* wholly above the diagonal */
-        for (int i = 0; i < TILE_ROWS_PER_THREAD; i++) {
-            int64_t t = r0 + ty + TILE_ROW_STEP * i, j = c0 + tx;
+    if (c0 > r0 + PROBS_TILE - 1) {  /* wholly above the diagonal */
+        for (int i = 0; i < PROBS_ROWS_PER_THREAD; i++) {
+            int64_t t = r0 + ty + PROBS_ROW_STEP * i, j = c0 + tx;
             if (t < seq && j < seq)
                 cp[t * seq + j] = 0.0f;
         }
@@ -226,26 +228,26 @@ scores_kernel(float *c, const float *a, head_view av, const float *b, head_view 
     const int64_t bi = pair / dm.heads, h = pair % dm.heads;
     const float *ap = a + bi * seq * av.row_stride + head_col(av.cols, h);
     const float *bp = b + bi * seq * bv.row_stride + head_col(bv.cols, h);
-    float acc[TILE_ROWS_PER_THREAD] = {};
-    for (int64_t k0 = 0; k0 < dm.head_dim; k0 += TILE) {
+    float acc[PROBS_ROWS_PER_THREAD] = {};
+    for (int64_t k0 = 0; k0 < dm.head_dim; k0 += PROBS_TILE) {
         const int64_t kk = k0 + tx;
-        for (int i = 0; i < TILE_ROWS_PER_THREAD; i++) {
-            const int r = ty + TILE_ROW_STEP * i;
+        for (int i = 0; i < PROBS_ROWS_PER_THREAD; i++) {
+            const int r = ty + PROBS_ROW_STEP * i;
             const int64_t t = r0 + r, j = c0 + r;
             a_s[r][tx] = t < seq && kk < dm.head_dim ? ap[t * av.row_stride + kk] : 0.0f;
             b_s[r][tx] = j < seq && kk < dm.head_dim ? bp[j * bv.row_stride + kk] : 0.0f;
         }
         __syncthreads();
 #pragma unroll 8
-        for (int k = 0; k < TILE; k++) {
+        for (int k = 0; k < PROBS_TILE; k++) {
             const float bk = b_s[tx][k];
-            for (int i = 0; i < TILE_ROWS_PER_THREAD; i++)
-                acc[i] = fmaf(a_s[ty + TILE_ROW_STEP * i][k], bk, acc[i]);
+            for (int i = 0; i < PROBS_ROWS_PER_THREAD; i++)
+                acc[i] = fmaf(a_s[ty + PROBS_ROW_STEP * i][k], bk, acc[i]);
         }
         __syncthreads();
     }
-    for (int i = 0; i < TILE_ROWS_PER_THREAD; i++) {
-        const int64_t t = r0 + ty + TILE_ROW_STEP * i, j = c0 + tx;
+    for (int i = 0; i < PROBS_ROWS_PER_THREAD; i++) {
+        const int64_t t = r0 + ty + PROBS_ROW_STEP * i, j = c0 + tx;
         if (t < seq && j < seq)
             cp[t * seq + j] = j <= t ? alpha * acc[i] : 0.0f;
     }
@@ -254,27 +256,27 @@ scores_kernel(float *c, const float *a, head_view av, const float *b, head_view 
 /* c_t = alpha * sum_{j <= t} m[pair][t][j] b_j over head h's rows (b's
  * head mapped by its head_cols), written to head h's columns of c. Block =
  * (pair, row tile, head_dim tile), pair fastest. */
-static __global__ void __launch_bounds__(TILE_THREADS)
+static __global__ void __launch_bounds__(PROBS_THREADS)
 rows_times_heads_kernel(float *c, head_view cv, const float *m, const float *b, head_view bv,
                         attn_dims dm, int64_t pair0, int64_t n_pairs, float alpha)
 {
-    __shared__ float m_s[TILE][TILE + 1];
-    __shared__ float b_s[TILE][TILE + 1];
-    const int tx = (int)(threadIdx.x % TILE), ty = (int)(threadIdx.x / TILE);
-    const int64_t seq = dm.seq, d = dm.head_dim, n_col_tiles = ceil_div(d, TILE);
+    __shared__ float m_s[PROBS_TILE][PROBS_TILE + 1];
+    __shared__ float b_s[PROBS_TILE][PROBS_TILE + 1];
+    const int tx = (int)(threadIdx.x % PROBS_TILE), ty = (int)(threadIdx.x / PROBS_TILE);
+    const int64_t seq = dm.seq, d = dm.head_dim, n_col_tiles = ceil_div(d, PROBS_TILE);
     int64_t blk = blockIdx.x;
     const int64_t pair = pair0 + blk % n_pairs;
     blk /= n_pairs;
-    const int64_t r0 = blk / n_col_tiles * TILE, c0 = blk % n_col_tiles * TILE;
+    const int64_t r0 = blk / n_col_tiles * PROBS_TILE, c0 = blk % n_col_tiles * PROBS_TILE;
     const int64_t bi = pair / dm.heads, h = pair % dm.heads;
     const float *mp = m + pair * seq * seq;
     const float *bp = b + bi * seq * bv.row_stride + head_col(bv.cols, h);
     float *cp = c + bi * seq * cv.row_stride + head_col(cv.cols, h);
-    const int64_t last = r0 + TILE - 1 < seq - 1 ? r0 + TILE - 1 : seq - 1;
-    float acc[TILE_ROWS_PER_THREAD] = {};
-    for (int64_t k0 = 0; k0 <= last; k0 += TILE) {
-        for (int i = 0; i < TILE_ROWS_PER_THREAD; i++) {
-            const int r = ty + TILE_ROW_STEP * i;
+    const int64_t last = r0 + PROBS_TILE - 1 < seq - 1 ? r0 + PROBS_TILE - 1 : seq - 1;
+    float acc[PROBS_ROWS_PER_THREAD] = {};
+    for (int64_t k0 = 0; k0 <= last; k0 += PROBS_TILE) {
+        for (int i = 0; i < PROBS_ROWS_PER_THREAD; i++) {
+            const int r = ty + PROBS_ROW_STEP * i;
             const int64_t t = r0 + r, j = k0 + tx;
             m_s[r][tx] = t < seq && j <= t ? mp[t * seq + j] : 0.0f;
             const int64_t jr = k0 + r, col = c0 + tx;
@@ -282,15 +284,15 @@ rows_times_heads_kernel(float *c, head_view cv, const float *m, const float *b, 
         }
         __syncthreads();
 #pragma unroll 8
-        for (int k = 0; k < TILE; k++) {
+        for (int k = 0; k < PROBS_TILE; k++) {
             const float bk = b_s[k][tx];
-            for (int i = 0; i < TILE_ROWS_PER_THREAD; i++)
-                acc[i] = fmaf(m_s[ty + TILE_ROW_STEP * i][k], bk, acc[i]);
+            for (int i = 0; i < PROBS_ROWS_PER_THREAD; i++)
+                acc[i] = fmaf(m_s[ty + PROBS_ROW_STEP * i][k], bk, acc[i]);
         }
         __syncthreads();
     }
-    for (int i = 0; i < TILE_ROWS_PER_THREAD; i++) {
-        const int64_t t = r0 + ty + TILE_ROW_STEP * i, col = c0 + tx;
+    for (int i = 0; i < PROBS_ROWS_PER_THREAD; i++) {
+        const int64_t t = r0 + ty + PROBS_ROW_STEP * i, col = c0 + tx;
         if (t < seq && col < d)
             cp[t * cv.row_stride + col] = alpha * acc[i];
     }
@@ -300,46 +302,46 @@ rows_times_heads_kernel(float *c, head_view cv, const float *m, const float *b, 
  * (in order) of sum_{t >= j} m[pair(h)][t][j] b_t, b_t being head h's row t
  * of b; written to the group's columns of c (cv maps head g * per_group to
  * them). Block = (unit, row tile, head_dim tile), unit fastest. */
-static __global__ void __launch_bounds__(TILE_THREADS)
+static __global__ void __launch_bounds__(PROBS_THREADS)
 grouped_transposed_kernel(float *c, head_view cv, const float *m, const float *b,
                           head_view bv, attn_dims dm, int64_t unit0, int64_t n_units,
                           float alpha)
 {
-    __shared__ float m_s[TILE][TILE + 1];
-    __shared__ float b_s[TILE][TILE + 1];
-    const int tx = (int)(threadIdx.x % TILE), ty = (int)(threadIdx.x / TILE);
-    const int64_t seq = dm.seq, d = dm.head_dim, n_col_tiles = ceil_div(d, TILE);
+    __shared__ float m_s[PROBS_TILE][PROBS_TILE + 1];
+    __shared__ float b_s[PROBS_TILE][PROBS_TILE + 1];
+    const int tx = (int)(threadIdx.x % PROBS_TILE), ty = (int)(threadIdx.x / PROBS_TILE);
+    const int64_t seq = dm.seq, d = dm.head_dim, n_col_tiles = ceil_div(d, PROBS_TILE);
     int64_t blk = blockIdx.x;
     const int64_t unit = unit0 + blk % n_units;
     blk /= n_units;
-    const int64_t j0 = blk / n_col_tiles * TILE, c0 = blk % n_col_tiles * TILE;
+    const int64_t j0 = blk / n_col_tiles * PROBS_TILE, c0 = blk % n_col_tiles * PROBS_TILE;
     const int64_t bi = unit / dm.groups, g = unit % dm.groups;
-    float acc[TILE_ROWS_PER_THREAD] = {};
+    float acc[PROBS_ROWS_PER_THREAD] = {};
     for (int64_t hh = 0; hh < dm.per_group; hh++) {
         const int64_t h = g * dm.per_group + hh;
         const float *mp = m + (bi * dm.heads + h) * seq * seq;
         const float *bp = b + bi * seq * bv.row_stride + head_col(bv.cols, h);
         /* Rows t < j0 would only meet entries above the diagonal. */
-        for (int64_t t0 = j0; t0 < seq; t0 += TILE) {
-            for (int i = 0; i < TILE_ROWS_PER_THREAD; i++) {
-                const int r = ty + TILE_ROW_STEP * i;
+        for (int64_t t0 = j0; t0 < seq; t0 += PROBS_TILE) {
+            for (int i = 0; i < PROBS_ROWS_PER_THREAD; i++) {
+                const int r = ty + PROBS_ROW_STEP * i;
                 const int64_t t = t0 + r, j = j0 + tx, col = c0 + tx;
                 m_s[r][tx] = t < seq && j <= t ? mp[t * seq + j] : 0.0f;
                 b_s[r][tx] = t < seq && col < d ? bp[t * bv.row_stride + col] : 0.0f;
             }
             __syncthreads();
 #pragma unroll 8
-            for (int k = 0; k < TILE; k++) {
+            for (int k = 0; k < PROBS_TILE; k++) {
                 const float bk = b_s[k][tx];
-                for (int i = 0; i < TILE_ROWS_PER_THREAD; i++)
-                    acc[i] = fmaf(m_s[k][ty + TILE_ROW_STEP * i], bk, acc[i]);
+                for (int i = 0; i < PROBS_ROWS_PER_THREAD; i++)
+                    acc[i] = fmaf(m_s[k][ty + PROBS_ROW_STEP * i], bk, acc[i]);
             }
             __syncthreads();
         }
     }
     float *cp = c + bi * seq * cv.row_stride + head_col(cv.cols, g * dm.per_group);
-    for (int i = 0; i < TILE_ROWS_PER_THREAD; i++) {
-        const int64_t j = j0 + ty + TILE_ROW_STEP * i, col = c0 + tx;
+    for (int i = 0; i < PROBS_ROWS_PER_THREAD; i++) {
+        const int64_t j = j0 + ty + PROBS_ROW_STEP * i, col = c0 + tx;
         if (j < seq && col < d)
             cp[j * cv.row_stride + col] = alpha * acc[i];
     }
@@ -410,13 +412,13 @@ static int64_t items_per_launch(int64_t blocks_per_item)
 static cudaError_t launch_scores(cudaStream_t s, float *c, const float *a, head_view av,
                                  const float *b, head_view bv, const attn_dims &dm, float alpha)
 {
-    const int64_t n_tiles = ceil_div(dm.seq, TILE), pairs = dm.batch * dm.heads;
+    const int64_t n_tiles = ceil_div(dm.seq, PROBS_TILE), pairs = dm.batch * dm.heads;
     const int64_t per = items_per_launch(n_tiles * n_tiles);
     if (per == 0)
         return cudaErrorInvalidValue;
     for (int64_t p0 = 0; p0 < pairs; p0 += per) {
         const int64_t n = pairs - p0 < per ? pairs - p0 : per;
-        scores_kernel<<<(unsigned)(n * n_tiles * n_tiles), TILE_THREADS, 0, s>>>(
+        scores_kernel<<<(unsigned)(n * n_tiles * n_tiles), PROBS_THREADS, 0, s>>>(
             c, a, av, b, bv, dm, p0, n, alpha);
         cudaError_t err = cudaGetLastError();
         if (err != cudaSuccess)
@@ -429,13 +431,13 @@ static cudaError_t launch_rows_times_heads(cudaStream_t s, float *c, head_view c
                                            const float *m, const float *b, head_view bv,
                                            const attn_dims &dm, float alpha)
 {
-    const int64_t blocks = ceil_div(dm.seq, TILE) * ceil_div(dm.head_dim, TILE);
+    const int64_t blocks = ceil_div(dm.seq, PROBS_TILE) * ceil_div(dm.head_dim, PROBS_TILE);
     const int64_t pairs = dm.batch * dm.heads, per = items_per_launch(blocks);
     if (per == 0)
         return cudaErrorInvalidValue;
     for (int64_t p0 = 0; p0 < pairs; p0 += per) {
         const int64_t n = pairs - p0 < per ? pairs - p0 : per;
-        rows_times_heads_kernel<<<(unsigned)(n * blocks), TILE_THREADS, 0, s>>>(
+        rows_times_heads_kernel<<<(unsigned)(n * blocks), PROBS_THREADS, 0, s>>>(
             c, cv, m, b, bv, dm, p0, n, alpha);
         cudaError_t err = cudaGetLastError();
         if (err != cudaSuccess)
@@ -448,13 +450,13 @@ static cudaError_t launch_grouped_transposed(cudaStream_t s, float *c, head_view
                                              const float *m, const float *b, head_view bv,
                                              const attn_dims &dm, float alpha)
 {
-    const int64_t blocks = ceil_div(dm.seq, TILE) * ceil_div(dm.head_dim, TILE);
+    const int64_t blocks = ceil_div(dm.seq, PROBS_TILE) * ceil_div(dm.head_dim, PROBS_TILE);
     const int64_t units = dm.batch * dm.groups, per = items_per_launch(blocks);
     if (per == 0)
         return cudaErrorInvalidValue;
     for (int64_t u0 = 0; u0 < units; u0 += per) {
         const int64_t n = units - u0 < per ? units - u0 : per;
-        grouped_transposed_kernel<<<(unsigned)(n * blocks), TILE_THREADS, 0, s>>>(
+        grouped_transposed_kernel<<<(unsigned)(n * blocks), PROBS_THREADS, 0, s>>>(
             c, cv, m, b, bv, dm, u0, n, alpha);
         cudaError_t err = cudaGetLastError();
         if (err != cudaSuccess)
