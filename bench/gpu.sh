@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench/gpu.sh - the CUDA backend on one GPU, in one go (under 6 minutes):
-#   1. build with --with-cuda (unless MHUB_GPU_PREBUILT names a tree that
-#      bench/gpu-pack.sh made on a machine with the build's packages);
+#   1. build with --with-cuda, or, where the build's packages are missing
+#      (MPICH, OpenBLAS, cJSON, Check), unpack MHUB_GPU_PACK, the archive
+#      bench/gpu-pack.sh made on a machine that has them;
 #   2. the conformance suite on the GPU (every backend op against the CPU
 #      backend, and the PyTorch golden GPT files), and the NCCL
 #      communicator's suite;
@@ -35,10 +36,19 @@ esac
 echo "GPU: $gpu; dense bf16 peak taken as ${peak} TFLOP/s (0 = unknown card: no MFU)"
 
 # ---- 1. build ----
-if [ -n "${MHUB_GPU_PREBUILT:-}" ]; then
-    say "using the prebuilt tree $MHUB_GPU_PREBUILT"
-    build=$MHUB_GPU_PREBUILT
-    export LD_LIBRARY_PATH="$build/deps${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+if [ -n "${MHUB_GPU_PACK:-}" ]; then
+    say "unpack the prebuilt programs of $MHUB_GPU_PACK"
+    rm -rf /tmp/gpu-pack && tar xJf "$MHUB_GPU_PACK" -C /tmp || exit 1
+    build=/tmp/gpu-pack
+    libs=$build/deps
+    # cuBLAS and NCCL come from this machine: the toolkit, or Python's wheels
+    for lib in libcublas.so.13 libnccl.so.2 libcudart.so.13; do
+        dir=$(find /usr/local/cuda*/lib* /usr/lib/x86_64-linux-gnu /usr/local/lib /usr/lib/python3* \
+              -name "$lib" -printf '%h\n' 2>/dev/null | head -1)
+        [ -n "$dir" ] && libs="$libs:$dir"
+    done
+    export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    ldd "$build/tests/test_conformance" | grep 'not found' && { echo "gpu.sh: libraries missing"; exit 1; }
 else
     say "build with --with-cuda"
     archs=${CUDA_ARCHS:-}
