@@ -1,0 +1,749 @@
+/* cuda_elementwise.cu - the CUDA backend's elementwise, loss, embedding,
+ * conversion, random-fill and optimizer kernels (contracts in
+ * include/mhub/backend.h, launchers in cuda_kernels.h).
+ *
+ * Each formula is the CPU backend's (backends/cpu/cpu_kernels.c,
+ * cpu_transformer.c), written with cuda_device.cuh's strict arithmetic so
+ * that it rounds operation by operation as the C does: the elementwise
+ * maps, casts, optimizer steps and uniform fills give the CPU's bits.
+ * Sums whose order the CPU fixes by its loop (the softmax's row sum, an
+ * embedding row's gradient) keep that order; parameter-gradient column
+ * sums (bias_backward) use cuda_device.cuh's chunked fixed order instead.
+ * Nothing uses float atomics, so every result is the same on every run.
+ *
+ * Launchers only enqueue work: no host synchronization, and a zero size
+ * launches nothing. */
+#include "backends/cuda/cuda_device.cuh"
+#include "backends/cuda/cuda_kernels.h"
+
+/* ---- flat maps: out[i] = f(a[i], b[i]) ----
+ * f is a functor of two floats (unary ones ignore the second). out may be
+ * a (every element is read and written by one thread). When all three
+ * arrays are 16-byte aligned the body goes through float4 accesses. */
+
+template <class F>
+static __global__ void map_kernel(float *out, const float *a, const float *b, int64_t n, bool vec4,
+                                  F f)
+{
+    int64_t start = grid_index(), stride = grid_stride();
+    int64_t done = 0;
+    if (vec4) {
+        int64_t quads = n / 4;
+        const float4 *a4 = (const float4 *)a, *b4 = (const float4 *)b;
+        float4 *o4 = (float4 *)out;
+        for (int64_t q = start; q < quads; q += stride) {
+            float4 x = a4[q], y = b4[q], r;
+            r.x = f(x.x, y.x);
+            r.y = f(x.y, y.y);
+            r.z = f(x.z, y.z);
+            r.w = f(x.w, y.w);
+            o4[q] = r;
+        }
+        done = quads * 4;
+    }
+    for (int64_t i = done + start; i < n; i += stride)
+        out[i] = f(a[i], b[i]);
+}
+
+template <class F>
+static cudaError_t launch_map(cudaStream_t s, float *out, const float *a, const float *b, int64_t n,
+                              F f)
+{
+    if (n == 0)
+        return cudaSuccess;
+    bool vec4 = aligned16(out) && aligned16(a) && aligned16(b);
+    int64_t items = vec4 ? n / 4 + n % 4 : n;
+    map_kernel<F><<<blocks_for(items, MHUB_THREADS), MHUB_THREADS, 0, s>>>(out, a, b, n, vec4, f);
+    return cudaGetLastError();
+}
+
+/* ---- bias ---- */
+
+/* Grid: x over column tiles of MHUB_THREADS, y strides over rows; each
+ * thread keeps its bias value. */
+static __global__ void bias_add_kernel(float *out, const float *bias, int64_t rows, int64_t cols)
+{
+    int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols)
+        return;
+    float b = bias[c];
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y)
+        out[r * cols + c] = (sfloat(out[r * cols + c]) + b).v;
+}
+
+/* A 2-D grid over [rows, cols]: column tiles by enough row strides to
+ * fill the GPU. */
+static dim3 row_column_grid(int64_t rows, int64_t cols)
+{
+    unsigned tiles = blocks_for(cols, MHUB_THREADS, INT32_MAX);
+    int64_t y = MHUB_MAX_BLOCKS / (int64_t)tiles;
+    if (y > rows)
+        y = rows;
+    if (y > MHUB_MAX_GRID_Y)
+        y = MHUB_MAX_GRID_Y;
+    if (y < 1)
+        y = 1;
+    return dim3(tiles, (unsigned)y);
+}
+
+extern "C" cudaError_t mhub_cuda_bias_add(cudaStream_t s, float *out, const float *bias,
+                                          int64_t rows, int64_t cols)
+{
+    if (rows == 0 || cols == 0)
+        return cudaSuccess;
+    bias_add_kernel<<<row_column_grid(rows, cols), MHUB_THREADS, 0, s>>>(out, bias, rows, cols);
+    return cudaGetLastError();
+}
+
+struct bias_term {
+    const float *dout;
+    int64_t cols;
+    __device__ void operator()(int64_t r, int64_t c, float v[1]) const
+    {
+        v[0] = dout[r * cols + c];
+    }
+};
+
+extern "C" cudaError_t mhub_cuda_bias_backward(cudaStream_t s, void *work, float *dbias,
+                                               const float *dout, int64_t rows, int64_t cols)
+{
+    column_targets<1> dst = {{dbias}};
+    return column_sums<1>(s, work, bias_term{dout, cols}, dst, rows, cols);
+}
+
+/* ---- GELU (tanh form as x * sigmoid(2u); see cpu_kernels.c) ---- */
+
+#define GELU_SQRT_2_OVER_PI 0.7978845608028654f
+#define GELU_CUBIC 0.044715f
+
+static __device__ __forceinline__ sfloat gelu_sigmoid(sfloat x)
+{
+    sfloat u = sfloat(GELU_SQRT_2_OVER_PI) * (x + sfloat(GELU_CUBIC) * x * x * x);
+    return sfloat(1.0f) / (sfloat(1.0f) + dev_expf((sfloat(-2.0f) * u).v));
+}
+
+/* s + 2 (x s) (1 - s) du, du = sqrt(2/pi) (1 + 3 c x^2) */
+static __device__ __forceinline__ sfloat gelu_grad(sfloat x)
+{
+    sfloat s = gelu_sigmoid(x);
+    sfloat du = sfloat(GELU_SQRT_2_OVER_PI) * (sfloat(1.0f) + sfloat(3.0f) * GELU_CUBIC * x * x);
+    return s + sfloat(2.0f) * (x * s) * (sfloat(1.0f) - s) * du;
+}
+
+struct gelu_op {
+    __device__ float operator()(float x, float) const { return (sfloat(x) * gelu_sigmoid(x)).v; }
+};
+
+struct gelu_grad_op {
+    __device__ float operator()(float x, float d) const { return (sfloat(d) * gelu_grad(x)).v; }
+};
+
+extern "C" cudaError_t mhub_cuda_gelu_forward(cudaStream_t s, float *out, const float *in,
+                                              int64_t n)
+{
+    return launch_map(s, out, in, in, n, gelu_op{});
+}
+
+extern "C" cudaError_t mhub_cuda_gelu_backward(cudaStream_t s, float *din, const float *in,
+                                               const float *dout, int64_t n)
+{
+    return launch_map(s, din, in, dout, n, gelu_grad_op{});
+}
+
+/* ---- softmax + cross-entropy ----
+ * One block per row (the grid strides over rows), in the CPU's arithmetic:
+ *   1. m = max of the row;
+ *   2. sum = sum of e^(x - m) in double, in the CPU's 16 lanes: the block
+ *      computes a tile of exps into shared memory, 16 threads add it into
+ *      their lanes (lane j: elements j, j + 16, ...), tile after tile;
+ *      thread 0 then totals the lanes and adds the remainder;
+ *   3. p = e^(x - m) * (float)(1 / sum), the exps recomputed (the same
+ *      bits) rather than stored and reread;
+ *   loss = log(sum) - (x[t] - m), from the logits as on the CPU.
+ * The lanes' adds are serial, but 16 of them per row over a vocabulary of
+ * 50257 are a small part of the three passes over the row. Probs may be
+ * logits: every read of a logit precedes the barrier before pass 3, where
+ * each element is read and then written by one thread. */
+
+#define XENT_MAX_THREADS 512
+#define XENT_TILE_PER_THREAD 8
+
+static __device__ __forceinline__ float shifted_exp(float x, float m)
+{
+    return dev_expf((sfloat(x) - m).v);
+}
+
+static __global__ void softmax_xent_forward_kernel(mhub_cuda_fault *fault, float *probs,
+                                                   float *losses, const float *logits,
+                                                   const int32_t *targets, int64_t rows,
+                                                   int64_t classes)
+{
+    __shared__ float tile[XENT_MAX_THREADS * XENT_TILE_PER_THREAD];
+    __shared__ float max_scratch[32];
+    __shared__ double row_total;
+    const int tid = threadIdx.x, nt = blockDim.x;
+    const int64_t tile_len = (int64_t)nt * XENT_TILE_PER_THREAD, body = lanes_body(classes);
+    for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+        const float *x = logits + row * classes;
+        float *p = probs + row * classes;
+
+        float m = -INFINITY;
+        for (int64_t i = tid; i < classes; i += nt)
+            m = max_keep(m, x[i]);
+        m = block_max(m, max_scratch);
+
+        double lane_sum = 0.0;
+        for (int64_t base = 0; base < body; base += tile_len) {
+            int len = (int)(body - base < tile_len ? body - base : tile_len);
+            for (int k = tid; k < len; k += nt)
+                tile[k] = shifted_exp(x[base + k], m);
+            __syncthreads();
+            if (tid < MHUB_LANES)
+                for (int k = tid; k < len; k += MHUB_LANES)
+                    lane_sum = (sdouble(lane_sum) + (double)tile[k]).v;
+            __syncthreads();
+        }
+        if (tid < 32) {
+            double total = lanes16_total(lane_sum); /* lanes 16-31 hold zeros */
+            if (tid == 0) {
+                sdouble sum = total;
+                for (int64_t i = body; i < classes; i++)
+                    sum = sum + (double)shifted_exp(x[i], m);
+                row_total = sum.v;
+                int32_t t = targets[row];
+                if (t < 0 || t >= classes) {
+                    record_fault(fault, MHUB_CUDA_FAULT_TARGET, row, t, classes);
+                    losses[row] = NAN;
+                } else {
+                    float d = (sfloat(x[t]) - m).v;
+                    losses[row] = (float)(sdouble(log(sum.v)) - (double)d).v;
+                }
+            }
+        }
+        __syncthreads();
+        float inv = (float)(sdouble(1.0) / row_total).v;
+        for (int64_t i = tid; i < classes; i += nt)
+            p[i] = (sfloat(shifted_exp(x[i], m)) * inv).v;
+    }
+}
+
+/* dlogits = probs * dloss, less dloss at the target; a bad target makes
+ * the row NaN. dlogits may be probs. */
+static __global__ void softmax_xent_backward_kernel(mhub_cuda_fault *fault, float *dlogits,
+                                                    const float *probs, const int32_t *targets,
+                                                    int64_t rows, int64_t classes, float dloss)
+{
+    for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+        const float *p = probs + row * classes;
+        float *d = dlogits + row * classes;
+        int32_t t = targets[row];
+        bool bad = t < 0 || t >= classes;
+        if (bad && threadIdx.x == 0)
+            record_fault(fault, MHUB_CUDA_FAULT_TARGET, row, t, classes);
+        for (int64_t i = threadIdx.x; i < classes; i += blockDim.x) {
+            sfloat pi = p[i];
+            d[i] = bad ? NAN : (i == t ? (pi - 1.0f) * dloss : pi * dloss).v;
+        }
+    }
+}
+
+/* Rows a row-per-block kernel's grid covers at once; it strides over the
+ * rest. */
+#define MHUB_MAX_ROW_BLOCKS 65536
+
+extern "C" cudaError_t mhub_cuda_softmax_xent_forward(cudaStream_t s, mhub_cuda_fault *fault,
+                                                      float *probs, float *losses,
+                                                      const float *logits, const int32_t *targets,
+                                                      int64_t rows, int64_t classes)
+{
+    if (rows == 0 || classes == 0)
+        return cudaSuccess;
+    int threads = classes >= 2048 ? XENT_MAX_THREADS : 128;
+    softmax_xent_forward_kernel<<<blocks_for(rows, 1, MHUB_MAX_ROW_BLOCKS), threads, 0, s>>>(
+        fault, probs, losses, logits, targets, rows, classes);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t mhub_cuda_softmax_xent_backward(cudaStream_t s, mhub_cuda_fault *fault,
+                                                       float *dlogits, const float *probs,
+                                                       const int32_t *targets, int64_t rows,
+                                                       int64_t classes, float dloss)
+{
+    if (rows == 0 || classes == 0)
+        return cudaSuccess;
+    int threads = classes >= 2048 ? XENT_MAX_THREADS : 128;
+    softmax_xent_backward_kernel<<<blocks_for(rows, 1, MHUB_MAX_ROW_BLOCKS), threads, 0, s>>>(
+        fault, dlogits, probs, targets, rows, classes, dloss);
+    return cudaGetLastError();
+}
+
+/* ---- embedding ---- */
+
+/* out[r] = table[ids[r]] (or +=), a 2-D grid as bias_add. A bad id
+ * records a fault and makes its output row NaN. */
+static __global__ void embedding_forward_kernel(mhub_cuda_fault *fault, float *out,
+                                                const float *table, const int32_t *ids,
+                                                int64_t rows, int64_t vocab, int64_t dim,
+                                                bool accumulate)
+{
+    int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= dim)
+        return;
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+        int32_t id = ids[r];
+        float *o = out + r * dim + c;
+        if (id < 0 || id >= vocab) {
+            if (c == 0)
+                record_fault(fault, MHUB_CUDA_FAULT_EMBED_ID, r, id, vocab);
+            *o = NAN;
+            continue;
+        }
+        float v = table[(int64_t)id * dim + c];
+        *o = accumulate ? (sfloat(*o) + v).v : v;
+    }
+}
+
+extern "C" cudaError_t mhub_cuda_embedding_forward(cudaStream_t s, mhub_cuda_fault *fault,
+                                                   float *out, const float *table,
+                                                   const int32_t *ids, int64_t rows, int64_t vocab,
+                                                   int64_t dim, bool accumulate)
+{
+    if (rows == 0 || dim == 0)
+        return cudaSuccess;
+    embedding_forward_kernel<<<row_column_grid(rows, dim), MHUB_THREADS, 0, s>>>(
+        fault, out, table, ids, rows, vocab, dim, accumulate);
+    return cudaGetLastError();
+}
+
+/* The backward must add each table row's gradients in row order, as the
+ * CPU does, without float atomics. Work is split two ways that keep that
+ * order: by columns (a warp owns 32 adjacent columns: coalesced) and by
+ * ids (the warp owns the ids with id % buckets == its bucket). Each warp
+ * scans all the ids in row order, 32 at a time with a ballot, and adds the
+ * rows it owns; since every (id, column) belongs to one thread, the adds
+ * into it happen in row order, one thread, no atomics: the CPU's bits.
+ * The ids are staged through shared memory a tile at a time for the
+ * block's warps. A thread keeps its current table entry in a register
+ * while consecutive owned rows share the id, and loads the gradients of
+ * up to EMB_BATCH owned rows together so their latencies overlap.
+ * Warp 0 reports the first bad id; bad rows are skipped. */
+#define EMB_WARPS 8
+#define EMB_TILE 2048
+#define EMB_BATCH 4
+/* Warps to aim for (column strips x id buckets). */
+#define EMB_TARGET_WARPS 2048
+
+static __global__ void __launch_bounds__(EMB_WARPS * 32)
+    embedding_backward_kernel(mhub_cuda_fault *fault, float *dtable, const float *dout,
+                              const int32_t *ids, int64_t rows, int64_t vocab, int64_t dim,
+                              int64_t strips, int buckets)
+{
+    __shared__ int32_t tile[EMB_TILE];
+    const int lane = threadIdx.x & 31;
+    const int64_t warp = (int64_t)blockIdx.x * EMB_WARPS + (threadIdx.x >> 5);
+    const bool has_work = warp < strips * buckets;
+    const int64_t bucket = warp / strips;
+    const int64_t c = (warp % strips) * 32 + lane;
+    const bool active = has_work && c < dim;
+    bool reported = warp != 0;
+    int64_t cur = -1;
+    float acc = 0.0f;
+    for (int64_t t0 = 0; t0 < rows; t0 += EMB_TILE) {
+        int len = (int)(rows - t0 < EMB_TILE ? rows - t0 : EMB_TILE);
+        __syncthreads(); /* the previous tile is scanned */
+        for (int k = threadIdx.x; k < len; k += blockDim.x)
+            tile[k] = ids[t0 + k];
+        __syncthreads();
+        if (!has_work)
+            continue;
+        for (int k0 = 0; k0 < len; k0 += 32) {
+            int k = k0 + lane;
+            int32_t id = k < len ? tile[k] : 0;
+            bool valid = id >= 0 && id < vocab;
+            if (!reported) {
+                unsigned bad = __ballot_sync(MHUB_FULL_MASK, k < len && !valid);
+                if (bad) {
+                    int first = __ffs(bad) - 1;
+                    int32_t bad_id = __shfl_sync(MHUB_FULL_MASK, id, first);
+                    if (lane == 0)
+                        record_fault(fault, MHUB_CUDA_FAULT_EMBED_ID, t0 + k0 + first, bad_id,
+                                     vocab);
+                    reported = true;
+                }
+            }
+            bool owned = valid && (unsigned)id % (unsigned)buckets == (unsigned)bucket;
+            unsigned mine = __ballot_sync(MHUB_FULL_MASK, k < len && owned);
+            while (mine) {
+                int j[EMB_BATCH], got = 0;
+#pragma unroll
+                for (int q = 0; q < EMB_BATCH; q++) {
+                    j[q] = 0;
+                    if (mine) {
+                        j[q] = __ffs(mine) - 1;
+                        mine &= mine - 1;
+                        got = q + 1;
+                    }
+                }
+                float d[EMB_BATCH];
+#pragma unroll
+                for (int q = 0; q < EMB_BATCH; q++)
+                    d[q] = q < got && active ? dout[(t0 + k0 + j[q]) * dim + c] : 0.0f;
+#pragma unroll
+                for (int q = 0; q < EMB_BATCH; q++) {
+                    if (q >= got)
+                        break;
+                    int64_t row_id = __shfl_sync(MHUB_FULL_MASK, id, j[q]);
+                    if (row_id != cur) {
+                        if (cur >= 0 && active)
+                            dtable[cur * dim + c] = acc;
+                        cur = row_id;
+                        if (active)
+                            acc = dtable[cur * dim + c];
+                    }
+                    acc = (sfloat(acc) + d[q]).v;
+                }
+            }
+        }
+    }
+    if (cur >= 0 && active)
+        dtable[cur * dim + c] = acc;
+}
+
+extern "C" cudaError_t mhub_cuda_embedding_backward(cudaStream_t s, mhub_cuda_fault *fault,
+                                                    void *work, float *dtable, const float *dout,
+                                                    const int32_t *ids, int64_t rows, int64_t vocab,
+                                                    int64_t dim)
+{
+    if (rows == 0 || dim == 0)
+        return cudaSuccess;
+    int64_t strips = (dim + 31) / 32;
+    int64_t buckets = EMB_TARGET_WARPS / strips;
+    if (buckets > vocab)
+        buckets = vocab;
+    if (buckets < 1)
+        buckets = 1;
+    unsigned blocks = blocks_for(strips * buckets, EMB_WARPS, INT32_MAX);
+    embedding_backward_kernel<<<blocks, EMB_WARPS * 32, 0, s>>>(fault, dtable, dout, ids, rows,
+                                                                vocab, dim, strips, (int)buckets);
+    return cudaGetLastError();
+}
+
+/* ---- SwiGLU: in[r] = [gate F | up F], out[r] = silu(gate) * up ---- */
+
+/* 1 / (1 + e^-g): 0 (so silu -0) for g below about -88, as on the CPU. */
+static __device__ __forceinline__ sfloat sigmoid(sfloat g)
+{
+    return sfloat(1.0f) / (sfloat(1.0f) + dev_expf(-g.v));
+}
+
+static __global__ void swiglu_forward_kernel(float *out, const float *in, int64_t rows, int64_t ffn)
+{
+    int64_t f = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (f >= ffn)
+        return;
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+        const float *x = in + r * 2 * ffn;
+        sfloat g = x[f];
+        out[r * ffn + f] = (g * sigmoid(g) * x[ffn + f]).v;
+    }
+}
+
+/* d/dgate = dy up s (1 + g (1 - s)), d/dup = dy g s */
+static __global__ void swiglu_backward_kernel(float *din, const float *dout, const float *in,
+                                              int64_t rows, int64_t ffn)
+{
+    int64_t f = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (f >= ffn)
+        return;
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+        const float *x = in + r * 2 * ffn;
+        float *dx = din + r * 2 * ffn;
+        sfloat g = x[f], up = x[ffn + f], dy = dout[r * ffn + f];
+        sfloat s = sigmoid(g);
+        dx[f] = (dy * up * s * (sfloat(1.0f) + g * (sfloat(1.0f) - s))).v;
+        dx[ffn + f] = (dy * g * s).v;
+    }
+}
+
+extern "C" cudaError_t mhub_cuda_swiglu_forward(cudaStream_t s, float *out, const float *in,
+                                                int64_t rows, int64_t ffn)
+{
+    if (rows == 0 || ffn == 0)
+        return cudaSuccess;
+    swiglu_forward_kernel<<<row_column_grid(rows, ffn), MHUB_THREADS, 0, s>>>(out, in, rows, ffn);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t mhub_cuda_swiglu_backward(cudaStream_t s, float *din, const float *dout,
+                                                 const float *in, int64_t rows, int64_t ffn)
+{
+    if (rows == 0 || ffn == 0)
+        return cudaSuccess;
+    swiglu_backward_kernel<<<row_column_grid(rows, ffn), MHUB_THREADS, 0, s>>>(din, dout, in, rows,
+                                                                               ffn);
+    return cudaGetLastError();
+}
+
+/* ---- cast and divide ---- */
+
+/* Through f32 for every pair, as the CPU: widening is exact, so a 16-bit
+ * to 16-bit cast rounds once. */
+static __global__ void cast_kernel(void *dst, mhub_dtype dst_dtype, const void *src,
+                                   mhub_dtype src_dtype, int64_t n)
+{
+    for (int64_t i = grid_index(); i < n; i += grid_stride())
+        dev_store_from_f32(dst, dst_dtype, i, dev_load_as_f32(src, src_dtype, i));
+}
+
+extern "C" cudaError_t mhub_cuda_cast(cudaStream_t s, void *dst, mhub_dtype dst_dtype,
+                                      const void *src, mhub_dtype src_dtype, int64_t n)
+{
+    if (n == 0 || (dst == src && dst_dtype == src_dtype))
+        return cudaSuccess;
+    if (dst_dtype == src_dtype)
+        return cudaMemcpyAsync(dst, src, (size_t)n * mhub_dtype_size(dst_dtype),
+                               cudaMemcpyDeviceToDevice, s);
+    cast_kernel<<<blocks_for(n, MHUB_THREADS), MHUB_THREADS, 0, s>>>(dst, dst_dtype, src, src_dtype,
+                                                                     n);
+    return cudaGetLastError();
+}
+
+static __global__ void divide_16bit_kernel(uint16_t *x, mhub_dtype dt, int64_t n, float divisor)
+{
+    for (int64_t i = grid_index(); i < n; i += grid_stride())
+        dev_store_from_f32(x, dt, i, (sfloat(dev_load_as_f32(x, dt, i)) / divisor).v);
+}
+
+struct divide_op {
+    float divisor;
+    __device__ float operator()(float x, float) const { return (sfloat(x) / divisor).v; }
+};
+
+extern "C" cudaError_t mhub_cuda_divide(cudaStream_t s, void *x, mhub_dtype dt, int64_t n,
+                                        float divisor)
+{
+    if (n == 0)
+        return cudaSuccess;
+    if (dt == MHUB_F32)
+        return launch_map(s, (float *)x, (const float *)x, (const float *)x, n, divide_op{divisor});
+    divide_16bit_kernel<<<blocks_for(n, MHUB_THREADS), MHUB_THREADS, 0, s>>>((uint16_t *)x, dt, n,
+                                                                             divisor);
+    return cudaGetLastError();
+}
+
+/* ---- scale, axpy, sum of squares ---- */
+
+struct scale_op {
+    float alpha;
+    __device__ float operator()(float x, float) const { return (sfloat(x) * alpha).v; }
+};
+
+/* y + alpha * x, with a = y and b = x */
+struct axpy_op {
+    float alpha;
+    __device__ float operator()(float y, float x) const
+    {
+        return (sfloat(y) + sfloat(alpha) * x).v;
+    }
+};
+
+extern "C" cudaError_t mhub_cuda_scale(cudaStream_t s, float *x, int64_t n, float alpha)
+{
+    return launch_map(s, x, x, x, n, scale_op{alpha});
+}
+
+extern "C" cudaError_t mhub_cuda_axpy(cudaStream_t s, float *y, const float *x, int64_t n,
+                                      float alpha)
+{
+    return launch_map(s, y, y, x, n, axpy_op{alpha});
+}
+
+/* Two passes with a fixed shape, so a fixed order: SUMSQ_BLOCKS (or fewer
+ * for small n, a function of n alone) blocks each reduce their grid-stride
+ * share into a double in `work`, then one block adds those. x^2 of a
+ * float is exact in double, so only the order of the adds matters. */
+#define SUMSQ_BLOCKS 1024
+
+static __global__ void sum_squares_partial_kernel(const float *x, int64_t n, double *partials)
+{
+    __shared__ double scratch[32];
+    sdouble acc = 0.0;
+    for (int64_t i = grid_index(); i < n; i += grid_stride()) {
+        double v = x[i];
+        acc = acc + sdouble(v) * v;
+    }
+    double total = block_sum(acc.v, scratch);
+    if (threadIdx.x == 0)
+        partials[blockIdx.x] = total;
+}
+
+static __global__ void sum_squares_final_kernel(const double *partials, int count, double *out)
+{
+    __shared__ double scratch[32];
+    double v = (int)threadIdx.x < count ? partials[threadIdx.x] : 0.0;
+    double total = block_sum(v, scratch);
+    if (threadIdx.x == 0)
+        *out = total;
+}
+
+extern "C" cudaError_t mhub_cuda_sum_squares(cudaStream_t s, void *work, const float *x, int64_t n,
+                                             double *dev_out)
+{
+    if (n == 0)
+        return cudaMemsetAsync(dev_out, 0, sizeof(double), s); /* the empty sum */
+    unsigned blocks = blocks_for(n, MHUB_THREADS, SUMSQ_BLOCKS);
+    double *partials = (double *)work;
+    sum_squares_partial_kernel<<<blocks, MHUB_THREADS, 0, s>>>(x, n, partials);
+    sum_squares_final_kernel<<<1, SUMSQ_BLOCKS, 0, s>>>(partials, (int)blocks, dev_out);
+    return cudaGetLastError();
+}
+
+/* ---- random fills: element i is the RNG's value at offset + i ---- */
+
+static __global__ void fill_normal_kernel(float *dst, int64_t n, uint64_t seed, uint64_t stream,
+                                          uint64_t offset, float mean, float std)
+{
+    for (int64_t i = grid_index(); i < n; i += grid_stride())
+        dst[i] =
+            (sfloat(mean) + sfloat(std) * dev_rng_normal(seed, stream, offset + (uint64_t)i)).v;
+}
+
+static __global__ void fill_uniform_kernel(float *dst, int64_t n, uint64_t seed, uint64_t stream,
+                                           uint64_t offset, float lo, float hi)
+{
+    for (int64_t i = grid_index(); i < n; i += grid_stride())
+        dst[i] =
+            (sfloat(lo) + (sfloat(hi) - lo) * dev_rng_uniform(seed, stream, offset + (uint64_t)i))
+                .v;
+}
+
+extern "C" cudaError_t mhub_cuda_fill_normal(cudaStream_t s, float *dst, int64_t n, uint64_t seed,
+                                             uint64_t stream, uint64_t offset, float mean,
+                                             float std)
+{
+    if (n == 0)
+        return cudaSuccess;
+    fill_normal_kernel<<<blocks_for(n, MHUB_THREADS), MHUB_THREADS, 0, s>>>(dst, n, seed, stream,
+                                                                            offset, mean, std);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t mhub_cuda_fill_uniform(cudaStream_t s, float *dst, int64_t n, uint64_t seed,
+                                              uint64_t stream, uint64_t offset, float lo, float hi)
+{
+    if (n == 0)
+        return cudaSuccess;
+    fill_uniform_kernel<<<blocks_for(n, MHUB_THREADS), MHUB_THREADS, 0, s>>>(dst, n, seed, stream,
+                                                                             offset, lo, hi);
+    return cudaGetLastError();
+}
+
+/* ---- optimizers ---- */
+
+/* param - lr (grad + wd param), with a = param and b = grad */
+struct sgd_op {
+    float lr, weight_decay;
+    __device__ float operator()(float param, float grad) const
+    {
+        sfloat p = param;
+        return (p - sfloat(lr) * (sfloat(grad) + sfloat(weight_decay) * p)).v;
+    }
+};
+
+/* With a momentum buffer (used whenever one is given, as on the CPU):
+ * g = grad + wd param, buf = momentum buf + g, param -= lr buf. */
+static __global__ void sgd_momentum_kernel(float *param, const float *grad, float *buf, int64_t n,
+                                           float lr, float momentum, float weight_decay)
+{
+    for (int64_t i = grid_index(); i < n; i += grid_stride()) {
+        sfloat p = param[i];
+        sfloat g = sfloat(grad[i]) + sfloat(weight_decay) * p;
+        sfloat b = sfloat(momentum) * buf[i] + g;
+        buf[i] = b.v;
+        param[i] = (p - sfloat(lr) * b).v;
+    }
+}
+
+extern "C" cudaError_t mhub_cuda_sgd_step(cudaStream_t s, float *param, const float *grad,
+                                          float *momentum_buf, int64_t n, float lr, float momentum,
+                                          float weight_decay)
+{
+    if (n == 0)
+        return cudaSuccess;
+    if (!momentum_buf)
+        return launch_map(s, param, param, grad, n, sgd_op{lr, weight_decay});
+    sgd_momentum_kernel<<<blocks_for(n, MHUB_THREADS), MHUB_THREADS, 0, s>>>(
+        param, grad, momentum_buf, n, lr, momentum, weight_decay);
+    return cudaGetLastError();
+}
+
+/* AdamW's per-step scalars, computed on the host exactly as the CPU
+ * backend does (adamw_coef in cpu_kernels.c). */
+struct adamw_coef {
+    float decay; /* 1 - lr * weight_decay */
+    float beta1, beta2;
+    float one_minus_beta1, one_minus_beta2;
+    float step_size;    /* lr / (1 - beta1^t) */
+    float inv_sqrt_bc2; /* 1 / sqrt(1 - beta2^t) */
+    float eps;
+};
+
+static __device__ __forceinline__ float adamw_element(float &param, float grad, float &m, float &v,
+                                                      const adamw_coef &k)
+{
+    sfloat g = grad;
+    sfloat mi = sfloat(k.beta1) * m + sfloat(k.one_minus_beta1) * g;
+    sfloat vi = sfloat(k.beta2) * v + sfloat(k.one_minus_beta2) * g * g;
+    m = mi.v;
+    v = vi.v;
+    sfloat denom = strict_sqrtf(vi) * k.inv_sqrt_bc2 + k.eps;
+    param = (sfloat(param) * k.decay - sfloat(k.step_size) * mi / denom).v;
+    return param;
+}
+
+static __global__ void adamw_kernel(float *param, const float *grad, float *m, float *v, int64_t n,
+                                    bool vec4, adamw_coef k)
+{
+    int64_t start = grid_index(), stride = grid_stride(), done = 0;
+    if (vec4) {
+        int64_t quads = n / 4;
+        for (int64_t q = start; q < quads; q += stride) {
+            float4 p4 = ((float4 *)param)[q], g4 = ((const float4 *)grad)[q];
+            float4 m4 = ((float4 *)m)[q], v4 = ((float4 *)v)[q];
+            adamw_element(p4.x, g4.x, m4.x, v4.x, k);
+            adamw_element(p4.y, g4.y, m4.y, v4.y, k);
+            adamw_element(p4.z, g4.z, m4.z, v4.z, k);
+            adamw_element(p4.w, g4.w, m4.w, v4.w, k);
+            ((float4 *)param)[q] = p4;
+            ((float4 *)m)[q] = m4;
+            ((float4 *)v)[q] = v4;
+        }
+        done = quads * 4;
+    }
+    for (int64_t i = done + start; i < n; i += stride)
+        adamw_element(param[i], grad[i], m[i], v[i], k);
+}
+
+extern "C" cudaError_t mhub_cuda_adamw_step(cudaStream_t s, float *param, const float *grad,
+                                            float *m, float *v, int64_t n, float lr, float beta1,
+                                            float beta2, float eps, float weight_decay, int64_t t)
+{
+    if (n == 0)
+        return cudaSuccess;
+    double bc1 = 1.0 - pow((double)beta1, (double)t);
+    double bc2 = 1.0 - pow((double)beta2, (double)t);
+    adamw_coef k;
+    k.decay = (float)(1.0 - (double)lr * (double)weight_decay);
+    k.beta1 = beta1;
+    k.beta2 = beta2;
+    k.one_minus_beta1 = (float)(1.0 - (double)beta1);
+    k.one_minus_beta2 = (float)(1.0 - (double)beta2);
+    k.step_size = (float)((double)lr / bc1);
+    k.inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
+    k.eps = eps;
+    bool vec4 = aligned16(param) && aligned16(grad) && aligned16(m) && aligned16(v);
+    int64_t items = vec4 ? n / 4 + n % 4 : n;
+    adamw_kernel<<<blocks_for(items, MHUB_THREADS), MHUB_THREADS, 0, s>>>(param, grad, m, v, n,
+                                                                          vec4, k);
+    return cudaGetLastError();
+}
