@@ -446,7 +446,7 @@ inline bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
  *
  * Term: a functor with __device__ void operator()(int64_t r, int64_t c,
  * float v[K]) giving row r's K terms of column c. */
-#define MHUB_COLSUM_ROWS 64
+#define MHUB_COLSUM_ROWS 32
 
 template <int K> struct column_targets {
     float *p[K];

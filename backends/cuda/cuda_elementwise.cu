@@ -329,7 +329,7 @@ extern "C" cudaError_t mhub_cuda_embedding_forward(cudaStream_t s, mhub_cuda_fau
  * Warp 0 reports the first bad id; bad rows are skipped. */
 #define EMB_WARPS 8
 #define EMB_TILE 2048
-#define EMB_BATCH 4
+#define EMB_BATCH 8
 /* Warps to aim for (column strips x id buckets). */
 #define EMB_TARGET_WARPS 2048
 
