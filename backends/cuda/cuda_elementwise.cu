@@ -6,9 +6,9 @@
  * cpu_transformer.c), written with cuda_device.cuh's strict arithmetic so
  * that it rounds operation by operation as the C does: the elementwise
  * maps, casts, optimizer steps and uniform fills give the CPU's bits.
- * Sums whose order the CPU fixes by its loop (the softmax's row sum, an
- * embedding row's gradient) keep that order; parameter-gradient column
- * sums (bias_backward) use cuda_device.cuh's chunked fixed order instead.
+ * An embedding row's gradient adds up in the CPU's row order; the
+ * softmax's double row sum and the parameter-gradient column sums
+ * (bias_backward) run in a fixed order of their own (see each).
  * Nothing uses float atomics, so every result is the same on every run.
  *
  * Launchers only enqueue work: no host synchronization, and a zero size
@@ -151,80 +151,106 @@ extern "C" cudaError_t mhub_cuda_gelu_backward(cudaStream_t s, float *din, const
 }
 
 /* ---- softmax + cross-entropy ----
- * One block per row (the grid strides over rows), in the CPU's arithmetic:
- *   1. m = max of the row;
- *   2. sum = sum of e^(x - m) in double, in the CPU's 16 lanes: the block
- *      computes a tile of exps into shared memory, 16 threads add it into
- *      their lanes (lane j: elements j, j + 16, ...), tile after tile;
- *      thread 0 then totals the lanes and adds the remainder;
- *   3. p = e^(x - m) * (float)(1 / sum), the exps recomputed (the same
- *      bits) rather than stored and reread;
- *   loss = log(sum) - (x[t] - m), from the logits as on the CPU.
- * The lanes' adds are serial, but 16 of them per row over a vocabulary of
- * 50257 are a small part of the three passes over the row. Probs may be
- * logits: every read of a logit precedes the barrier before pass 3, where
- * each element is read and then written by one thread. */
+ * One block per row (the grid strides over rows), in the CPU's float
+ * arithmetic:
+ *   1. m = the row's max;
+ *   2. sum = sum of e^(x - m), each exp the CPU's float, added in double;
+ *   3. p = e^(x - m) * (float)(1 / sum);
+ *   loss = log(sum) - (x[t] - m), from the logits as on the CPU (not
+ *   -log p[t], which is Inf once p[t] underflows).
+ * The double sum runs as a fixed tree (deterministic), not in the CPU's
+ * 16 serial lanes: that order would leave a 1024-thread block waiting on
+ * 16 chains of ~3000 dependent adds per GPT-2 row. The two sums differ by
+ * a few double ulps at most, so the float results (inv, loss) are the
+ * CPU's unless a double lands within those ulps of a float rounding
+ * boundary (about one row in 10^8).
+ * When the row fits in shared memory (GPT-2's 50304 classes take 196 KiB
+ * of an H100's 227), it is staged there by the first pass and the exps are
+ * kept there by the second: the row is read from memory once and written
+ * once. Otherwise the passes reread it and the third recomputes the exps
+ * (the same bits). Probs may be logits: every logit is read in the first
+ * pass (thread 0 reads the target's logit before it), and a barrier
+ * separates the reads of the second pass from the writes of the third. */
 
-#define XENT_MAX_THREADS 512
-#define XENT_TILE_PER_THREAD 8
+#define XENT_MAX_THREADS 1024
 
 static __device__ __forceinline__ float shifted_exp(float x, float m)
 {
     return dev_expf((sfloat(x) - m).v);
 }
 
+template <bool staged>
 static __global__ void softmax_xent_forward_kernel(mhub_cuda_fault *fault, float *probs,
                                                    float *losses, const float *logits,
                                                    const int32_t *targets, int64_t rows,
                                                    int64_t classes)
 {
-    __shared__ float tile[XENT_MAX_THREADS * XENT_TILE_PER_THREAD];
+    extern __shared__ float staged_row[]; /* classes floats when staged */
     __shared__ float max_scratch[32];
-    __shared__ double row_total;
+    __shared__ double sum_scratch[32];
     const int tid = threadIdx.x, nt = blockDim.x;
-    const int64_t tile_len = (int64_t)nt * XENT_TILE_PER_THREAD, body = lanes_body(classes);
     for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
         const float *x = logits + row * classes;
         float *p = probs + row * classes;
+        int32_t t = targets[row];
+        bool bad = t < 0 || t >= classes;
+        float x_t = tid == 0 && !bad ? x[t] : 0.0f;
 
         float m = -INFINITY;
-        for (int64_t i = tid; i < classes; i += nt)
-            m = max_keep(m, x[i]);
-        m = block_max(m, max_scratch);
-
-        double lane_sum = 0.0;
-        for (int64_t base = 0; base < body; base += tile_len) {
-            int len = (int)(body - base < tile_len ? body - base : tile_len);
-            for (int k = tid; k < len; k += nt)
-                tile[k] = shifted_exp(x[base + k], m);
-            __syncthreads();
-            if (tid < MHUB_LANES)
-                for (int k = tid; k < len; k += MHUB_LANES)
-                    lane_sum = (sdouble(lane_sum) + (double)tile[k]).v;
-            __syncthreads();
+        for (int64_t i = tid; i < classes; i += nt) {
+            float v = x[i];
+            if (staged)
+                staged_row[i] = v;
+            m = max_keep(m, v);
         }
-        if (tid < 32) {
-            double total = lanes16_total(lane_sum); /* lanes 16-31 hold zeros */
-            if (tid == 0) {
-                sdouble sum = total;
-                for (int64_t i = body; i < classes; i++)
-                    sum = sum + (double)shifted_exp(x[i], m);
-                row_total = sum.v;
-                int32_t t = targets[row];
-                if (t < 0 || t >= classes) {
-                    record_fault(fault, MHUB_CUDA_FAULT_TARGET, row, t, classes);
-                    losses[row] = NAN;
-                } else {
-                    float d = (sfloat(x[t]) - m).v;
-                    losses[row] = (float)(sdouble(log(sum.v)) - (double)d).v;
-                }
+        m = block_max(m, max_scratch); /* its barriers publish staged_row */
+
+        sdouble acc = 0.0;
+        for (int64_t i = tid; i < classes; i += nt) {
+            float e = shifted_exp(staged ? staged_row[i] : x[i], m);
+            if (staged)
+                staged_row[i] = e;
+            acc = acc + (double)e;
+        }
+        double sum = block_sum(acc.v, sum_scratch); /* and these the exps */
+        float inv = (float)(sdouble(1.0) / sum).v;
+        if (tid == 0) {
+            if (bad) {
+                record_fault(fault, MHUB_CUDA_FAULT_TARGET, row, t, classes);
+                losses[row] = NAN;
+            } else {
+                float d = (sfloat(x_t) - m).v;
+                losses[row] = (float)(sdouble(log(sum)) - (double)d).v;
             }
         }
-        __syncthreads();
-        float inv = (float)(sdouble(1.0) / row_total).v;
         for (int64_t i = tid; i < classes; i += nt)
-            p[i] = (sfloat(shifted_exp(x[i], m)) * inv).v;
+            p[i] = (sfloat(staged ? staged_row[i] : shifted_exp(x[i], m)) * inv).v;
+        __syncthreads(); /* the next row reuses staged_row */
     }
+}
+
+/* Threads for a row of `classes`: enough to cover it, at most
+ * XENT_MAX_THREADS (a function of the size alone, so is the sum's order). */
+static int xent_threads(int64_t classes)
+{
+    int threads = 128;
+    while (threads < XENT_MAX_THREADS && threads * 8 < classes)
+        threads *= 2;
+    return threads;
+}
+
+/* Bytes of a staged row when it fits the device's shared memory per
+ * block (less what the kernel declares itself), else 0. */
+static size_t xent_staged_bytes(int64_t classes)
+{
+    int device = 0, optin = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
+            cudaSuccess)
+        return 0;
+    size_t bytes = (size_t)classes * sizeof(float);
+    size_t own = 32 * sizeof(float) + 32 * sizeof(double);
+    return bytes + own <= (size_t)optin ? bytes : 0;
 }
 
 /* dlogits = probs * dloss, less dloss at the target; a bad target makes
@@ -258,9 +284,20 @@ extern "C" cudaError_t mhub_cuda_softmax_xent_forward(cudaStream_t s, mhub_cuda_
 {
     if (rows == 0 || classes == 0)
         return cudaSuccess;
-    int threads = classes >= 2048 ? XENT_MAX_THREADS : 128;
-    softmax_xent_forward_kernel<<<blocks_for(rows, 1, MHUB_MAX_ROW_BLOCKS), threads, 0, s>>>(
-        fault, probs, losses, logits, targets, rows, classes);
+    int threads = xent_threads(classes);
+    unsigned blocks = blocks_for(rows, 1, MHUB_MAX_ROW_BLOCKS);
+    size_t bytes = xent_staged_bytes(classes);
+    if (bytes == 0) {
+        softmax_xent_forward_kernel<false>
+            <<<blocks, threads, 0, s>>>(fault, probs, losses, logits, targets, rows, classes);
+        return cudaGetLastError();
+    }
+    cudaError_t err = cudaFuncSetAttribute(softmax_xent_forward_kernel<true>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+    if (err != cudaSuccess)
+        return err;
+    softmax_xent_forward_kernel<true>
+        <<<blocks, threads, bytes, s>>>(fault, probs, losses, logits, targets, rows, classes);
     return cudaGetLastError();
 }
 
@@ -271,7 +308,7 @@ extern "C" cudaError_t mhub_cuda_softmax_xent_backward(cudaStream_t s, mhub_cuda
 {
     if (rows == 0 || classes == 0)
         return cudaSuccess;
-    int threads = classes >= 2048 ? XENT_MAX_THREADS : 128;
+    int threads = xent_threads(classes);
     softmax_xent_backward_kernel<<<blocks_for(rows, 1, MHUB_MAX_ROW_BLOCKS), threads, 0, s>>>(
         fault, dlogits, probs, targets, rows, classes, dloss);
     return cudaGetLastError();
