@@ -425,6 +425,13 @@ inline unsigned blocks_for(int64_t n, int64_t per_block, int64_t cap = MHUB_MAX_
     return (unsigned)b;
 }
 
+/* Items a thread of a streaming kernel loads before it stores any. A
+ * grid-stride loop whose store may alias its next load (out may be in)
+ * keeps one load in flight per thread, far from the bytes in flight it
+ * takes to fill an H100's memory pipe; loading a few items first, then
+ * computing and storing them, overlaps their latencies. */
+#define MHUB_UNROLL 4
+
 /* Index of this thread in a 1-D grid-stride loop, and the stride. */
 MHUB_DEV int64_t grid_index() { return (int64_t)blockIdx.x * blockDim.x + threadIdx.x; }
 MHUB_DEV int64_t grid_stride() { return (int64_t)gridDim.x * blockDim.x; }

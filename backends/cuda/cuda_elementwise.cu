@@ -17,9 +17,21 @@
 #include "backends/cuda/cuda_kernels.h"
 
 /* ---- flat maps: out[i] = f(a[i], b[i]) ----
- * f is a functor of two floats (unary ones ignore the second). out may be
- * a (every element is read and written by one thread). When all three
- * arrays are 16-byte aligned the body goes through float4 accesses. */
+ * f is a functor of two floats; a unary one (F::binary false) ignores the
+ * second, which is then not loaded. out may be a (every element is read
+ * and written by one thread). When all three arrays are 16-byte aligned
+ * the body goes through float4 accesses. Each thread loads MHUB_UNROLL
+ * items before it stores any (see cuda_device.cuh). */
+
+template <class F> static __device__ __forceinline__ float4 apply4(F f, float4 x, float4 y)
+{
+    float4 r;
+    r.x = f(x.x, y.x);
+    r.y = f(x.y, y.y);
+    r.z = f(x.z, y.z);
+    r.w = f(x.w, y.w);
+    return r;
+}
 
 template <class F>
 static __global__ void map_kernel(float *out, const float *a, const float *b, int64_t n, bool vec4,
@@ -31,18 +43,42 @@ static __global__ void map_kernel(float *out, const float *a, const float *b, in
         int64_t quads = n / 4;
         const float4 *a4 = (const float4 *)a, *b4 = (const float4 *)b;
         float4 *o4 = (float4 *)out;
-        for (int64_t q = start; q < quads; q += stride) {
-            float4 x = a4[q], y = b4[q], r;
-            r.x = f(x.x, y.x);
-            r.y = f(x.y, y.y);
-            r.z = f(x.z, y.z);
-            r.w = f(x.w, y.w);
-            o4[q] = r;
+        for (int64_t q0 = start; q0 < quads; q0 += MHUB_UNROLL * stride) {
+            float4 x[MHUB_UNROLL], y[MHUB_UNROLL];
+#pragma unroll
+            for (int u = 0; u < MHUB_UNROLL; u++) {
+                int64_t q = q0 + u * stride;
+                if (q < quads) {
+                    x[u] = a4[q];
+                    y[u] = F::binary ? b4[q] : x[u];
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < MHUB_UNROLL; u++) {
+                int64_t q = q0 + u * stride;
+                if (q < quads)
+                    o4[q] = apply4(f, x[u], y[u]);
+            }
         }
         done = quads * 4;
     }
-    for (int64_t i = done + start; i < n; i += stride)
-        out[i] = f(a[i], b[i]);
+    for (int64_t i0 = done + start; i0 < n; i0 += MHUB_UNROLL * stride) {
+        float x[MHUB_UNROLL], y[MHUB_UNROLL];
+#pragma unroll
+        for (int u = 0; u < MHUB_UNROLL; u++) {
+            int64_t i = i0 + u * stride;
+            if (i < n) {
+                x[u] = a[i];
+                y[u] = F::binary ? b[i] : x[u];
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < MHUB_UNROLL; u++) {
+            int64_t i = i0 + u * stride;
+            if (i < n)
+                out[i] = f(x[u], y[u]);
+        }
+    }
 }
 
 template <class F>
@@ -53,32 +89,47 @@ static cudaError_t launch_map(cudaStream_t s, float *out, const float *a, const 
         return cudaSuccess;
     bool vec4 = aligned16(out) && aligned16(a) && aligned16(b);
     int64_t items = vec4 ? n / 4 + n % 4 : n;
-    map_kernel<F><<<blocks_for(items, MHUB_THREADS), MHUB_THREADS, 0, s>>>(out, a, b, n, vec4, f);
+    map_kernel<F><<<blocks_for(items, MHUB_THREADS * MHUB_UNROLL), MHUB_THREADS, 0, s>>>(
+        out, a, b, n, vec4, f);
     return cudaGetLastError();
 }
 
 /* ---- bias ---- */
 
-/* Grid: x over column tiles of MHUB_THREADS, y strides over rows; each
- * thread keeps its bias value. */
+/* Grid: x over column tiles of MHUB_THREADS, y strides over rows, each
+ * thread MHUB_UNROLL rows at a time; it keeps its bias value. */
 static __global__ void bias_add_kernel(float *out, const float *bias, int64_t rows, int64_t cols)
 {
     int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= cols)
         return;
     float b = bias[c];
-    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y)
-        out[r * cols + c] = (sfloat(out[r * cols + c]) + b).v;
+    for (int64_t r0 = blockIdx.y; r0 < rows; r0 += MHUB_UNROLL * gridDim.y) {
+        float v[MHUB_UNROLL];
+#pragma unroll
+        for (int u = 0; u < MHUB_UNROLL; u++) {
+            int64_t r = r0 + u * (int64_t)gridDim.y;
+            if (r < rows)
+                v[u] = out[r * cols + c];
+        }
+#pragma unroll
+        for (int u = 0; u < MHUB_UNROLL; u++) {
+            int64_t r = r0 + u * (int64_t)gridDim.y;
+            if (r < rows)
+                out[r * cols + c] = (sfloat(v[u]) + b).v;
+        }
+    }
 }
 
 /* A 2-D grid over [rows, cols]: column tiles by enough row strides to
- * fill the GPU. */
+ * fill the GPU (each stride step covering MHUB_UNROLL rows). */
 static dim3 row_column_grid(int64_t rows, int64_t cols)
 {
     unsigned tiles = blocks_for(cols, MHUB_THREADS, INT32_MAX);
     int64_t y = MHUB_MAX_BLOCKS / (int64_t)tiles;
-    if (y > rows)
-        y = rows;
+    int64_t row_steps = (rows + MHUB_UNROLL - 1) / MHUB_UNROLL;
+    if (y > row_steps)
+        y = row_steps;
     if (y > MHUB_MAX_GRID_Y)
         y = MHUB_MAX_GRID_Y;
     if (y < 1)
@@ -131,10 +182,12 @@ static __device__ __forceinline__ sfloat gelu_grad(sfloat x)
 }
 
 struct gelu_op {
+    static constexpr bool binary = false;
     __device__ float operator()(float x, float) const { return (sfloat(x) * gelu_sigmoid(x)).v; }
 };
 
 struct gelu_grad_op {
+    static constexpr bool binary = true;
     __device__ float operator()(float x, float d) const { return (sfloat(d) * gelu_grad(x)).v; }
 };
 
@@ -173,6 +226,8 @@ extern "C" cudaError_t mhub_cuda_gelu_backward(cudaStream_t s, float *din, const
  * separates the reads of the second pass from the writes of the third. */
 
 #define XENT_MAX_THREADS 1024
+/* Elements a thread loads before it uses them (cf. MHUB_UNROLL). */
+#define XENT_UNROLL 8
 
 static __device__ __forceinline__ float shifted_exp(float x, float m)
 {
@@ -197,20 +252,37 @@ static __global__ void softmax_xent_forward_kernel(mhub_cuda_fault *fault, float
         float x_t = tid == 0 && !bad ? x[t] : 0.0f;
 
         float m = -INFINITY;
-        for (int64_t i = tid; i < classes; i += nt) {
-            float v = x[i];
-            if (staged)
-                staged_row[i] = v;
-            m = max_keep(m, v);
+        for (int64_t i0 = tid; i0 < classes; i0 += XENT_UNROLL * nt) {
+            float v[XENT_UNROLL];
+#pragma unroll
+            for (int u = 0; u < XENT_UNROLL; u++)
+                v[u] = i0 + u * nt < classes ? x[i0 + u * nt] : -INFINITY;
+#pragma unroll
+            for (int u = 0; u < XENT_UNROLL; u++) {
+                if (staged && i0 + u * nt < classes)
+                    staged_row[i0 + u * nt] = v[u];
+                m = max_keep(m, v[u]);
+            }
         }
         m = block_max(m, max_scratch); /* its barriers publish staged_row */
 
+        /* each thread adds its elements in increasing order */
         sdouble acc = 0.0;
-        for (int64_t i = tid; i < classes; i += nt) {
-            float e = shifted_exp(staged ? staged_row[i] : x[i], m);
-            if (staged)
-                staged_row[i] = e;
-            acc = acc + (double)e;
+        for (int64_t i0 = tid; i0 < classes; i0 += XENT_UNROLL * nt) {
+            float v[XENT_UNROLL];
+#pragma unroll
+            for (int u = 0; u < XENT_UNROLL; u++)
+                if (i0 + u * nt < classes)
+                    v[u] = staged ? staged_row[i0 + u * nt] : x[i0 + u * nt];
+#pragma unroll
+            for (int u = 0; u < XENT_UNROLL; u++) {
+                if (i0 + u * nt >= classes)
+                    break;
+                float e = shifted_exp(v[u], m);
+                if (staged)
+                    staged_row[i0 + u * nt] = e;
+                acc = acc + (double)e;
+            }
         }
         double sum = block_sum(acc.v, sum_scratch); /* and these the exps */
         float inv = (float)(sdouble(1.0) / sum).v;
@@ -223,8 +295,17 @@ static __global__ void softmax_xent_forward_kernel(mhub_cuda_fault *fault, float
                 losses[row] = (float)(sdouble(log(sum)) - (double)d).v;
             }
         }
-        for (int64_t i = tid; i < classes; i += nt)
-            p[i] = (sfloat(staged ? staged_row[i] : shifted_exp(x[i], m)) * inv).v;
+        for (int64_t i0 = tid; i0 < classes; i0 += XENT_UNROLL * nt) {
+            float e[XENT_UNROLL];
+#pragma unroll
+            for (int u = 0; u < XENT_UNROLL; u++)
+                if (i0 + u * nt < classes)
+                    e[u] = staged ? staged_row[i0 + u * nt] : x[i0 + u * nt];
+#pragma unroll
+            for (int u = 0; u < XENT_UNROLL; u++)
+                if (i0 + u * nt < classes)
+                    p[i0 + u * nt] = (sfloat(staged ? e[u] : shifted_exp(e[u], m)) * inv).v;
+        }
         __syncthreads(); /* the next row reuses staged_row */
     }
 }
@@ -266,9 +347,20 @@ static __global__ void softmax_xent_backward_kernel(mhub_cuda_fault *fault, floa
         bool bad = t < 0 || t >= classes;
         if (bad && threadIdx.x == 0)
             record_fault(fault, MHUB_CUDA_FAULT_TARGET, row, t, classes);
-        for (int64_t i = threadIdx.x; i < classes; i += blockDim.x) {
-            sfloat pi = p[i];
-            d[i] = bad ? NAN : (i == t ? (pi - 1.0f) * dloss : pi * dloss).v;
+        for (int64_t i0 = threadIdx.x; i0 < classes; i0 += XENT_UNROLL * blockDim.x) {
+            float v[XENT_UNROLL];
+#pragma unroll
+            for (int u = 0; u < XENT_UNROLL; u++)
+                if (i0 + u * blockDim.x < classes)
+                    v[u] = p[i0 + u * blockDim.x];
+#pragma unroll
+            for (int u = 0; u < XENT_UNROLL; u++) {
+                int64_t i = i0 + u * blockDim.x;
+                if (i < classes) {
+                    sfloat pi = v[u];
+                    d[i] = bad ? NAN : (i == t ? (pi - 1.0f) * dloss : pi * dloss).v;
+                }
+            }
         }
     }
 }
@@ -326,17 +418,34 @@ static __global__ void embedding_forward_kernel(mhub_cuda_fault *fault, float *o
     int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= dim)
         return;
-    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
-        int32_t id = ids[r];
-        float *o = out + r * dim + c;
-        if (id < 0 || id >= vocab) {
-            if (c == 0)
-                record_fault(fault, MHUB_CUDA_FAULT_EMBED_ID, r, id, vocab);
-            *o = NAN;
-            continue;
+    for (int64_t r0 = blockIdx.y; r0 < rows; r0 += MHUB_UNROLL * gridDim.y) {
+        int32_t id[MHUB_UNROLL];
+        float v[MHUB_UNROLL], old[MHUB_UNROLL];
+#pragma unroll
+        for (int u = 0; u < MHUB_UNROLL; u++) {
+            int64_t r = r0 + u * (int64_t)gridDim.y;
+            id[u] = r < rows ? ids[r] : 0;
         }
-        float v = table[(int64_t)id * dim + c];
-        *o = accumulate ? (sfloat(*o) + v).v : v;
+#pragma unroll
+        for (int u = 0; u < MHUB_UNROLL; u++) {
+            int64_t r = r0 + u * (int64_t)gridDim.y;
+            bool valid = r < rows && id[u] >= 0 && id[u] < vocab;
+            v[u] = valid ? table[(int64_t)id[u] * dim + c] : NAN;
+            old[u] = valid && accumulate ? out[r * dim + c] : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < MHUB_UNROLL; u++) {
+            int64_t r = r0 + u * (int64_t)gridDim.y;
+            if (r >= rows)
+                continue;
+            if (id[u] < 0 || id[u] >= vocab) {
+                if (c == 0)
+                    record_fault(fault, MHUB_CUDA_FAULT_EMBED_ID, r, id[u], vocab);
+                out[r * dim + c] = NAN;
+            } else {
+                out[r * dim + c] = accumulate ? (sfloat(old[u]) + v[u]).v : v[u];
+            }
+        }
     }
 }
 
@@ -478,10 +587,22 @@ static __global__ void swiglu_forward_kernel(float *out, const float *in, int64_
     int64_t f = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (f >= ffn)
         return;
-    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
-        const float *x = in + r * 2 * ffn;
-        sfloat g = x[f];
-        out[r * ffn + f] = (g * sigmoid(g) * x[ffn + f]).v;
+    for (int64_t r0 = blockIdx.y; r0 < rows; r0 += MHUB_UNROLL * gridDim.y) {
+        float g[MHUB_UNROLL], up[MHUB_UNROLL];
+#pragma unroll
+        for (int u = 0; u < MHUB_UNROLL; u++) {
+            int64_t r = r0 + u * (int64_t)gridDim.y;
+            if (r < rows) {
+                g[u] = in[r * 2 * ffn + f];
+                up[u] = in[r * 2 * ffn + ffn + f];
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < MHUB_UNROLL; u++) {
+            int64_t r = r0 + u * (int64_t)gridDim.y;
+            if (r < rows)
+                out[r * ffn + f] = (sfloat(g[u]) * sigmoid(g[u]) * up[u]).v;
+        }
     }
 }
 
@@ -492,13 +613,27 @@ static __global__ void swiglu_backward_kernel(float *din, const float *dout, con
     int64_t f = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (f >= ffn)
         return;
-    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
-        const float *x = in + r * 2 * ffn;
-        float *dx = din + r * 2 * ffn;
-        sfloat g = x[f], up = x[ffn + f], dy = dout[r * ffn + f];
-        sfloat s = sigmoid(g);
-        dx[f] = (dy * up * s * (sfloat(1.0f) + g * (sfloat(1.0f) - s))).v;
-        dx[ffn + f] = (dy * g * s).v;
+    for (int64_t r0 = blockIdx.y; r0 < rows; r0 += MHUB_UNROLL * gridDim.y) {
+        float gv[MHUB_UNROLL], upv[MHUB_UNROLL], dyv[MHUB_UNROLL];
+#pragma unroll
+        for (int u = 0; u < MHUB_UNROLL; u++) {
+            int64_t r = r0 + u * (int64_t)gridDim.y;
+            if (r < rows) {
+                gv[u] = in[r * 2 * ffn + f];
+                upv[u] = in[r * 2 * ffn + ffn + f];
+                dyv[u] = dout[r * ffn + f];
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < MHUB_UNROLL; u++) {
+            int64_t r = r0 + u * (int64_t)gridDim.y;
+            if (r >= rows)
+                continue;
+            sfloat g = gv[u], up = upv[u], dy = dyv[u];
+            sfloat s = sigmoid(g);
+            din[r * 2 * ffn + f] = (dy * up * s * (sfloat(1.0f) + g * (sfloat(1.0f) - s))).v;
+            din[r * 2 * ffn + ffn + f] = (dy * g * s).v;
+        }
     }
 }
 
@@ -528,8 +663,18 @@ extern "C" cudaError_t mhub_cuda_swiglu_backward(cudaStream_t s, float *din, con
 static __global__ void cast_kernel(void *dst, mhub_dtype dst_dtype, const void *src,
                                    mhub_dtype src_dtype, int64_t n)
 {
-    for (int64_t i = grid_index(); i < n; i += grid_stride())
-        dev_store_from_f32(dst, dst_dtype, i, dev_load_as_f32(src, src_dtype, i));
+    int64_t stride = grid_stride();
+    for (int64_t i0 = grid_index(); i0 < n; i0 += MHUB_UNROLL * stride) {
+        float v[MHUB_UNROLL];
+#pragma unroll
+        for (int u = 0; u < MHUB_UNROLL; u++)
+            if (i0 + u * stride < n)
+                v[u] = dev_load_as_f32(src, src_dtype, i0 + u * stride);
+#pragma unroll
+        for (int u = 0; u < MHUB_UNROLL; u++)
+            if (i0 + u * stride < n)
+                dev_store_from_f32(dst, dst_dtype, i0 + u * stride, v[u]);
+    }
 }
 
 extern "C" cudaError_t mhub_cuda_cast(cudaStream_t s, void *dst, mhub_dtype dst_dtype,
@@ -540,18 +685,29 @@ extern "C" cudaError_t mhub_cuda_cast(cudaStream_t s, void *dst, mhub_dtype dst_
     if (dst_dtype == src_dtype)
         return cudaMemcpyAsync(dst, src, (size_t)n * mhub_dtype_size(dst_dtype),
                                cudaMemcpyDeviceToDevice, s);
-    cast_kernel<<<blocks_for(n, MHUB_THREADS), MHUB_THREADS, 0, s>>>(dst, dst_dtype, src, src_dtype,
-                                                                     n);
+    cast_kernel<<<blocks_for(n, MHUB_THREADS * MHUB_UNROLL), MHUB_THREADS, 0, s>>>(
+        dst, dst_dtype, src, src_dtype, n);
     return cudaGetLastError();
 }
 
 static __global__ void divide_16bit_kernel(uint16_t *x, mhub_dtype dt, int64_t n, float divisor)
 {
-    for (int64_t i = grid_index(); i < n; i += grid_stride())
-        dev_store_from_f32(x, dt, i, (sfloat(dev_load_as_f32(x, dt, i)) / divisor).v);
+    int64_t stride = grid_stride();
+    for (int64_t i0 = grid_index(); i0 < n; i0 += MHUB_UNROLL * stride) {
+        float v[MHUB_UNROLL];
+#pragma unroll
+        for (int u = 0; u < MHUB_UNROLL; u++)
+            if (i0 + u * stride < n)
+                v[u] = dev_load_as_f32(x, dt, i0 + u * stride);
+#pragma unroll
+        for (int u = 0; u < MHUB_UNROLL; u++)
+            if (i0 + u * stride < n)
+                dev_store_from_f32(x, dt, i0 + u * stride, (sfloat(v[u]) / divisor).v);
+    }
 }
 
 struct divide_op {
+    static constexpr bool binary = false;
     float divisor;
     __device__ float operator()(float x, float) const { return (sfloat(x) / divisor).v; }
 };
@@ -563,20 +719,22 @@ extern "C" cudaError_t mhub_cuda_divide(cudaStream_t s, void *x, mhub_dtype dt, 
         return cudaSuccess;
     if (dt == MHUB_F32)
         return launch_map(s, (float *)x, (const float *)x, (const float *)x, n, divide_op{divisor});
-    divide_16bit_kernel<<<blocks_for(n, MHUB_THREADS), MHUB_THREADS, 0, s>>>((uint16_t *)x, dt, n,
-                                                                             divisor);
+    divide_16bit_kernel<<<blocks_for(n, MHUB_THREADS * MHUB_UNROLL), MHUB_THREADS, 0, s>>>(
+        (uint16_t *)x, dt, n, divisor);
     return cudaGetLastError();
 }
 
 /* ---- scale, axpy, sum of squares ---- */
 
 struct scale_op {
+    static constexpr bool binary = false;
     float alpha;
     __device__ float operator()(float x, float) const { return (sfloat(x) * alpha).v; }
 };
 
 /* y + alpha * x, with a = y and b = x */
 struct axpy_op {
+    static constexpr bool binary = true;
     float alpha;
     __device__ float operator()(float y, float x) const
     {
@@ -679,6 +837,7 @@ extern "C" cudaError_t mhub_cuda_fill_uniform(cudaStream_t s, float *dst, int64_
 
 /* param - lr (grad + wd param), with a = param and b = grad */
 struct sgd_op {
+    static constexpr bool binary = true;
     float lr, weight_decay;
     __device__ float operator()(float param, float grad) const
     {
