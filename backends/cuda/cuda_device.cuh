@@ -436,7 +436,7 @@ inline unsigned blocks_for(int64_t n, int64_t per_block, int64_t cap = MHUB_MAX_
 MHUB_DEV int64_t grid_index() { return (int64_t)blockIdx.x * blockDim.x + threadIdx.x; }
 MHUB_DEV int64_t grid_stride() { return (int64_t)gridDim.x * blockDim.x; }
 
-/* True when every pointer is 16-byte aligned, so float4 accesses apply. */
+/* True when p is 16-byte aligned, so float4 accesses to it apply. */
 inline bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 
 /* ---- deterministic column sums: dst[q][c] += sum over rows of term ----
