@@ -21,6 +21,7 @@
 #include <cblas.h>
 
 #include "backends/cpu/cpu_internal.h"
+#include "src/backend_args.h"
 
 /* Alignment of every allocation: a cache line, and enough for any vector
  * load the compiler or OpenBLAS may use. */
@@ -133,39 +134,20 @@ static void zero_range(void *ptr, int64_t lo, int64_t hi)
  * threads (cpu_parallel.c). */
 static mhub_status cpu_memset_zero(mhub_backend *be, void *ptr, size_t bytes)
 {
-    if (!ptr && bytes > 0)
-        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "ptr is NULL with bytes = %zu", bytes);
+    MHUB_TRY(mhub_args_memset_zero(ptr, bytes));
     if (bytes > 0)
         mhub_cpu_parallel_ranges(be, (int64_t)bytes, zero_range, ptr);
     return MHUB_OK;
 }
 
-static bool ranges_overlap(const void *a, const void *b, size_t bytes)
-{
-    uintptr_t x = (uintptr_t)a, y = (uintptr_t)b;
-    return x < y ? y - x < bytes : x - y < bytes;
-}
-
 static mhub_status cpu_copy(mhub_backend *be, void *dst, const void *src, size_t bytes,
                             mhub_copy_kind kind)
 {
-    if (kind != MHUB_COPY_HOST_TO_DEVICE && kind != MHUB_COPY_DEVICE_TO_HOST &&
-        kind != MHUB_COPY_DEVICE_TO_DEVICE)
-        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "kind = %d is not a copy kind", (int)kind);
-    if (bytes == 0)
+    /* Overlapping ranges are refused (undefined on a device); a range
+     * copied onto itself is allowed and changes nothing. */
+    MHUB_TRY(mhub_args_copy(dst, src, bytes, kind));
+    if (bytes == 0 || dst == src)
         return MHUB_OK;
-    if (!dst)
-        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "dst is NULL with bytes = %zu", bytes);
-    if (!src)
-        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "src is NULL with bytes = %zu", bytes);
-    /* A device copy between overlapping ranges is undefined (as for
-     * cudaMemcpy), so refuse it here too rather than let it work only on
-     * the CPU. Copying a range onto itself changes nothing. */
-    if (dst == src)
-        return MHUB_OK;
-    if (ranges_overlap(dst, src, bytes))
-        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "dst %p and src %p overlap within %zu bytes",
-                          dst, src, bytes);
     memcpy(dst, src, bytes);
     return MHUB_OK;
 }

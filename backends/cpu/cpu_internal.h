@@ -4,10 +4,11 @@
  * table); cpu_kernels.c holds the compute kernels and cpu_transformer.c the
  * transformer kernels, declared here so the ops table can point at them.
  * Every kernel has the signature of its slot in mhub_backend_ops
- * (include/mhub/backend.h) and reports bad arguments as
- * "mhub_cpu_<kernel>: <argument> ...". The two kernel files also share the
- * helpers at the end (argument checks, the vector block, the vectorizable
- * exp). Not installed; not public API. */
+ * (include/mhub/backend.h) and first checks its arguments against the
+ * contract all backends share (src/backend_args.h), so bad arguments are
+ * reported as "<op>: <argument> ...". The two kernel files also share the
+ * helpers at the end (the vector block, the vectorizable exp). Not
+ * installed; not public API. */
 #ifndef MHUB_CPU_INTERNAL_H
 #define MHUB_CPU_INTERNAL_H
 
@@ -126,14 +127,7 @@ mhub_status mhub_cpu_causal_attention_backward(mhub_backend *be, float *dqkv, fl
                                                int64_t heads, int64_t groups,
                                                int64_t head_dim);
 
-/* ---- helpers shared by the kernel files ----
- * The argument checks are plain static functions (each kernel file gets
- * its own copy), marked unused for the files that need only some of them.
- * They are not inline: that changed gcc 12's inlining in cpu_kernels.c
- * enough that its in-place GELU loop no longer vectorized. The small
- * loop-level helpers (vec_prefix, vexpf) are static inline, as they were
- * in cpu_kernels.c. */
-#define CPU_HELPER static __attribute__((unused))
+/* ---- helpers shared by the kernel files ---- */
 
 /* gcc 12 at -O2 vectorizes a loop only when the vector code replaces all
  * of the scalar code (its "very cheap" cost model), i.e. when the trip
@@ -144,90 +138,10 @@ mhub_status mhub_cpu_causal_attention_backward(mhub_backend *be, float *dqkv, fl
 
 static inline int64_t vec_prefix(int64_t n) { return n & ~(int64_t)(VEC_BLOCK - 1); }
 
-/* Largest element count accepted: its byte size still fits in int64 and
- * pointer arithmetic, for any element type up to 8 bytes. */
-#define MAX_ELEMENTS (INT64_MAX / 8)
-
-/* ---- argument checks; `kernel` is the caller's __func__ ---- */
-
-CPU_HELPER mhub_status check_count(const char *kernel, const char *name, int64_t n)
-{
-    if (n < 0)
-        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel, "%s = %" PRId64 " is negative",
-                             name, n);
-    if (n > MAX_ELEMENTS)
-        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel, "%s = %" PRId64 " is too large",
-                             name, n);
-    return MHUB_OK;
-}
-
-/* rows * cols into *total, with both counts checked and no overflow;
- * cols_name is what the kernel calls its columns. */
-CPU_HELPER mhub_status check_matrix(const char *kernel, int64_t rows, const char *cols_name,
-                                    int64_t cols, int64_t *total)
-{
-    MHUB_TRY(check_count(kernel, "rows", rows));
-    MHUB_TRY(check_count(kernel, cols_name, cols));
-    if (cols > 0 && rows > MAX_ELEMENTS / cols)
-        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel,
-                             "rows = %" PRId64 " x %s = %" PRId64 " is too many elements", rows,
-                             cols_name, cols);
-    *total = rows * cols;
-    return MHUB_OK;
-}
-
-CPU_HELPER mhub_status check_ptr(const char *kernel, const char *name, const void *p, int64_t n)
-{
-    if (!p && n > 0)
-        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel,
-                             "%s is NULL with %" PRId64 " elements to access", name, n);
-    return MHUB_OK;
-}
-
-CPU_HELPER mhub_status check_finite(const char *kernel, const char *name, float v)
-{
-    if (!isfinite(v))
-        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel, "%s = %g is not finite", name,
-                             (double)v);
-    return MHUB_OK;
-}
-
-CPU_HELPER bool overlaps(const void *a, size_t abytes, const void *b, size_t bbytes)
-{
-    if (!a || !b || abytes == 0 || bbytes == 0)
-        return false;
-    uintptr_t x = (uintptr_t)a, y = (uintptr_t)b;
-    return x < y + bbytes && y < x + abytes;
-}
-
-/* The kernels' loops use restrict pointers, so arrays must not overlap. */
-CPU_HELPER mhub_status check_separate(const char *kernel, const char *aname, const void *a,
-                                      size_t abytes, const char *bname, const void *b,
-                                      size_t bbytes)
-{
-    if (overlaps(a, abytes, b, bbytes))
-        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel,
-                             "%s and %s overlap; they must be separate arrays", aname, bname);
-    return MHUB_OK;
-}
-
-/* For kernels that may run in place: the same array, or separate ones. */
-CPU_HELPER mhub_status check_same_or_separate(const char *kernel, const char *aname,
-                                              const void *a, const char *bname, const void *b,
-                                              size_t bytes)
-{
-    if (a != b && overlaps(a, bytes, b, bytes))
-        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel,
-                             "%s and %s partly overlap; they must be the same array or "
-                             "separate ones",
-                             aname, bname);
-    return MHUB_OK;
-}
-
-CPU_HELPER size_t f32_bytes(int64_t n) { return (size_t)n * sizeof(float); }
+/* Bytes of n floats (n already checked by the argument contract). */
+static inline size_t f32_bytes(int64_t n) { return (size_t)n * sizeof(float); }
 
 /* ---- exp ---- */
-
 
 /* |x| is clamped to VEXP_LIMIT: e^-104 < 2^-150 rounds to +0 in float and
  * e^104 > 2^128 to +Inf, so the clamp changes no result, and it keeps n

@@ -6,10 +6,10 @@
  * whole vector blocks plus a short remainder (see VEC_BLOCK). Calls to
  * libm's expf do not vectorize without -ffast-math, so GELU and softmax
  * use vexpf instead, an inline exp in plain C (max error 0.99 ulp). Each
- * kernel first checks all of its arguments and writes nothing when one is
- * bad; messages name the kernel and the argument. */
+ * kernel first checks all of its arguments, through the contract every
+ * backend shares (src/backend_args.h), and writes nothing when one is
+ * bad; messages name the operation and the argument. */
 #include <inttypes.h>
-#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -18,9 +18,10 @@
 
 #include "backends/cpu/cpu_internal.h"
 #include "mhub/rng.h"
+#include "src/backend_args.h"
 
-/* VEC_BLOCK, the argument checks and f32_bytes are in cpu_internal.h,
- * shared with cpu_transformer.c. */
+/* VEC_BLOCK and vexpf are in cpu_internal.h, shared with
+ * cpu_transformer.c. */
 
 /* ---- small vectorizable loops shared by several kernels ---- */
 
@@ -58,70 +59,13 @@ static void scale_into(float *dst, const float *src, int64_t n, float alpha)
 
 /* ---- dense algebra ---- */
 
-static mhub_status check_gemm_dim(const char *kernel, const char *name, int64_t v)
-{
-    if (v < 0)
-        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel, "%s = %" PRId64 " is negative",
-                             name, v);
-    if (v > INT_MAX)
-        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel,
-                             "%s = %" PRId64 " exceeds INT_MAX, the limit of the BLAS interface",
-                             name, v);
-    return MHUB_OK;
-}
-
-/* A row-major matrix stored with `cols` columns needs a row stride of at
- * least max(1, cols) (BLAS's own rule, which it would otherwise report by
- * printing to stderr). */
-static mhub_status check_ld(const char *kernel, const char *name, int64_t ld, int64_t cols,
-                            const char *matrix)
-{
-    int64_t need = cols > 1 ? cols : 1;
-    if (ld < need)
-        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel,
-                             "%s = %" PRId64 " is less than %" PRId64
-                             ", the row length of %s as stored",
-                             name, ld, need, matrix);
-    if (ld > INT_MAX)
-        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel,
-                             "%s = %" PRId64 " exceeds INT_MAX, the limit of the BLAS interface",
-                             name, ld);
-    return MHUB_OK;
-}
-
-/* Bytes spanned by a stored rows x cols matrix with row stride ld. */
-static size_t stored_bytes(int64_t rows, int64_t cols, int64_t ld)
-{
-    if (rows == 0 || cols == 0)
-        return 0;
-    return f32_bytes((rows - 1) * ld + cols);
-}
-
 mhub_status mhub_cpu_gemm(mhub_backend *be, bool trans_a, bool trans_b, int64_t m, int64_t n,
                           int64_t k, float alpha, const float *a, int64_t lda, const float *b,
                           int64_t ldb, float beta, float *c, int64_t ldc)
 {
-    MHUB_TRY(check_gemm_dim(__func__, "m", m));
-    MHUB_TRY(check_gemm_dim(__func__, "n", n));
-    MHUB_TRY(check_gemm_dim(__func__, "k", k));
-    /* Stored shapes: A is M x K (K x M when transposed), B is K x N
-     * (N x K), C is M x N. */
-    int64_t a_rows = trans_a ? k : m, a_cols = trans_a ? m : k;
-    int64_t b_rows = trans_b ? n : k, b_cols = trans_b ? k : n;
-    MHUB_TRY(check_ld(__func__, "lda", lda, a_cols,
-                      trans_a ? "A (K x M, transposed)" : "A (M x K)"));
-    MHUB_TRY(check_ld(__func__, "ldb", ldb, b_cols,
-                      trans_b ? "B (N x K, transposed)" : "B (K x N)"));
-    MHUB_TRY(check_ld(__func__, "ldc", ldc, n, "C (M x N)"));
+    MHUB_TRY(mhub_args_gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc));
     if (m == 0 || n == 0)
         return MHUB_OK;
-    MHUB_TRY(check_ptr(__func__, "c", c, m * n));
-    MHUB_TRY(check_ptr(__func__, "a", a, m * k));
-    MHUB_TRY(check_ptr(__func__, "b", b, k * n));
-    size_t c_bytes = stored_bytes(m, n, ldc);
-    MHUB_TRY(check_separate(__func__, "c", c, c_bytes, "a", a, stored_bytes(a_rows, a_cols, lda)));
-    MHUB_TRY(check_separate(__func__, "c", c, c_bytes, "b", b, stored_bytes(b_rows, b_cols, ldb)));
-
     cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
                 trans_b ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k, alpha, a, (int)lda,
                 b, (int)ldb, beta, c, (int)ldc);
@@ -147,13 +91,8 @@ static void add_to(float *y, const float *x, int64_t n)
 mhub_status mhub_cpu_bias_add(mhub_backend *be, float *out, const float *bias, int64_t rows,
                               int64_t cols)
 {
-    int64_t total;
-    MHUB_TRY(check_matrix(__func__, rows, "cols", cols, &total));
-    MHUB_TRY(check_ptr(__func__, "out", out, total));
-    MHUB_TRY(check_ptr(__func__, "bias", bias, total > 0 ? cols : 0));
-    MHUB_TRY(check_separate(__func__, "out", out, f32_bytes(total), "bias", bias,
-                            f32_bytes(cols)));
-    if (total == 0)
+    MHUB_TRY(mhub_args_bias_add(out, bias, rows, cols));
+    if (rows == 0 || cols == 0)
         return MHUB_OK; /* bias may be NULL: no arithmetic on it */
     for (int64_t r = 0; r < rows; r++)
         add_to(out + r * cols, bias, cols);
@@ -165,13 +104,8 @@ mhub_status mhub_cpu_bias_add(mhub_backend *be, float *out, const float *bias, i
 mhub_status mhub_cpu_bias_backward(mhub_backend *be, float *dbias, const float *dout,
                                    int64_t rows, int64_t cols)
 {
-    int64_t total;
-    MHUB_TRY(check_matrix(__func__, rows, "cols", cols, &total));
-    MHUB_TRY(check_ptr(__func__, "dout", dout, total));
-    MHUB_TRY(check_ptr(__func__, "dbias", dbias, total > 0 ? cols : 0));
-    MHUB_TRY(check_separate(__func__, "dbias", dbias, f32_bytes(cols), "dout", dout,
-                            f32_bytes(total)));
-    if (total == 0)
+    MHUB_TRY(mhub_args_bias_backward(dbias, dout, rows, cols));
+    if (rows == 0 || cols == 0)
         return MHUB_OK;
     for (int64_t r = 0; r < rows; r++)
         add_to(dbias, dout + r * cols, cols);
@@ -282,10 +216,7 @@ CPU_VECTOR_CLONES static void gelu_backward_range(void *p, int64_t lo, int64_t h
 /* out may be in. */
 mhub_status mhub_cpu_gelu_forward(mhub_backend *be, float *out, const float *in, int64_t n)
 {
-    MHUB_TRY(check_count(__func__, "n", n));
-    MHUB_TRY(check_ptr(__func__, "out", out, n));
-    MHUB_TRY(check_ptr(__func__, "in", in, n));
-    MHUB_TRY(check_same_or_separate(__func__, "out", out, "in", in, f32_bytes(n)));
+    MHUB_TRY(mhub_args_gelu_forward(out, in, n));
     gelu_args a = {out, in, NULL};
     mhub_cpu_parallel_ranges(be, n, gelu_forward_range, &a);
     return MHUB_OK;
@@ -295,12 +226,7 @@ mhub_status mhub_cpu_gelu_forward(mhub_backend *be, float *out, const float *in,
 mhub_status mhub_cpu_gelu_backward(mhub_backend *be, float *din, const float *in,
                                    const float *dout, int64_t n)
 {
-    MHUB_TRY(check_count(__func__, "n", n));
-    MHUB_TRY(check_ptr(__func__, "din", din, n));
-    MHUB_TRY(check_ptr(__func__, "in", in, n));
-    MHUB_TRY(check_ptr(__func__, "dout", dout, n));
-    MHUB_TRY(check_same_or_separate(__func__, "din", din, "dout", dout, f32_bytes(n)));
-    MHUB_TRY(check_separate(__func__, "din", din, f32_bytes(n), "in", in, f32_bytes(n)));
+    MHUB_TRY(mhub_args_gelu_backward(din, in, dout, n));
     gelu_args a = {din, in, dout};
     mhub_cpu_parallel_ranges(be, n, gelu_backward_range, &a);
     return MHUB_OK;
@@ -308,13 +234,15 @@ mhub_status mhub_cpu_gelu_backward(mhub_backend *be, float *din, const float *in
 
 /* ---- softmax + cross-entropy ---- */
 
-/* Checked before anything is written, so a bad batch leaves no output. */
-static mhub_status check_targets(const char *kernel, const int32_t *targets, int64_t rows,
+/* The one check that reads memory, so it stays with the kernel (the
+ * arguments' own checks are in src/backend_args.c); made before anything
+ * is written, so a bad batch leaves no output. `op` names the operation. */
+static mhub_status check_targets(const char *op, const int32_t *targets, int64_t rows,
                                  int64_t classes)
 {
     for (int64_t r = 0; r < rows; r++) {
         if (targets[r] < 0 || targets[r] >= classes)
-            return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel,
+            return mhub_error_at(MHUB_ERR_INVALID_ARG, op,
                                  "targets[%" PRId64 "] = %" PRId32 " is outside [0, %" PRId64 ")",
                                  r, targets[r], classes);
     }
@@ -492,19 +420,8 @@ mhub_status mhub_cpu_softmax_xent_forward(mhub_backend *be, float *probs, float 
                                           const float *logits, const int32_t *targets,
                                           int64_t rows, int64_t classes)
 {
-    int64_t total;
-    MHUB_TRY(check_matrix(__func__, rows, "classes", classes, &total));
-    MHUB_TRY(check_ptr(__func__, "probs", probs, total));
-    MHUB_TRY(check_ptr(__func__, "logits", logits, total));
-    MHUB_TRY(check_ptr(__func__, "losses", losses, rows));
-    MHUB_TRY(check_ptr(__func__, "targets", targets, rows));
-    MHUB_TRY(check_targets(__func__, targets, rows, classes));
-    MHUB_TRY(check_same_or_separate(__func__, "probs", probs, "logits", logits,
-                                    f32_bytes(total)));
-    MHUB_TRY(check_separate(__func__, "losses", losses, f32_bytes(rows), "probs", probs,
-                            f32_bytes(total)));
-    MHUB_TRY(check_separate(__func__, "losses", losses, f32_bytes(rows), "logits", logits,
-                            f32_bytes(total)));
+    MHUB_TRY(mhub_args_softmax_xent_forward(probs, losses, logits, targets, rows, classes));
+    MHUB_TRY(check_targets("softmax_xent_forward", targets, rows, classes));
     xent_args a = {probs, losses, logits, targets, classes, 0.0f};
     mhub_cpu_parallel_rows(be, rows, classes, softmax_xent_forward_range, &a);
     return MHUB_OK;
@@ -515,14 +432,8 @@ mhub_status mhub_cpu_softmax_xent_backward(mhub_backend *be, float *dlogits, con
                                            const int32_t *targets, int64_t rows,
                                            int64_t classes, float dloss)
 {
-    int64_t total;
-    MHUB_TRY(check_matrix(__func__, rows, "classes", classes, &total));
-    MHUB_TRY(check_ptr(__func__, "dlogits", dlogits, total));
-    MHUB_TRY(check_ptr(__func__, "probs", probs, total));
-    MHUB_TRY(check_ptr(__func__, "targets", targets, rows));
-    MHUB_TRY(check_targets(__func__, targets, rows, classes));
-    MHUB_TRY(check_same_or_separate(__func__, "dlogits", dlogits, "probs", probs,
-                                    f32_bytes(total)));
+    MHUB_TRY(mhub_args_softmax_xent_backward(dlogits, probs, targets, rows, classes, dloss));
+    MHUB_TRY(check_targets("softmax_xent_backward", targets, rows, classes));
     xent_args a = {dlogits, NULL, probs, targets, classes, dloss};
     mhub_cpu_parallel_rows(be, rows, classes, softmax_xent_backward_range, &a);
     return MHUB_OK;
@@ -594,30 +505,12 @@ static const convert_fn converters[MHUB_DTYPE_COUNT][MHUB_DTYPE_COUNT] = {
     [MHUB_F16] = {[MHUB_F32] = f32_to_f16_n, [MHUB_BF16] = bf16_to_f16_n, [MHUB_F16] = copy2_n},
 };
 
-static mhub_status check_cast_array(const char *kernel, const char *name, const void *p,
-                                    mhub_dtype dt, int64_t n)
-{
-    if (!mhub_dtype_valid(dt))
-        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel, "%s_dtype = %d is not a dtype",
-                             name, (int)dt);
-    MHUB_TRY(check_ptr(kernel, name, p, n));
-    if ((uintptr_t)p % mhub_dtype_size(dt) != 0)
-        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel,
-                             "%s = %p is not aligned for %s elements", name, p,
-                             mhub_dtype_name(dt));
-    return MHUB_OK;
-}
-
 mhub_status mhub_cpu_cast(mhub_backend *be, void *dst, mhub_dtype dst_dtype, const void *src,
                           mhub_dtype src_dtype, int64_t n)
 {
-    MHUB_TRY(check_count(__func__, "n", n));
-    MHUB_TRY(check_cast_array(__func__, "dst", dst, dst_dtype, n));
-    MHUB_TRY(check_cast_array(__func__, "src", src, src_dtype, n));
+    MHUB_TRY(mhub_args_cast(dst, dst_dtype, src, src_dtype, n));
     if (n == 0 || (dst == src && dst_dtype == src_dtype))
         return MHUB_OK;
-    MHUB_TRY(check_separate(__func__, "dst", dst, (size_t)n * mhub_dtype_size(dst_dtype), "src",
-                            src, (size_t)n * mhub_dtype_size(src_dtype)));
     converters[dst_dtype][src_dtype](dst, src, n);
     return MHUB_OK;
 }
@@ -626,8 +519,7 @@ mhub_status mhub_cpu_cast(mhub_backend *be, void *dst, mhub_dtype dst_dtype, con
 
 mhub_status mhub_cpu_scale(mhub_backend *be, float *x, int64_t n, float alpha)
 {
-    MHUB_TRY(check_count(__func__, "n", n));
-    MHUB_TRY(check_ptr(__func__, "x", x, n));
+    MHUB_TRY(mhub_args_scale(x, n, alpha));
     if (n == 0)
         return MHUB_OK; /* x may be NULL, and NULL + 0 is undefined */
     scale_in_place(x, n, alpha);
@@ -642,10 +534,7 @@ static inline void axpy_run(float *restrict y, const float *restrict x, int64_t 
 
 mhub_status mhub_cpu_axpy(mhub_backend *be, float *y, const float *x, int64_t n, float alpha)
 {
-    MHUB_TRY(check_count(__func__, "n", n));
-    MHUB_TRY(check_ptr(__func__, "y", y, n));
-    MHUB_TRY(check_ptr(__func__, "x", x, n));
-    MHUB_TRY(check_separate(__func__, "y", y, f32_bytes(n), "x", x, f32_bytes(n)));
+    MHUB_TRY(mhub_args_axpy(y, x, n, alpha));
     if (n == 0)
         return MHUB_OK;
     int64_t body = vec_prefix(n);
@@ -666,9 +555,7 @@ static inline void sum_squares_run(double *restrict acc, const float *restrict x
 
 mhub_status mhub_cpu_sum_squares(mhub_backend *be, const float *x, int64_t n, double *out)
 {
-    MHUB_TRY(check_count(__func__, "n", n));
-    MHUB_TRY(check_ptr(__func__, "x", x, n));
-    MHUB_TRY(check_ptr(__func__, "out", out, 1));
+    MHUB_TRY(mhub_args_sum_squares(x, n, out));
     double acc[VEC_BLOCK] = {0};
     int64_t body = vec_prefix(n);
     sum_squares_run(acc, x, body);
@@ -686,12 +573,7 @@ mhub_status mhub_cpu_sum_squares(mhub_backend *be, const float *x, int64_t n, do
 mhub_status mhub_cpu_fill_normal(mhub_backend *be, float *dst, int64_t n, uint64_t seed,
                                  uint64_t stream, uint64_t offset, float mean, float std)
 {
-    MHUB_TRY(check_count(__func__, "n", n));
-    MHUB_TRY(check_ptr(__func__, "dst", dst, n));
-    MHUB_TRY(check_finite(__func__, "mean", mean));
-    MHUB_TRY(check_finite(__func__, "std", std));
-    if (std < 0.0f)
-        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "std = %g is negative", (double)std);
+    MHUB_TRY(mhub_args_fill_normal(dst, n, mean, std));
     mhub_rng_fill_normal(dst, n, seed, stream, offset, mean, std);
     return MHUB_OK;
 }
@@ -699,13 +581,7 @@ mhub_status mhub_cpu_fill_normal(mhub_backend *be, float *dst, int64_t n, uint64
 mhub_status mhub_cpu_fill_uniform(mhub_backend *be, float *dst, int64_t n, uint64_t seed,
                                   uint64_t stream, uint64_t offset, float lo, float hi)
 {
-    MHUB_TRY(check_count(__func__, "n", n));
-    MHUB_TRY(check_ptr(__func__, "dst", dst, n));
-    MHUB_TRY(check_finite(__func__, "lo", lo));
-    MHUB_TRY(check_finite(__func__, "hi", hi));
-    if (lo > hi)
-        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "lo = %g is greater than hi = %g", (double)lo,
-                          (double)hi);
+    MHUB_TRY(mhub_args_fill_uniform(dst, n, lo, hi));
     mhub_rng_fill_uniform(dst, n, seed, stream, offset, lo, hi);
     return MHUB_OK;
 }
@@ -758,43 +634,11 @@ mhub_status mhub_cpu_sgd_step(mhub_backend *be, float *param, const float *grad,
                               float *momentum_buf, int64_t n, float lr, float momentum,
                               float weight_decay)
 {
-    MHUB_TRY(check_count(__func__, "n", n));
-    MHUB_TRY(check_ptr(__func__, "param", param, n));
-    MHUB_TRY(check_ptr(__func__, "grad", grad, n));
-    MHUB_TRY(check_finite(__func__, "lr", lr));
-    MHUB_TRY(check_finite(__func__, "momentum", momentum));
-    MHUB_TRY(check_finite(__func__, "weight_decay", weight_decay));
-    if (momentum != 0.0f && !momentum_buf && n > 0)
-        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "momentum_buf is NULL with momentum = %g",
-                          (double)momentum);
-    size_t bytes = f32_bytes(n);
-    MHUB_TRY(check_separate(__func__, "param", param, bytes, "grad", grad, bytes));
-    MHUB_TRY(check_separate(__func__, "param", param, bytes, "momentum_buf", momentum_buf, bytes));
-    MHUB_TRY(check_separate(__func__, "grad", grad, bytes, "momentum_buf", momentum_buf, bytes));
+    MHUB_TRY(mhub_args_sgd_step(param, grad, momentum_buf, n, lr, momentum, weight_decay));
     if (n == 0)
         return MHUB_OK;
     sgd_args a = {param, grad, momentum_buf, lr, momentum, weight_decay};
     mhub_cpu_parallel_ranges(be, n, sgd_range, &a);
-    return MHUB_OK;
-}
-
-static mhub_status check_adamw_args(const char *kernel, float lr, float beta1, float beta2,
-                                    float eps, float weight_decay, int64_t t)
-{
-    MHUB_TRY(check_finite(kernel, "lr", lr));
-    MHUB_TRY(check_finite(kernel, "weight_decay", weight_decay));
-    if (!(beta1 >= 0.0f && beta1 < 1.0f))
-        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel, "beta1 = %g is outside [0, 1)",
-                             (double)beta1);
-    if (!(beta2 >= 0.0f && beta2 < 1.0f))
-        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel, "beta2 = %g is outside [0, 1)",
-                             (double)beta2);
-    if (!(eps >= 0.0f) || !isfinite(eps))
-        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel,
-                             "eps = %g must be finite and >= 0", (double)eps);
-    if (t < 1)
-        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel,
-                             "t = %" PRId64 " must be >= 1 (steps count from 1)", t);
     return MHUB_OK;
 }
 
@@ -849,20 +693,7 @@ mhub_status mhub_cpu_adamw_step(mhub_backend *be, float *param, const float *gra
                                 float *v, int64_t n, float lr, float beta1, float beta2,
                                 float eps, float weight_decay, int64_t t)
 {
-    MHUB_TRY(check_count(__func__, "n", n));
-    MHUB_TRY(check_ptr(__func__, "param", param, n));
-    MHUB_TRY(check_ptr(__func__, "grad", grad, n));
-    MHUB_TRY(check_ptr(__func__, "m", m, n));
-    MHUB_TRY(check_ptr(__func__, "v", v, n));
-    MHUB_TRY(check_adamw_args(__func__, lr, beta1, beta2, eps, weight_decay, t));
-    size_t bytes = f32_bytes(n);
-    const void *arrays[4] = {param, grad, m, v};
-    const char *names[4] = {"param", "grad", "m", "v"};
-    for (int i = 0; i < 4; i++)
-        for (int j = i + 1; j < 4; j++)
-            MHUB_TRY(check_separate(__func__, names[i], arrays[i], bytes, names[j], arrays[j],
-                                    bytes));
-
+    MHUB_TRY(mhub_args_adamw_step(param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, t));
     /* Bias corrections in double: beta2^t is close to 1 for small t, and
      * 1 - beta2^t would lose digits in float. */
     double bc1 = 1.0 - pow((double)beta1, (double)t);

@@ -2,9 +2,10 @@
  * LayerNorm, RMSNorm, SwiGLU, rotary embedding and causal grouped-query
  * attention (contracts in include/mhub/backend.h).
  *
- * Written like cpu_kernels.c, whose helpers (argument checks, VEC_BLOCK,
- * vexpf) come from cpu_internal.h: every kernel checks all of its arguments
- * before it writes anything, and the elementwise loops are restrict-
+ * Written like cpu_kernels.c, whose helpers (VEC_BLOCK, vexpf) come from
+ * cpu_internal.h: every kernel checks all of its arguments before it
+ * writes anything (src/backend_args.h; only the ids' range, which reads
+ * memory, is checked here), and the elementwise loops are restrict-
  * qualified, branch-free and split into whole VEC_BLOCK blocks plus a
  * remainder so that gcc vectorizes them at -O2. The block loops here are
  * always written as an outer step of VEC_BLOCK over an inner loop of
@@ -16,7 +17,6 @@
  * time, reading Q, K and V in place inside the qkv rows (row stride = the
  * qkv row width); only the softmax and its backward are loops here. */
 #include <inttypes.h>
-#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -24,53 +24,7 @@
 #include <cblas.h>
 
 #include "backends/cpu/cpu_internal.h"
-
-/* ---- argument checks ---- */
-
-/* a * b into *out, for counts already checked non-negative; `what` names
- * the product in the message. */
-static mhub_status check_product(const char *kernel, const char *what, int64_t a, int64_t b,
-                                 int64_t *out)
-{
-    *out = 0;
-    if (a > 0 && b > MAX_ELEMENTS / a)
-        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel,
-                             "%s = %" PRId64 " x %" PRId64 " is too many elements", what, a, b);
-    *out = a * b;
-    return MHUB_OK;
-}
-
-/* An array a kernel touches: its name for messages, start and size. */
-typedef struct span {
-    const char *name;
-    const void *p;
-    size_t bytes;
-} span;
-
-/* The loops use restrict pointers, so every array a kernel writes must be
- * separate from every other array it touches; arrays that are only read
- * may share memory. */
-static mhub_status check_disjoint(const char *kernel, const span *written, int nw,
-                                  const span *read, int nr)
-{
-    for (int i = 0; i < nw; i++) {
-        for (int j = i + 1; j < nw; j++)
-            MHUB_TRY(check_separate(kernel, written[i].name, written[i].p, written[i].bytes,
-                                    written[j].name, written[j].p, written[j].bytes));
-        for (int j = 0; j < nr; j++)
-            MHUB_TRY(check_separate(kernel, written[i].name, written[i].p, written[i].bytes,
-                                    read[j].name, read[j].p, read[j].bytes));
-    }
-    return MHUB_OK;
-}
-
-static mhub_status check_eps(const char *kernel, float eps)
-{
-    if (!(eps >= 0.0f) || !isfinite(eps))
-        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel, "eps = %g must be finite and >= 0",
-                             (double)eps);
-    return MHUB_OK;
-}
+#include "src/backend_args.h"
 
 /* ---- lane reductions (cf. sum_squares in cpu_kernels.c) ----
  * A single running sum is a serial dependency that gcc may not reorder
@@ -148,32 +102,18 @@ static double row_dot(const float *x, const float *y, int64_t n)
 
 /* ---- embedding ---- */
 
-/* Checked before anything is written, so a bad batch leaves no output. */
-static mhub_status check_ids(const char *kernel, const int32_t *ids, int64_t rows, int64_t vocab)
+/* The one check that reads memory, so it stays with the kernel; made
+ * before anything is written, so a bad batch leaves no output. `op` names
+ * the operation. */
+static mhub_status check_ids(const char *op, const int32_t *ids, int64_t rows, int64_t vocab)
 {
     for (int64_t r = 0; r < rows; r++)
         if (ids[r] < 0 || ids[r] >= vocab)
-            return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel,
+            return mhub_error_at(MHUB_ERR_INVALID_ARG, op,
                                  "ids[%" PRId64 "] = %" PRId32 " is outside [0, vocab = %" PRId64
                                  ")",
                                  r, ids[r], vocab);
     return MHUB_OK;
-}
-
-/* The checks both embedding kernels share: sizes, pointers, ids. `act` is
- * the [rows, dim] activation array, `tab` the [vocab, dim] table. */
-static mhub_status check_embedding(const char *kernel, const char *act_name, const void *act,
-                                   const char *tab_name, const void *tab, const int32_t *ids,
-                                   int64_t rows, int64_t vocab, int64_t dim, int64_t *act_n,
-                                   int64_t *tab_n)
-{
-    MHUB_TRY(check_matrix(kernel, rows, "dim", dim, act_n));
-    MHUB_TRY(check_count(kernel, "vocab", vocab));
-    MHUB_TRY(check_product(kernel, "vocab x dim", vocab, dim, tab_n));
-    MHUB_TRY(check_ptr(kernel, act_name, act, *act_n));
-    MHUB_TRY(check_ptr(kernel, tab_name, tab, *act_n > 0 ? *tab_n : 0));
-    MHUB_TRY(check_ptr(kernel, "ids", ids, rows));
-    return check_ids(kernel, ids, rows, vocab);
 }
 
 static inline void add_blocks(float *restrict y, const float *restrict x, int64_t n)
@@ -196,14 +136,9 @@ mhub_status mhub_cpu_embedding_forward(mhub_backend *be, float *out, const float
                                        const int32_t *ids, int64_t rows, int64_t vocab,
                                        int64_t dim, bool accumulate)
 {
-    int64_t out_n, tab_n;
-    MHUB_TRY(check_embedding(__func__, "out", out, "table", table, ids, rows, vocab, dim, &out_n,
-                             &tab_n));
-    span written[] = {{"out", out, f32_bytes(out_n)}};
-    span read[] = {{"table", table, f32_bytes(tab_n)},
-                   {"ids", ids, (size_t)rows * sizeof *ids}};
-    MHUB_TRY(check_disjoint(__func__, written, 1, read, 2));
-    if (out_n == 0)
+    MHUB_TRY(mhub_args_embedding_forward(out, table, ids, rows, vocab, dim));
+    MHUB_TRY(check_ids("embedding_forward", ids, rows, vocab));
+    if (rows == 0 || dim == 0)
         return MHUB_OK;
     for (int64_t r = 0; r < rows; r++) {
         const float *src = table + (int64_t)ids[r] * dim;
@@ -222,14 +157,9 @@ mhub_status mhub_cpu_embedding_backward(mhub_backend *be, float *dtable, const f
                                         const int32_t *ids, int64_t rows, int64_t vocab,
                                         int64_t dim)
 {
-    int64_t dout_n, tab_n;
-    MHUB_TRY(check_embedding(__func__, "dout", dout, "dtable", dtable, ids, rows, vocab, dim,
-                             &dout_n, &tab_n));
-    span written[] = {{"dtable", dtable, f32_bytes(tab_n)}};
-    span read[] = {{"dout", dout, f32_bytes(dout_n)},
-                   {"ids", ids, (size_t)rows * sizeof *ids}};
-    MHUB_TRY(check_disjoint(__func__, written, 1, read, 2));
-    if (dout_n == 0)
+    MHUB_TRY(mhub_args_embedding_backward(dtable, dout, ids, rows, vocab, dim));
+    MHUB_TRY(check_ids("embedding_backward", ids, rows, vocab));
+    if (rows == 0 || dim == 0)
         return MHUB_OK;
     for (int64_t r = 0; r < rows; r++)
         add_row(dtable + (int64_t)ids[r] * dim, dout + r * dim, dim);
@@ -291,23 +221,8 @@ mhub_status mhub_cpu_layernorm_forward(mhub_backend *be, float *out, float *mean
                                        const float *in, const float *weight, const float *bias,
                                        int64_t rows, int64_t dim, float eps)
 {
-    int64_t total;
-    MHUB_TRY(check_matrix(__func__, rows, "dim", dim, &total));
-    int64_t per_row = total > 0 ? rows : 0, per_col = total > 0 ? dim : 0;
-    MHUB_TRY(check_ptr(__func__, "out", out, total));
-    MHUB_TRY(check_ptr(__func__, "mean", mean, per_row));
-    MHUB_TRY(check_ptr(__func__, "rstd", rstd, per_row));
-    MHUB_TRY(check_ptr(__func__, "in", in, total));
-    MHUB_TRY(check_ptr(__func__, "weight", weight, per_col)); /* bias may be NULL */
-    MHUB_TRY(check_eps(__func__, eps));
-    span written[] = {{"out", out, f32_bytes(total)},
-                      {"mean", mean, f32_bytes(per_row)},
-                      {"rstd", rstd, f32_bytes(per_row)}};
-    span read[] = {{"in", in, f32_bytes(total)},
-                   {"weight", weight, f32_bytes(per_col)},
-                   {"bias", bias, f32_bytes(per_col)}};
-    MHUB_TRY(check_disjoint(__func__, written, 3, read, 3));
-    if (total == 0)
+    MHUB_TRY(mhub_args_layernorm_forward(out, mean, rstd, in, weight, bias, rows, dim, eps));
+    if (rows == 0 || dim == 0)
         return MHUB_OK;
     for (int64_t r = 0; r < rows; r++)
         layernorm_row(out + r * dim, mean + r, rstd + r, in + r * dim, weight, bias, dim, eps);
@@ -392,24 +307,9 @@ mhub_status mhub_cpu_layernorm_backward(mhub_backend *be, float *din, float *dwe
                                         const float *weight, const float *mean,
                                         const float *rstd, int64_t rows, int64_t dim)
 {
-    int64_t total;
-    MHUB_TRY(check_matrix(__func__, rows, "dim", dim, &total));
-    int64_t per_row = total > 0 ? rows : 0, per_col = total > 0 ? dim : 0;
-    MHUB_TRY(check_ptr(__func__, "din", din, total));
-    MHUB_TRY(check_ptr(__func__, "dweight", dweight, per_col)); /* dbias may be NULL */
-    MHUB_TRY(check_ptr(__func__, "dout", dout, total));
-    MHUB_TRY(check_ptr(__func__, "in", in, total));
-    MHUB_TRY(check_ptr(__func__, "weight", weight, per_col));
-    MHUB_TRY(check_ptr(__func__, "mean", mean, per_row));
-    MHUB_TRY(check_ptr(__func__, "rstd", rstd, per_row));
-    span written[] = {{"din", din, f32_bytes(total)},
-                      {"dweight", dweight, f32_bytes(per_col)},
-                      {"dbias", dbias, f32_bytes(per_col)}};
-    span read[] = {{"dout", dout, f32_bytes(total)},     {"in", in, f32_bytes(total)},
-                   {"weight", weight, f32_bytes(per_col)}, {"mean", mean, f32_bytes(per_row)},
-                   {"rstd", rstd, f32_bytes(per_row)}};
-    MHUB_TRY(check_disjoint(__func__, written, 3, read, 5));
-    if (total == 0)
+    MHUB_TRY(mhub_args_layernorm_backward(din, dweight, dbias, dout, in, weight, mean, rstd, rows,
+                                          dim));
+    if (rows == 0 || dim == 0)
         return MHUB_OK;
     for (int64_t r = 0; r < rows; r++)
         layernorm_backward_row(din + r * dim, dweight, dbias, dout + r * dim, in + r * dim,
@@ -442,18 +342,8 @@ static void rmsnorm_row(float *out, float *rstd_out, const float *x, const float
 mhub_status mhub_cpu_rmsnorm_forward(mhub_backend *be, float *out, float *rstd, const float *in,
                                      const float *weight, int64_t rows, int64_t dim, float eps)
 {
-    int64_t total;
-    MHUB_TRY(check_matrix(__func__, rows, "dim", dim, &total));
-    int64_t per_row = total > 0 ? rows : 0, per_col = total > 0 ? dim : 0;
-    MHUB_TRY(check_ptr(__func__, "out", out, total));
-    MHUB_TRY(check_ptr(__func__, "rstd", rstd, per_row));
-    MHUB_TRY(check_ptr(__func__, "in", in, total));
-    MHUB_TRY(check_ptr(__func__, "weight", weight, per_col));
-    MHUB_TRY(check_eps(__func__, eps));
-    span written[] = {{"out", out, f32_bytes(total)}, {"rstd", rstd, f32_bytes(per_row)}};
-    span read[] = {{"in", in, f32_bytes(total)}, {"weight", weight, f32_bytes(per_col)}};
-    MHUB_TRY(check_disjoint(__func__, written, 2, read, 2));
-    if (total == 0)
+    MHUB_TRY(mhub_args_rmsnorm_forward(out, rstd, in, weight, rows, dim, eps));
+    if (rows == 0 || dim == 0)
         return MHUB_OK;
     for (int64_t r = 0; r < rows; r++)
         rmsnorm_row(out + r * dim, rstd + r, in + r * dim, weight, dim, eps);
@@ -506,22 +396,8 @@ mhub_status mhub_cpu_rmsnorm_backward(mhub_backend *be, float *din, float *dweig
                                       const float *dout, const float *in, const float *weight,
                                       const float *rstd, int64_t rows, int64_t dim)
 {
-    int64_t total;
-    MHUB_TRY(check_matrix(__func__, rows, "dim", dim, &total));
-    int64_t per_row = total > 0 ? rows : 0, per_col = total > 0 ? dim : 0;
-    MHUB_TRY(check_ptr(__func__, "din", din, total));
-    MHUB_TRY(check_ptr(__func__, "dweight", dweight, per_col));
-    MHUB_TRY(check_ptr(__func__, "dout", dout, total));
-    MHUB_TRY(check_ptr(__func__, "in", in, total));
-    MHUB_TRY(check_ptr(__func__, "weight", weight, per_col));
-    MHUB_TRY(check_ptr(__func__, "rstd", rstd, per_row));
-    span written[] = {{"din", din, f32_bytes(total)}, {"dweight", dweight, f32_bytes(per_col)}};
-    span read[] = {{"dout", dout, f32_bytes(total)},
-                   {"in", in, f32_bytes(total)},
-                   {"weight", weight, f32_bytes(per_col)},
-                   {"rstd", rstd, f32_bytes(per_row)}};
-    MHUB_TRY(check_disjoint(__func__, written, 2, read, 4));
-    if (total == 0)
+    MHUB_TRY(mhub_args_rmsnorm_backward(din, dweight, dout, in, weight, rstd, rows, dim));
+    if (rows == 0 || dim == 0)
         return MHUB_OK;
     for (int64_t r = 0; r < rows; r++)
         rmsnorm_backward_row(din + r * dim, dweight, dout + r * dim, in + r * dim, weight, dim,
@@ -552,25 +428,11 @@ static void swiglu_row(float *out, const float *gate, const float *up, int64_t n
         out[i] = gate[i] * sigmoidf_v(gate[i]) * up[i];
 }
 
-/* The [rows, 2 ffn] input and the [rows, ffn] output. */
-static mhub_status check_swiglu_shape(const char *kernel, int64_t rows, int64_t ffn,
-                                      int64_t *in_n, int64_t *out_n)
-{
-    MHUB_TRY(check_matrix(kernel, rows, "ffn", ffn, out_n));
-    return check_product(kernel, "rows x 2 ffn", *out_n, 2, in_n);
-}
-
 mhub_status mhub_cpu_swiglu_forward(mhub_backend *be, float *out, const float *in, int64_t rows,
                                     int64_t ffn)
 {
-    int64_t in_n, out_n;
-    MHUB_TRY(check_swiglu_shape(__func__, rows, ffn, &in_n, &out_n));
-    MHUB_TRY(check_ptr(__func__, "out", out, out_n));
-    MHUB_TRY(check_ptr(__func__, "in", in, in_n));
-    span written[] = {{"out", out, f32_bytes(out_n)}};
-    span read[] = {{"in", in, f32_bytes(in_n)}};
-    MHUB_TRY(check_disjoint(__func__, written, 1, read, 1));
-    if (out_n == 0)
+    MHUB_TRY(mhub_args_swiglu_forward(out, in, rows, ffn));
+    if (rows == 0 || ffn == 0)
         return MHUB_OK;
     for (int64_t r = 0; r < rows; r++) {
         const float *x = in + r * 2 * ffn;
@@ -608,15 +470,8 @@ static void swiglu_backward_row(float *dgate, float *dup, const float *dy, const
 mhub_status mhub_cpu_swiglu_backward(mhub_backend *be, float *din, const float *dout,
                                      const float *in, int64_t rows, int64_t ffn)
 {
-    int64_t in_n, out_n;
-    MHUB_TRY(check_swiglu_shape(__func__, rows, ffn, &in_n, &out_n));
-    MHUB_TRY(check_ptr(__func__, "din", din, in_n));
-    MHUB_TRY(check_ptr(__func__, "dout", dout, out_n));
-    MHUB_TRY(check_ptr(__func__, "in", in, in_n));
-    span written[] = {{"din", din, f32_bytes(in_n)}};
-    span read[] = {{"dout", dout, f32_bytes(out_n)}, {"in", in, f32_bytes(in_n)}};
-    MHUB_TRY(check_disjoint(__func__, written, 1, read, 2));
-    if (out_n == 0)
+    MHUB_TRY(mhub_args_swiglu_backward(din, dout, in, rows, ffn));
+    if (rows == 0 || ffn == 0)
         return MHUB_OK;
     for (int64_t r = 0; r < rows; r++) {
         float *dx = din + r * 2 * ffn;
@@ -633,41 +488,19 @@ typedef struct qkv_shape {
     int64_t per_group;    /* query heads per group: heads / groups */
     int64_t width;        /* a qkv row: (heads + 2 groups) * head_dim */
     int64_t out_width;    /* an attention output row: heads * head_dim */
-    int64_t qkv_n, out_n; /* elements of qkv and of the output */
-    int64_t probs_n;      /* batch * heads * seq * seq (attention only) */
+    int64_t qkv_n;        /* elements of qkv */
 } qkv_shape;
 
-/* Checks the five sizes and the head/group split, and derives the sizes
- * of qkv and of the output, every product checked for overflow. heads == 0 needs groups == 0 (a
- * group without query heads is no layout the models produce). */
-static mhub_status check_qkv_shape(const char *kernel, int64_t batch, int64_t seq,
-                                   int64_t heads, int64_t groups, int64_t head_dim,
-                                   qkv_shape *s)
+/* The layout of sizes that passed their op's argument check (which rules
+ * out overflow and a group count that does not divide the heads). */
+static qkv_shape qkv_shape_of(int64_t batch, int64_t seq, int64_t heads, int64_t groups,
+                              int64_t head_dim)
 {
-    MHUB_TRY(check_count(kernel, "batch", batch));
-    MHUB_TRY(check_count(kernel, "seq", seq));
-    MHUB_TRY(check_count(kernel, "heads", heads));
-    MHUB_TRY(check_count(kernel, "groups", groups));
-    MHUB_TRY(check_count(kernel, "head_dim", head_dim));
-    if (heads == 0 && groups != 0)
-        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel,
-                             "groups = %" PRId64 " with heads = 0: a group needs query heads",
-                             groups);
-    if (heads > 0 && (groups < 1 || heads % groups != 0))
-        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel,
-                             "groups = %" PRId64 " does not divide heads = %" PRId64, groups,
-                             heads);
-    *s = (qkv_shape){.batch = batch, .seq = seq, .heads = heads, .groups = groups,
-                     .head_dim = head_dim, .per_group = groups > 0 ? heads / groups : 0};
-    int64_t rows;
-    /* heads + 2 groups <= 3 MAX_ELEMENTS cannot overflow. */
-    MHUB_TRY(check_product(kernel, "(heads + 2 groups) x head_dim", heads + 2 * groups,
-                           head_dim, &s->width));
-    MHUB_TRY(check_product(kernel, "heads x head_dim", heads, head_dim, &s->out_width));
-    MHUB_TRY(check_product(kernel, "batch x seq", batch, seq, &rows));
-    MHUB_TRY(check_product(kernel, "batch x seq x row width", rows, s->width, &s->qkv_n));
-    return check_product(kernel, "batch x seq x heads x head_dim", rows, s->out_width,
-                         &s->out_n);
+    int64_t width = (heads + 2 * groups) * head_dim;
+    return (qkv_shape){.batch = batch, .seq = seq, .heads = heads, .groups = groups,
+                       .head_dim = head_dim, .per_group = groups > 0 ? heads / groups : 0,
+                       .width = width, .out_width = heads * head_dim,
+                       .qkv_n = batch * seq * width};
 }
 
 /* Column of query head h, and of group g's key head (its value head
@@ -756,26 +589,11 @@ static void rope_apply(float *qkv, const qkv_shape *s, float base, float sign)
     }
 }
 
-static mhub_status check_rope(const char *kernel, const char *name, const float *qkv,
-                              int64_t batch, int64_t seq, int64_t heads, int64_t groups,
-                              int64_t head_dim, float base, qkv_shape *s)
-{
-    MHUB_TRY(check_qkv_shape(kernel, batch, seq, heads, groups, head_dim, s));
-    if (head_dim % 2 != 0)
-        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel,
-                             "head_dim = %" PRId64 " is odd; rotary pairs need an even one",
-                             head_dim);
-    if (!(base > 0.0f) || !isfinite(base))
-        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel, "base = %g must be finite and > 0",
-                             (double)base);
-    return check_ptr(kernel, name, qkv, s->qkv_n);
-}
-
 mhub_status mhub_cpu_rope_forward(mhub_backend *be, float *qkv, int64_t batch, int64_t seq,
                                   int64_t heads, int64_t groups, int64_t head_dim, float base)
 {
-    qkv_shape s;
-    MHUB_TRY(check_rope(__func__, "qkv", qkv, batch, seq, heads, groups, head_dim, base, &s));
+    MHUB_TRY(mhub_args_rope("rope_forward", qkv, batch, seq, heads, groups, head_dim, base));
+    qkv_shape s = qkv_shape_of(batch, seq, heads, groups, head_dim);
     if (s.qkv_n > 0)
         rope_apply(qkv, &s, base, 1.0f);
     return MHUB_OK;
@@ -784,8 +602,8 @@ mhub_status mhub_cpu_rope_forward(mhub_backend *be, float *qkv, int64_t batch, i
 mhub_status mhub_cpu_rope_backward(mhub_backend *be, float *dqkv, int64_t batch, int64_t seq,
                                    int64_t heads, int64_t groups, int64_t head_dim, float base)
 {
-    qkv_shape s;
-    MHUB_TRY(check_rope(__func__, "dqkv", dqkv, batch, seq, heads, groups, head_dim, base, &s));
+    MHUB_TRY(mhub_args_rope("rope_backward", dqkv, batch, seq, heads, groups, head_dim, base));
+    qkv_shape s = qkv_shape_of(batch, seq, heads, groups, head_dim);
     if (s.qkv_n > 0)
         rope_apply(dqkv, &s, base, -1.0f);
     return MHUB_OK;
@@ -806,30 +624,6 @@ mhub_status mhub_cpu_rope_backward(mhub_backend *be, float *dqkv, int64_t batch,
 static int64_t block_end(int64_t r0, int64_t seq)
 {
     return seq - r0 < ATTN_BLOCK ? seq : r0 + ATTN_BLOCK;
-}
-
-/* BLAS takes int sizes and strides. */
-static mhub_status check_blas_size(const char *kernel, const char *name, int64_t v)
-{
-    if (v > INT_MAX)
-        return mhub_error_at(MHUB_ERR_INVALID_ARG, kernel,
-                             "%s = %" PRId64 " exceeds INT_MAX, the limit of the BLAS interface",
-                             name, v);
-    return MHUB_OK;
-}
-
-static mhub_status check_attention_shape(const char *kernel, int64_t batch, int64_t seq,
-                                         int64_t heads, int64_t groups, int64_t head_dim,
-                                         qkv_shape *s)
-{
-    MHUB_TRY(check_qkv_shape(kernel, batch, seq, heads, groups, head_dim, s));
-    MHUB_TRY(check_blas_size(kernel, "seq", seq));
-    MHUB_TRY(check_blas_size(kernel, "qkv row width (heads + 2 groups) x head_dim", s->width));
-    MHUB_TRY(check_blas_size(kernel, "output row width heads x head_dim", s->out_width));
-    int64_t bh, ss;
-    MHUB_TRY(check_product(kernel, "batch x heads", batch, heads, &bh));
-    MHUB_TRY(check_product(kernel, "seq x seq", seq, seq, &ss));
-    return check_product(kernel, "batch x heads x seq x seq", bh, ss, &s->probs_n);
 }
 
 static inline void max_blocks(float *restrict acc, const float *restrict x, int64_t n)
@@ -913,14 +707,9 @@ mhub_status mhub_cpu_causal_attention_forward(mhub_backend *be, float *out, floa
                                               const float *qkv, int64_t batch, int64_t seq,
                                               int64_t heads, int64_t groups, int64_t head_dim)
 {
-    qkv_shape s;
-    MHUB_TRY(check_attention_shape(__func__, batch, seq, heads, groups, head_dim, &s));
-    MHUB_TRY(check_ptr(__func__, "out", out, s.out_n));
-    MHUB_TRY(check_ptr(__func__, "probs", probs, s.probs_n));
-    MHUB_TRY(check_ptr(__func__, "qkv", qkv, s.qkv_n));
-    span written[] = {{"out", out, f32_bytes(s.out_n)}, {"probs", probs, f32_bytes(s.probs_n)}};
-    span read[] = {{"qkv", qkv, f32_bytes(s.qkv_n)}};
-    MHUB_TRY(check_disjoint(__func__, written, 2, read, 1));
+    MHUB_TRY(mhub_args_causal_attention_forward(out, probs, qkv, batch, seq, heads, groups,
+                                                head_dim));
+    qkv_shape s = qkv_shape_of(batch, seq, heads, groups, head_dim);
     /* Any size 0 (head_dim included) leaves qkv empty: nothing to do. */
     if (s.qkv_n == 0)
         return MHUB_OK;
@@ -1010,19 +799,9 @@ mhub_status mhub_cpu_causal_attention_backward(mhub_backend *be, float *dqkv, fl
                                                int64_t heads, int64_t groups,
                                                int64_t head_dim)
 {
-    qkv_shape s;
-    MHUB_TRY(check_attention_shape(__func__, batch, seq, heads, groups, head_dim, &s));
-    MHUB_TRY(check_ptr(__func__, "dqkv", dqkv, s.qkv_n));
-    MHUB_TRY(check_ptr(__func__, "scratch", scratch, s.probs_n));
-    MHUB_TRY(check_ptr(__func__, "dout", dout, s.out_n));
-    MHUB_TRY(check_ptr(__func__, "qkv", qkv, s.qkv_n));
-    MHUB_TRY(check_ptr(__func__, "probs", probs, s.probs_n));
-    span written[] = {{"dqkv", dqkv, f32_bytes(s.qkv_n)},
-                      {"scratch", scratch, f32_bytes(s.probs_n)}};
-    span read[] = {{"dout", dout, f32_bytes(s.out_n)},
-                   {"qkv", qkv, f32_bytes(s.qkv_n)},
-                   {"probs", probs, f32_bytes(s.probs_n)}};
-    MHUB_TRY(check_disjoint(__func__, written, 2, read, 3));
+    MHUB_TRY(mhub_args_causal_attention_backward(dqkv, scratch, dout, qkv, probs, batch, seq,
+                                                 heads, groups, head_dim));
+    qkv_shape s = qkv_shape_of(batch, seq, heads, groups, head_dim);
     if (s.qkv_n == 0)
         return MHUB_OK;
     int64_t T = seq, d = head_dim;
