@@ -1,5 +1,6 @@
 /* test_transformer.c - the CPU backend's transformer kernels: embedding,
- * LayerNorm, RMSNorm, SwiGLU, RoPE and causal grouped-query attention.
+ * LayerNorm, RMSNorm, SwiGLU, RoPE and causal grouped-query attention,
+ * plain and flash (the latter also against the former on the same inputs).
  *
  * Every kernel is compared with a naive double-precision reference written
  * here from the contract in include/mhub/backend.h (forwards to a relative
@@ -1063,6 +1064,138 @@ START_TEST(test_attention_backward_fd)
 }
 END_TEST
 
+/* ---------------------------------------------------------- flash attention */
+
+/* lse[b, h, t] = log sum_{j <= t} exp(scale q_t . k_j), in double. */
+static void ref_lse(double *lse, const double *qkv, shape s)
+{
+    int64_t T = s.seq, d = s.d, W = width_of(s), per = s.heads / s.groups;
+    double scale = 1.0 / sqrt((double)d);
+    double z[REF_MAX_SEQ];
+    ck_assert_int_le(T, REF_MAX_SEQ);
+    for (int64_t b = 0; b < s.batch; b++)
+        for (int64_t h = 0; h < s.heads; h++) {
+            const double *base = qkv + b * T * W;
+            int64_t qc = col_q(s, h), kc = col_k(s, h / per);
+            for (int64_t t = 0; t < T; t++) {
+                double m = -INFINITY, sum = 0.0;
+                for (int64_t j = 0; j <= t; j++) {
+                    double dot = 0.0;
+                    for (int64_t i = 0; i < d; i++)
+                        dot += base[t * W + qc + i] * base[j * W + kc + i];
+                    z[j] = dot * scale;
+                    m = z[j] > m ? z[j] : m;
+                }
+                for (int64_t j = 0; j <= t; j++)
+                    sum += exp(z[j] - m);
+                lse[(b * s.heads + h) * T + t] = m + log(sum);
+            }
+        }
+}
+
+static int64_t lse_len(shape s) { return s.batch * s.heads * s.seq; }
+
+/* Flash attention against the plain kernels on the same inputs (out and
+ * dqkv within FLASH_REL of them, on the scale of the array), against the
+ * double references, and lse against the softmax normaliser in double.
+ * Outputs start as NaN. qkv ~ N(0, sigma^2): a large sigma spreads the
+ * scores, so a later key tile often raises a row's running max.
+ * FLASH_REL is twice the forward tolerance: at T = 500 with sigma 3 each
+ * kernel's dqkv is itself ~1e-5 from the double reference (measured:
+ * flash 2.0e-5, plain 1.1e-5, apart 1.0e-5), as rounding of the scores
+ * grows with their spread and each row's sums with T. */
+#define FLASH_REL 2e-5
+static void check_flash(shape s, float sigma)
+{
+    int64_t n = qkv_len(s), no = out_len(s), nl = lse_len(s);
+    float *qkv = randn(n, sigma, 0.0f), *dout = randn(no, 1.0f, 0.0f);
+    float *out_plain = fbuf(no), *probs = fbuf(probs_len(s)), *dqkv_plain = fbuf(n);
+    run_attention_forward(out_plain, probs, qkv, s);
+    run_attention_backward(dqkv_plain, dout, qkv, probs, s);
+
+    float *out = nans(no), *lse = nans(nl), *dqkv = nans(n);
+    CK_OK(be->ops->flash_attention_forward(be, out, lse, qkv, s.batch, s.seq, s.heads, s.groups,
+                                           s.d));
+    CK_OK(be->ops->flash_attention_backward(be, dqkv, dout, out, qkv, lse, s.batch, s.seq,
+                                            s.heads, s.groups, s.d));
+    ck_close_all(out, widen(out_plain, no), no, FLASH_REL, "flash out vs causal_attention");
+    ck_close_all(dqkv, widen(dqkv_plain, n), n, FLASH_REL, "flash dqkv vs causal_attention");
+
+    double *qkv_d = widen(qkv, n), *want_out = dbuf(no), *want_dqkv = dbuf(n);
+    double *want_lse = dbuf(nl);
+    ref_attention(want_out, NULL, qkv_d, s);
+    ref_attention_backward(want_dqkv, widen(dout, no), qkv_d, s);
+    ref_lse(want_lse, qkv_d, s);
+    ck_close_all(out, want_out, no, FWD_REL, "flash_attention_forward out");
+    ck_close_all(lse, want_lse, nl, FWD_REL, "flash_attention_forward lse");
+    ck_close_all(dqkv, want_dqkv, n, BWD_REL, "flash_attention_backward dqkv");
+}
+
+/* GPT-2 style (groups == heads), grouped queries (2 groups and 1), and
+ * sequences of 1 and 7: one key tile. */
+START_TEST(test_flash_attention_small)
+{
+    for (int si = 0; si < N_SMALL; si++)
+        check_flash(small_shapes[si], 1.0f);
+}
+END_TEST
+
+/* Past the kernel's query block and key tile (256 each), with lengths
+ * that are not multiples of them: 257 (a last block of one row), 300 and
+ * 500 (two blocks, two tiles), and spread scores. */
+START_TEST(test_flash_attention_long)
+{
+    check_flash((shape){1, 257, 3, 3, 8}, 1.0f);
+    check_flash((shape){2, 300, 4, 2, 20}, 1.0f);
+    check_flash((shape){1, 500, 4, 1, 16}, 3.0f);
+}
+END_TEST
+
+START_TEST(test_flash_attention_edges_and_bad_args)
+{
+    const mhub_backend_ops *o = be->ops;
+    shape s = {2, 3, 4, 2, 8};
+    int64_t n = qkv_len(s), no = out_len(s), nl = lse_len(s);
+    float *qkv = randn(n, 1.0f, 0.0f), *out = randn(no, 1.0f, 0.0f);
+    float *lse = randn(nl, 1.0f, 0.0f), *dqkv = randn(n, 1.0f, 0.0f);
+    float *dout = randn(no, 1.0f, 0.0f);
+    float *qkv0 = fcopy(qkv, n), *out0 = fcopy(out, no), *lse0 = fcopy(lse, nl);
+    float *dqkv0 = fcopy(dqkv, n);
+
+    CK_BAD(o->flash_attention_forward(be, out, lse, qkv, 2, 3, 4, 3, 8),
+           "flash_attention_forward: groups = 3 does not divide heads = 4");
+    CK_BAD(o->flash_attention_forward(be, out, lse, qkv, 2, -3, 4, 2, 8),
+           "flash_attention_forward: seq = -3");
+    CK_BAD(o->flash_attention_forward(be, NULL, lse, qkv, 2, 3, 4, 2, 8), "out is NULL");
+    CK_BAD(o->flash_attention_forward(be, out, NULL, qkv, 2, 3, 4, 2, 8), "lse is NULL");
+    CK_BAD(o->flash_attention_forward(be, out, lse, NULL, 2, 3, 4, 2, 8), "qkv is NULL");
+    CK_BAD(o->flash_attention_forward(be, out, out + 4, qkv, 2, 3, 4, 2, 8),
+           "out and lse overlap");
+    CK_BAD(o->flash_attention_forward(be, out, qkv, qkv, 2, 3, 4, 2, 8), "lse and qkv overlap");
+    CK_BAD(o->flash_attention_backward(be, dqkv, dout, out, qkv, lse, 2, 3, 4, 0, 8),
+           "flash_attention_backward: groups = 0 does not divide heads = 4");
+    CK_BAD(o->flash_attention_backward(be, dqkv, dout, out, qkv, NULL, 2, 3, 4, 2, 8),
+           "lse is NULL");
+    CK_BAD(o->flash_attention_backward(be, dqkv, dout, NULL, qkv, lse, 2, 3, 4, 2, 8),
+           "out is NULL");
+    CK_BAD(o->flash_attention_backward(be, qkv, dout, out, qkv, lse, 2, 3, 4, 2, 8),
+           "dqkv and qkv overlap");
+    CK_BAD(o->flash_attention_backward(be, dqkv, dout, out, qkv, dqkv + 3, 2, 3, 4, 2, 8),
+           "dqkv and lse overlap");
+    CK_UNCHANGED(qkv, qkv0, n);
+    CK_UNCHANGED(out, out0, no);
+    CK_UNCHANGED(lse, lse0, nl);
+    CK_UNCHANGED(dqkv, dqkv0, n);
+
+    CK_OK(o->flash_attention_forward(be, NULL, NULL, NULL, 0, 3, 4, 2, 8));
+    CK_OK(o->flash_attention_backward(be, NULL, NULL, NULL, NULL, NULL, 0, 3, 4, 2, 8));
+    /* head_dim 0: every score is 0, so row t's normaliser is t + 1 */
+    CK_OK(o->flash_attention_forward(be, NULL, lse, NULL, 2, 3, 4, 2, 0));
+    for (int64_t i = 0; i < nl; i++)
+        ck_assert_float_eq_tol(lse[i], (float)log((double)(i % 3 + 1)), 1e-7f);
+}
+END_TEST
+
 START_TEST(test_qkv_bad_args)
 {
     const mhub_backend_ops *o = be->ops;
@@ -1196,6 +1329,9 @@ static Suite *make_suite(void)
     tcase_add_test(attn, test_attention_long);
     tcase_add_test(attn, test_attention_backward_fd);
     tcase_add_test(attn, test_qkv_bad_args);
+    tcase_add_test(attn, test_flash_attention_small);
+    tcase_add_test(attn, test_flash_attention_long);
+    tcase_add_test(attn, test_flash_attention_edges_and_bad_args);
     suite_add_tcase(s, attn);
     return s;
 }

@@ -126,6 +126,13 @@ mhub_status mhub_cpu_causal_attention_backward(mhub_backend *be, float *dqkv, fl
                                                const float *probs, int64_t batch, int64_t seq,
                                                int64_t heads, int64_t groups,
                                                int64_t head_dim);
+mhub_status mhub_cpu_flash_attention_forward(mhub_backend *be, float *out, float *lse,
+                                             const float *qkv, int64_t batch, int64_t seq,
+                                             int64_t heads, int64_t groups, int64_t head_dim);
+mhub_status mhub_cpu_flash_attention_backward(mhub_backend *be, float *dqkv, const float *dout,
+                                              const float *out, const float *qkv,
+                                              const float *lse, int64_t batch, int64_t seq,
+                                              int64_t heads, int64_t groups, int64_t head_dim);
 
 /* ---- helpers shared by the kernel files ---- */
 
