@@ -19,6 +19,13 @@
  * grad-ready fires for them then and an engine can reduce them while
  * earlier layers still run. Every buffer is sized at create.
  *
+ * Attention keeps, per layer, either the softmax probs [B, a, T, T] of
+ * causal_attention (and the backward a B a T T scratch) or, when the
+ * backend offers flash attention, only the per-row logsumexp lse
+ * [B, a, T], from which the backward recomputes the probabilities: at
+ * GPT-2's T = 1024 and a = 12 that is 48 MiB per sequence and layer
+ * against 48 KiB.
+ *
  * Parameters may be stored in bf16 or f16; compute is always f32. Every
  * read of a parameter goes through param_view (the f32 tensor itself, or
  * an exact widening into scratch) and every gradient write through
@@ -48,7 +55,8 @@ typedef struct layer_acts {
     float *in;                      /* [N, H] residual stream entering the layer */
     float *ln1, *ln1_mean, *ln1_rstd;
     float *qkv;                     /* [N, Q], rotated when rope */
-    float *probs;                   /* [B, a, T, T] attention softmax */
+    float *probs;                   /* [B, a, T, T] attention softmax (plain attention) */
+    float *lse;                     /* [B, a, T] its log normalisers (flash attention) */
     float *attn;                    /* [N, A] */
     float *mid;                     /* [N, H] residual after attention */
     float *ln2, *ln2_mean, *ln2_rstd;
@@ -58,6 +66,7 @@ typedef struct layer_acts {
 
 struct gpt_compute {
     int64_t max_batch, seq_cap, max_rows;
+    bool flash;                     /* the backend's flash attention ops are used */
     int wte, wpe, lnf_w, lnf_b, out_w;
     layer_params *lp;
     layer_acts *la;
@@ -69,7 +78,8 @@ struct gpt_compute {
     int32_t *host_positions;
     float *host_losses;
     /* backward scratch */
-    float *dres, *dtmp, *dnorm, *dqkv, *dattn, *dfc1, *dact, *att_scratch;
+    float *dres, *dtmp, *dnorm, *dqkv, *dattn, *dfc1, *dact;
+    float *att_scratch;             /* [B, a, T, T], plain attention only */
     /* 16-bit parameters (NULL for f32 models): slot 0 holds a weight or
      * table, slot 1 the bias read or written beside it (sized scratch_cap
      * elements each); view32 are f32 copies of values, grad32 gradients
@@ -266,7 +276,7 @@ static mhub_status find_params(mhub_gpt *m, gpt_compute *c)
 }
 
 static mhub_status alloc_layer(mhub_backend *be, const mhub_gpt *m, int64_t n, int64_t b,
-                               int64_t t, layer_acts *a)
+                               int64_t t, bool flash, layer_acts *a)
 {
     int64_t h = m->cfg.hidden_size, heads = m->cfg.num_attention_heads;
     MHUB_TRY(alloc_f(be, n * h, &a->in));
@@ -274,7 +284,10 @@ static mhub_status alloc_layer(mhub_backend *be, const mhub_gpt *m, int64_t n, i
     MHUB_TRY(alloc_f(be, n, &a->ln1_mean));
     MHUB_TRY(alloc_f(be, n, &a->ln1_rstd));
     MHUB_TRY(alloc_f(be, n * m->dims.qkv_rows, &a->qkv));
-    MHUB_TRY(alloc_f(be, b * heads * t * t, &a->probs));
+    if (flash)
+        MHUB_TRY(alloc_f(be, b * heads * t, &a->lse));
+    else
+        MHUB_TRY(alloc_f(be, b * heads * t * t, &a->probs));
     MHUB_TRY(alloc_f(be, n * m->dims.attn_width, &a->attn));
     MHUB_TRY(alloc_f(be, n * h, &a->mid));
     MHUB_TRY(alloc_f(be, n * h, &a->ln2));
@@ -313,12 +326,11 @@ static mhub_status alloc_buffers(mhub_gpt *m, gpt_compute *c)
 {
     mhub_backend *be = m->be;
     int64_t n = c->max_rows, h = m->cfg.hidden_size, v = m->dims.vocab;
-    int64_t att = c->max_batch * m->cfg.num_attention_heads * c->seq_cap * c->seq_cap;
     c->la = calloc((size_t)m->num_layers, sizeof *c->la);
     if (!c->la)
         return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "layer activations");
     for (int l = 0; l < m->num_layers; l++)
-        MHUB_TRY(alloc_layer(be, m, n, c->max_batch, c->seq_cap, &c->la[l]));
+        MHUB_TRY(alloc_layer(be, m, n, c->max_batch, c->seq_cap, c->flash, &c->la[l]));
     MHUB_TRY(alloc_f(be, n * h, &c->out));
     MHUB_TRY(alloc_f(be, n * h, &c->lnf));
     MHUB_TRY(alloc_f(be, n, &c->lnf_mean));
@@ -333,7 +345,9 @@ static mhub_status alloc_buffers(mhub_gpt *m, gpt_compute *c)
     MHUB_TRY(alloc_f(be, n * m->dims.attn_width, &c->dattn));
     MHUB_TRY(alloc_f(be, n * m->dims.fc1_rows, &c->dfc1));
     MHUB_TRY(alloc_f(be, n * m->dims.ffn, &c->dact));
-    MHUB_TRY(alloc_f(be, att, &c->att_scratch));
+    if (!c->flash)
+        MHUB_TRY(alloc_f(be, c->max_batch * m->cfg.num_attention_heads * c->seq_cap * c->seq_cap,
+                         &c->att_scratch));
     MHUB_TRY(alloc_half_scratch(m, c));
     void *p = NULL;
     MHUB_TRY(be->ops->alloc(be, (size_t)n * sizeof(int32_t), &p));
@@ -357,6 +371,7 @@ mhub_status mhub_gpt_compute_create(mhub_gpt *m, int64_t batch)
     c->max_batch = batch;
     c->seq_cap = m->cfg.seq_length;
     c->max_rows = batch * c->seq_cap;
+    c->flash = m->be->ops->flash_attention_forward && m->be->ops->flash_attention_backward;
     MHUB_TRY(find_params(m, c));
     return alloc_buffers(m, c);
 }
@@ -375,8 +390,9 @@ void mhub_gpt_compute_free(mhub_gpt *m)
     mhub_backend *be = m->be;
     for (int l = 0; c->la && l < m->num_layers; l++) {
         layer_acts *a = &c->la[l];
-        float *bufs[] = {a->in,  a->ln1, a->ln1_mean, a->ln1_rstd, a->qkv,      a->probs, a->attn,
-                         a->mid, a->ln2, a->ln2_mean, a->ln2_rstd, a->fc1, a->act};
+        float *bufs[] = {a->in,  a->ln1,      a->ln1_mean, a->ln1_rstd, a->qkv,
+                         a->probs, a->lse,    a->attn,     a->mid,      a->ln2,
+                         a->ln2_mean, a->ln2_rstd, a->fc1, a->act};
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
             free_f(be, bufs[i]);
     }
@@ -517,8 +533,12 @@ static mhub_status layer_forward(mhub_gpt *m, int l, float *x_out, int64_t b, in
     if (is_rope(m))
         MHUB_TRY(op->rope_forward(m->be, a->qkv, b, t, heads, groups, d,
                                   (float)m->cfg.rotary_base));
-    MHUB_TRY(op->causal_attention_forward(m->be, a->attn, a->probs, a->qkv, b, t, heads, groups,
-                                          d));
+    if (c->flash)
+        MHUB_TRY(op->flash_attention_forward(m->be, a->attn, a->lse, a->qkv, b, t, heads, groups,
+                                             d));
+    else
+        MHUB_TRY(op->causal_attention_forward(m->be, a->attn, a->probs, a->qkv, b, t, heads,
+                                              groups, d));
     MHUB_TRY(op->copy(m->be, a->mid, a->in, (size_t)(n * h) * sizeof(float),
                       MHUB_COPY_DEVICE_TO_DEVICE));
     MHUB_TRY(linear_forward(m, a->mid, a->attn, p->proj_w, p->proj_b, n, aw, h, true));
@@ -557,8 +577,12 @@ static mhub_status layer_backward(mhub_gpt *m, int l, int64_t b, int64_t t)
     MHUB_TRY(op->axpy(m->be, c->dres, c->dnorm, n * h, 1.0f));
     /* attention block: mid = in + proj(attention(qkv(norm1(in)))) */
     MHUB_TRY(linear_backward(m, c->dattn, c->dres, a->attn, p->proj_w, p->proj_b, n, aw, h));
-    MHUB_TRY(op->causal_attention_backward(m->be, c->dqkv, c->att_scratch, c->dattn, a->qkv,
-                                           a->probs, b, t, heads, groups, d));
+    if (c->flash)
+        MHUB_TRY(op->flash_attention_backward(m->be, c->dqkv, c->dattn, a->attn, a->qkv, a->lse,
+                                              b, t, heads, groups, d));
+    else
+        MHUB_TRY(op->causal_attention_backward(m->be, c->dqkv, c->att_scratch, c->dattn,
+                                               a->qkv, a->probs, b, t, heads, groups, d));
     if (is_rope(m))
         MHUB_TRY(op->rope_backward(m->be, c->dqkv, b, t, heads, groups, d,
                                    (float)m->cfg.rotary_base));
