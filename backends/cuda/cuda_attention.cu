@@ -63,6 +63,7 @@
 #include <stdint.h>
 
 #include "backends/cuda/cuda_kernels.h"
+#include "backends/cuda/cuda_launch.h"
 
 namespace {
 
@@ -418,7 +419,7 @@ static cudaError_t launch_scores(cudaStream_t s, float *c, const float *a, head_
         return cudaErrorInvalidValue;
     for (int64_t p0 = 0; p0 < pairs; p0 += per) {
         const int64_t n = pairs - p0 < per ? pairs - p0 : per;
-        scores_kernel<<<(unsigned)(n * n_tiles * n_tiles), PROBS_THREADS, 0, s>>>(
+        MHUB_LAUNCH(scores_kernel, (unsigned)(n * n_tiles * n_tiles), PROBS_THREADS, 0, s)(
             c, a, av, b, bv, dm, p0, n, alpha);
         cudaError_t err = cudaGetLastError();
         if (err != cudaSuccess)
@@ -437,7 +438,7 @@ static cudaError_t launch_rows_times_heads(cudaStream_t s, float *c, head_view c
         return cudaErrorInvalidValue;
     for (int64_t p0 = 0; p0 < pairs; p0 += per) {
         const int64_t n = pairs - p0 < per ? pairs - p0 : per;
-        rows_times_heads_kernel<<<(unsigned)(n * blocks), PROBS_THREADS, 0, s>>>(
+        MHUB_LAUNCH(rows_times_heads_kernel, (unsigned)(n * blocks), PROBS_THREADS, 0, s)(
             c, cv, m, b, bv, dm, p0, n, alpha);
         cudaError_t err = cudaGetLastError();
         if (err != cudaSuccess)
@@ -456,7 +457,7 @@ static cudaError_t launch_grouped_transposed(cudaStream_t s, float *c, head_view
         return cudaErrorInvalidValue;
     for (int64_t u0 = 0; u0 < units; u0 += per) {
         const int64_t n = units - u0 < per ? units - u0 : per;
-        grouped_transposed_kernel<<<(unsigned)(n * blocks), PROBS_THREADS, 0, s>>>(
+        MHUB_LAUNCH(grouped_transposed_kernel, (unsigned)(n * blocks), PROBS_THREADS, 0, s)(
             c, cv, m, b, bv, dm, u0, n, alpha);
         cudaError_t err = cudaGetLastError();
         if (err != cudaSuccess)
@@ -481,7 +482,7 @@ extern "C" cudaError_t mhub_cuda_causal_attention_forward(cudaStream_t s, float 
     if (err != cudaSuccess)
         return err;
     const int64_t rows = batch * heads * seq;
-    softmax_causal_rows_kernel<<<row_blocks(rows), ROW_THREADS, 0, s>>>(probs, rows, seq);
+    MHUB_LAUNCH(softmax_causal_rows_kernel, row_blocks(rows), ROW_THREADS, 0, s)(probs, rows, seq);
     err = cudaGetLastError();
     if (err != cudaSuccess)
         return err;
@@ -505,7 +506,7 @@ extern "C" cudaError_t mhub_cuda_causal_attention_backward(cudaStream_t s, float
     if (err != cudaSuccess)
         return err;
     const int64_t rows = batch * heads * seq;
-    softmax_causal_backward_rows_kernel<<<row_blocks(rows), ROW_THREADS, 0, s>>>(
+    MHUB_LAUNCH(softmax_causal_backward_rows_kernel, row_blocks(rows), ROW_THREADS, 0, s)(
         scratch, probs, rows, seq);
     err = cudaGetLastError();
     if (err != cudaSuccess)
@@ -964,8 +965,9 @@ static cudaError_t flash_forward(cudaStream_t s, float *out, float *lse, const f
         return cudaErrorInvalidValue;
     for (int64_t p0 = 0; p0 < pairs; p0 += per) {
         const int64_t n = pairs - p0 < per ? pairs - p0 : per;
-        flash_forward_kernel<D, B><<<(unsigned)(n * n_tiles), FLASH_THREADS, T::forward_bytes,
-                                     s>>>(out, lse, qkv, dm, p0, n);
+        MHUB_LAUNCH((flash_forward_kernel<D, B>), (unsigned)(n * n_tiles), FLASH_THREADS,
+                    T::forward_bytes, s)(
+            out, lse, qkv, dm, p0, n);
         err = cudaGetLastError();
         if (err != cudaSuccess)
             return err;
@@ -1020,19 +1022,20 @@ static cudaError_t flash_backward(cudaStream_t s, float *dsum, float *dqkv, cons
             sl.n_heads = dm.per_group - h0 < heads_per ? dm.per_group - h0 : heads_per;
             sl.accumulate = h0 > 0;
             const int64_t items = sl.n_units * sl.n_heads;
-            flash_dsum_kernel<<<row_blocks(items * dm.seq), ROW_THREADS, 0, s>>>(dsum, dout, out,
-                                                                                dm, sl);
+            MHUB_LAUNCH(flash_dsum_kernel, row_blocks(items * dm.seq), ROW_THREADS, 0, s)(
+                dsum, dout, out, dm, sl);
             err = cudaGetLastError();
             if (err != cudaSuccess)
                 return err;
-            flash_dkdv_kernel<D, B><<<(unsigned)(sl.n_units * n_tiles), FLASH_THREADS,
-                                      T::backward_bytes, s>>>(dqkv, dout, qkv, lse, dsum, dm,
-                                                              sl);
+            MHUB_LAUNCH((flash_dkdv_kernel<D, B>), (unsigned)(sl.n_units * n_tiles), FLASH_THREADS,
+                        T::backward_bytes, s)(
+                dqkv, dout, qkv, lse, dsum, dm, sl);
             err = cudaGetLastError();
             if (err != cudaSuccess)
                 return err;
-            flash_dq_kernel<D, B><<<(unsigned)(items * n_tiles), FLASH_THREADS,
-                                    T::backward_bytes, s>>>(dqkv, dout, qkv, lse, dsum, dm, sl);
+            MHUB_LAUNCH((flash_dq_kernel<D, B>), (unsigned)(items * n_tiles), FLASH_THREADS,
+                        T::backward_bytes, s)(
+                dqkv, dout, qkv, lse, dsum, dm, sl);
             err = cudaGetLastError();
             if (err != cudaSuccess)
                 return err;

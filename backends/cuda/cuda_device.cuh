@@ -32,6 +32,7 @@
 #include <cuda_runtime.h>
 
 #include "backends/cuda/cuda_kernels.h"
+#include "backends/cuda/cuda_launch.h"
 
 #define MHUB_HD __host__ __device__ __forceinline__
 #define MHUB_DEV __device__ __forceinline__
@@ -528,12 +529,12 @@ inline cudaError_t column_sums(cudaStream_t s, void *work, Term term, column_tar
         int64_t rows_per_chunk = (rows + chunks - 1) / chunks;
         chunks = (rows + rows_per_chunk - 1) / rows_per_chunk; /* none left empty */
         dim3 grid(blocks_for(width, MHUB_THREADS, INT32_MAX), (unsigned)chunks);
-        column_chunk_kernel<K, Term><<<grid, MHUB_THREADS, 0, s>>>(term, dst, partials, rows, c0,
-                                                                   width, rows_per_chunk, chunks);
+        MHUB_LAUNCH((column_chunk_kernel<K, Term>), grid, MHUB_THREADS, 0, s)(
+            term, dst, partials, rows, c0, width, rows_per_chunk, chunks);
         if (chunks > 1)
-            column_combine_kernel<K>
-                <<<blocks_for(width, MHUB_THREADS, INT32_MAX), MHUB_THREADS, 0, s>>>(
-                    dst, partials, c0, width, chunks);
+            MHUB_LAUNCH(column_combine_kernel<K>, blocks_for(width, MHUB_THREADS, INT32_MAX),
+                        MHUB_THREADS, 0, s)(
+                dst, partials, c0, width, chunks);
     }
     return cudaGetLastError();
 }

@@ -15,6 +15,7 @@
  * launches nothing. */
 #include "backends/cuda/cuda_device.cuh"
 #include "backends/cuda/cuda_kernels.h"
+#include "backends/cuda/cuda_launch.h"
 
 /* ---- flat maps: out[i] = f(a[i], b[i]) ----
  * f is a functor of two floats; a unary one (F::binary false) ignores the
@@ -89,7 +90,7 @@ static cudaError_t launch_map(cudaStream_t s, float *out, const float *a, const 
         return cudaSuccess;
     bool vec4 = aligned16(out) && aligned16(a) && aligned16(b);
     int64_t items = vec4 ? n / 4 + n % 4 : n;
-    map_kernel<F><<<blocks_for(items, MHUB_THREADS * MHUB_UNROLL), MHUB_THREADS, 0, s>>>(
+    MHUB_LAUNCH(map_kernel<F>, blocks_for(items, MHUB_THREADS * MHUB_UNROLL), MHUB_THREADS, 0, s)(
         out, a, b, n, vec4, f);
     return cudaGetLastError();
 }
@@ -142,7 +143,8 @@ extern "C" cudaError_t mhub_cuda_bias_add(cudaStream_t s, float *out, const floa
 {
     if (rows == 0 || cols == 0)
         return cudaSuccess;
-    bias_add_kernel<<<row_column_grid(rows, cols), MHUB_THREADS, 0, s>>>(out, bias, rows, cols);
+    MHUB_LAUNCH(bias_add_kernel, row_column_grid(rows, cols), MHUB_THREADS, 0, s)(
+        out, bias, rows, cols);
     return cudaGetLastError();
 }
 
@@ -381,16 +383,16 @@ extern "C" cudaError_t mhub_cuda_softmax_xent_forward(cudaStream_t s, mhub_cuda_
     unsigned blocks = blocks_for(rows, 1, MHUB_MAX_ROW_BLOCKS);
     size_t bytes = xent_staged_bytes(classes);
     if (bytes == 0) {
-        softmax_xent_forward_kernel<false>
-            <<<blocks, threads, 0, s>>>(fault, probs, losses, logits, targets, rows, classes);
+        MHUB_LAUNCH(softmax_xent_forward_kernel<false>, blocks, threads, 0, s)(
+            fault, probs, losses, logits, targets, rows, classes);
         return cudaGetLastError();
     }
     cudaError_t err = cudaFuncSetAttribute(softmax_xent_forward_kernel<true>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
     if (err != cudaSuccess)
         return err;
-    softmax_xent_forward_kernel<true>
-        <<<blocks, threads, bytes, s>>>(fault, probs, losses, logits, targets, rows, classes);
+    MHUB_LAUNCH(softmax_xent_forward_kernel<true>, blocks, threads, bytes, s)(
+        fault, probs, losses, logits, targets, rows, classes);
     return cudaGetLastError();
 }
 
@@ -402,7 +404,8 @@ extern "C" cudaError_t mhub_cuda_softmax_xent_backward(cudaStream_t s, mhub_cuda
     if (rows == 0 || classes == 0)
         return cudaSuccess;
     int threads = xent_threads(classes);
-    softmax_xent_backward_kernel<<<blocks_for(rows, 1, MHUB_MAX_ROW_BLOCKS), threads, 0, s>>>(
+    MHUB_LAUNCH(softmax_xent_backward_kernel, blocks_for(rows, 1, MHUB_MAX_ROW_BLOCKS), threads,
+                0, s)(
         fault, dlogits, probs, targets, rows, classes, dloss);
     return cudaGetLastError();
 }
@@ -457,7 +460,7 @@ extern "C" cudaError_t mhub_cuda_embedding_forward(cudaStream_t s, mhub_cuda_fau
 {
     if (rows == 0 || dim == 0)
         return cudaSuccess;
-    embedding_forward_kernel<<<row_column_grid(rows, dim), MHUB_THREADS, 0, s>>>(
+    MHUB_LAUNCH(embedding_forward_kernel, row_column_grid(rows, dim), MHUB_THREADS, 0, s)(
         fault, out, table, ids, rows, vocab, dim, accumulate);
     return cudaGetLastError();
 }
@@ -570,8 +573,8 @@ extern "C" cudaError_t mhub_cuda_embedding_backward(cudaStream_t s, mhub_cuda_fa
     if (buckets < 1)
         buckets = 1;
     unsigned blocks = blocks_for(strips * buckets, EMB_WARPS, INT32_MAX);
-    embedding_backward_kernel<<<blocks, EMB_WARPS * 32, 0, s>>>(fault, dtable, dout, ids, rows,
-                                                                vocab, dim, strips, (int)buckets);
+    MHUB_LAUNCH(embedding_backward_kernel, blocks, EMB_WARPS * 32, 0, s)(
+        fault, dtable, dout, ids, rows, vocab, dim, strips, (int)buckets);
     return cudaGetLastError();
 }
 
@@ -643,7 +646,8 @@ extern "C" cudaError_t mhub_cuda_swiglu_forward(cudaStream_t s, float *out, cons
 {
     if (rows == 0 || ffn == 0)
         return cudaSuccess;
-    swiglu_forward_kernel<<<row_column_grid(rows, ffn), MHUB_THREADS, 0, s>>>(out, in, rows, ffn);
+    MHUB_LAUNCH(swiglu_forward_kernel, row_column_grid(rows, ffn), MHUB_THREADS, 0, s)(
+        out, in, rows, ffn);
     return cudaGetLastError();
 }
 
@@ -652,8 +656,8 @@ extern "C" cudaError_t mhub_cuda_swiglu_backward(cudaStream_t s, float *din, con
 {
     if (rows == 0 || ffn == 0)
         return cudaSuccess;
-    swiglu_backward_kernel<<<row_column_grid(rows, ffn), MHUB_THREADS, 0, s>>>(din, dout, in, rows,
-                                                                               ffn);
+    MHUB_LAUNCH(swiglu_backward_kernel, row_column_grid(rows, ffn), MHUB_THREADS, 0, s)(
+        din, dout, in, rows, ffn);
     return cudaGetLastError();
 }
 
@@ -686,7 +690,7 @@ extern "C" cudaError_t mhub_cuda_cast(cudaStream_t s, void *dst, mhub_dtype dst_
     if (dst_dtype == src_dtype)
         return cudaMemcpyAsync(dst, src, (size_t)n * mhub_dtype_size(dst_dtype),
                                cudaMemcpyDeviceToDevice, s);
-    cast_kernel<<<blocks_for(n, MHUB_THREADS * MHUB_UNROLL), MHUB_THREADS, 0, s>>>(
+    MHUB_LAUNCH(cast_kernel, blocks_for(n, MHUB_THREADS * MHUB_UNROLL), MHUB_THREADS, 0, s)(
         dst, dst_dtype, src, src_dtype, n);
     return cudaGetLastError();
 }
@@ -720,7 +724,7 @@ extern "C" cudaError_t mhub_cuda_divide(cudaStream_t s, void *x, mhub_dtype dt, 
         return cudaSuccess;
     if (dt == MHUB_F32)
         return launch_map(s, (float *)x, (const float *)x, (const float *)x, n, divide_op{divisor});
-    divide_16bit_kernel<<<blocks_for(n, MHUB_THREADS * MHUB_UNROLL), MHUB_THREADS, 0, s>>>(
+    MHUB_LAUNCH(divide_16bit_kernel, blocks_for(n, MHUB_THREADS * MHUB_UNROLL), MHUB_THREADS, 0, s)(
         (uint16_t *)x, dt, n, divisor);
     return cudaGetLastError();
 }
@@ -789,8 +793,8 @@ extern "C" cudaError_t mhub_cuda_sum_squares(cudaStream_t s, void *work, const f
         return cudaMemsetAsync(dev_out, 0, sizeof(double), s); /* the empty sum */
     unsigned blocks = blocks_for(n, MHUB_THREADS, SUMSQ_BLOCKS);
     double *partials = (double *)work;
-    sum_squares_partial_kernel<<<blocks, MHUB_THREADS, 0, s>>>(x, n, partials);
-    sum_squares_final_kernel<<<1, SUMSQ_BLOCKS, 0, s>>>(partials, (int)blocks, dev_out);
+    MHUB_LAUNCH(sum_squares_partial_kernel, blocks, MHUB_THREADS, 0, s)(x, n, partials);
+    MHUB_LAUNCH(sum_squares_final_kernel, 1, SUMSQ_BLOCKS, 0, s)(partials, (int)blocks, dev_out);
     return cudaGetLastError();
 }
 
@@ -819,8 +823,8 @@ extern "C" cudaError_t mhub_cuda_fill_normal(cudaStream_t s, float *dst, int64_t
 {
     if (n == 0)
         return cudaSuccess;
-    fill_normal_kernel<<<blocks_for(n, MHUB_THREADS), MHUB_THREADS, 0, s>>>(dst, n, seed, stream,
-                                                                            offset, mean, std);
+    MHUB_LAUNCH(fill_normal_kernel, blocks_for(n, MHUB_THREADS), MHUB_THREADS, 0, s)(
+        dst, n, seed, stream, offset, mean, std);
     return cudaGetLastError();
 }
 
@@ -829,8 +833,8 @@ extern "C" cudaError_t mhub_cuda_fill_uniform(cudaStream_t s, float *dst, int64_
 {
     if (n == 0)
         return cudaSuccess;
-    fill_uniform_kernel<<<blocks_for(n, MHUB_THREADS), MHUB_THREADS, 0, s>>>(dst, n, seed, stream,
-                                                                             offset, lo, hi);
+    MHUB_LAUNCH(fill_uniform_kernel, blocks_for(n, MHUB_THREADS), MHUB_THREADS, 0, s)(
+        dst, n, seed, stream, offset, lo, hi);
     return cudaGetLastError();
 }
 
@@ -869,7 +873,7 @@ extern "C" cudaError_t mhub_cuda_sgd_step(cudaStream_t s, float *param, const fl
         return cudaSuccess;
     if (!momentum_buf)
         return launch_map(s, param, param, grad, n, sgd_op{lr, weight_decay});
-    sgd_momentum_kernel<<<blocks_for(n, MHUB_THREADS), MHUB_THREADS, 0, s>>>(
+    MHUB_LAUNCH(sgd_momentum_kernel, blocks_for(n, MHUB_THREADS), MHUB_THREADS, 0, s)(
         param, grad, momentum_buf, n, lr, momentum, weight_decay);
     return cudaGetLastError();
 }
@@ -940,7 +944,7 @@ extern "C" cudaError_t mhub_cuda_adamw_step(cudaStream_t s, float *param, const 
     k.eps = eps;
     bool vec4 = aligned16(param) && aligned16(grad) && aligned16(m) && aligned16(v);
     int64_t items = vec4 ? n / 4 + n % 4 : n;
-    adamw_kernel<<<blocks_for(items, MHUB_THREADS), MHUB_THREADS, 0, s>>>(param, grad, m, v, n,
-                                                                          vec4, k);
+    MHUB_LAUNCH(adamw_kernel, blocks_for(items, MHUB_THREADS), MHUB_THREADS, 0, s)(
+        param, grad, m, v, n, vec4, k);
     return cudaGetLastError();
 }

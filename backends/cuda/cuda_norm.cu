@@ -12,6 +12,7 @@
  * deterministic, and the CPU's bits only when the rows fit one chunk. */
 #include "backends/cuda/cuda_device.cuh"
 #include "backends/cuda/cuda_kernels.h"
+#include "backends/cuda/cuda_launch.h"
 
 /* Rows per block of the half-warp-per-row kernels. */
 #define NORM_ROWS_PER_BLOCK (MHUB_THREADS / MHUB_LANES)
@@ -119,8 +120,8 @@ extern "C" cudaError_t mhub_cuda_layernorm_forward(cudaStream_t s, float *out, f
 {
     if (rows == 0 || dim == 0)
         return cudaSuccess;
-    layernorm_forward_kernel<<<norm_blocks(rows), MHUB_THREADS, 0, s>>>(out, mean, rstd, in, weight,
-                                                                        bias, rows, dim, eps);
+    MHUB_LAUNCH(layernorm_forward_kernel, norm_blocks(rows), MHUB_THREADS, 0, s)(
+        out, mean, rstd, in, weight, bias, rows, dim, eps);
     return cudaGetLastError();
 }
 
@@ -179,8 +180,8 @@ extern "C" cudaError_t mhub_cuda_layernorm_backward(cudaStream_t s, void *work, 
 {
     if (rows == 0 || dim == 0)
         return cudaSuccess;
-    layernorm_din_kernel<<<norm_blocks(rows), MHUB_THREADS, 0, s>>>(din, dout, in, weight, mean,
-                                                                    rstd, rows, dim);
+    MHUB_LAUNCH(layernorm_din_kernel, norm_blocks(rows), MHUB_THREADS, 0, s)(
+        din, dout, in, weight, mean, rstd, rows, dim);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess)
         return err;
@@ -221,8 +222,8 @@ extern "C" cudaError_t mhub_cuda_rmsnorm_forward(cudaStream_t s, float *out, flo
 {
     if (rows == 0 || dim == 0)
         return cudaSuccess;
-    rmsnorm_forward_kernel<<<norm_blocks(rows), MHUB_THREADS, 0, s>>>(out, rstd, in, weight, rows,
-                                                                      dim, eps);
+    MHUB_LAUNCH(rmsnorm_forward_kernel, norm_blocks(rows), MHUB_THREADS, 0, s)(
+        out, rstd, in, weight, rows, dim, eps);
     return cudaGetLastError();
 }
 
@@ -269,8 +270,8 @@ extern "C" cudaError_t mhub_cuda_rmsnorm_backward(cudaStream_t s, void *work, fl
 {
     if (rows == 0 || dim == 0)
         return cudaSuccess;
-    rmsnorm_din_kernel<<<norm_blocks(rows), MHUB_THREADS, 0, s>>>(din, dout, in, weight, rstd, rows,
-                                                                  dim);
+    MHUB_LAUNCH(rmsnorm_din_kernel, norm_blocks(rows), MHUB_THREADS, 0, s)(
+        din, dout, in, weight, rstd, rows, dim);
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess)
         return err;
@@ -314,7 +315,7 @@ extern "C" cudaError_t mhub_cuda_rope(cudaStream_t s, float *qkv, int64_t batch,
     int64_t rows = batch * seq, half = head_dim / 2;
     if (rows == 0 || heads == 0 || half == 0)
         return cudaSuccess;
-    rope_kernel<<<blocks_for(rows * half, MHUB_THREADS), MHUB_THREADS, 0, s>>>(
+    MHUB_LAUNCH(rope_kernel, blocks_for(rows * half, MHUB_THREADS), MHUB_THREADS, 0, s)(
         qkv, rows, seq, groups, heads / groups, head_dim, base, inverse ? -1.0f : 1.0f);
     return cudaGetLastError();
 }
