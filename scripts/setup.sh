@@ -18,7 +18,7 @@ esac
 
 cd "$(dirname "$0")/.."
 
-packages="gcc make autoconf automake libtool pkg-config mpich libmpich-dev \
+packages="gcc g++ make autoconf automake libtool pkg-config mpich libmpich-dev \
 libopenblas-dev libcjson-dev check python3"
 
 missing=""

@@ -9,8 +9,12 @@
  *
  * The backend under test is MHUB_TEST_BACKEND: "cpu" (a second CPU
  * backend on 2 threads against the reference's 1, which checks the suite
- * itself and the CPU's threading) or "cuda". Without a usable GPU the
- * cuda run prints why and exits 77, which automake reports as SKIP.
+ * itself and the CPU's threading), "cuda", or "cuda-emu": the CUDA
+ * backend's own code with its kernels run on the CPU by the emulator of
+ * tests/cuda_emu/ (in builds that link it, MHUB_TEST_CUDA_EMU), which
+ * checks the kernels and the backend's logic on machines without a GPU.
+ * Without a usable GPU the cuda run prints why and exits 77, which
+ * automake reports as SKIP.
  *
  * Every buffer the suite touches on the backend under test goes through
  * ops->alloc and ops->copy, so the suite never reads device memory from
@@ -23,6 +27,9 @@
 #include "mhub/rng.h"
 #include "mhub/safetensors.h"
 #include "testutil.h"
+#ifdef MHUB_TEST_CUDA_EMU
+#include "cuda_emu/cuda_emu.h"
+#endif
 
 #define TOL_F32 1e-5
 #define TOL_TF32 1e-3
@@ -177,10 +184,20 @@ static void expect_same_bits(const void *rdev, const void *ddev, size_t bytes, c
         ck_assert_str_eq(mhub_last_error(), msg_);                                     \
     } while (0)
 
+/* The real CUDA backend or the emulated one: both round GEMMs as asked. */
+static bool dut_is_cuda(void)
+{
+    return strcmp(dut_name, "cuda") == 0 || strcmp(dut_name, "cuda-emu") == 0;
+}
+
 static void set_matmul(mhub_matmul_precision p)
 {
     if (strcmp(dut_name, "cuda") == 0)
         CK_OK(mhub_cuda_backend_set_matmul(dut, p));
+#ifdef MHUB_TEST_CUDA_EMU
+    if (strcmp(dut_name, "cuda-emu") == 0)
+        CK_OK(mhub_cuda_emu_backend_set_matmul(dut, p));
+#endif
 }
 
 static void teardown(void)
@@ -283,10 +300,11 @@ END_TEST
 
 START_TEST(test_gemm_tf32_bf16)
 {
-    if (strcmp(dut_name, "cuda") != 0)
+    if (!dut_is_cuda())
         return; /* the CPU computes every GEMM in f32 */
     set_matmul(MHUB_MATMUL_TF32);
     gemm_all(TOL_TF32);
+    free_all(); /* the buffer table holds one gemm_all */
     set_matmul(MHUB_MATMUL_BF16);
     gemm_all(TOL_BF16);
 }
@@ -786,8 +804,14 @@ int main(void)
         s = mhub_cuda_backend_create(&(mhub_cuda_options){.device = -1,
                                                           .pool_bytes = (size_t)2 << 30},
                                      &dut);
+#ifdef MHUB_TEST_CUDA_EMU
+    } else if (strcmp(dut_name, "cuda-emu") == 0) {
+        s = mhub_cuda_emu_backend_create(&(mhub_cuda_options){.device = -1,
+                                                              .pool_bytes = (size_t)2 << 30},
+                                         &dut);
+#endif
     } else {
-        fprintf(stderr, "MHUB_TEST_BACKEND = '%s': expected cpu or cuda\n", dut_name);
+        fprintf(stderr, "MHUB_TEST_BACKEND = '%s': expected cpu, cuda or cuda-emu\n", dut_name);
         return EXIT_FAILURE;
     }
     if (s != MHUB_OK) {

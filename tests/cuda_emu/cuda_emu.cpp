@@ -1,0 +1,506 @@
+/* cuda_emu.cpp - the CPU emulator's runtime: memory, streams, errors and
+ * kernel launches (see cuda_runtime.h for what it is and is not).
+ *
+ * A launch runs its blocks one after another on the calling thread. A
+ * block's threads are fibers (ucontext), started in thread order; each runs
+ * its CUDA thread until that thread finishes or waits at a barrier
+ * (__syncthreads, or a warp intrinsic, which waits for its warp), then
+ * hands back to the block's scheduler. A fiber whose thread finished takes
+ * the next thread not yet started, so a kernel without barriers runs a
+ * whole block on one fiber with no switch at all. Once every thread has
+ * started, the scheduler resumes the fibers whose barrier has opened,
+ * until all are done; if none can move, the block is stuck (a barrier that
+ * not every thread reaches) and the launch fails with a message. */
+#include <ucontext.h>
+#include <sys/mman.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <vector>
+
+#include "cuda_runtime.h"
+
+thread_local uint3 threadIdx, blockIdx;
+thread_local dim3 blockDim, gridDim;
+alignas(16) thread_local float smem[MHUB_EMU_MAX_SHARED_BYTES / sizeof(float)];
+
+/* g++ (12) reads a thread_local declared `extern` inside a function
+ * template through its initialization function and, there only, calls it
+ * without first checking that one exists. smem needs no initialization;
+ * this is the empty function those calls find. */
+void smem_tls_init() __asm__("_ZTH4smem");
+void smem_tls_init() {}
+
+namespace {
+
+/* ---- errors ---- */
+
+/* What cudaGetLastError returns next (and clears). */
+cudaError_t last_error = cudaSuccess;
+/* A kernel that failed leaves the emulated device unusable, as a real
+ * fault does: every later call that waits returns it. */
+cudaError_t sticky_error = cudaSuccess;
+
+cudaError_t fail(cudaError_t err, const char *what)
+{
+    std::fprintf(stderr, "cuda emulator: %s\n", what);
+    last_error = err;
+    return err;
+}
+
+/* ---- memory: host memory, with the blocks remembered ---- */
+
+const size_t total_memory = (size_t)16 << 30;
+size_t allocated = 0;
+std::map<uintptr_t, size_t> blocks; /* base -> size of each cudaMalloc */
+
+bool is_device_range(const void *p, size_t bytes)
+{
+    uintptr_t a = (uintptr_t)p;
+    auto it = blocks.upper_bound(a);
+    if (it == blocks.begin())
+        return false;
+    --it;
+    return a - it->first <= it->second && bytes <= it->second - (a - it->first);
+}
+
+cudaError_t check_device(const void *p, size_t bytes, const char *call)
+{
+    if (bytes == 0 || is_device_range(p, bytes))
+        return cudaSuccess;
+    char msg[160];
+    std::snprintf(msg, sizeof msg, "%s: %zu bytes at %p are not device memory", call, bytes, p);
+    return fail(cudaErrorInvalidValue, msg);
+}
+
+/* ---- streams: a set of live handles; work runs when it is issued ---- */
+
+std::vector<cudaStream_t> streams;
+
+bool is_stream(cudaStream_t s)
+{
+    if (!s)
+        return true; /* the default stream */
+    for (cudaStream_t t : streams)
+        if (t == s)
+            return true;
+    return false;
+}
+
+/* ---- fibers ---- */
+
+const size_t fiber_stack_bytes = (size_t)256 << 10;
+
+struct barrier {
+    unsigned expected, arrived, generation;
+};
+
+struct fiber {
+    ucontext_t context;
+    char *stack;
+    uint3 thread;                /* the CUDA thread it runs now */
+    unsigned linear;             /* that thread's linear index in the block */
+    const unsigned *waits_on;    /* a barrier's generation, while waiting */
+    unsigned waits_for_change_of;
+    bool done;
+};
+
+/* The block being run and its scheduler. */
+struct block_run {
+    void (*body)(void *);
+    void *arg;
+    unsigned threads, next_thread;
+    barrier whole_block;
+    barrier warp[32];
+    /* warp_exchange's posts, two sets used in turn so a lane's next post
+     * cannot overwrite a value another lane has still to read */
+    uint64_t posts[2][32][32];
+    fiber *current;
+    ucontext_t scheduler;
+};
+
+block_run *running;
+std::vector<fiber *> idle_fibers;
+
+fiber *new_fiber()
+{
+    if (!idle_fibers.empty()) {
+        fiber *f = idle_fibers.back();
+        idle_fibers.pop_back();
+        return f;
+    }
+    fiber *f = new fiber();
+    /* a guard page below the stack turns an overflow into a fault */
+    size_t page = 4096;
+    void *m = mmap(nullptr, fiber_stack_bytes + page, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) {
+        std::perror("cuda emulator: mmap of a fiber stack");
+        std::abort(); /* a test harness out of memory cannot go on */
+    }
+    mprotect(m, page, PROT_NONE);
+    f->stack = (char *)m + page;
+    return f;
+}
+
+uint3 thread_of(unsigned linear)
+{
+    return uint3{linear % blockDim.x, linear / blockDim.x % blockDim.y,
+                 linear / (blockDim.x * blockDim.y)};
+}
+
+/* A fiber's life: CUDA threads, one after another, until none is left to
+ * start; returning switches to the scheduler (uc_link). */
+void fiber_main()
+{
+    block_run &b = *running;
+    fiber *me = b.current;
+    while (b.next_thread < b.threads) {
+        me->linear = b.next_thread++;
+        me->thread = thread_of(me->linear);
+        threadIdx = me->thread;
+        b.body(b.arg);
+    }
+    me->done = true;
+}
+
+void start(block_run &b, fiber *f)
+{
+    getcontext(&f->context);
+    f->context.uc_stack.ss_sp = f->stack;
+    f->context.uc_stack.ss_size = fiber_stack_bytes;
+    f->context.uc_link = &b.scheduler;
+    makecontext(&f->context, fiber_main, 0);
+    f->done = false;
+    f->waits_on = nullptr;
+    b.current = f;
+    swapcontext(&b.scheduler, &f->context);
+}
+
+void resume(block_run &b, fiber *f)
+{
+    b.current = f;
+    threadIdx = f->thread;
+    swapcontext(&b.scheduler, &f->context);
+}
+
+/* Arrive; the last arrival opens the barrier, the others wait for that. */
+void arrive_and_wait(barrier &bar)
+{
+    unsigned generation = bar.generation;
+    if (++bar.arrived == bar.expected) {
+        bar.arrived = 0;
+        bar.generation++;
+        return;
+    }
+    block_run &b = *running;
+    fiber *me = b.current;
+    me->waits_on = &bar.generation;
+    me->waits_for_change_of = generation;
+    swapcontext(&me->context, &b.scheduler);
+    me->waits_on = nullptr;
+}
+
+/* Runs one block; false when its threads got stuck. */
+bool run_block(block_run &b)
+{
+    std::vector<fiber *> waiting, still;
+    while (b.next_thread < b.threads) {
+        fiber *f = new_fiber();
+        start(b, f);
+        (f->done ? idle_fibers : waiting).push_back(f);
+    }
+    while (!waiting.empty()) {
+        bool moved = false;
+        still.clear();
+        for (fiber *f : waiting) {
+            if (*f->waits_on == f->waits_for_change_of) {
+                still.push_back(f);
+                continue;
+            }
+            resume(b, f);
+            moved = true;
+            (f->done ? idle_fibers : still).push_back(f);
+        }
+        waiting.swap(still);
+        if (!moved && !waiting.empty()) {
+            unsigned at_block = 0;
+            for (fiber *f : waiting)
+                at_block += f->waits_on == &b.whole_block.generation;
+            std::fprintf(stderr,
+                         "cuda emulator: block (%u, %u, %u) is stuck: %u of its %u threads wait "
+                         "at __syncthreads and %zu at a warp intrinsic; the others have "
+                         "returned (a barrier that not every thread reaches)\n",
+                         blockIdx.x, blockIdx.y, blockIdx.z, at_block, b.threads,
+                         waiting.size() - at_block);
+            /* the stuck fibers are abandoned: their stacks are reused */
+            for (fiber *f : waiting)
+                idle_fibers.push_back(f);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* ---- launches ---- */
+
+std::map<const void *, size_t> shared_allowance; /* per kernel, from cudaFuncSetAttribute */
+
+cudaError_t check_shape(const mhub_emu::launch_config &c)
+{
+    char msg[200];
+    const dim3 &g = c.grid, &t = c.block;
+    unsigned long long threads = (unsigned long long)t.x * t.y * t.z;
+    if (g.x == 0 || g.y == 0 || g.z == 0 || g.x > 2147483647u || g.y > 65535 || g.z > 65535 ||
+        threads == 0 || threads > 1024 || t.x > 1024 || t.y > 1024 || t.z > 64) {
+        std::snprintf(msg, sizeof msg, "launch of grid (%u, %u, %u) x block (%u, %u, %u): not a "
+                      "shape CUDA accepts", g.x, g.y, g.z, t.x, t.y, t.z);
+        return fail(cudaErrorInvalidConfiguration, msg);
+    }
+    auto it = shared_allowance.find(c.kernel);
+    size_t allowed = it != shared_allowance.end() ? it->second : MHUB_EMU_DEFAULT_SHARED_BYTES;
+    if (c.shared_bytes > allowed) {
+        std::snprintf(msg, sizeof msg, "launch with %zu bytes of dynamic shared memory: the "
+                      "kernel is allowed %zu (cudaFuncSetAttribute)", c.shared_bytes, allowed);
+        return fail(cudaErrorInvalidValue, msg);
+    }
+    if (!is_stream(c.stream))
+        return fail(cudaErrorInvalidResourceHandle, "launch on a stream that does not exist");
+    return cudaSuccess;
+}
+
+} // namespace
+
+namespace mhub_emu {
+
+void run_grid(const launch_config &c, void (*body)(void *), void *arg)
+{
+    if (sticky_error != cudaSuccess) {
+        last_error = sticky_error;
+        return;
+    }
+    if (check_shape(c) != cudaSuccess)
+        return;
+    gridDim = c.grid;
+    blockDim = c.block;
+    block_run b;
+    b.body = body;
+    b.arg = arg;
+    b.threads = c.block.x * c.block.y * c.block.z;
+    block_run *outer = running;
+    running = &b;
+    for (unsigned z = 0; z < c.grid.z; z++)
+        for (unsigned y = 0; y < c.grid.y; y++)
+            for (unsigned x = 0; x < c.grid.x; x++) {
+                blockIdx = uint3{x, y, z};
+                b.next_thread = 0;
+                b.whole_block = barrier{b.threads, 0, 0};
+                for (unsigned w = 0; w < 32; w++) {
+                    unsigned first = 32 * w;
+                    unsigned lanes = first < b.threads ? b.threads - first : 0;
+                    b.warp[w] = barrier{lanes < 32 ? lanes : 32, 0, 0};
+                }
+                /* NaN bytes: a kernel that reads shared memory it did not
+                 * write sees NaN, not the previous block's values */
+                memset(smem, 0xff, c.shared_bytes);
+                if (!run_block(b)) {
+                    sticky_error = last_error = cudaErrorLaunchFailure;
+                    running = outer;
+                    return;
+                }
+            }
+    running = outer;
+}
+
+void sync_block() { arrive_and_wait(running->whole_block); }
+
+unsigned lane_id() { return running->current->linear % 32; }
+
+void warp_exchange(unsigned mask, uint64_t mine, uint64_t all[32])
+{
+    block_run &b = *running;
+    unsigned linear = b.current->linear, w = linear / 32;
+    barrier &bar = b.warp[w];
+    unsigned present = bar.expected == 32 ? 0xffffffffu : (1u << bar.expected) - 1;
+    if ((mask & present) != present || (mask & ~present) != 0) {
+        std::fprintf(stderr, "cuda emulator: warp intrinsic with mask %#x in a warp of %u "
+                     "threads: the emulator runs whole warps only\n", mask, bar.expected);
+        std::abort(); /* a kernel this harness cannot judge */
+    }
+    /* the set this round uses; the barrier's next round uses the other */
+    uint64_t(&posts)[32] = b.posts[bar.generation & 1][w];
+    posts[linear % 32] = mine;
+    arrive_and_wait(bar);
+    for (unsigned lane = 0; lane < 32; lane++)
+        all[lane] = lane < bar.expected ? posts[lane] : 0; /* lanes beyond the block: none */
+}
+
+cudaError_t set_max_dynamic_shared(const void *kernel, enum cudaFuncAttribute attr, int bytes)
+{
+    if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || bytes < 0)
+        return fail(cudaErrorInvalidValue, "cudaFuncSetAttribute: an attribute it does not know");
+    if ((size_t)bytes > MHUB_EMU_MAX_SHARED_BYTES) {
+        char msg[160];
+        std::snprintf(msg, sizeof msg, "cudaFuncSetAttribute: %d bytes of shared memory; the "
+                      "emulated device offers %u", bytes, MHUB_EMU_MAX_SHARED_BYTES);
+        return fail(cudaErrorInvalidValue, msg);
+    }
+    shared_allowance[kernel] = (size_t)bytes;
+    return cudaSuccess;
+}
+
+} // namespace mhub_emu
+
+/* ---- the runtime API ---- */
+
+extern "C" {
+
+cudaError_t cudaGetDeviceCount(int *count)
+{
+    *count = 1;
+    return cudaSuccess;
+}
+
+cudaError_t cudaSetDevice(int device)
+{
+    return device == 0 ? cudaSuccess : fail(cudaErrorInvalidDevice, "cudaSetDevice: no such device");
+}
+
+cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes)
+{
+    *free_bytes = total_memory - allocated;
+    *total_bytes = total_memory;
+    return cudaSuccess;
+}
+
+cudaError_t cudaMalloc(void **ptr, size_t bytes)
+{
+    *ptr = nullptr;
+    if (bytes > total_memory - allocated)
+        return fail(cudaErrorMemoryAllocation, "cudaMalloc: more than the emulated 16 GiB");
+    /* untouched pages cost nothing, so a large pool is cheap */
+    void *p = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
+    if (!p)
+        return fail(cudaErrorMemoryAllocation, "cudaMalloc: the host is out of memory");
+    blocks[(uintptr_t)p] = bytes;
+    allocated += bytes;
+    *ptr = p;
+    return cudaSuccess;
+}
+
+cudaError_t cudaFree(void *ptr)
+{
+    if (!ptr)
+        return cudaSuccess;
+    auto it = blocks.find((uintptr_t)ptr);
+    if (it == blocks.end())
+        return fail(cudaErrorInvalidValue, "cudaFree: not a cudaMalloc block");
+    allocated -= it->second;
+    blocks.erase(it);
+    std::free(ptr);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemsetAsync(void *ptr, int value, size_t bytes, cudaStream_t stream)
+{
+    if (!is_stream(stream))
+        return fail(cudaErrorInvalidResourceHandle, "cudaMemsetAsync: no such stream");
+    cudaError_t err = check_device(ptr, bytes, "cudaMemsetAsync");
+    if (err == cudaSuccess && bytes)
+        memset(ptr, value, bytes);
+    return err;
+}
+
+cudaError_t cudaMemset(void *ptr, int value, size_t bytes)
+{
+    return cudaMemsetAsync(ptr, value, bytes, nullptr);
+}
+
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind,
+                            cudaStream_t stream)
+{
+    if (sticky_error != cudaSuccess)
+        return sticky_error;
+    if (!is_stream(stream))
+        return fail(cudaErrorInvalidResourceHandle, "cudaMemcpyAsync: no such stream");
+    cudaError_t err = cudaSuccess;
+    if (kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice)
+        err = check_device(src, bytes, "cudaMemcpy (source)");
+    if (err == cudaSuccess && (kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice))
+        err = check_device(dst, bytes, "cudaMemcpy (destination)");
+    if (err == cudaSuccess && bytes)
+        memmove(dst, src, bytes);
+    return err;
+}
+
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind)
+{
+    return cudaMemcpyAsync(dst, src, bytes, kind, nullptr);
+}
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned flags)
+{
+    (void)flags;
+    /* a handle is an address nothing else has: a byte of its own */
+    *stream = reinterpret_cast<cudaStream_t>(new char);
+    streams.push_back(*stream);
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamDestroy(cudaStream_t stream)
+{
+    for (size_t i = 0; i < streams.size(); i++)
+        if (streams[i] == stream) {
+            streams.erase(streams.begin() + (long)i);
+            delete reinterpret_cast<char *>(stream);
+            return cudaSuccess;
+        }
+    return fail(cudaErrorInvalidResourceHandle, "cudaStreamDestroy: no such stream");
+}
+
+cudaError_t cudaStreamSynchronize(cudaStream_t stream)
+{
+    if (!is_stream(stream))
+        return fail(cudaErrorInvalidResourceHandle, "cudaStreamSynchronize: no such stream");
+    return sticky_error;
+}
+
+cudaError_t cudaGetLastError(void)
+{
+    cudaError_t err = last_error;
+    last_error = sticky_error;
+    return err;
+}
+
+const char *cudaGetErrorName(cudaError_t err)
+{
+    switch (err) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+    }
+    return "cudaErrorUnknown";
+}
+
+const char *cudaGetErrorString(cudaError_t err)
+{
+    switch (err) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorLaunchFailure: return "unspecified launch failure";
+    }
+    return "unknown error";
+}
+
+int mhub_emu_is_device_range(const void *ptr, size_t bytes) { return is_device_range(ptr, bytes); }
+
+} /* extern "C" */

@@ -1,0 +1,264 @@
+/* tests/cuda_emu/cuda_runtime.h - the CUDA runtime of the CPU emulator.
+ *
+ * A test harness, not a GPU. The test build compiles the CUDA backend's
+ * real source against this header instead of the toolkit's: cuda_backend.c
+ * as C, the .cu files as C++ (g++), with MHUB_CUDA_EMU defined. Kernels
+ * then run on the CPU, so `make check` compares every kernel and the
+ * backend's own logic against the CPU backend on machines without a GPU.
+ *
+ * How a launch runs (cuda_emu.cpp): blocks one after another; the threads
+ * of a block as fibers (ucontext) on the calling thread, switched only at
+ * __syncthreads and the warp intrinsics, which are real barriers. So a
+ * block's `__shared__` variables are plain thread_local statics, shared by
+ * its fibers, and a missing barrier, a barrier not every thread reaches or
+ * a bad launch shape is reported. Device memory is host memory; streams
+ * run everything at once, in call order.
+ *
+ * What it cannot check: data races between threads (fibers switch only at
+ * barriers, so a race never shows), timing and occupancy, out-of-bounds
+ * accesses inside kernels (plain host memory), and the GPU's own rounding:
+ * device math is glibc's, and cuBLAS is OpenBLAS in f32 whatever the
+ * compute type (see cublas_v2.h). Only what the kernels use is here. */
+#ifndef MHUB_CUDA_EMU_RUNTIME_H
+#define MHUB_CUDA_EMU_RUNTIME_H
+
+#ifndef MHUB_CUDA_EMU
+#error "tests/cuda_emu/ stands in for the CUDA toolkit only in the emulator build (-DMHUB_CUDA_EMU)"
+#endif
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+/* ---- the runtime API (C and C++) ---- */
+
+/* The values are CUDA's own, so messages read the same. */
+typedef enum cudaError {
+    cudaSuccess = 0,
+    cudaErrorInvalidValue = 1,
+    cudaErrorMemoryAllocation = 2,
+    cudaErrorInvalidConfiguration = 9,
+    cudaErrorInvalidDevice = 101,
+    cudaErrorInvalidResourceHandle = 400,
+    cudaErrorLaunchFailure = 719
+} cudaError_t;
+
+enum cudaMemcpyKind {
+    cudaMemcpyHostToHost = 0,
+    cudaMemcpyHostToDevice = 1,
+    cudaMemcpyDeviceToHost = 2,
+    cudaMemcpyDeviceToDevice = 3,
+    cudaMemcpyDefault = 4
+};
+
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+
+typedef struct mhub_emu_stream *cudaStream_t;
+#define cudaStreamNonBlocking 0x01u
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+cudaError_t cudaGetDeviceCount(int *count);
+cudaError_t cudaSetDevice(int device);
+cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes);
+cudaError_t cudaMalloc(void **ptr, size_t bytes);
+cudaError_t cudaFree(void *ptr);
+cudaError_t cudaMemset(void *ptr, int value, size_t bytes);
+cudaError_t cudaMemsetAsync(void *ptr, int value, size_t bytes, cudaStream_t stream);
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind);
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind,
+                            cudaStream_t stream);
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned flags);
+cudaError_t cudaStreamDestroy(cudaStream_t stream);
+cudaError_t cudaStreamSynchronize(cudaStream_t stream);
+cudaError_t cudaGetLastError(void);
+const char *cudaGetErrorString(cudaError_t err);
+const char *cudaGetErrorName(cudaError_t err);
+
+/* The emulator's own: whether [ptr, ptr + bytes) lies in one live
+ * cudaMalloc block (the emulated cuBLAS checks its operands with it). */
+int mhub_emu_is_device_range(const void *ptr, size_t bytes);
+
+#ifdef __cplusplus
+}
+#endif
+
+/* ---- what kernels see (C++ only) ---- */
+#ifdef __cplusplus
+
+#include <tuple>
+#include <utility>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+/* One OS thread runs a block's fibers, so a thread_local static is one
+ * copy per block, as shared memory is. */
+#define __shared__ thread_local
+
+/* Shared memory a block may use: sm_80's opt-in limit (163 KB), the
+ * smaller of the two architectures the build targets; 48 KB without
+ * cudaFuncSetAttribute. */
+#define MHUB_EMU_MAX_SHARED_BYTES 166912u
+#define MHUB_EMU_DEFAULT_SHARED_BYTES 49152u
+
+/* Dynamic shared memory: the kernels' `extern __shared__ float smem[]`
+ * (a block-scope declaration, so the namespace-scope array of this name,
+ * defined in cuda_emu.cpp). A kernel inside an unnamed namespace would
+ * declare a member of that namespace instead, and fail to link. The
+ * emulator fills it with NaN before each block. */
+extern thread_local float smem[];
+
+struct uint3 {
+    unsigned x, y, z;
+};
+
+struct dim3 {
+    unsigned x, y, z;
+    constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+
+/* Set by the emulator before it runs each fiber. */
+extern thread_local uint3 threadIdx, blockIdx;
+extern thread_local dim3 blockDim, gridDim;
+
+namespace mhub_emu {
+
+struct launch_config {
+    const void *kernel; /* identifies the kernel (its shared memory allowance) */
+    dim3 grid, block;
+    size_t shared_bytes;
+    cudaStream_t stream;
+};
+
+/* Runs body(arg) as every thread of the grid, after checking the shape
+ * as CUDA does; an error is kept for cudaGetLastError. */
+void run_grid(const launch_config &config, void (*body)(void *), void *arg);
+
+/* A barrier of the whole block, and one of the calling thread's warp
+ * that also swaps values: every lane posts `mine` and gets all 32 lanes'
+ * posts in `all` (lanes beyond the block keep 0). */
+void sync_block();
+void warp_exchange(unsigned mask, uint64_t mine, uint64_t all[32]);
+unsigned lane_id();
+
+/* kernel<<<grid, block, shared_bytes, stream>>>(args...) is
+ * launch(kernel, grid, block, shared_bytes, stream)(args...): the
+ * arguments are converted to the kernel's parameter types once, as at a
+ * real launch, and each thread gets its own copy of them. */
+template <class... P> class launcher {
+  public:
+    launcher(void (*kernel)(P...), dim3 grid, dim3 block, size_t shared_bytes,
+             cudaStream_t stream)
+        : kernel_(kernel),
+          config_{reinterpret_cast<const void *>(kernel), grid, block, shared_bytes, stream}
+    {
+    }
+
+    template <class... A> void operator()(A &&...args) const
+    {
+        call c{kernel_, std::tuple<P...>(std::forward<A>(args)...)};
+        run_grid(config_, &call::run, &c);
+    }
+
+  private:
+    struct call {
+        void (*kernel)(P...);
+        std::tuple<P...> params;
+        static void run(void *self)
+        {
+            call *c = static_cast<call *>(self);
+            std::apply(c->kernel, c->params);
+        }
+    };
+    void (*kernel_)(P...);
+    launch_config config_;
+};
+
+template <class... P>
+launcher<P...> launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t shared_bytes,
+                      cudaStream_t stream)
+{
+    return launcher<P...>(kernel, grid, block, shared_bytes, stream);
+}
+
+cudaError_t set_max_dynamic_shared(const void *kernel, enum cudaFuncAttribute attr, int bytes);
+
+template <class T> uint64_t to_bits(T v)
+{
+    static_assert(sizeof(T) <= sizeof(uint64_t), "a warp shuffles at most 8 bytes a lane");
+    uint64_t u = 0;
+    memcpy(&u, &v, sizeof v);
+    return u;
+}
+
+template <class T> T from_bits(uint64_t u)
+{
+    T v;
+    memcpy(&v, &u, sizeof v);
+    return v;
+}
+
+} // namespace mhub_emu
+
+template <class... P>
+cudaError_t cudaFuncSetAttribute(void (*kernel)(P...), enum cudaFuncAttribute attr, int value)
+{
+    return mhub_emu::set_max_dynamic_shared(reinterpret_cast<const void *>(kernel), attr, value);
+}
+
+inline void __syncthreads() { mhub_emu::sync_block(); }
+
+/* The warp intrinsics, with CUDA's rules for width: lanes form groups of
+ * `width`; __shfl_sync reads lane src of the caller's group, and
+ * __shfl_xor_sync returns the caller's own value when lane ^ mask falls
+ * in a later group. */
+template <class T> T __shfl_sync(unsigned mask, T v, int src, int width = 32)
+{
+    uint64_t all[32];
+    mhub_emu::warp_exchange(mask, mhub_emu::to_bits(v), all);
+    unsigned lane = mhub_emu::lane_id(), w = (unsigned)width;
+    return mhub_emu::from_bits<T>(all[(lane & ~(w - 1)) + ((unsigned)src & (w - 1))]);
+}
+
+template <class T> T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32)
+{
+    uint64_t all[32];
+    mhub_emu::warp_exchange(mask, mhub_emu::to_bits(v), all);
+    unsigned lane = mhub_emu::lane_id(), w = (unsigned)width;
+    unsigned src = lane ^ (unsigned)lane_mask;
+    return src >= (lane / w + 1) * w ? v : mhub_emu::from_bits<T>(all[src]);
+}
+
+inline unsigned __ballot_sync(unsigned mask, int predicate)
+{
+    uint64_t all[32];
+    mhub_emu::warp_exchange(mask, predicate != 0, all);
+    unsigned bits = 0;
+    for (unsigned lane = 0; lane < 32; lane++)
+        if ((mask >> lane & 1u) && all[lane])
+            bits |= 1u << lane;
+    return bits;
+}
+
+inline int __ffs(int x) { return __builtin_ffs(x); }
+
+/* Fibers switch only at barriers, so a read-modify-write is atomic. */
+inline int atomicCAS(int *address, int compare, int value)
+{
+    int old = *address;
+    if (old == compare)
+        *address = value;
+    return old;
+}
+
+#endif /* __cplusplus */
+#endif
