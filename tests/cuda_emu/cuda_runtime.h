@@ -10,15 +10,20 @@
  * of a block as fibers (ucontext) on the calling thread, switched only at
  * __syncthreads and the warp intrinsics, which are real barriers. So a
  * block's `__shared__` variables are plain thread_local statics, shared by
- * its fibers, and a missing barrier, a barrier not every thread reaches or
- * a bad launch shape is reported. Device memory is host memory; streams
- * run everything at once, in call order.
+ * its fibers. A barrier that not every thread reaches, a bad launch shape,
+ * too much shared memory and copies outside device memory are reported;
+ * a missing barrier usually shows as wrong results (threads run in order,
+ * so a thread reads shared values later threads have not written yet).
+ * Device memory is host memory; streams run everything at once, in call
+ * order.
  *
- * What it cannot check: data races between threads (fibers switch only at
- * barriers, so a race never shows), timing and occupancy, out-of-bounds
- * accesses inside kernels (plain host memory), and the GPU's own rounding:
- * device math is glibc's, and cuBLAS is OpenBLAS in f32 whatever the
- * compute type (see cublas_v2.h). Only what the kernels use is here. */
+ * What it cannot check: data races that need threads to interleave
+ * (fibers switch only at barriers), timing and occupancy, out-of-bounds
+ * accesses inside kernels (plain host memory), static shared memory read
+ * before it is written (only the dynamic part is poisoned), and the GPU's
+ * own rounding: device math is glibc's (the __CUDA_ARCH__ paths are not
+ * compiled), and cuBLAS is OpenBLAS in f32 whatever the compute type (see
+ * cublas_v2.h). Only what the kernels use is here. */
 #ifndef MHUB_CUDA_EMU_RUNTIME_H
 #define MHUB_CUDA_EMU_RUNTIME_H
 
