@@ -121,7 +121,21 @@ struct block_run {
 };
 
 block_run *running;
-std::vector<fiber *> idle_fibers;
+
+const size_t guard_bytes = 4096;
+
+/* Fibers between blocks, kept for the next one; freed at exit. */
+struct fiber_pool {
+    std::vector<fiber *> idle;
+    ~fiber_pool()
+    {
+        for (fiber *f : idle) {
+            munmap(f->stack - guard_bytes, fiber_stack_bytes + guard_bytes);
+            delete f;
+        }
+    }
+} pool;
+std::vector<fiber *> &idle_fibers = pool.idle;
 
 fiber *new_fiber()
 {
@@ -130,17 +144,16 @@ fiber *new_fiber()
         idle_fibers.pop_back();
         return f;
     }
-    fiber *f = new fiber();
     /* a guard page below the stack turns an overflow into a fault */
-    size_t page = 4096;
-    void *m = mmap(nullptr, fiber_stack_bytes + page, PROT_READ | PROT_WRITE,
+    void *m = mmap(nullptr, fiber_stack_bytes + guard_bytes, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) {
         std::perror("cuda emulator: mmap of a fiber stack");
         std::abort(); /* a test harness out of memory cannot go on */
     }
-    mprotect(m, page, PROT_NONE);
-    f->stack = (char *)m + page;
+    mprotect(m, guard_bytes, PROT_NONE);
+    fiber *f = new fiber();
+    f->stack = (char *)m + guard_bytes;
     return f;
 }
 
