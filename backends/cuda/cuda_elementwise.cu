@@ -243,7 +243,9 @@ static __global__ void softmax_xent_forward_kernel(mhub_cuda_fault *fault, float
                                                    const int32_t *targets, int64_t rows,
                                                    int64_t classes)
 {
-    extern __shared__ float staged_row[]; /* classes floats when staged */
+    /* the staged row (classes floats); every kernel calls its dynamic shared
+     * memory smem, which is also the name the test emulator provides */
+    extern __shared__ float smem[];
     __shared__ float max_scratch[32];
     __shared__ double sum_scratch[32];
     const int tid = threadIdx.x, nt = blockDim.x;
@@ -263,11 +265,11 @@ static __global__ void softmax_xent_forward_kernel(mhub_cuda_fault *fault, float
 #pragma unroll
             for (int u = 0; u < XENT_UNROLL; u++) {
                 if (staged && i0 + u * nt < classes)
-                    staged_row[i0 + u * nt] = v[u];
+                    smem[i0 + u * nt] = v[u];
                 m = max_keep(m, v[u]);
             }
         }
-        m = block_max(m, max_scratch); /* its barriers publish staged_row */
+        m = block_max(m, max_scratch); /* its barriers publish smem */
 
         /* each thread adds its elements in increasing order */
         sdouble acc = 0.0;
@@ -276,14 +278,14 @@ static __global__ void softmax_xent_forward_kernel(mhub_cuda_fault *fault, float
 #pragma unroll
             for (int u = 0; u < XENT_UNROLL; u++)
                 if (i0 + u * nt < classes)
-                    v[u] = staged ? staged_row[i0 + u * nt] : x[i0 + u * nt];
+                    v[u] = staged ? smem[i0 + u * nt] : x[i0 + u * nt];
 #pragma unroll
             for (int u = 0; u < XENT_UNROLL; u++) {
                 if (i0 + u * nt >= classes)
                     break;
                 float e = shifted_exp(v[u], m);
                 if (staged)
-                    staged_row[i0 + u * nt] = e;
+                    smem[i0 + u * nt] = e;
                 acc = acc + (double)e;
             }
         }
@@ -303,13 +305,13 @@ static __global__ void softmax_xent_forward_kernel(mhub_cuda_fault *fault, float
 #pragma unroll
             for (int u = 0; u < XENT_UNROLL; u++)
                 if (i0 + u * nt < classes)
-                    e[u] = staged ? staged_row[i0 + u * nt] : x[i0 + u * nt];
+                    e[u] = staged ? smem[i0 + u * nt] : x[i0 + u * nt];
 #pragma unroll
             for (int u = 0; u < XENT_UNROLL; u++)
                 if (i0 + u * nt < classes)
                     p[i0 + u * nt] = (sfloat(staged ? e[u] : shifted_exp(e[u], m)) * inv).v;
         }
-        __syncthreads(); /* the next row reuses staged_row */
+        __syncthreads(); /* the next row reuses smem */
     }
 }
 

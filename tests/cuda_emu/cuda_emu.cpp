@@ -380,6 +380,22 @@ cudaError_t cudaSetDevice(int device)
     return device == 0 ? cudaSuccess : fail(cudaErrorInvalidDevice, "cudaSetDevice: no such device");
 }
 
+cudaError_t cudaGetDevice(int *device)
+{
+    *device = 0;
+    return cudaSuccess;
+}
+
+cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int device)
+{
+    if (device != 0)
+        return fail(cudaErrorInvalidDevice, "cudaDeviceGetAttribute: no such device");
+    if (attr != cudaDevAttrMaxSharedMemoryPerBlockOptin)
+        return fail(cudaErrorInvalidValue, "cudaDeviceGetAttribute: an attribute it does not know");
+    *value = (int)MHUB_EMU_MAX_SHARED_BYTES;
+    return cudaSuccess;
+}
+
 cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes)
 {
     *free_bytes = total_memory - allocated;
