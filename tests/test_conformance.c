@@ -636,9 +636,8 @@ static mhub_safetensors *golden;
 
 static void open_golden(void)
 {
-    const char *src = getenv("top_srcdir");
     char path[1024];
-    snprintf(path, sizeof path, "%s/tests/data/gpt/golden.safetensors", src ? src : ".");
+    mhub_test_data_path("gpt/golden.safetensors", path, sizeof path);
     CK_OK(mhub_safetensors_open(path, &golden));
 }
 

@@ -68,14 +68,9 @@ static void write_text(const char *name, const char *text, char *out, size_t len
  * by hand, beside this source file. */
 static void fixture(const char *name, char *out, size_t len)
 {
-    const char *top = getenv("top_srcdir");
-    if (top && *top) {
-        snprintf(out, len, "%s/tests/data/megatron/%s", top, name);
-        return;
-    }
-    const char *slash = strrchr(__FILE__, '/');
-    int dir = slash ? (int)(slash - __FILE__) + 1 : 0;
-    snprintf(out, len, "%.*sdata/megatron/%s", dir, __FILE__, name);
+    char rel[256];
+    snprintf(rel, sizeof rel, "megatron/%s", name);
+    mhub_test_data_path(rel, out, len);
 }
 
 /* ---- writing Megatron files, byte by byte from the format --------------- */

@@ -20,18 +20,8 @@ static mhub_safetensors *golden;
 static void setup(void)
 {
     CK_OK(mhub_cpu_backend_create(&(mhub_cpu_options){.blas_threads = 1}, &be));
-    /* make check sets top_srcdir; elsewhere the data sits beside this
-     * file (__FILE__ is as the compiler was given it) */
-    const char *src = getenv("top_srcdir");
     char path[1024];
-    if (src) {
-        snprintf(path, sizeof path, "%s/tests/data/gpt/golden.safetensors", src);
-    } else {
-        const char *slash = strrchr(__FILE__, '/');
-        int dir = slash ? (int)(slash - __FILE__) : 1;
-        snprintf(path, sizeof path, "%.*s/data/gpt/golden.safetensors", dir,
-                 slash ? __FILE__ : ".");
-    }
+    mhub_test_data_path("gpt/golden.safetensors", path, sizeof path);
     CK_OK(mhub_safetensors_open(path, &golden));
 }
 

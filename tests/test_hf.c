@@ -32,14 +32,7 @@ static void teardown(void)
  * build directory. */
 static void data_file(const char *rel, char *out, size_t len)
 {
-    const char *top = getenv("top_srcdir");
-    if (top && *top) {
-        snprintf(out, len, "%s/tests/data/%s", top, rel);
-        return;
-    }
-    const char *slash = strrchr(__FILE__, '/');
-    int dir = slash ? (int)(slash - __FILE__) + 1 : 0;
-    snprintf(out, len, "%.*sdata/%s", dir, __FILE__, rel);
+    mhub_test_data_path(rel, out, len);
 }
 
 /* tests/data/hf/<name> */

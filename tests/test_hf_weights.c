@@ -20,15 +20,7 @@ static char tmp[256];
 static void setup(void)
 {
     CK_OK(mhub_cpu_backend_create(&(mhub_cpu_options){.blas_threads = 1}, &be));
-    /* make check sets top_srcdir; elsewhere the data sits beside this file */
-    const char *src = getenv("top_srcdir");
-    if (src) {
-        snprintf(data_dir, sizeof data_dir, "%s/tests/data/gpt", src);
-    } else {
-        const char *slash = strrchr(__FILE__, '/');
-        int dir = slash ? (int)(slash - __FILE__) : 1;
-        snprintf(data_dir, sizeof data_dir, "%.*s/data/gpt", dir, slash ? __FILE__ : ".");
-    }
+    mhub_test_data_path("gpt", data_dir, sizeof data_dir);
     char path[1100];
     snprintf(path, sizeof path, "%s/golden.safetensors", data_dir);
     CK_OK(mhub_safetensors_open(path, &golden));

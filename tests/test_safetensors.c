@@ -31,14 +31,9 @@ static void scratch(const char *name, char *out, size_t len)
  * else beside this source file. */
 static void fixture(const char *name, char *out, size_t len)
 {
-    const char *top = getenv("top_srcdir");
-    if (top && *top) {
-        snprintf(out, len, "%s/tests/data/safetensors/%s", top, name);
-        return;
-    }
-    const char *slash = strrchr(__FILE__, '/');
-    int d = slash ? (int)(slash - __FILE__) + 1 : 0;
-    snprintf(out, len, "%.*sdata/safetensors/%s", d, __FILE__, name);
+    char rel[256];
+    snprintf(rel, sizeof rel, "safetensors/%s", name);
+    mhub_test_data_path(rel, out, len);
 }
 
 static unsigned char *slurp(const char *path, size_t *len)

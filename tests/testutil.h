@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "mhub/mhub.h"
 
@@ -38,6 +39,21 @@ static inline double mhub_test_relerr(double a, double b, double floor)
 {
     double d = fabs(a - b), m = fabs(b);
     return d / (m > floor ? m : floor);
+}
+
+/* tests/data/<rel> into out[len]: under $top_srcdir when make check sets
+ * it; run by hand (or from an out-of-tree build's directory), beside this
+ * header, whose __FILE__ is the path the compiler was given. */
+static inline void mhub_test_data_path(const char *rel, char *out, size_t len)
+{
+    const char *top = getenv("top_srcdir");
+    if (top && *top) {
+        snprintf(out, len, "%s/tests/data/%s", top, rel);
+        return;
+    }
+    const char *slash = strrchr(__FILE__, '/');
+    int dir = slash ? (int)(slash - __FILE__) + 1 : 0;
+    snprintf(out, len, "%.*sdata/%s", dir, __FILE__, rel);
 }
 
 static inline int mhub_test_run_suite(Suite *s)
