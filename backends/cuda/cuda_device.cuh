@@ -65,105 +65,41 @@ MHUB_HD float dev_f32_from_bits(uint32_t u)
  * On the host the plain operators already are (the host compiler runs in
  * ISO mode, without contraction). */
 
+/* T op T with the device's correctly rounded intrinsic `dev` (never
+ * contracted into an FMA), and the plain operator on the host. */
+#ifdef __CUDA_ARCH__
+#define MHUB_STRICT_OP(T, op, dev) \
+    MHUB_HD T operator op(T a, T b) { return dev(a.v, b.v); }
+#define MHUB_STRICT_SQRT(T, name, dev, host) \
+    MHUB_HD T name(T a) { return dev(a.v); }
+#else
+#define MHUB_STRICT_OP(T, op, dev) \
+    MHUB_HD T operator op(T a, T b) { return a.v op b.v; }
+#define MHUB_STRICT_SQRT(T, name, dev, host) \
+    MHUB_HD T name(T a) { return host(a.v); }
+#endif
+
 struct sfloat {
     float v;
     MHUB_HD sfloat(float x) : v(x) {}
 };
 
-MHUB_HD sfloat operator+(sfloat a, sfloat b)
-{
-#ifdef __CUDA_ARCH__
-    return __fadd_rn(a.v, b.v);
-#else
-    return a.v + b.v;
-#endif
-}
-
-MHUB_HD sfloat operator-(sfloat a, sfloat b)
-{
-#ifdef __CUDA_ARCH__
-    return __fsub_rn(a.v, b.v);
-#else
-    return a.v - b.v;
-#endif
-}
-
-MHUB_HD sfloat operator*(sfloat a, sfloat b)
-{
-#ifdef __CUDA_ARCH__
-    return __fmul_rn(a.v, b.v);
-#else
-    return a.v * b.v;
-#endif
-}
-
-MHUB_HD sfloat operator/(sfloat a, sfloat b)
-{
-#ifdef __CUDA_ARCH__
-    return __fdiv_rn(a.v, b.v);
-#else
-    return a.v / b.v;
-#endif
-}
-
-MHUB_HD sfloat strict_sqrtf(sfloat a)
-{
-#ifdef __CUDA_ARCH__
-    return __fsqrt_rn(a.v);
-#else
-    return sqrtf(a.v);
-#endif
-}
+MHUB_STRICT_OP(sfloat, +, __fadd_rn)
+MHUB_STRICT_OP(sfloat, -, __fsub_rn)
+MHUB_STRICT_OP(sfloat, *, __fmul_rn)
+MHUB_STRICT_OP(sfloat, /, __fdiv_rn)
+MHUB_STRICT_SQRT(sfloat, strict_sqrtf, __fsqrt_rn, sqrtf)
 
 struct sdouble {
     double v;
     MHUB_HD sdouble(double x) : v(x) {}
 };
 
-MHUB_HD sdouble operator+(sdouble a, sdouble b)
-{
-#ifdef __CUDA_ARCH__
-    return __dadd_rn(a.v, b.v);
-#else
-    return a.v + b.v;
-#endif
-}
-
-MHUB_HD sdouble operator-(sdouble a, sdouble b)
-{
-#ifdef __CUDA_ARCH__
-    return __dsub_rn(a.v, b.v);
-#else
-    return a.v - b.v;
-#endif
-}
-
-MHUB_HD sdouble operator*(sdouble a, sdouble b)
-{
-#ifdef __CUDA_ARCH__
-    return __dmul_rn(a.v, b.v);
-#else
-    return a.v * b.v;
-#endif
-}
-
-MHUB_HD sdouble operator/(sdouble a, sdouble b)
-{
-#ifdef __CUDA_ARCH__
-    return __ddiv_rn(a.v, b.v);
-#else
-    return a.v / b.v;
-#endif
-}
-
-MHUB_HD sdouble strict_sqrt(sdouble a)
-{
-#ifdef __CUDA_ARCH__
-    return __dsqrt_rn(a.v);
-#else
-    return sqrt(a.v);
-#endif
-}
+MHUB_STRICT_OP(sdouble, +, __dadd_rn)
+MHUB_STRICT_OP(sdouble, -, __dsub_rn)
+MHUB_STRICT_OP(sdouble, *, __dmul_rn)
+MHUB_STRICT_OP(sdouble, /, __ddiv_rn)
+MHUB_STRICT_SQRT(sdouble, strict_sqrt, __dsqrt_rn, sqrt)
 
 /* ---- bf16 / f16 <-> f32, as src/dtype.c (see its comments) ---- */
 
