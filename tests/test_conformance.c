@@ -511,27 +511,90 @@ static void attention_case(int64_t batch, int64_t seq, int64_t heads, int64_t gr
     CK_OK(dut->ops->causal_attention_backward(dut, dqkv.d, scratch.d, dout.d, qkv.d, probs.d,
                                               batch, seq, heads, groups, d));
     EXPECT_CLOSE(dqkv, TOL_F32, "causal_attention_backward");
-    if (!dut->ops->flash_attention_forward)
+    if (!dut->ops->flash_attention_forward) {
+        free_all();
         return;
+    }
     pair fout = pair_zeros(rows * heads * d), lse = pair_zeros(batch * heads * seq);
     pair fdqkv = pair_zeros(rows * width);
+    size_t before = 0, after = 0, peak = 0;
+    CK_OK(dut->ops->reset_peak(dut));
+    CK_OK(dut->ops->memory_usage(dut, &before, NULL));
     CK_OK(dut->ops->flash_attention_forward(dut, fout.d, lse.d, qkv.d, batch, seq, heads,
                                             groups, d));
     CK_OK(dut->ops->flash_attention_backward(dut, fdqkv.d, dout.d, fout.d, qkv.d, lse.d, batch,
                                              seq, heads, groups, d));
+    /* scratch a backend keeps for itself is not the caller's memory */
+    CK_OK(dut->ops->memory_usage(dut, &after, &peak));
+    ck_assert_uint_eq(after, before);
+    ck_assert_uint_eq(peak, before);
     /* compare the flash results with the reference's probabilities path */
     fout.r = out.r;
     fdqkv.r = dqkv.r;
     EXPECT_CLOSE(fout, TOL_F32, "flash_attention_forward out");
     EXPECT_CLOSE(fdqkv, TOL_F32, "flash_attention_backward");
+    free_all(); /* the buffer table holds a few cases */
 }
 
-START_TEST(test_attention)
+static void attention_cases(void)
 {
     attention_case(2, 70, 4, 2, 64);   /* grouped queries, seq not a tile multiple */
     attention_case(1, 128, 12, 12, 64); /* GPT-2's heads */
     attention_case(2, 33, 2, 1, 128);  /* Llama's head_dim */
     attention_case(3, 1, 2, 2, 16);
+}
+
+/* The CUDA backend's flash attention has two paths, chosen per call by
+ * MHUB_CUDA_ATTENTION: cuBLAS GEMMs over chunks of (batch, head) pairs
+ * ("gemm", the default) and tiled CUDA-core kernels ("tiled"). */
+#define ATTENTION_PATH_ENV "MHUB_CUDA_ATTENTION"
+#define ATTENTION_SCRATCH_ENV "MHUB_CUDA_ATTENTION_SCRATCH_KB"
+
+/* The GEMM path with scratch budgets that make it work in chunks: at seq
+ * 70 a pair takes 39 KB, so 48 KiB holds one pair per chunk (a group's two
+ * query heads in two chunks, dK and dV added across them), 200 KiB two
+ * (batch, group) units of two heads, 100 KiB half of a 4-head group. A budget that holds no pair is an
+ * error when the GEMM path is asked for by name, and sends the default
+ * choice to the tiled kernels. */
+static void gemm_attention_chunks(void)
+{
+    setenv(ATTENTION_PATH_ENV, "gemm", 1);
+    setenv(ATTENTION_SCRATCH_ENV, "48", 1);
+    attention_case(2, 70, 4, 2, 64);
+    setenv(ATTENTION_SCRATCH_ENV, "200", 1);
+    attention_case(2, 70, 4, 2, 64);
+    setenv(ATTENTION_SCRATCH_ENV, "100", 1);
+    attention_case(2, 70, 4, 1, 64);  /* two pairs: a group's 4 heads in two chunks */
+
+    setenv(ATTENTION_SCRATCH_ENV, "16", 1);
+    float *out = alloc_on(dut, 70 * 4 * 64 * sizeof(float));
+    float *lse = alloc_on(dut, 4 * 70 * sizeof(float));
+    float *qkv = alloc_on(dut, 70 * 8 * 64 * sizeof(float));
+    ck_assert_int_eq(dut->ops->flash_attention_forward(dut, out, lse, qkv, 1, 70, 4, 2, 64),
+                     MHUB_ERR_INVALID_ARG);
+    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "attention scratch budget"));
+    unsetenv(ATTENTION_PATH_ENV);
+    attention_case(2, 70, 4, 2, 64);
+    setenv(ATTENTION_PATH_ENV, "fastest", 1);
+    ck_assert_int_eq(dut->ops->flash_attention_forward(dut, out, lse, qkv, 1, 70, 4, 2, 64),
+                     MHUB_ERR_INVALID_ARG);
+    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "expected gemm or tiled"));
+    unsetenv(ATTENTION_PATH_ENV);
+    unsetenv(ATTENTION_SCRATCH_ENV);
+}
+
+START_TEST(test_attention)
+{
+    if (!dut_is_cuda()) {
+        attention_cases();
+        return;
+    }
+    setenv(ATTENTION_PATH_ENV, "gemm", 1);
+    attention_cases();
+    setenv(ATTENTION_PATH_ENV, "tiled", 1);
+    attention_cases();
+    unsetenv(ATTENTION_PATH_ENV);
+    gemm_attention_chunks();
 }
 END_TEST
 
@@ -747,10 +810,24 @@ static void golden_case(const char *model)
     mhub_config_free(&cfg->base);
 }
 
-START_TEST(test_golden_gpt2) { golden_case("gpt2"); }
+/* On CUDA, through each flash attention path. */
+static void golden_cases(const char *model)
+{
+    if (!dut_is_cuda()) {
+        golden_case(model);
+        return;
+    }
+    setenv(ATTENTION_PATH_ENV, "gemm", 1);
+    golden_case(model);
+    setenv(ATTENTION_PATH_ENV, "tiled", 1);
+    golden_case(model);
+    unsetenv(ATTENTION_PATH_ENV);
+}
+
+START_TEST(test_golden_gpt2) { golden_cases("gpt2"); }
 END_TEST
 
-START_TEST(test_golden_llama) { golden_case("llama"); }
+START_TEST(test_golden_llama) { golden_cases("llama"); }
 END_TEST
 
 static Suite *make_suite(void)

@@ -23,6 +23,7 @@
 
 #include <cublas_v2.h>
 
+#include "backends/cuda/cuda_attention_gemm.h"
 #include "backends/cuda/cuda_internal.h"
 #include "backends/cuda/cuda_kernels.h"
 #include "backends/cuda/cuda_pool.h"
@@ -38,6 +39,19 @@
 #define POOL_ENV "MHUB_CUDA_POOL_MB"
 /* cuBLAS's workspace: NVIDIA recommends 32 MiB on Hopper. */
 #define CUBLAS_WORKSPACE_BYTES ((size_t)32 << 20)
+/* The GEMM attention path's scratch (cuda_attention_gemm.h): at most 1 GiB
+ * and at most an eighth of the pool. At seq 1024 a (batch, head) pair
+ * takes 8 MiB (its S and dP), so 1 GiB runs 128 pairs per chunk (GPT-2
+ * 124M at batch 16, 192 pairs, in two chunks); a pair alone over the
+ * budget (seq above 8192 at 1 GiB) goes to the tiled kernels.
+ * MHUB_CUDA_ATTENTION_SCRATCH_KB sets another budget (tests use a small
+ * one to make many chunks). */
+#define ATTN_SCRATCH_MAX ((size_t)1 << 30)
+#define ATTN_SCRATCH_POOL_SHARE 8
+#define ATTN_SCRATCH_ENV "MHUB_CUDA_ATTENTION_SCRATCH_KB"
+/* Which flash attention: "gemm" (cuBLAS, tensor cores), "tiled" (the f32
+ * CUDA-core kernels), unset for the GEMM path when a pair fits the budget. */
+#define ATTN_PATH_ENV "MHUB_CUDA_ATTENTION"
 
 typedef struct cuda_state {
     int device;
@@ -45,13 +59,21 @@ typedef struct cuda_state {
     cublasHandle_t blas;
     mhub_matmul_precision matmul;
     void *pool_base;
+    size_t pool_bytes;
     mhub_pool *pool;
     /* carved from the pool at create, not counted as the user's memory */
     void *work;                 /* MHUB_CUDA_WORK_BYTES of kernel scratch */
     void *blas_work;            /* cuBLAS's workspace */
     mhub_cuda_fault *fault;     /* device-side fault record */
     double *scalar;             /* sum_squares' result on the device */
-    size_t internal_bytes;      /* the pool bytes those four took */
+    size_t internal_bytes;      /* the pool bytes those took */
+    /* the GEMM attention path's scratch: carved at the first attention
+     * call that takes that path, and carved again, larger, only when a
+     * larger shape needs more (so a step's calls find it in place) */
+    void *attn_scratch;
+    size_t attn_scratch_bytes;
+    /* the user's peak bytes before internal_bytes last changed */
+    size_t user_peak_kept;
 } cuda_state;
 
 static cuda_state *state_of(const mhub_backend *be);
@@ -206,6 +228,26 @@ static mhub_status carve(cuda_state *st, size_t bytes, void **out)
     return MHUB_OK;
 }
 
+static void uncarve(cuda_state *st, void *p, size_t bytes)
+{
+    mhub_pool_free(st->pool, (uintptr_t)p);
+    st->internal_bytes -= bytes;
+}
+
+/* memory_usage reports the pool's counts less internal_bytes. Before
+ * internal_bytes changes after create (the attention scratch), the user's
+ * peak so far is kept aside and the pool's peak restarts; after it, the
+ * pool's peak restarts again from the new present. */
+static void keep_user_peak(cuda_state *st)
+{
+    mhub_pool_stats ps;
+    mhub_pool_get_stats(st->pool, &ps);
+    size_t peak = ps.peak - st->internal_bytes;
+    if (peak > st->user_peak_kept)
+        st->user_peak_kept = peak;
+    mhub_pool_reset_peak(st->pool);
+}
+
 static mhub_status cuda_alloc(mhub_backend *be, size_t bytes, void **out)
 {
     cuda_state *st = state_of(be);
@@ -278,8 +320,10 @@ static mhub_status cuda_memory_usage(mhub_backend *be, size_t *current_bytes,
     mhub_pool_get_stats(st->pool, &ps);
     if (current_bytes)
         *current_bytes = ps.current - st->internal_bytes;
-    if (peak_bytes)
-        *peak_bytes = ps.peak - st->internal_bytes;
+    if (peak_bytes) {
+        size_t peak = ps.peak - st->internal_bytes;
+        *peak_bytes = peak > st->user_peak_kept ? peak : st->user_peak_kept;
+    }
     return MHUB_OK;
 }
 
@@ -289,6 +333,7 @@ static mhub_status cuda_reset_peak(mhub_backend *be)
     if (!st)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "backend is NULL");
     mhub_pool_reset_peak(st->pool);
+    st->user_peak_kept = 0;
     return MHUB_OK;
 }
 
@@ -521,13 +566,125 @@ static mhub_status cuda_causal_attention_backward(mhub_backend *be, float *dqkv,
                                                       head_dim));
 }
 
+/* ---- flash attention: the GEMM path or the tiled kernels ---- */
+
+typedef enum attention_path { ATTN_AUTO, ATTN_GEMM, ATTN_TILED } attention_path;
+
+/* The path MHUB_CUDA_ATTENTION asks for, read at every call so a program
+ * (or a test) may switch between calls. */
+static mhub_status requested_path(const char *op, attention_path *out)
+{
+    const char *env = getenv(ATTN_PATH_ENV);
+    if (!env || !*env)
+        *out = ATTN_AUTO;
+    else if (strcmp(env, "gemm") == 0)
+        *out = ATTN_GEMM;
+    else if (strcmp(env, "tiled") == 0)
+        *out = ATTN_TILED;
+    else
+        return mhub_error_at(MHUB_ERR_INVALID_ARG, op, "%s = '%s': expected gemm or tiled",
+                             ATTN_PATH_ENV, env);
+    return MHUB_OK;
+}
+
+/* The most scratch the GEMM path may take (see ATTN_SCRATCH_MAX). */
+static mhub_status attention_budget(const cuda_state *st, const char *op, size_t *out)
+{
+    const char *env = getenv(ATTN_SCRATCH_ENV);
+    if (env && *env) {
+        char *end = NULL;
+        unsigned long long kb = strtoull(env, &end, 10);
+        if (!end || *end || kb == 0 || kb > SIZE_MAX >> 10)
+            return mhub_error_at(MHUB_ERR_INVALID_ARG, op,
+                                 "%s = '%s' is not a positive count of KiB", ATTN_SCRATCH_ENV,
+                                 env);
+        *out = (size_t)kb << 10;
+        return MHUB_OK;
+    }
+    size_t share = st->pool_bytes / ATTN_SCRATCH_POOL_SHARE;
+    *out = share < ATTN_SCRATCH_MAX ? share : ATTN_SCRATCH_MAX;
+    return MHUB_OK;
+}
+
+/* At least `bytes` of attention scratch, carved from the pool (never
+ * cudaMalloc, which would wait for the device). A smaller earlier scratch
+ * goes back first: the stream orders its last use before anything that
+ * later reuses its bytes. */
+static mhub_status reserve_attention_scratch(cuda_state *st, size_t bytes)
+{
+    if (st->attn_scratch_bytes >= bytes)
+        return MHUB_OK;
+    keep_user_peak(st);
+    if (st->attn_scratch)
+        uncarve(st, st->attn_scratch, st->attn_scratch_bytes);
+    st->attn_scratch = NULL;
+    st->attn_scratch_bytes = 0;
+    mhub_status s = carve(st, bytes, &st->attn_scratch);
+    if (s == MHUB_OK)
+        st->attn_scratch_bytes = bytes;
+    else
+        st->attn_scratch = NULL;
+    mhub_pool_reset_peak(st->pool);
+    return s;
+}
+
+/* Whether this call takes the GEMM path, with *ctx ready for it. Without
+ * a request the GEMM path is taken when one (batch, head) pair fits the
+ * budget and the pool has the scratch; otherwise the tiled kernels, which
+ * need none. Asked for by name, a path that cannot run is an error. */
+static mhub_status choose_attention_path(cuda_state *st, const char *op, int64_t batch,
+                                         int64_t seq, int64_t heads, int64_t groups,
+                                         int64_t head_dim, mhub_cuda_attn_gemm_ctx *ctx,
+                                         bool *use_gemm)
+{
+    attention_path path;
+    MHUB_TRY(requested_path(op, &path));
+    *use_gemm = false;
+    if (path == ATTN_TILED || batch == 0 || seq == 0 || heads == 0 || head_dim == 0)
+        return MHUB_OK;
+    size_t budget = 0;
+    MHUB_TRY(attention_budget(st, op, &budget));
+    size_t want = mhub_cuda_attention_gemm_scratch(batch, seq, heads, groups, head_dim, budget);
+    if (want == 0) {
+        if (path == ATTN_AUTO)
+            return MHUB_OK;
+        return mhub_error_at(MHUB_ERR_INVALID_ARG, op,
+                             "%s=gemm: one (batch, head) pair's scores at seq = %lld do not "
+                             "fit the attention scratch budget of %zu bytes",
+                             ATTN_PATH_ENV, (long long)seq, budget);
+    }
+    mhub_status s = reserve_attention_scratch(st, want);
+    if (s != MHUB_OK) {
+        if (path == ATTN_AUTO)
+            return MHUB_OK;
+        return mhub_error_at(s, op, "%s=gemm: no pool memory for %zu bytes of scratch: %s",
+                             ATTN_PATH_ENV, want, mhub_last_error());
+    }
+    *ctx = (mhub_cuda_attn_gemm_ctx){.stream = st->stream,
+                                     .blas = st->blas,
+                                     .compute = compute_type(st->matmul),
+                                     .device = st->device,
+                                     .scratch = st->attn_scratch,
+                                     .scratch_bytes = want};
+    *use_gemm = true;
+    return MHUB_OK;
+}
+
 static mhub_status cuda_flash_attention_forward(mhub_backend *be, float *out, float *lse,
                                                 const float *qkv, int64_t batch, int64_t seq,
                                                 int64_t heads, int64_t groups, int64_t head_dim)
 {
+    static const char op[] = "flash_attention_forward";
     MHUB_TRY(mhub_args_flash_attention_forward(out, lse, qkv, batch, seq, heads, groups,
                                                head_dim));
-    return LAUNCH(be, "flash_attention_forward",
+    mhub_cuda_attn_gemm_ctx ctx;
+    bool gemm;
+    MHUB_TRY(choose_attention_path(state_of(be), op, batch, seq, heads, groups, head_dim, &ctx,
+                                   &gemm));
+    if (gemm)
+        return mhub_cuda_attention_gemm_forward(&ctx, out, lse, qkv, batch, seq, heads, groups,
+                                                head_dim);
+    return LAUNCH(be, op,
                   mhub_cuda_flash_attention_forward(STREAM(be), out, lse, qkv, batch, seq,
                                                     heads, groups, head_dim));
 }
@@ -538,9 +695,17 @@ static mhub_status cuda_flash_attention_backward(mhub_backend *be, float *dqkv,
                                                  int64_t batch, int64_t seq, int64_t heads,
                                                  int64_t groups, int64_t head_dim)
 {
+    static const char op[] = "flash_attention_backward";
     MHUB_TRY(mhub_args_flash_attention_backward(dqkv, dout, out, qkv, lse, batch, seq, heads,
                                                 groups, head_dim));
-    return LAUNCH(be, "flash_attention_backward",
+    mhub_cuda_attn_gemm_ctx ctx;
+    bool gemm;
+    MHUB_TRY(choose_attention_path(state_of(be), op, batch, seq, heads, groups, head_dim, &ctx,
+                                   &gemm));
+    if (gemm)
+        return mhub_cuda_attention_gemm_backward(&ctx, dqkv, dout, out, qkv, lse, batch, seq,
+                                                 heads, groups, head_dim);
+    return LAUNCH(be, op,
                   mhub_cuda_flash_attention_backward(STREAM(be), state_of(be)->work, dqkv, dout,
                                                      out, qkv, lse, batch, seq, heads, groups,
                                                      head_dim));
@@ -706,6 +871,7 @@ static mhub_status setup(cuda_state *st, const mhub_cuda_options *o)
                              "cannot allocate the %zu MiB device pool on device %d: %s",
                              bytes >> 20, dev, cudaGetErrorString(err));
     }
+    st->pool_bytes = bytes;
     MHUB_TRY(mhub_pool_create((uintptr_t)st->pool_base, bytes, POOL_ALIGN, &st->pool));
     MHUB_TRY(carve(st, MHUB_CUDA_WORK_BYTES, &st->work));
     MHUB_TRY(carve(st, CUBLAS_WORKSPACE_BYTES, &st->blas_work));

@@ -102,6 +102,58 @@ cudaError_t mhub_cuda_flash_attention_backward(cudaStream_t s, void *work, float
                                                const float *qkv, const float *lse,
                                                int64_t batch, int64_t seq, int64_t heads,
                                                int64_t groups, int64_t head_dim);
+/* ---- the GEMM attention path's kernels (cuda_attention_rows.cu) ----
+ * cuda_attention_gemm.c computes attention with cuBLAS's batched GEMMs
+ * over chunks of (batch, head) pairs, each pair's [seq, seq] scores in
+ * scratch; these kernels do the rest. A chunk covers (batch, group) units
+ * [unit0, unit0 + n_units) and, of each group, query heads [head0, head0 +
+ * n_heads); its entry i is head head0 + i / n_units of unit unit0 + i %
+ * n_units, so the entries of one head of the group are consecutive. */
+typedef struct mhub_cuda_attn_chunk {
+    int64_t batch, seq, heads, groups, head_dim;
+    int64_t unit0, n_units, head0, n_heads;
+} mhub_cuda_attn_chunk;
+
+/* The chunk's operand addresses, one array of n_entries pointers per role,
+ * role r at table[r * stride]: cuBLAS's batched GEMM reads them there. */
+typedef enum mhub_cuda_attn_role {
+    MHUB_ATTN_Q,      /* query rows in qkv */
+    MHUB_ATTN_K,      /* the group's key rows in qkv */
+    MHUB_ATTN_V,      /* the group's value rows in qkv */
+    MHUB_ATTN_O,      /* head columns of out (forward) or dout (backward) */
+    MHUB_ATTN_S,      /* the entry's [seq, seq] scores, then probabilities */
+    MHUB_ATTN_DP,     /* backward: dP, then dS */
+    MHUB_ATTN_DQ,     /* backward: the query head's columns of dqkv */
+    MHUB_ATTN_DK,     /* backward: the group's key columns of dqkv */
+    MHUB_ATTN_DV,     /* backward: the group's value columns of dqkv */
+    MHUB_ATTN_ROLES
+} mhub_cuda_attn_role;
+
+/* What the table points into; dp and dqkv are NULL in the forward (their
+ * roles are then left unwritten). s and dp hold n_entries [seq, seq]
+ * matrices each. */
+typedef struct mhub_cuda_attn_bases {
+    const float *qkv;
+    const float *o;   /* out or dout: a [batch*seq, heads*head_dim] matrix */
+    float *s, *dp, *dqkv;
+} mhub_cuda_attn_bases;
+
+/* Fill the pointer table of chunk c (n_units * n_heads entries). */
+cudaError_t mhub_cuda_attn_pointers(cudaStream_t s, void **table, int64_t stride,
+                                    mhub_cuda_attn_bases bases, mhub_cuda_attn_chunk c);
+/* Each entry's scores -> causal softmax in place (zero above the
+ * diagonal), and lse[batch, heads, seq] of the entry's rows. */
+cudaError_t mhub_cuda_attn_softmax_rows(cudaStream_t s, float *scores, float *lse,
+                                        mhub_cuda_attn_chunk c);
+/* The forward's probabilities again, from the scores and lse:
+ * P_tj = exp(S_tj - lse_t) for j <= t, 0 above the diagonal. */
+cudaError_t mhub_cuda_attn_probs_rows(cudaStream_t s, float *scores, const float *lse,
+                                      mhub_cuda_attn_chunk c);
+/* dP -> dS = P (dP - D_t) in place, D_t = dout_t . out_t of the entry's
+ * head, zero above the diagonal. */
+cudaError_t mhub_cuda_attn_dscores_rows(cudaStream_t s, float *dp, const float *probs,
+                                        const float *dout, const float *out,
+                                        mhub_cuda_attn_chunk c);
 cudaError_t mhub_cuda_cast(cudaStream_t s, void *dst, mhub_dtype dst_dtype, const void *src,
                            mhub_dtype src_dtype, int64_t n);
 cudaError_t mhub_cuda_scale(cudaStream_t s, float *x, int64_t n, float alpha);

@@ -65,6 +65,41 @@ static bool operand_ok(const void *p, cublasOperation_t op, int rows, int cols, 
     return op == CUBLAS_OP_N ? matrix_ok(p, rows, cols, ld) : matrix_ok(p, cols, rows, ld);
 }
 
+/* What cuBLAS checks of a GEMM's types, operations and sizes, and of the
+ * operands of one product (for a batched call, of each entry). */
+static cublasStatus_t gemm_kind_ok(cublasHandle_t handle, cublasOperation_t transa,
+                                   cublasOperation_t transb, int m, int n, int k,
+                                   const void *alpha, cudaDataType a_type, cudaDataType b_type,
+                                   const void *beta, cudaDataType c_type,
+                                   cublasComputeType_t compute)
+{
+    if (!handle)
+        return CUBLAS_STATUS_NOT_INITIALIZED;
+    if (a_type != CUDA_R_32F || b_type != CUDA_R_32F || c_type != CUDA_R_32F ||
+        (compute != CUBLAS_COMPUTE_32F && compute != CUBLAS_COMPUTE_32F_FAST_TF32 &&
+         compute != CUBLAS_COMPUTE_32F_FAST_16BF && compute != CUBLAS_COMPUTE_32F_FAST_16F))
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    if (!is_op(transa) || !is_op(transb) || m < 0 || n < 0 || k < 0 || !alpha || !beta)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+static bool operands_ok(cublasOperation_t transa, cublasOperation_t transb, int m, int n, int k,
+                        const void *a, int lda, const void *b, int ldb, const void *c, int ldc)
+{
+    return operand_ok(a, transa, m, k, lda) && operand_ok(b, transb, k, n, ldb) &&
+           matrix_ok(c, m, n, ldc);
+}
+
+static void sgemm(cublasOperation_t transa, cublasOperation_t transb, int m, int n, int k,
+                  const void *alpha, const void *a, int lda, const void *b, int ldb,
+                  const void *beta, void *c, int ldc)
+{
+    cblas_sgemm(CblasColMajor, transa == CUBLAS_OP_T ? CblasTrans : CblasNoTrans,
+                transb == CUBLAS_OP_T ? CblasTrans : CblasNoTrans, m, n, k, *(const float *)alpha,
+                a, lda, b, ldb, *(const float *)beta, c, ldc);
+}
+
 cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa,
                             cublasOperation_t transb, int m, int n, int k, const void *alpha,
                             const void *a, cudaDataType a_type, int lda, const void *b,
@@ -73,21 +108,51 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa,
                             cublasGemmAlgo_t algo)
 {
     (void)algo;
-    if (!handle)
-        return CUBLAS_STATUS_NOT_INITIALIZED;
-    if (a_type != CUDA_R_32F || b_type != CUDA_R_32F || c_type != CUDA_R_32F ||
-        (compute != CUBLAS_COMPUTE_32F && compute != CUBLAS_COMPUTE_32F_FAST_TF32 &&
-         compute != CUBLAS_COMPUTE_32F_FAST_16BF && compute != CUBLAS_COMPUTE_32F_FAST_16F))
-        return CUBLAS_STATUS_NOT_SUPPORTED;
-    if (!is_op(transa) || !is_op(transb) || m < 0 || n < 0 || k < 0 || !alpha || !beta ||
-        !operand_ok(a, transa, m, k, lda) || !operand_ok(b, transb, k, n, ldb) ||
-        !matrix_ok(c, m, n, ldc))
+    cublasStatus_t st = gemm_kind_ok(handle, transa, transb, m, n, k, alpha, a_type, b_type,
+                                     beta, c_type, compute);
+    if (st != CUBLAS_STATUS_SUCCESS)
+        return st;
+    if (!operands_ok(transa, transb, m, n, k, a, lda, b, ldb, c, ldc))
         return CUBLAS_STATUS_INVALID_VALUE;
     if (m == 0 || n == 0)
         return CUBLAS_STATUS_SUCCESS;
-    cblas_sgemm(CblasColMajor, transa == CUBLAS_OP_T ? CblasTrans : CblasNoTrans,
-                transb == CUBLAS_OP_T ? CblasTrans : CblasNoTrans, m, n, k, *(const float *)alpha,
-                a, lda, b, ldb, *(const float *)beta, c, ldc);
+    sgemm(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+/* The arrays of operand addresses are read by the device, so they must
+ * lie in device memory themselves; then every entry is checked as one
+ * GEMM's operands before any is computed. */
+cublasStatus_t cublasGemmBatchedEx(cublasHandle_t handle, cublasOperation_t transa,
+                                   cublasOperation_t transb, int m, int n, int k,
+                                   const void *alpha, const void *const a_array[],
+                                   cudaDataType a_type, int lda, const void *const b_array[],
+                                   cudaDataType b_type, int ldb, const void *beta,
+                                   void *const c_array[], cudaDataType c_type, int ldc,
+                                   int batch_count, cublasComputeType_t compute,
+                                   cublasGemmAlgo_t algo)
+{
+    (void)algo;
+    cublasStatus_t st = gemm_kind_ok(handle, transa, transb, m, n, k, alpha, a_type, b_type,
+                                     beta, c_type, compute);
+    if (st != CUBLAS_STATUS_SUCCESS)
+        return st;
+    if (batch_count < 0)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    if (batch_count == 0 || m == 0 || n == 0)
+        return CUBLAS_STATUS_SUCCESS;
+    size_t array_bytes = (size_t)batch_count * sizeof(void *);
+    if (!mhub_emu_is_device_range(a_array, array_bytes) ||
+        !mhub_emu_is_device_range(b_array, array_bytes) ||
+        !mhub_emu_is_device_range(c_array, array_bytes))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    for (int e = 0; e < batch_count; e++)
+        if (!operands_ok(transa, transb, m, n, k, a_array[e], lda, b_array[e], ldb, c_array[e],
+                         ldc))
+            return CUBLAS_STATUS_INVALID_VALUE;
+    for (int e = 0; e < batch_count; e++)
+        sgemm(transa, transb, m, n, k, alpha, a_array[e], lda, b_array[e], ldb, beta, c_array[e],
+              ldc);
     return CUBLAS_STATUS_SUCCESS;
 }
 

@@ -1,13 +1,14 @@
 /* tests/cuda_emu/cublas_v2.h - the cuBLAS subset the CUDA backend uses,
  * for the CPU emulator (see cuda_runtime.h).
  *
- * cublasGemmEx is OpenBLAS's sgemm in f32 whatever the compute type: the
+ * cublasGemmEx is OpenBLAS's sgemm in f32 whatever the compute type (and
+ * cublasGemmBatchedEx one sgemm per entry of its pointer arrays): the
  * emulator cannot round operands to tf32 or bf16 as the tensor cores do,
  * so those modes give f32 results here (well inside their looser
  * tolerances). What the emulated GEMM checks is the backend's side: the
  * operand order, transposes and leading dimensions of its row-major to
  * column-major mapping, each checked as cuBLAS checks them, and that every
- * operand lies in device memory. */
+ * operand (and a batched call's pointer arrays) lies in device memory. */
 #ifndef MHUB_CUDA_EMU_CUBLAS_V2_H
 #define MHUB_CUDA_EMU_CUBLAS_V2_H
 
@@ -51,6 +52,14 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa,
                             cudaDataType b_type, int ldb, const void *beta, void *c,
                             cudaDataType c_type, int ldc, cublasComputeType_t compute,
                             cublasGemmAlgo_t algo);
+cublasStatus_t cublasGemmBatchedEx(cublasHandle_t handle, cublasOperation_t transa,
+                                   cublasOperation_t transb, int m, int n, int k,
+                                   const void *alpha, const void *const a_array[],
+                                   cudaDataType a_type, int lda, const void *const b_array[],
+                                   cudaDataType b_type, int ldb, const void *beta,
+                                   void *const c_array[], cudaDataType c_type, int ldc,
+                                   int batch_count, cublasComputeType_t compute,
+                                   cublasGemmAlgo_t algo);
 cublasStatus_t cublasSgeam(cublasHandle_t handle, cublasOperation_t transa,
                            cublasOperation_t transb, int m, int n, const float *alpha,
                            const float *a, int lda, const float *beta, const float *b, int ldb,

@@ -47,5 +47,14 @@
 #define mhub_cuda_sgd_step mhub_cuda_emu_sgd_step
 #define mhub_cuda_adamw_step mhub_cuda_emu_adamw_step
 #define mhub_cuda_divide mhub_cuda_emu_divide
+#define mhub_cuda_attn_pointers mhub_cuda_emu_attn_pointers
+#define mhub_cuda_attn_softmax_rows mhub_cuda_emu_attn_softmax_rows
+#define mhub_cuda_attn_probs_rows mhub_cuda_emu_attn_probs_rows
+#define mhub_cuda_attn_dscores_rows mhub_cuda_emu_attn_dscores_rows
+
+/* the GEMM attention path of cuda_attention_gemm.h */
+#define mhub_cuda_attention_gemm_scratch mhub_cuda_emu_attention_gemm_scratch
+#define mhub_cuda_attention_gemm_forward mhub_cuda_emu_attention_gemm_forward
+#define mhub_cuda_attention_gemm_backward mhub_cuda_emu_attention_gemm_backward
 
 #endif
