@@ -47,7 +47,9 @@
 #include "backends/cuda/cuda_internal.h"
 #include "backends/cuda/cuda_kernels.h"
 
-/* Scratch parts start on this boundary, as the pool's blocks do. */
+/* Scratch parts, and each entry's S and dP matrices, start on this
+ * boundary, as the pool's blocks do: cuBLAS's tensor-core kernels want
+ * their operands 16-byte aligned. */
 #define SCRATCH_ALIGN 256
 /* Entries of one batched GEMM: some of cuBLAS's batched kernels put the
  * batch in the grid's z dimension (at most 65535), so a chunk stays
@@ -104,10 +106,16 @@ typedef struct scratch_layout {
     size_t s, dp, total;  /* byte offsets of S and dP (the table is at 0), and the end */
 } scratch_layout;
 
+/* Bytes of one entry's [seq, seq] matrix, aligned. */
+static size_t matrix_bytes(int64_t seq)
+{
+    return align_up((size_t)seq * (size_t)seq * sizeof(float));
+}
+
 static scratch_layout layout_for(int64_t entries, int64_t seq)
 {
     size_t table = (size_t)entries * MHUB_ATTN_ROLES * sizeof(void *);
-    size_t matrices = (size_t)entries * (size_t)seq * (size_t)seq * sizeof(float);
+    size_t matrices = (size_t)entries * matrix_bytes(seq);
     scratch_layout ly = {.entries = entries};
     ly.s = align_up(table);
     ly.dp = ly.s + align_up(matrices);
@@ -119,8 +127,7 @@ static scratch_layout layout_for(int64_t entries, int64_t seq)
  * and one batched GEMM's worth); 0 when not even one does. */
 static int64_t pairs_fitting(const attn_shape *sh, size_t bytes)
 {
-    const size_t per_pair = MHUB_ATTN_ROLES * sizeof(void *) +
-                            2 * (size_t)sh->seq * (size_t)sh->seq * sizeof(float);
+    const size_t per_pair = MHUB_ATTN_ROLES * sizeof(void *) + 2 * matrix_bytes(sh->seq);
     /* an upper bound (the layout adds alignment), then down to what fits */
     size_t n = bytes / per_pair;
     const int64_t pairs = sh->batch * sh->heads;
@@ -169,7 +176,8 @@ static mhub_cuda_attn_chunk chunk_at(const attn_shape *sh, const chunk_plan *p, 
 {
     mhub_cuda_attn_chunk c = {.batch = sh->batch, .seq = sh->seq, .heads = sh->heads,
                               .groups = sh->groups, .head_dim = sh->head_dim, .unit0 = u0,
-                              .head0 = h0};
+                              .head0 = h0,
+                              .s_stride = (int64_t)(matrix_bytes(sh->seq) / sizeof(float))};
     c.n_units = sh->units - u0 < p->units_per ? sh->units - u0 : p->units_per;
     c.n_heads = sh->per_group - h0 < p->heads_per ? sh->per_group - h0 : p->heads_per;
     return c;

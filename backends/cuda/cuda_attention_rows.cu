@@ -93,7 +93,7 @@ pointers_kernel(void **table, int64_t stride, mhub_cuda_attn_bases bs, mhub_cuda
     const int64_t q_at = row0 * width + group_col + e.hh * d;
     const int64_t k_at = row0 * width + group_col + per_group * d;
     const int64_t o_at = row0 * out_width + e.h * d;
-    const int64_t s_at = i * c.seq * c.seq;
+    const int64_t s_at = i * c.s_stride;
     table[MHUB_ATTN_Q * stride + i] = (void *)(bs.qkv + q_at);
     table[MHUB_ATTN_K * stride + i] = (void *)(bs.qkv + k_at);
     table[MHUB_ATTN_V * stride + i] = (void *)(bs.qkv + k_at + d);
@@ -122,9 +122,9 @@ extern "C" cudaError_t mhub_cuda_attn_pointers(cudaStream_t s, void **table, int
 
 /* ---- row kernels ---- */
 
-/* Rows of the chunk's stacked [seq, seq] matrices: row r is query
- * position r % seq of entry r / seq, its scores at r * seq. A warp takes
- * rows first_row(), first_row() + row_step(), ... */
+/* Rows of the chunk's [seq, seq] matrices: row r is query position
+ * r % seq of entry r / seq. A warp takes rows first_row(), first_row() +
+ * row_step(), ... */
 static __device__ __forceinline__ int64_t first_row()
 {
     return (int64_t)blockIdx.x * ROW_WARPS + threadIdx.x / 32;
@@ -135,13 +135,19 @@ static __device__ __forceinline__ int64_t row_step()
     return (int64_t)gridDim.x * ROW_WARPS;
 }
 
+/* Where row r's seq entries start in matrices laid out as the chunk's. */
+static __device__ __forceinline__ int64_t row_at(const mhub_cuda_attn_chunk &c, int64_t r)
+{
+    return r / c.seq * c.s_stride + r % c.seq * c.seq;
+}
+
 static __global__ void __launch_bounds__(ROW_THREADS)
 softmax_rows_kernel(float *scores, float *lse, mhub_cuda_attn_chunk c)
 {
     const int lane = (int)(threadIdx.x % 32);
     const int64_t seq = c.seq;
     for (int64_t row = first_row(), rows = chunk_rows(c); row < rows; row += row_step()) {
-        float *r = scores + row * seq;
+        float *r = scores + row_at(c, row);
         const int64_t t = row % seq;
         float m = -INFINITY;
         for (int64_t j = lane; j <= t; j += 32)
@@ -167,7 +173,7 @@ probs_rows_kernel(float *scores, const float *lse, mhub_cuda_attn_chunk c)
     const int lane = (int)(threadIdx.x % 32);
     const int64_t seq = c.seq;
     for (int64_t row = first_row(), rows = chunk_rows(c); row < rows; row += row_step()) {
-        float *r = scores + row * seq;
+        float *r = scores + row_at(c, row);
         const int64_t t = row % seq;
         const entry_at e = chunk_entry(c, row / seq);
         const float shift = lse[(e.b * c.heads + e.h) * seq + t];
@@ -190,8 +196,8 @@ dscores_rows_kernel(float *dp, const float *probs, const float *dout, const floa
         for (int64_t k = lane; k < d; k += 32)
             dsum = fmaf(dout[at + k], out[at + k], dsum);
         dsum = row_sum(dsum);
-        float *r = dp + row * seq;
-        const float *p = probs + row * seq;
+        float *r = dp + row_at(c, row);
+        const float *p = probs + row_at(c, row);
         for (int64_t j = lane; j < seq; j += 32)
             r[j] = j <= t ? p[j] * (r[j] - dsum) : 0.0f;
     }

@@ -10,8 +10,14 @@
  *
  * Memory: one cudaMalloc of the whole pool at create (cuda_pool.c does
  * the bookkeeping), from which every alloc, the kernels' scratch, the
- * fault record and cuBLAS's workspace are carved. A step therefore never
- * calls cudaMalloc, which would synchronize the device.
+ * fault record and cuBLAS's workspace are carved, and, at the first flash
+ * attention call, the GEMM attention path's scratch. A step therefore
+ * never calls cudaMalloc, which would synchronize the device.
+ *
+ * Flash attention has two paths: cuBLAS batched GEMMs on the tensor cores
+ * (cuda_attention_gemm.c, the default) and the tiled f32 kernels of
+ * cuda_attention.cu (sequences whose scores do not fit the scratch
+ * budget); MHUB_CUDA_ATTENTION=gemm|tiled forces one.
  *
  * Errors that only the device can see (a token id out of range) are
  * recorded by the kernel in the fault record and reported by the next

@@ -102,6 +102,7 @@ cudaError_t mhub_cuda_flash_attention_backward(cudaStream_t s, void *work, float
                                                const float *qkv, const float *lse,
                                                int64_t batch, int64_t seq, int64_t heads,
                                                int64_t groups, int64_t head_dim);
+
 /* ---- the GEMM attention path's kernels (cuda_attention_rows.cu) ----
  * cuda_attention_gemm.c computes attention with cuBLAS's batched GEMMs
  * over chunks of (batch, head) pairs, each pair's [seq, seq] scores in
@@ -112,6 +113,7 @@ cudaError_t mhub_cuda_flash_attention_backward(cudaStream_t s, void *work, float
 typedef struct mhub_cuda_attn_chunk {
     int64_t batch, seq, heads, groups, head_dim;
     int64_t unit0, n_units, head0, n_heads;
+    int64_t s_stride;  /* floats from one entry's [seq, seq] matrix to the next */
 } mhub_cuda_attn_chunk;
 
 /* The chunk's operand addresses, one array of n_entries pointers per role,
@@ -131,7 +133,7 @@ typedef enum mhub_cuda_attn_role {
 
 /* What the table points into; dp and dqkv are NULL in the forward (their
  * roles are then left unwritten). s and dp hold n_entries [seq, seq]
- * matrices each. */
+ * matrices each, s_stride floats apart. */
 typedef struct mhub_cuda_attn_bases {
     const float *qkv;
     const float *o;   /* out or dout: a [batch*seq, heads*head_dim] matrix */
@@ -154,6 +156,7 @@ cudaError_t mhub_cuda_attn_probs_rows(cudaStream_t s, float *scores, const float
 cudaError_t mhub_cuda_attn_dscores_rows(cudaStream_t s, float *dp, const float *probs,
                                         const float *dout, const float *out,
                                         mhub_cuda_attn_chunk c);
+
 cudaError_t mhub_cuda_cast(cudaStream_t s, void *dst, mhub_dtype dst_dtype, const void *src,
                            mhub_dtype src_dtype, int64_t n);
 cudaError_t mhub_cuda_scale(cudaStream_t s, float *x, int64_t n, float alpha);
