@@ -8,9 +8,9 @@
  *              P = causal softmax(S), lse  row kernel, in place
  *              O = P V                     batched GEMM into out's columns
  *   backward   S = scale Q K^T             batched GEMM (recomputed)
- *              P = e^(S - lse)             row kernel, in place
  *              dP = dO V^T                 batched GEMM into scratch
- *              dS = P (dP - D), D = dO.O   row kernel, in place
+ *              P = e^(S - lse),            one row kernel, both in place
+ *              dS = P (dP - D), D = dO.O
  *              dQ = scale dS K             batched GEMM into dqkv
  *              dK = scale dS^T Q           one batched GEMM per query head
  *              dV = P^T dO                   of the group (see below)
@@ -340,14 +340,14 @@ static mhub_status backward_chunk(const attn_work *w, mhub_cuda_attn_chunk c, fl
     MHUB_TRY(kernel_status(w, mhub_cuda_attn_pointers(stream, w->table, w->ly.entries, bases, c),
                            "mhub_cuda_attn_pointers (flash_attention_backward)"));
     MHUB_TRY(scores(w, n));
-    MHUB_TRY(kernel_status(w, mhub_cuda_attn_probs_rows(stream, w->s, lse, c),
-                           "mhub_cuda_attn_probs_rows (flash_attention_backward)"));
     MHUB_TRY(gemm_batched(w, "cublasGemmBatchedEx (attention dP = dO V^T)", sh->seq, sh->seq,
                           sh->head_dim, 1.0f, operand(w, MHUB_ATTN_O, 0, sh->out_width, false),
                           operand(w, MHUB_ATTN_V, 0, sh->width, true), 0.0f,
                           operand(w, MHUB_ATTN_DP, 0, sh->seq, false), n));
-    MHUB_TRY(kernel_status(w, mhub_cuda_attn_dscores_rows(stream, w->dp, w->s, dout, out, c),
-                           "mhub_cuda_attn_dscores_rows (flash_attention_backward)"));
+    /* one pass over both matrices: P and dS in place */
+    MHUB_TRY(kernel_status(
+        w, mhub_cuda_attn_probs_dscores_rows(stream, w->s, w->dp, lse, dout, out, c),
+        "mhub_cuda_attn_probs_dscores_rows (flash_attention_backward)"));
     MHUB_TRY(gemm_batched(w, "cublasGemmBatchedEx (attention dQ = scale dS K)", sh->seq,
                           sh->head_dim, sh->seq, sh->scale,
                           operand(w, MHUB_ATTN_DP, 0, sh->seq, false),

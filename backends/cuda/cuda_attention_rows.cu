@@ -9,10 +9,11 @@
  *   forward    S = scale Q K^T (GEMM), then per row t the causal softmax
  *              P_tj = e^(S_tj - m) / l over j <= t (m the row max, l the
  *              sum of e^(S_tj - m)), P_tj = 0 for j > t, lse_t = m + log l;
- *   backward   P_tj = e^(S_tj - lse_t) again from recomputed scores, and
- *              dS_tj = P_tj (dP_tj - D_t) with D_t = do_t . o_t, the same
- *              quantities as the flash kernels of cuda_attention.cu (see
- *              its header for the derivation).
+ *   backward   from the recomputed scores and dP = dO V^T (GEMMs), in one
+ *              pass: P_tj = e^(S_tj - lse_t) and dS_tj = P_tj (dP_tj - D_t)
+ *              with D_t = do_t . o_t, the same quantities as the flash
+ *              kernels of cuda_attention.cu (see its header for the
+ *              derivation).
  *
  * One warp per row, 8 rows per block, in a grid-stride loop; every sum is
  * a fixed butterfly, so results are the same bits run to run. Entries
@@ -167,24 +168,11 @@ softmax_rows_kernel(float *scores, float *lse, mhub_cuda_attn_chunk c)
     }
 }
 
+/* From the recomputed scores S and dP = dO V^T: P into S's place and
+ * dS = P (dP - D_t) into dP's, D_t = do_t . o_t of the row's head. */
 static __global__ void __launch_bounds__(ROW_THREADS)
-probs_rows_kernel(float *scores, const float *lse, mhub_cuda_attn_chunk c)
-{
-    const int lane = (int)(threadIdx.x % 32);
-    const int64_t seq = c.seq;
-    for (int64_t row = first_row(), rows = chunk_rows(c); row < rows; row += row_step()) {
-        float *r = scores + row_at(c, row);
-        const int64_t t = row % seq;
-        const entry_at e = chunk_entry(c, row / seq);
-        const float shift = lse[(e.b * c.heads + e.h) * seq + t];
-        for (int64_t j = lane; j < seq; j += 32)
-            r[j] = j <= t ? expf(r[j] - shift) : 0.0f;
-    }
-}
-
-static __global__ void __launch_bounds__(ROW_THREADS)
-dscores_rows_kernel(float *dp, const float *probs, const float *dout, const float *out,
-                    mhub_cuda_attn_chunk c)
+probs_dscores_rows_kernel(float *scores, float *dp, const float *lse, const float *dout,
+                          const float *out, mhub_cuda_attn_chunk c)
 {
     const int lane = (int)(threadIdx.x % 32);
     const int64_t seq = c.seq, d = c.head_dim;
@@ -196,10 +184,13 @@ dscores_rows_kernel(float *dp, const float *probs, const float *dout, const floa
         for (int64_t k = lane; k < d; k += 32)
             dsum = fmaf(dout[at + k], out[at + k], dsum);
         dsum = row_sum(dsum);
-        float *r = dp + row_at(c, row);
-        const float *p = probs + row_at(c, row);
-        for (int64_t j = lane; j < seq; j += 32)
-            r[j] = j <= t ? p[j] * (r[j] - dsum) : 0.0f;
+        const float shift = lse[(e.b * c.heads + e.h) * seq + t];
+        float *p = scores + row_at(c, row), *ds = dp + row_at(c, row);
+        for (int64_t j = lane; j < seq; j += 32) {
+            const float pj = j <= t ? expf(p[j] - shift) : 0.0f;
+            p[j] = pj;
+            ds[j] = j <= t ? pj * (ds[j] - dsum) : 0.0f;
+        }
     }
 }
 
@@ -213,22 +204,14 @@ extern "C" cudaError_t mhub_cuda_attn_softmax_rows(cudaStream_t s, float *scores
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t mhub_cuda_attn_probs_rows(cudaStream_t s, float *scores,
-                                                 const float *lse, mhub_cuda_attn_chunk c)
+extern "C" cudaError_t mhub_cuda_attn_probs_dscores_rows(cudaStream_t s, float *scores,
+                                                         float *dp, const float *lse,
+                                                         const float *dout, const float *out,
+                                                         mhub_cuda_attn_chunk c)
 {
     if (chunk_rows(c) <= 0)
         return cudaSuccess;
-    MHUB_LAUNCH(probs_rows_kernel, row_blocks(chunk_rows(c)), ROW_THREADS, 0, s)(scores, lse, c);
-    return cudaGetLastError();
-}
-
-extern "C" cudaError_t mhub_cuda_attn_dscores_rows(cudaStream_t s, float *dp,
-                                                   const float *probs, const float *dout,
-                                                   const float *out, mhub_cuda_attn_chunk c)
-{
-    if (chunk_rows(c) <= 0)
-        return cudaSuccess;
-    MHUB_LAUNCH(dscores_rows_kernel, row_blocks(chunk_rows(c)), ROW_THREADS, 0, s)(
-        dp, probs, dout, out, c);
+    MHUB_LAUNCH(probs_dscores_rows_kernel, row_blocks(chunk_rows(c)), ROW_THREADS, 0, s)(
+        scores, dp, lse, dout, out, c);
     return cudaGetLastError();
 }

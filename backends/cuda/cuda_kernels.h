@@ -147,15 +147,13 @@ cudaError_t mhub_cuda_attn_pointers(cudaStream_t s, void **table, int64_t stride
  * diagonal), and lse[batch, heads, seq] of the entry's rows. */
 cudaError_t mhub_cuda_attn_softmax_rows(cudaStream_t s, float *scores, float *lse,
                                         mhub_cuda_attn_chunk c);
-/* The forward's probabilities again, from the scores and lse:
- * P_tj = exp(S_tj - lse_t) for j <= t, 0 above the diagonal. */
-cudaError_t mhub_cuda_attn_probs_rows(cudaStream_t s, float *scores, const float *lse,
-                                      mhub_cuda_attn_chunk c);
-/* dP -> dS = P (dP - D_t) in place, D_t = dout_t . out_t of the entry's
- * head, zero above the diagonal. */
-cudaError_t mhub_cuda_attn_dscores_rows(cudaStream_t s, float *dp, const float *probs,
-                                        const float *dout, const float *out,
-                                        mhub_cuda_attn_chunk c);
+/* The backward's row work, from the recomputed scores S and dP = dO V^T:
+ * P_tj = exp(S_tj - lse_t) into S's place and dS_tj = P_tj (dP_tj - D_t)
+ * into dP's, D_t = dout_t . out_t of the entry's head; both zero above
+ * the diagonal. */
+cudaError_t mhub_cuda_attn_probs_dscores_rows(cudaStream_t s, float *scores, float *dp,
+                                              const float *lse, const float *dout,
+                                              const float *out, mhub_cuda_attn_chunk c);
 
 cudaError_t mhub_cuda_cast(cudaStream_t s, void *dst, mhub_dtype dst_dtype, const void *src,
                            mhub_dtype src_dtype, int64_t n);

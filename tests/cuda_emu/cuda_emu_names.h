@@ -49,8 +49,7 @@
 #define mhub_cuda_divide mhub_cuda_emu_divide
 #define mhub_cuda_attn_pointers mhub_cuda_emu_attn_pointers
 #define mhub_cuda_attn_softmax_rows mhub_cuda_emu_attn_softmax_rows
-#define mhub_cuda_attn_probs_rows mhub_cuda_emu_attn_probs_rows
-#define mhub_cuda_attn_dscores_rows mhub_cuda_emu_attn_dscores_rows
+#define mhub_cuda_attn_probs_dscores_rows mhub_cuda_emu_attn_probs_dscores_rows
 
 /* the GEMM attention path of cuda_attention_gemm.h */
 #define mhub_cuda_attention_gemm_scratch mhub_cuda_emu_attention_gemm_scratch
