@@ -491,9 +491,10 @@ END_TEST
 
 /* The probabilities path on both backends, then the flash path of the
  * backend under test (when offered) against the reference's
- * probabilities path: same out and dqkv up to rounding. */
-static void attention_case(int64_t batch, int64_t seq, int64_t heads, int64_t groups,
-                           int64_t d)
+ * probabilities path: same out and dqkv up to rounding (flash_tol: the
+ * flash path may run its products in the backend's GEMM precision). */
+static void attention_case_tol(int64_t batch, int64_t seq, int64_t heads, int64_t groups,
+                               int64_t d, double flash_tol)
 {
     const int64_t rows = batch * seq, width = (heads + 2 * groups) * d;
     const int64_t pn = batch * heads * seq * seq;
@@ -531,9 +532,15 @@ static void attention_case(int64_t batch, int64_t seq, int64_t heads, int64_t gr
     /* compare the flash results with the reference's probabilities path */
     fout.r = out.r;
     fdqkv.r = dqkv.r;
-    EXPECT_CLOSE(fout, TOL_F32, "flash_attention_forward out");
-    EXPECT_CLOSE(fdqkv, TOL_F32, "flash_attention_backward");
+    EXPECT_CLOSE(fout, flash_tol, "flash_attention_forward out");
+    EXPECT_CLOSE(fdqkv, flash_tol, "flash_attention_backward");
     free_all(); /* the buffer table holds a few cases */
+}
+
+static void attention_case(int64_t batch, int64_t seq, int64_t heads, int64_t groups,
+                           int64_t d)
+{
+    attention_case_tol(batch, seq, heads, groups, d, TOL_F32);
 }
 
 static void attention_cases(void)
@@ -595,6 +602,25 @@ START_TEST(test_attention)
     attention_cases();
     unsetenv(ATTENTION_PATH_ENV);
     gemm_attention_chunks();
+}
+END_TEST
+
+/* The GEMM path's products in tf32 and bf16 (on a GPU; the emulator's
+ * GEMMs stay f32). Rounding every GEMM input so gives a relative error
+ * of about 4e-4 (tf32) and 4e-3 (bf16) in out and dqkv at these sizes,
+ * within the GEMMs' own tolerances. */
+START_TEST(test_attention_tf32_bf16)
+{
+    if (!dut_is_cuda())
+        return; /* the CPU computes every GEMM in f32 */
+    setenv(ATTENTION_PATH_ENV, "gemm", 1);
+    set_matmul(MHUB_MATMUL_TF32);
+    attention_case_tol(2, 70, 4, 2, 64, TOL_TF32);
+    attention_case_tol(1, 128, 12, 12, 64, TOL_TF32);
+    set_matmul(MHUB_MATMUL_BF16);
+    attention_case_tol(2, 70, 4, 2, 64, TOL_BF16);
+    attention_case_tol(2, 33, 2, 1, 128, TOL_BF16);
+    unsetenv(ATTENTION_PATH_ENV);
 }
 END_TEST
 
@@ -848,6 +874,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, test_swiglu);
     tcase_add_test(tc, test_rope);
     tcase_add_test(tc, test_attention);
+    tcase_add_test(tc, test_attention_tf32_bf16);
     tcase_add_test(tc, test_cast_bits);
     tcase_add_test(tc, test_scale_axpy_sum_squares);
     tcase_add_test(tc, test_random_fills_bits);
