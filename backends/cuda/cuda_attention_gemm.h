@@ -5,11 +5,17 @@
  * between this path and the tiled CUDA-core kernels of cuda_attention.cu.
  *
  * The path forms each (batch, head) pair's whole [seq, seq] score matrix
- * (the part above the diagonal too: twice the causal FLOPs, still far
- * faster on tensor cores than the tiled f32 kernels), so it works through
- * the pairs in chunks sized to the scratch it is given: each pair takes
- * two seq x seq f32 matrices (S, and the backward's dP) and a few
- * pointers. */
+ * (the part above the diagonal too: twice the causal FLOPs), so it works
+ * through the pairs in chunks sized to the scratch it is given: each pair
+ * takes two seq x seq f32 matrices (S, and the backward's dP) and a few
+ * pointers.
+ *
+ * Its cost is memory traffic, not FLOPs: with head_dim 64 a GEMM writing
+ * or reading a [seq, seq] f32 matrix does 32 FLOPs per byte of it, well
+ * under what an H100 does per byte of HBM, and a forward plus backward
+ * moves such a matrix about 12 times per pair (GEMM outputs and inputs,
+ * the row kernels' reads and writes). A fused kernel that keeps S in
+ * registers (flash attention on mma tiles) avoids that traffic. */
 #ifndef MHUB_CUDA_ATTENTION_GEMM_H
 #define MHUB_CUDA_ATTENTION_GEMM_H
 
