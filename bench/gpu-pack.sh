@@ -4,24 +4,25 @@
 #
 #   bench/gpu-pack.sh [ARCHIVE]      (default: gpu-pack.tar.xz, git-ignored)
 #
-# Builds out of tree with --with-cuda and a static libmhub, so the programs
+# Builds a copy of the tracked files (as they are in the working tree)
+# with --with-cuda and a static libmhub, so the programs
 # need no libtool wrapper, and packs them with every shared library they
-# load except the C library's and CUDA's own (cudart, cuBLAS and NCCL come
+# load except the C and C++ runtimes and CUDA's own (cudart, cuBLAS and NCCL come
 # from the GPU machine's toolkit: they are hundreds of MB). Then, there:
 #   MHUB_GPU_PACK=gpu-pack.tar.xz bench/gpu.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-src=$PWD
-archive=${1:-$src/gpu-pack.tar.xz}
+archive=${1:-$PWD/gpu-pack.tar.xz}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-build=$work/build
+build=$work/src
 pack=$work/gpu-pack
 mkdir -p "$build" "$pack/tests" "$pack/bench" "$pack/deps"
-[ -f configure ] || autoreconf -fi >/dev/null
+git ls-files -z | tar cf - --null -T - | tar xf - -C "$build"
 (
     cd "$build"
-    "$src/configure" --with-cuda --disable-shared CUDA_ARCHS="${CUDA_ARCHS:-80 90}" >/dev/null
+    autoreconf -fi >/dev/null 2>&1
+    ./configure --with-cuda --disable-shared CUDA_ARCHS="${CUDA_ARCHS:-80 90}" >/dev/null
     make -j"$(nproc)" >/dev/null
     make -j"$(nproc)" tests/test_conformance tests/test_nccl_comm bench/bench_gpt \
         bench/bench_collectives >/dev/null
@@ -32,6 +33,9 @@ for p in $programs; do ldd "$pack/$p"; done | awk '/=> \// {print $3}' | sort -u
     while read -r lib; do
         case $lib in
             */libc.so.*|*/libm.so.*|*/libpthread.so.*|*/libdl.so.*|*/librt.so.*|*/ld-linux*) ;;
+            # the machine's own C++ runtime: newer ones serve older programs,
+            # and CUDA's libraries may need the newer one
+            */libstdc++.so.*|*/libgcc_s.so.*) ;;
             */libcuda.so.*|*/libcudart.so.*|*/libcublas*|*/libnccl.so.*) ;;
             *) cp -L "$lib" "$pack/deps/" ;;
         esac
