@@ -895,7 +895,8 @@ int main(void)
     }
     mhub_status s;
     if (strcmp(dut_name, "cpu") == 0) {
-        s = mhub_cpu_backend_create(&(mhub_cpu_options){.blas_threads = 2}, &dut);
+        s = mhub_cpu_backend_create(&(mhub_cpu_options){.blas_threads = 2, .flash_attention = true},
+                                    &dut);
     } else if (strcmp(dut_name, "cuda") == 0) {
         char why[256];
         if (!mhub_cuda_available(why, sizeof why)) {

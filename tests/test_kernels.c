@@ -212,7 +212,7 @@ END_TEST
  * it; -1 if creation failed (the error stays recorded). */
 static int threads_for(int blas_threads, int local_ranks)
 {
-    mhub_cpu_options opts = {blas_threads, local_ranks};
+    mhub_cpu_options opts = {.blas_threads = blas_threads, .local_ranks = local_ranks};
     mhub_backend *b = (mhub_backend *)1;
     mhub_status s = mhub_cpu_backend_create(&opts, &b);
     if (s != MHUB_OK) {

@@ -1105,6 +1105,24 @@ static int64_t lse_len(shape s) { return s.batch * s.heads * s.seq; }
  * flash 2.0e-5, plain 1.1e-5, apart 1.0e-5), as rounding of the scores
  * grows with their spread and each row's sums with T. */
 #define FLASH_REL 2e-5
+/* The CPU offers flash attention only when asked (a GPT then takes it). */
+START_TEST(test_flash_is_optional)
+{
+    mhub_backend *plain = NULL, *flash = NULL;
+    CK_OK(mhub_cpu_backend_create(&(mhub_cpu_options){.blas_threads = 1}, &plain));
+    CK_OK(mhub_cpu_backend_create(
+        &(mhub_cpu_options){.blas_threads = 1, .flash_attention = true}, &flash));
+    ck_assert_ptr_null(plain->ops->flash_attention_forward);
+    ck_assert_ptr_null(plain->ops->flash_attention_backward);
+    ck_assert_ptr_nonnull(flash->ops->flash_attention_forward);
+    ck_assert_ptr_nonnull(flash->ops->flash_attention_backward);
+    ck_assert_ptr_nonnull(plain->ops->causal_attention_forward);
+    ck_assert_int_eq(mhub_cpu_backend_threads(flash), 1);
+    mhub_backend_free(plain);
+    mhub_backend_free(flash);
+}
+END_TEST
+
 static void check_flash(shape s, float sigma)
 {
     int64_t n = qkv_len(s), no = out_len(s), nl = lse_len(s);
@@ -1329,6 +1347,7 @@ static Suite *make_suite(void)
     tcase_add_test(attn, test_attention_long);
     tcase_add_test(attn, test_attention_backward_fd);
     tcase_add_test(attn, test_qkv_bad_args);
+    tcase_add_test(attn, test_flash_is_optional);
     tcase_add_test(attn, test_flash_attention_small);
     tcase_add_test(attn, test_flash_attention_long);
     tcase_add_test(attn, test_flash_attention_edges_and_bad_args);

@@ -23,7 +23,8 @@ static int test_nbufs;
 
 static void setup(void)
 {
-    CK_OK(mhub_cpu_backend_create(&(mhub_cpu_options){.blas_threads = MHUB_TEST_BLAS_THREADS},
+    CK_OK(mhub_cpu_backend_create(&(mhub_cpu_options){.blas_threads = MHUB_TEST_BLAS_THREADS,
+                                                       .flash_attention = true},
                                   &be));
     test_nbufs = 0;
 }

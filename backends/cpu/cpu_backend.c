@@ -38,6 +38,9 @@
  * atomic because nothing stops two threads from sharing one backend. */
 typedef struct cpu_state {
     mhub_cpu_ctx ctx;
+    /* this backend's table: cpu_ops, less the flash attention ops unless
+     * the options asked for them */
+    mhub_backend_ops ops;
     atomic_size_t current;   /* requested bytes of the live blocks */
     atomic_size_t peak;      /* highest `current` since creation or reset_peak */
 } cpu_state;
@@ -239,7 +242,7 @@ static int automatic_threads(int local_ranks)
 
 static mhub_status resolve_threads(const mhub_cpu_options *opts, int *out)
 {
-    mhub_cpu_options o = {0, 0};
+    mhub_cpu_options o = {0};
     if (opts)
         o = *opts;
     if (o.blas_threads < 0 || o.blas_threads > CPU_MAX_THREADS)
@@ -319,8 +322,13 @@ mhub_status mhub_cpu_backend_create(const mhub_cpu_options *opts, mhub_backend *
     atomic_init(&st->current, 0);
     atomic_init(&st->peak, 0);
     st->ctx.blas_threads = threads;
+    st->ops = cpu_ops;
+    if (!opts || !opts->flash_attention) {
+        st->ops.flash_attention_forward = NULL;
+        st->ops.flash_attention_backward = NULL;
+    }
     be->name = "cpu";
-    be->ops = &cpu_ops;
+    be->ops = &st->ops;
     be->ctx = &st->ctx;
     *out = be;
     return MHUB_OK;
@@ -328,7 +336,7 @@ mhub_status mhub_cpu_backend_create(const mhub_cpu_options *opts, mhub_backend *
 
 int mhub_cpu_backend_threads(const mhub_backend *be)
 {
-    if (!be || be->ops != &cpu_ops || !be->ctx)
+    if (!be || !be->ops || be->ops->destroy != cpu_destroy || !be->ctx)
         return 0;
     return ((const mhub_cpu_ctx *)be->ctx)->blas_threads;
 }

@@ -44,6 +44,7 @@ typedef struct guard_state {
     size_t size;
     mhub_pool *pool;
     int open_depth;       /* nested opens: a comm call inside a backend call */
+    mhub_backend_ops ops; /* guard_ops, with the optional ops the CPU backend lacks unset */
 } guard_state;
 
 /* The live arenas, for the fault handler's message. */
@@ -364,11 +365,16 @@ mhub_status mhub_guard_backend_create(const mhub_cpu_options *opts, mhub_backend
         return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "no memory for the guard backend");
     }
     be->name = "guard";
-    be->ops = &guard_ops;
+    g->ops = guard_ops;
+    be->ops = &g->ops;
     be->ctx = g;
     mhub_status s = arena_size(&g->size);
     if (s == MHUB_OK)
         s = mhub_cpu_backend_create(opts, &g->cpu);
+    if (s == MHUB_OK && !g->cpu->ops->flash_attention_forward) {
+        g->ops.flash_attention_forward = NULL;
+        g->ops.flash_attention_backward = NULL;
+    }
     if (s == MHUB_OK) {
         void *p = mmap(NULL, g->size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
                        -1, 0);
@@ -528,7 +534,7 @@ mhub_status mhub_comm_create_guard(mhub_comm *inner, mhub_backend *guard, mhub_c
     if (!out)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "out is NULL");
     *out = NULL;
-    if (!inner || !guard || guard->ops != &guard_ops)
+    if (!inner || !guard || !guard->ops || guard->ops->destroy != guard_destroy)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG,
                           "needs a communicator and a backend made by mhub_guard_backend_create");
     return wrap(inner, state_of(guard), out);
