@@ -551,9 +551,11 @@ static void attention_cases(void)
     attention_case(3, 1, 2, 2, 16);
 }
 
-/* The CUDA backend's flash attention has two paths, chosen per call by
+/* The CUDA backend's flash attention has three paths, chosen per call by
  * MHUB_CUDA_ATTENTION: cuBLAS GEMMs over chunks of (batch, head) pairs
- * ("gemm", the default) and tiled CUDA-core kernels ("tiled"). */
+ * ("gemm", the default in f32 and tf32), tiled CUDA-core kernels
+ * ("tiled") and fused bf16 tensor-core kernels ("wmma", the default in
+ * bf16 for head_dim 64 and 128). */
 #define ATTENTION_PATH_ENV "MHUB_CUDA_ATTENTION"
 #define ATTENTION_SCRATCH_ENV "MHUB_CUDA_ATTENTION_SCRATCH_KB"
 
@@ -585,7 +587,7 @@ static void gemm_attention_chunks(void)
     setenv(ATTENTION_PATH_ENV, "fastest", 1);
     ck_assert_int_eq(dut->ops->flash_attention_forward(dut, out, lse, qkv, 1, 70, 4, 2, 64),
                      MHUB_ERR_INVALID_ARG);
-    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "expected gemm or tiled"));
+    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "expected gemm, tiled or wmma"));
     unsetenv(ATTENTION_PATH_ENV);
     unsetenv(ATTENTION_SCRATCH_ENV);
 }
@@ -621,6 +623,85 @@ START_TEST(test_attention_tf32_bf16)
     attention_case_tol(2, 70, 4, 2, 64, TOL_BF16);
     attention_case_tol(2, 33, 2, 1, 128, TOL_BF16);
     unsetenv(ATTENTION_PATH_ENV);
+}
+END_TEST
+
+/* The wmma kernels round Q, K, V, dO, P and dS to bf16 whatever the
+ * matmul precision (the emulator too: its wmma multiplies bf16 values),
+ * so they meet the bf16 GEMMs' tolerance: 64-row tiles with seq not a
+ * multiple of them (70, 33, 130), grouped queries (2 and 4 heads a group)
+ * and both head_dim. */
+static void wmma_attention_cases(void)
+{
+    attention_case_tol(2, 70, 4, 2, 64, TOL_BF16);
+    attention_case_tol(1, 128, 12, 12, 64, TOL_BF16);
+    attention_case_tol(2, 33, 2, 1, 128, TOL_BF16);
+    attention_case_tol(1, 130, 4, 1, 128, TOL_BF16);
+    attention_case_tol(3, 1, 2, 2, 64, TOL_BF16);
+}
+
+/* flash_attention_forward's out as the dut computes it now. */
+static void flash_out(float *host, float *out, float *lse, const float *qkv, int64_t batch,
+                      int64_t seq, int64_t heads, int64_t groups, int64_t d)
+{
+    CK_OK(dut->ops->flash_attention_forward(dut, out, lse, qkv, batch, seq, heads, groups, d));
+    download(dut, host, out, (size_t)(batch * seq * heads * d) * sizeof(float));
+}
+
+/* In bf16 precision the default is the wmma path: the same bits as asked
+ * for by name (the GEMM path's would differ). */
+static void wmma_is_bf16_default(void)
+{
+    const int64_t batch = 1, seq = 70, heads = 4, groups = 2, d = 64;
+    const size_t n_out = (size_t)(batch * seq * heads * d);
+    pair qkv = pair_random(batch * seq * (heads + 2 * groups) * d, 82, -2, 2);
+    float *out = alloc_on(dut, n_out * sizeof(float));
+    float *lse = alloc_on(dut, (size_t)(batch * heads * seq) * sizeof(float));
+    float *chosen = malloc(n_out * sizeof *chosen), *wmma = malloc(n_out * sizeof *wmma);
+    float *gemm = malloc(n_out * sizeof *gemm);
+    set_matmul(MHUB_MATMUL_BF16);
+    flash_out(chosen, out, lse, qkv.d, batch, seq, heads, groups, d);
+    setenv(ATTENTION_PATH_ENV, "wmma", 1);
+    flash_out(wmma, out, lse, qkv.d, batch, seq, heads, groups, d);
+    setenv(ATTENTION_PATH_ENV, "gemm", 1);
+    flash_out(gemm, out, lse, qkv.d, batch, seq, heads, groups, d);
+    unsetenv(ATTENTION_PATH_ENV);
+    ck_assert_msg(memcmp(chosen, wmma, n_out * sizeof(float)) == 0,
+                  "bf16 flash attention on %s: the default is not the wmma path", dut_name);
+    ck_assert_msg(memcmp(gemm, wmma, n_out * sizeof(float)) != 0,
+                  "bf16 flash attention on %s: the gemm and wmma paths agree in every bit",
+                  dut_name);
+    free(chosen);
+    free(wmma);
+    free(gemm);
+    free_all();
+}
+
+START_TEST(test_attention_wmma)
+{
+    if (!dut_is_cuda())
+        return; /* a CUDA path */
+    setenv(ATTENTION_PATH_ENV, "wmma", 1);
+    wmma_attention_cases(); /* asked for by name in f32 precision */
+    /* head_dim 32 has no wmma kernels: an error by name, another path by default */
+    float *out = alloc_on(dut, 40 * 2 * 32 * sizeof(float));
+    float *lse = alloc_on(dut, 2 * 40 * sizeof(float));
+    float *qkv = alloc_on(dut, 40 * 4 * 32 * sizeof(float));
+    float *dqkv = alloc_on(dut, 40 * 4 * 32 * sizeof(float));
+    float *dout = alloc_on(dut, 40 * 2 * 32 * sizeof(float));
+    ck_assert_int_eq(dut->ops->flash_attention_forward(dut, out, lse, qkv, 1, 40, 2, 1, 32),
+                     MHUB_ERR_INVALID_ARG);
+    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "head_dim must be 64 or 128"));
+    ck_assert_int_eq(dut->ops->flash_attention_backward(dut, dqkv, dout, out, qkv, lse, 1, 40, 2,
+                                                        1, 32),
+                     MHUB_ERR_INVALID_ARG);
+    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "head_dim must be 64 or 128"));
+    free_all();
+    unsetenv(ATTENTION_PATH_ENV);
+    set_matmul(MHUB_MATMUL_BF16);
+    wmma_attention_cases(); /* the default path in bf16 */
+    attention_case_tol(2, 40, 2, 1, 32, TOL_BF16);
+    wmma_is_bf16_default();
 }
 END_TEST
 
@@ -875,6 +956,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, test_rope);
     tcase_add_test(tc, test_attention);
     tcase_add_test(tc, test_attention_tf32_bf16);
+    tcase_add_test(tc, test_attention_wmma);
     tcase_add_test(tc, test_cast_bits);
     tcase_add_test(tc, test_scale_axpy_sum_squares);
     tcase_add_test(tc, test_random_fills_bits);

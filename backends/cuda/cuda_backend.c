@@ -14,10 +14,12 @@
  * attention call, the GEMM attention path's scratch. A step therefore
  * never calls cudaMalloc, which would synchronize the device.
  *
- * Flash attention has two paths: cuBLAS batched GEMMs on the tensor cores
- * (cuda_attention_gemm.c, the default) and the tiled f32 kernels of
- * cuda_attention.cu (sequences whose scores do not fit the scratch
- * budget); MHUB_CUDA_ATTENTION=gemm|tiled forces one.
+ * Flash attention has three paths: fused kernels on the tensor cores in
+ * bf16 (cuda_attention_wmma.cu, the default in bf16 matmul precision for
+ * head_dim 64 and 128), cuBLAS batched GEMMs on the tensor cores
+ * (cuda_attention_gemm.c, the default otherwise) and the tiled f32 kernels
+ * of cuda_attention.cu (sequences whose scores do not fit the scratch
+ * budget); MHUB_CUDA_ATTENTION=gemm|tiled|wmma forces one.
  *
  * Errors that only the device can see (a token id out of range) are
  * recorded by the kernel in the fault record and reported by the next
@@ -55,8 +57,10 @@
 #define ATTN_SCRATCH_MAX ((size_t)1 << 30)
 #define ATTN_SCRATCH_POOL_SHARE 8
 #define ATTN_SCRATCH_ENV "MHUB_CUDA_ATTENTION_SCRATCH_KB"
-/* Which flash attention: "gemm" (cuBLAS, tensor cores), "tiled" (the f32
- * CUDA-core kernels), unset for the GEMM path when a pair fits the budget. */
+/* Which flash attention: "wmma" (fused bf16 tensor-core kernels), "gemm"
+ * (cuBLAS, tensor cores), "tiled" (the f32 CUDA-core kernels); unset for
+ * wmma in bf16 precision where it serves the shape, else for the GEMM
+ * path when a pair fits the budget. */
 #define ATTN_PATH_ENV "MHUB_CUDA_ATTENTION"
 
 typedef struct cuda_state {
@@ -572,9 +576,9 @@ static mhub_status cuda_causal_attention_backward(mhub_backend *be, float *dqkv,
                                                       head_dim));
 }
 
-/* ---- flash attention: the GEMM path or the tiled kernels ---- */
+/* ---- flash attention: the wmma kernels, the GEMM path or the tiled kernels ---- */
 
-typedef enum attention_path { ATTN_AUTO, ATTN_GEMM, ATTN_TILED } attention_path;
+typedef enum attention_path { ATTN_AUTO, ATTN_GEMM, ATTN_TILED, ATTN_WMMA } attention_path;
 
 /* The path MHUB_CUDA_ATTENTION asks for, read at every call so a program
  * (or a test) may switch between calls. */
@@ -587,9 +591,11 @@ static mhub_status requested_path(const char *op, attention_path *out)
         *out = ATTN_GEMM;
     else if (strcmp(env, "tiled") == 0)
         *out = ATTN_TILED;
+    else if (strcmp(env, "wmma") == 0)
+        *out = ATTN_WMMA;
     else
-        return mhub_error_at(MHUB_ERR_INVALID_ARG, op, "%s = '%s': expected gemm or tiled",
-                             ATTN_PATH_ENV, env);
+        return mhub_error_at(MHUB_ERR_INVALID_ARG, op,
+                             "%s = '%s': expected gemm, tiled or wmma", ATTN_PATH_ENV, env);
     return MHUB_OK;
 }
 
@@ -634,20 +640,34 @@ static mhub_status reserve_attention_scratch(cuda_state *st, size_t bytes)
     return s;
 }
 
-/* Whether this call takes the GEMM path, with *ctx ready for it. Without
- * a request the GEMM path is taken when one (batch, head) pair fits the
- * budget and the pool has the scratch; otherwise the tiled kernels, which
- * need none. Asked for by name, a path that cannot run is an error. */
+/* The path this call takes (ATTN_WMMA, ATTN_GEMM with *ctx ready for it,
+ * or ATTN_TILED). Without a request: the wmma kernels when the matmul
+ * precision is bf16 (their products round to it) and they serve the
+ * shape; else the GEMM path when one (batch, head) pair fits the budget
+ * and the pool has the scratch; else the tiled kernels, which need none.
+ * Asked for by name, a path that cannot run is an error. */
 static mhub_status choose_attention_path(cuda_state *st, const char *op, int64_t batch,
                                          int64_t seq, int64_t heads, int64_t groups,
                                          int64_t head_dim, mhub_cuda_attn_gemm_ctx *ctx,
-                                         bool *use_gemm)
+                                         attention_path *chosen)
 {
     attention_path path;
     MHUB_TRY(requested_path(op, &path));
-    *use_gemm = false;
+    *chosen = ATTN_TILED;
     if (path == ATTN_TILED || batch == 0 || seq == 0 || heads == 0 || head_dim == 0)
         return MHUB_OK;
+    const char *refusal = mhub_cuda_attention_wmma_refusal(seq, heads, groups, head_dim);
+    if (path == ATTN_WMMA) {
+        if (refusal)
+            return mhub_error_at(MHUB_ERR_INVALID_ARG, op, "%s=wmma: %s (head_dim = %lld)",
+                                 ATTN_PATH_ENV, refusal, (long long)head_dim);
+        *chosen = ATTN_WMMA;
+        return MHUB_OK;
+    }
+    if (path == ATTN_AUTO && st->matmul == MHUB_MATMUL_BF16 && !refusal) {
+        *chosen = ATTN_WMMA;
+        return MHUB_OK;
+    }
     size_t budget = 0;
     MHUB_TRY(attention_budget(st, op, &budget));
     size_t want = mhub_cuda_attention_gemm_scratch(batch, seq, heads, groups, head_dim, budget);
@@ -672,7 +692,7 @@ static mhub_status choose_attention_path(cuda_state *st, const char *op, int64_t
                                      .device = st->device,
                                      .scratch = st->attn_scratch,
                                      .scratch_bytes = want};
-    *use_gemm = true;
+    *chosen = ATTN_GEMM;
     return MHUB_OK;
 }
 
@@ -684,12 +704,16 @@ static mhub_status cuda_flash_attention_forward(mhub_backend *be, float *out, fl
     MHUB_TRY(mhub_args_flash_attention_forward(out, lse, qkv, batch, seq, heads, groups,
                                                head_dim));
     mhub_cuda_attn_gemm_ctx ctx;
-    bool gemm;
+    attention_path path;
     MHUB_TRY(choose_attention_path(state_of(be), op, batch, seq, heads, groups, head_dim, &ctx,
-                                   &gemm));
-    if (gemm)
+                                   &path));
+    if (path == ATTN_GEMM)
         return mhub_cuda_attention_gemm_forward(&ctx, out, lse, qkv, batch, seq, heads, groups,
                                                 head_dim);
+    if (path == ATTN_WMMA)
+        return LAUNCH(be, op,
+                      mhub_cuda_wmma_attention_forward(STREAM(be), out, lse, qkv, batch, seq,
+                                                       heads, groups, head_dim));
     return LAUNCH(be, op,
                   mhub_cuda_flash_attention_forward(STREAM(be), out, lse, qkv, batch, seq,
                                                     heads, groups, head_dim));
@@ -705,12 +729,17 @@ static mhub_status cuda_flash_attention_backward(mhub_backend *be, float *dqkv,
     MHUB_TRY(mhub_args_flash_attention_backward(dqkv, dout, out, qkv, lse, batch, seq, heads,
                                                 groups, head_dim));
     mhub_cuda_attn_gemm_ctx ctx;
-    bool gemm;
+    attention_path path;
     MHUB_TRY(choose_attention_path(state_of(be), op, batch, seq, heads, groups, head_dim, &ctx,
-                                   &gemm));
-    if (gemm)
+                                   &path));
+    if (path == ATTN_GEMM)
         return mhub_cuda_attention_gemm_backward(&ctx, dqkv, dout, out, qkv, lse, batch, seq,
                                                  heads, groups, head_dim);
+    if (path == ATTN_WMMA)
+        return LAUNCH(be, op,
+                      mhub_cuda_wmma_attention_backward(STREAM(be), state_of(be)->work, dqkv,
+                                                        dout, out, qkv, lse, batch, seq, heads,
+                                                        groups, head_dim));
     return LAUNCH(be, op,
                   mhub_cuda_flash_attention_backward(STREAM(be), state_of(be)->work, dqkv, dout,
                                                      out, qkv, lse, batch, seq, heads, groups,

@@ -103,6 +103,23 @@ cudaError_t mhub_cuda_flash_attention_backward(cudaStream_t s, void *work, float
                                                int64_t batch, int64_t seq, int64_t heads,
                                                int64_t groups, int64_t head_dim);
 
+/* ---- flash attention on the tensor cores (cuda_attention_wmma.cu) ----
+ * The flash contract of mhub_cuda_flash_attention_forward/backward, with
+ * every product in bf16 (f32 accumulation), for head_dim 64 and 128.
+ * mhub_cuda_attention_wmma_refusal says why a shape cannot take this path
+ * (a static string), or NULL when it can; the launchers return
+ * cudaErrorInvalidValue for such a shape. */
+const char *mhub_cuda_attention_wmma_refusal(int64_t seq, int64_t heads, int64_t groups,
+                                             int64_t head_dim);
+cudaError_t mhub_cuda_wmma_attention_forward(cudaStream_t s, float *out, float *lse,
+                                             const float *qkv, int64_t batch, int64_t seq,
+                                             int64_t heads, int64_t groups, int64_t head_dim);
+cudaError_t mhub_cuda_wmma_attention_backward(cudaStream_t s, void *work, float *dqkv,
+                                              const float *dout, const float *out,
+                                              const float *qkv, const float *lse,
+                                              int64_t batch, int64_t seq, int64_t heads,
+                                              int64_t groups, int64_t head_dim);
+
 /* ---- the GEMM attention path's kernels (cuda_attention_rows.cu) ----
  * cuda_attention_gemm.c computes attention with cuBLAS's batched GEMMs
  * over chunks of (batch, head) pairs, each pair's [seq, seq] scores in

@@ -226,6 +226,13 @@ cudaError_t cudaFuncSetAttribute(void (*kernel)(P...), enum cudaFuncAttribute at
 
 inline void __syncthreads() { mhub_emu::sync_block(); }
 
+/* A barrier of the calling thread's warp (the lanes in mask). */
+inline void __syncwarp(unsigned mask = 0xffffffffu)
+{
+    uint64_t all[32];
+    mhub_emu::warp_exchange(mask, 0, all);
+}
+
 /* The warp intrinsics, with CUDA's rules for width: lanes form groups of
  * `width`; __shfl_sync reads lane src of the caller's group, and
  * __shfl_xor_sync returns the caller's own value when lane ^ mask falls

@@ -1,0 +1,121 @@
+/* tests/cuda_emu/mma.h - the warp matrix operations (nvcuda::wmma) of the
+ * CPU emulator, for 16 x 16 x 16 tiles of __nv_bfloat16 with float
+ * accumulators: what backends/cuda/cuda_attention_wmma.cu uses.
+ *
+ * On the GPU a fragment spreads its tile over the warp's 32 lanes in an
+ * unspecified way, and every operation is a collective of the warp. Here
+ * every lane's fragment holds the whole tile, row by row (num_elements =
+ * 256), and each lane does every operation on its own copy: the same
+ * results for any code that never depends on which lane holds which
+ * element, the only code the real API allows.
+ *
+ * mma_sync multiplies the bf16 inputs exactly (a product of two bf16
+ * values fits an f32) and adds in f32, k in order, to the accumulator's
+ * element; the tensor cores add in another order (and may keep more bits
+ * within one instruction), so results agree to f32 rounding, not in
+ * every bit. */
+#ifndef MHUB_CUDA_EMU_MMA_H
+#define MHUB_CUDA_EMU_MMA_H
+
+#ifndef MHUB_CUDA_EMU
+#error "tests/cuda_emu/ stands in for the CUDA toolkit only in the emulator build (-DMHUB_CUDA_EMU)"
+#endif
+
+#include "cuda_bf16.h"
+
+namespace nvcuda {
+namespace wmma {
+
+struct matrix_a;
+struct matrix_b;
+struct accumulator;
+struct row_major;
+struct col_major;
+
+enum layout_t { mem_row_major, mem_col_major };
+
+namespace detail {
+
+template <class Layout> struct layout_of;
+template <> struct layout_of<row_major> {
+    static constexpr layout_t value = mem_row_major;
+};
+template <> struct layout_of<col_major> {
+    static constexpr layout_t value = mem_col_major;
+};
+
+/* element (r, c) of a tile stored with leading dimension ldm */
+template <class T>
+inline T &at(T *p, unsigned r, unsigned c, unsigned ldm, layout_t layout)
+{
+    return layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
+}
+
+} // namespace detail
+
+/* Only 16 x 16 x 16 tiles exist here. */
+template <class Use, int M, int N, int K, class T, class Layout = void> class fragment {
+    static_assert(M == 16 && N == 16 && K == 16, "the emulator has 16 x 16 x 16 tiles only");
+
+  public:
+    static constexpr int num_elements = 256;
+    T x[num_elements]; /* the tile, row by row */
+};
+
+template <class Use, class T, class Layout>
+inline void fill_fragment(fragment<Use, 16, 16, 16, T, Layout> &f, T value)
+{
+    for (int i = 0; i < 256; i++)
+        f.x[i] = value;
+}
+
+/* matrix_a and matrix_b: the layout is the fragment's own. */
+template <class Use, class Layout>
+inline void load_matrix_sync(fragment<Use, 16, 16, 16, __nv_bfloat16, Layout> &f,
+                             const __nv_bfloat16 *p, unsigned ldm)
+{
+    const layout_t layout = detail::layout_of<Layout>::value;
+    for (unsigned r = 0; r < 16; r++)
+        for (unsigned c = 0; c < 16; c++)
+            f.x[r * 16 + c] = detail::at(p, r, c, ldm, layout);
+}
+
+inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float> &f, const float *p,
+                             unsigned ldm, layout_t layout)
+{
+    for (unsigned r = 0; r < 16; r++)
+        for (unsigned c = 0; c < 16; c++)
+            f.x[r * 16 + c] = detail::at(p, r, c, ldm, layout);
+}
+
+inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 16, 16, float> &f,
+                              unsigned ldm, layout_t layout)
+{
+    for (unsigned r = 0; r < 16; r++)
+        for (unsigned c = 0; c < 16; c++)
+            detail::at(p, r, c, ldm, layout) = f.x[r * 16 + c];
+}
+
+/* d = a b + c; d may be c. */
+template <class LayoutA, class LayoutB>
+inline void mma_sync(fragment<accumulator, 16, 16, 16, float> &d,
+                     const fragment<matrix_a, 16, 16, 16, __nv_bfloat16, LayoutA> &a,
+                     const fragment<matrix_b, 16, 16, 16, __nv_bfloat16, LayoutB> &b,
+                     const fragment<accumulator, 16, 16, 16, float> &c)
+{
+    float out[256];
+    for (int r = 0; r < 16; r++)
+        for (int n = 0; n < 16; n++) {
+            float sum = c.x[r * 16 + n];
+            for (int k = 0; k < 16; k++)
+                sum += __bfloat162float(a.x[r * 16 + k]) * __bfloat162float(b.x[k * 16 + n]);
+            out[r * 16 + n] = sum;
+        }
+    for (int i = 0; i < 256; i++)
+        d.x[i] = out[i];
+}
+
+} // namespace wmma
+} // namespace nvcuda
+
+#endif
