@@ -53,10 +53,11 @@
  * backward also returns cudaErrorInvalidValue when one head's D_t rows do
  * not fit `work` (seq above MHUB_CUDA_WORK_BYTES / 4, 16 M positions).
  *
- * The backend runs flash attention on the tensor cores through cuBLAS
- * (cuda_attention_gemm.c) wherever a chunk of whole score matrices fits
- * its scratch; these kernels serve longer sequences and MHUB_CUDA_ATTENTION
- * = tiled. What would make them faster: tensor-core products (mma.sync or
+ * The backend runs flash attention on the tensor cores: in bf16 matmul
+ * precision for head_dim 64 and 128 through the fused wmma kernels
+ * (cuda_attention_wmma.cu), otherwise through cuBLAS (cuda_attention_gemm.c)
+ * wherever a chunk of whole score matrices fits its scratch; these kernels
+ * serve longer sequences and MHUB_CUDA_ATTENTION = tiled. What would make them faster: tensor-core products (mma.sync or
  * wgmma in TF32 or BF16 with f32 accumulation) in place of the CUDA-core
  * FMAs; cp.async / TMA double buffering so the next K/V tile loads while
  * the current one is used; wider register tiles read with 128-bit shared
