@@ -677,6 +677,48 @@ static void wmma_is_bf16_default(void)
     free_all();
 }
 
+/* The wmma kernels read 16-byte aligned rows 4 floats at a time and
+ * others one at a time: buffers one float off the pool's alignment give
+ * the same bits. */
+static void wmma_unaligned_rows(void)
+{
+    const int64_t batch = 1, seq = 70, heads = 4, groups = 2, d = 64;
+    const int64_t n_qkv = batch * seq * (heads + 2 * groups) * d, n_out = batch * seq * heads * d;
+    const size_t qkv_bytes = (size_t)n_qkv * sizeof(float);
+    const size_t out_bytes = (size_t)n_out * sizeof(float);
+    const size_t lse_bytes = (size_t)(batch * heads * seq) * sizeof(float);
+    pair qkv = pair_random(n_qkv, 83, -2, 2), dout = pair_random(n_out, 84, -1, 1);
+    float *out = alloc_on(dut, out_bytes), *lse = alloc_on(dut, lse_bytes);
+    float *dqkv = alloc_on(dut, qkv_bytes);
+    float *qkv1 = (float *)alloc_on(dut, qkv_bytes + sizeof(float)) + 1;
+    float *dout1 = (float *)alloc_on(dut, out_bytes + sizeof(float)) + 1;
+    float *out1 = (float *)alloc_on(dut, out_bytes + sizeof(float)) + 1;
+    float *dqkv1 = (float *)alloc_on(dut, qkv_bytes + sizeof(float)) + 1;
+    float *lse1 = alloc_on(dut, lse_bytes);
+    CK_OK(dut->ops->copy(dut, qkv1, qkv.d, qkv_bytes, MHUB_COPY_DEVICE_TO_DEVICE));
+    CK_OK(dut->ops->copy(dut, dout1, dout.d, out_bytes, MHUB_COPY_DEVICE_TO_DEVICE));
+    setenv(ATTENTION_PATH_ENV, "wmma", 1);
+    CK_OK(dut->ops->flash_attention_forward(dut, out, lse, qkv.d, batch, seq, heads, groups, d));
+    CK_OK(dut->ops->flash_attention_backward(dut, dqkv, dout.d, out, qkv.d, lse, batch, seq,
+                                             heads, groups, d));
+    CK_OK(dut->ops->flash_attention_forward(dut, out1, lse1, qkv1, batch, seq, heads, groups, d));
+    CK_OK(dut->ops->flash_attention_backward(dut, dqkv1, dout1, out1, qkv1, lse1, batch, seq,
+                                             heads, groups, d));
+    unsetenv(ATTENTION_PATH_ENV);
+    float *a = malloc(qkv_bytes), *b = malloc(qkv_bytes);
+    download(dut, a, out, out_bytes);
+    download(dut, b, out1, out_bytes);
+    ck_assert_msg(memcmp(a, b, out_bytes) == 0, "wmma forward on %s: unaligned rows differ",
+                  dut_name);
+    download(dut, a, dqkv, qkv_bytes);
+    download(dut, b, dqkv1, qkv_bytes);
+    ck_assert_msg(memcmp(a, b, qkv_bytes) == 0, "wmma backward on %s: unaligned rows differ",
+                  dut_name);
+    free(a);
+    free(b);
+    free_all();
+}
+
 START_TEST(test_attention_wmma)
 {
     if (!dut_is_cuda())
@@ -702,6 +744,7 @@ START_TEST(test_attention_wmma)
     wmma_attention_cases(); /* the default path in bf16 */
     attention_case_tol(2, 40, 2, 1, 32, TOL_BF16);
     wmma_is_bf16_default();
+    wmma_unaligned_rows();
 }
 END_TEST
 

@@ -33,10 +33,9 @@
  * bf16 blocks) for D = 64 / 128: forward 2 tiles + 26 KB = 44 / 60 KB,
  * dK dV 4 tiles + 35.5 KB = 71.5 / 103.5 KB, dQ 4 tiles + 26.5 KB = 62.5
  * / 94.5 KB; above 48 KB the kernels opt in (sm_80 offers 163 KB a block,
- * sm_90 227 KB). On sm_90 registers bound the residency more than shared
- * memory does (ptxas: forward 151, dK dV 179, dQ 128 registers a thread
- * at D = 64, 255 at D = 128): 3, 2 and 3 blocks of 4 warps per SM at D =
- * 64, 2 at D = 128.
+ * sm_90 227 KB). On sm_90 at D = 64 every kernel fits 168 registers a
+ * thread without spilling (WMMA_MIN_BLOCKS), so an H100 SM holds 3 blocks
+ * of 4 warps of each; at D = 128 (up to 255 registers) it holds 2.
  *
  * Cost at GPT-2 124M (batch 16, seq 1024, 12 heads of 64, 12 layers): the
  * tiles at or below the diagonal make about 0.33 TFLOP forward and 1.15
@@ -44,7 +43,7 @@
  * These kernels are synchronous (staging, then products, then the
  * softmax, with only the 2-3 resident blocks per SM to overlap them) and
  * use mma.sync-class wmma, not Hopper's wgmma; at an assumed 100-200
- * TFLOP/s that is some 8-15 ms a step on an H100. Next steps: cp.async
+ * TFLOP/s that is some 8-15 ms a step on an H100 (not yet timed). Next steps: cp.async
  * double buffering of the staged tiles (bf16 in global memory would halve
  * their traffic and drop the conversion), 128-row tiles of 8 warps, the
  * scores kept in registers through mma.sync's documented fragment layout
@@ -69,6 +68,18 @@ typedef __nv_bfloat16 bf16;
 #define WMMA_THREADS 128
 #define WMMA_WARPS (WMMA_THREADS / 32)
 #define WMMA_TILE 64  /* rows of a query or key tile: 16 per warp */
+/* Blocks per SM the register allocation must allow on sm_90: 3 at
+ * head_dim 64 (at most 168 registers a thread, which ptxas meets without
+ * spilling; an H100's shared memory holds 3 blocks of every kernel
+ * there), no bound at 128 (the backward's accumulators alone take 128
+ * registers). On sm_80 shared memory allows 2 backward blocks anyway, and
+ * the bound would only make ptxas spill. (The CUDA programming guide's
+ * pattern: launch bounds may depend on __CUDA_ARCH__.) */
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define WMMA_MIN_BLOCKS(D) 1
+#else
+#define WMMA_MIN_BLOCKS(D) ((D) == 64 ? 3 : 1)
+#endif
 #define WMMA_ROW_THREADS 256
 #define WMMA_ROW_WARPS (WMMA_ROW_THREADS / 32)
 #define WMMA_ROW_MAX_BLOCKS 65536
@@ -137,15 +148,38 @@ static __host__ __device__ __forceinline__ int64_t ceil_div64(int64_t a, int64_t
 /* ---- staging ---- */
 
 /* dst (64 x D bf16, row stride ld) = rows [r0, r0 + 64) of src (f32, row
- * stride `stride`), rounded to nearest even; rows past seq are zero. */
+ * stride `stride`), rounded to nearest even; rows past seq are zero. The
+ * rows are read 4 floats a load when src is 16-byte aligned (the pool's
+ * buffers are, and strides and head offsets are multiples of head_dim),
+ * which takes a quarter of the load instructions; one float a load
+ * otherwise. The values staged are the same either way. */
 template <int D>
 static __device__ __forceinline__ void stage_tile(bf16 *dst, const float *src, int64_t stride,
                                                   int64_t r0, int64_t seq)
 {
-    for (int idx = (int)threadIdx.x; idx < WMMA_TILE * D; idx += WMMA_THREADS) {
-        const int r = idx / D, c = idx % D;
+    using L = wmma_layout<D>;
+    if (reinterpret_cast<uintptr_t>(src) % 16 != 0) {
+        for (int idx = (int)threadIdx.x; idx < WMMA_TILE * D; idx += WMMA_THREADS) {
+            const int r = idx / D, c = idx % D;
+            const int64_t t = r0 + r;
+            dst[r * L::ld + c] = __float2bfloat16(t < seq ? src[t * stride + c] : 0.0f);
+        }
+        return;
+    }
+    for (int idx = (int)threadIdx.x; idx < WMMA_TILE * D / 4; idx += WMMA_THREADS) {
+        const int r = idx / (D / 4), c = idx % (D / 4) * 4;
         const int64_t t = r0 + r;
-        dst[r * wmma_layout<D>::ld + c] = __float2bfloat16(t < seq ? src[t * stride + c] : 0.0f);
+        float4 v;
+        if (t < seq) {
+            v = *reinterpret_cast<const float4 *>(src + t * stride + c);
+        } else {
+            v.x = v.y = v.z = v.w = 0.0f;
+        }
+        bf16 *d = dst + r * L::ld + c;
+        d[0] = __float2bfloat16(v.x);
+        d[1] = __float2bfloat16(v.y);
+        d[2] = __float2bfloat16(v.z);
+        d[3] = __float2bfloat16(v.w);
     }
 }
 
@@ -229,7 +263,7 @@ static __device__ __forceinline__ void warp_write_rows(float *dst, int64_t strid
  * the query tile and masks keys past the query; kt < qt is wholly below
  * the diagonal, so every row has a finite max from the first tile on. */
 template <int D>
-static __global__ void __launch_bounds__(WMMA_THREADS)
+static __global__ void __launch_bounds__(WMMA_THREADS, WMMA_MIN_BLOCKS(D))
 wmma_forward_kernel(float *out, float *lse, const float *qkv, wmma_dims dm, int64_t pair0,
                     int64_t n_pairs)
 {
@@ -381,7 +415,7 @@ wmma_dsum_kernel(float *dsum, const float *dout, const float *out, wmma_dims dm,
  * kt. The lane keeps its 32 probabilities (key row r, queries 32 half ...
  * + 32) in registers between P and dS. */
 template <int D>
-static __global__ void __launch_bounds__(WMMA_THREADS)
+static __global__ void __launch_bounds__(WMMA_THREADS, WMMA_MIN_BLOCKS(D))
 wmma_dkdv_kernel(float *dqkv, const float *dout, const float *qkv, const float *lse,
                  const float *dsum, wmma_dims dm, int64_t unit0, int64_t n_units)
 {
@@ -462,7 +496,7 @@ wmma_dkdv_kernel(float *dqkv, const float *dout, const float *qkv, const float *
 /* dQ of one (batch, head, query tile), the warp owning 16 of its queries,
  * over key tiles kt <= qt; the tiles with the most key tiles first. */
 template <int D>
-static __global__ void __launch_bounds__(WMMA_THREADS)
+static __global__ void __launch_bounds__(WMMA_THREADS, WMMA_MIN_BLOCKS(D))
 wmma_dq_kernel(float *dqkv, const float *dout, const float *qkv, const float *lse,
                const float *dsum, wmma_dims dm, int64_t unit0, int64_t n_units)
 {
