@@ -41,13 +41,18 @@
  * tiles at or below the diagonal make about 0.33 TFLOP forward and 1.15
  * TFLOP backward (7 products a tile pair against the forward's 2) a step.
  * These kernels are synchronous (staging, then products, then the
- * softmax, with only the 2-3 resident blocks per SM to overlap them) and
+ * softmax, with only the 3 resident blocks per SM to overlap them) and
  * use mma.sync-class wmma, not Hopper's wgmma; at an assumed 100-200
- * TFLOP/s that is some 8-15 ms a step on an H100 (not yet timed). Next steps: cp.async
- * double buffering of the staged tiles (bf16 in global memory would halve
- * their traffic and drop the conversion), 128-row tiles of 8 warps, the
- * scores kept in registers through mma.sync's documented fragment layout
- * instead of a trip through shared memory, wgmma on sm_90.
+ * TFLOP/s that is some 8-15 ms a step on an H100 (not yet timed). Next
+ * steps: cp.async double buffering of the staged tiles (bf16 in global
+ * memory would halve their traffic and drop the conversion), 128-row
+ * tiles of 8 warps, the scores kept in registers through mma.sync's
+ * documented fragment layout instead of a trip through shared memory,
+ * wgmma on sm_90.
+ *
+ * Every fragment pointer is a multiple of 32 bytes past the start of
+ * dynamic shared memory (tiles, blocks and the 16-row and 16-column
+ * offsets into them), as wmma requires 256-bit alignment.
  *
  * Other head_dim, or a group whose D_t rows (per_group * seq floats) do
  * not fit `work`, get cudaErrorInvalidValue; the backend asks
@@ -123,6 +128,10 @@ struct wmma_layout {
     static constexpr size_t dkdv_bytes = 4 * tile_bytes + scores_bytes + 2 * probs_bytes +
                                          rows_bytes;
     static constexpr size_t dq_bytes = 4 * tile_bytes + scores_bytes + probs_bytes + rows_bytes;
+    /* every fragment pointer 32-byte aligned: the regions and 16-row steps */
+    static_assert(16 * ld * sizeof(bf16) % 32 == 0 && 16 * lds * sizeof(float) % 32 == 0 &&
+                      16 * ldp * sizeof(bf16) % 32 == 0,
+                  "32-byte fragment alignment");
 };
 
 }  // namespace
@@ -244,6 +253,7 @@ static __device__ __forceinline__ void warp_write_rows(float *dst, int64_t strid
 {
     using L = wmma_layout<D>;
     const int lane = (int)(threadIdx.x % 32), r = lane / 2, c0 = lane % 2 * 8;
+#pragma unroll
     for (int n = 0; n < D / 16; n++) {
         __syncwarp();  /* the block's previous use is over */
         wmma::store_matrix_sync(scores_w, acc[n], L::lds, wmma::mem_row_major);
