@@ -13,9 +13,9 @@
  * and dO are read as f32 and rounded to bf16 when staged in shared
  * memory; a warp's 16 x 64 block of scores leaves its f32 accumulator
  * fragments for shared memory, where the lanes do the softmax in f32 (lane
- * l owns row l / 2, columns 32 (l % 2) ...+ 32: a mapping of our own, as
- * the fragments' is unspecified), and P or dS goes back as bf16, the A
- * operand of the next product. Masked entries are exactly 0.
+ * l owns row l / 2 and half its columns, see block_col: a mapping of our
+ * own, as the fragments' is unspecified), and P or dS goes back as bf16,
+ * the A operand of the next product. Masked entries are exactly 0.
  *
  * - forward: one block per (batch, head, query tile), key tiles 0..qt.
  *   The online softmax's running max and sum per row, and the row's O,
@@ -34,8 +34,9 @@
  * dK dV 4 tiles + 35.5 KB = 71.5 / 103.5 KB, dQ 4 tiles + 26.5 KB = 62.5
  * / 94.5 KB; above 48 KB the kernels opt in (sm_80 offers 163 KB a block,
  * sm_90 227 KB). On sm_90 at D = 64 every kernel fits 168 registers a
- * thread without spilling (WMMA_MIN_BLOCKS), so an H100 SM holds 3 blocks
- * of 4 warps of each; at D = 128 (up to 255 registers) it holds 2.
+ * thread (WMMA_MIN_BLOCKS; ptxas spills at most 28 bytes), so an H100 SM
+ * holds 3 blocks of 4 warps of each; at D = 128 (up to 255 registers) it
+ * holds 2.
  *
  * Cost at GPT-2 124M (batch 16, seq 1024, 12 heads of 64, 12 layers): the
  * tiles at or below the diagonal make about 0.33 TFLOP forward and 1.15
@@ -74,9 +75,9 @@ typedef __nv_bfloat16 bf16;
 #define WMMA_WARPS (WMMA_THREADS / 32)
 #define WMMA_TILE 64  /* rows of a query or key tile: 16 per warp */
 /* Blocks per SM the register allocation must allow on sm_90: 3 at
- * head_dim 64 (at most 168 registers a thread, which ptxas meets without
- * spilling; an H100's shared memory holds 3 blocks of every kernel
- * there), no bound at 128 (the backward's accumulators alone take 128
+ * head_dim 64 (at most 168 registers a thread, which ptxas meets with a
+ * few bytes of spills at most; an H100's shared memory holds 3 blocks of
+ * every kernel there), no bound at 128 (the backward's accumulators alone take 128
  * registers). On sm_80 shared memory allows 2 backward blocks anyway, and
  * the bound would only make ptxas spill. (The CUDA programming guide's
  * pattern: launch bounds may depend on __CUDA_ARCH__.) */
@@ -152,6 +153,24 @@ static __host__ __device__ __forceinline__ int64_t key_col(const wmma_dims &dm, 
 static __host__ __device__ __forceinline__ int64_t ceil_div64(int64_t a, int64_t b)
 {
     return (a + b - 1) / b;
+}
+
+/* ---- the lanes' share of a warp's 16 x 64 block ---- */
+
+/* Lane l owns row l / 2 of the block and the 32 columns of parity l % 2;
+ * block_col(j, off) is its j-th, off = lane_col_offset(l). The lanes of
+ * rows r and r + 8 start one column pair apart: with row strides of 68
+ * (f32) and 36 (bf16 pairs) words, rows 8 apart share banks, and so each
+ * step j of the 32 lanes touches 32 different banks (16 words shared by
+ * two lanes, for bf16) instead of 8. */
+static __device__ __forceinline__ int lane_col_offset(int lane)
+{
+    return 2 * (lane / 16) + lane % 2;
+}
+
+static __device__ __forceinline__ int block_col(int j, int off)
+{
+    return (2 * j + off) & (WMMA_TILE - 1);
 }
 
 /* ---- staging ---- */
@@ -292,8 +311,8 @@ wmma_forward_kernel(float *out, float *lse, const float *qkv, wmma_dims dm, int6
     const float *rows = qkv + bi * seq * dm.width;
     const float *k_g = rows + key_col(dm, h / dm.per_group, D), *v_g = k_g + D;
     const float scale_log2 = dm.scale * WMMA_LOG2E;
-    /* the lane's row of the warp's 16 and its half of a 64-column block */
-    const int r = lane / 2, half = lane % 2, qi = warp * 16 + r;
+    /* the lane's row of the warp's 16, and its columns of a 64-column block */
+    const int r = lane / 2, off = lane_col_offset(lane), qi = warp * 16 + r;
 
     /* Q goes through k_s into the warp's A fragments, kept for the loop. */
     stage_tile<D>(k_s, rows + query_col(dm, h, D), dm.width, q0, seq);
@@ -331,7 +350,7 @@ wmma_forward_kernel(float *out, float *lse, const float *qkv, wmma_dims dm, int6
         float p[32], tile_max = -INFINITY;
 #pragma unroll
         for (int j = 0; j < 32; j++) {
-            const int kj = half * 32 + j;
+            const int kj = block_col(j, off);
             const float s = scores_w[r * L::lds + kj] * scale_log2;
             p[j] = kt == qt && kj > qi ? -INFINITY : s;
             tile_max = fmaxf(tile_max, p[j]);
@@ -347,7 +366,7 @@ wmma_forward_kernel(float *out, float *lse, const float *qkv, wmma_dims dm, int6
         for (int j = 0; j < 32; j++) {
             p[j] = exp2f(p[j] - shift);
             sum += p[j];
-            probs_w[r * L::ldp + half * 32 + j] = __float2bfloat16(p[j]);
+            probs_w[r * L::ldp + block_col(j, off)] = __float2bfloat16(p[j]);
         }
         l = l * rescale + (sum + __shfl_xor_sync(0xffffffffu, sum, 1));
         m = m_new;
@@ -373,7 +392,7 @@ wmma_forward_kernel(float *out, float *lse, const float *qkv, wmma_dims dm, int6
             __syncwarp();
 #pragma unroll
             for (int j = 0; j < 32; j++)
-                o[cb][j] = o[cb][j] * rescale + scores_w[r * L::lds + half * 32 + j];
+                o[cb][j] = o[cb][j] * rescale + scores_w[r * L::lds + block_col(j, off)];
             __syncwarp();  /* the block is read: the next one may replace it */
         }
     }
@@ -386,8 +405,8 @@ wmma_forward_kernel(float *out, float *lse, const float *qkv, wmma_dims dm, int6
     for (int cb = 0; cb < D / 64; cb++)
 #pragma unroll
         for (int j = 0; j < 32; j++)
-            orow[cb * 64 + half * 32 + j] = o[cb][j] * inv;
-    if (half == 0)
+            orow[cb * 64 + block_col(j, off)] = o[cb][j] * inv;
+    if (lane % 2 == 0)
         lse[pair * seq + t] = m * WMMA_LN2 + logf(l);
 }
 
@@ -422,8 +441,8 @@ wmma_dsum_kernel(float *dsum, const float *dout, const float *out, wmma_dims dm,
 
 /* dK and dV of one (batch, group, key tile), the warp owning 16 of its
  * keys, over the group's query heads in order and their query tiles qt >=
- * kt. The lane keeps its 32 probabilities (key row r, queries 32 half ...
- * + 32) in registers between P and dS. */
+ * kt. The lane keeps its 32 probabilities (key row r, its 32 query
+ * columns) in registers between P and dS. */
 template <int D>
 static __global__ void __launch_bounds__(WMMA_THREADS, WMMA_MIN_BLOCKS(D))
 wmma_dkdv_kernel(float *dqkv, const float *dout, const float *qkv, const float *lse,
@@ -448,7 +467,7 @@ wmma_dkdv_kernel(float *dqkv, const float *dout, const float *qkv, const float *
     const float *rows = qkv + bi * seq * dm.width;
     const int64_t kcol = key_col(dm, g, D);
     const float scale_log2 = dm.scale * WMMA_LOG2E;
-    const int r = lane / 2, half = lane % 2, kj = warp * 16 + r;
+    const int r = lane / 2, off = lane_col_offset(lane), kj = warp * 16 + r;
     const bf16 *k_w = k_s + warp * 16 * L::ld, *v_w = v_s + warp * 16 * L::ld;
 
     stage_tile<D>(k_s, rows + kcol, dm.width, k0, seq);
@@ -478,7 +497,7 @@ wmma_dkdv_kernel(float *dqkv, const float *dout, const float *qkv, const float *
             float p[32];
 #pragma unroll
             for (int j = 0; j < 32; j++) {
-                const int qj = half * 32 + j;
+                const int qj = block_col(j, off);
                 const bool valid = q0 + qj < seq && !(qt == kt && kj > qj);
                 p[j] = valid ? exp2f(fmaf(scores_w[r * L::lds + qj], scale_log2, -lse_s[qj]))
                              : 0.0f;
@@ -489,7 +508,7 @@ wmma_dkdv_kernel(float *dqkv, const float *dout, const float *qkv, const float *
             __syncwarp();
 #pragma unroll
             for (int j = 0; j < 32; j++) {
-                const int qj = half * 32 + j;
+                const int qj = block_col(j, off);
                 const float ds = p[j] * (scores_w[r * L::lds + qj] - dsum_s[qj]);
                 dscores_w[r * L::ldp + qj] = __float2bfloat16(ds);
             }
@@ -531,7 +550,7 @@ wmma_dq_kernel(float *dqkv, const float *dout, const float *qkv, const float *ls
     const int64_t qcol = query_col(dm, h, D);
     const float *k_g = rows + key_col(dm, g, D), *v_g = k_g + D;
     const float scale_log2 = dm.scale * WMMA_LOG2E;
-    const int r = lane / 2, half = lane % 2, qi = warp * 16 + r;
+    const int r = lane / 2, off = lane_col_offset(lane), qi = warp * 16 + r;
     const bf16 *q_w = q_s + warp * 16 * L::ld, *do_w = do_s + warp * 16 * L::ld;
 
     stage_tile<D>(q_s, rows + qcol, dm.width, q0, seq);
@@ -554,7 +573,7 @@ wmma_dq_kernel(float *dqkv, const float *dout, const float *qkv, const float *ls
         float p[32];
 #pragma unroll
         for (int j = 0; j < 32; j++) {
-            const int kj = half * 32 + j;
+            const int kj = block_col(j, off);
             const bool valid = row_valid && !(kt == qt && kj > qi);
             p[j] = valid ? exp2f(fmaf(scores_w[r * L::lds + kj], scale_log2, -row_lse)) : 0.0f;
         }
@@ -563,7 +582,7 @@ wmma_dq_kernel(float *dqkv, const float *dout, const float *qkv, const float *ls
         __syncwarp();
 #pragma unroll
         for (int j = 0; j < 32; j++) {
-            const int kj = half * 32 + j;
+            const int kj = block_col(j, off);
             const float ds = p[j] * (scores_w[r * L::lds + kj] - row_dsum);
             dscores_w[r * L::ldp + kj] = __float2bfloat16(ds);
         }
