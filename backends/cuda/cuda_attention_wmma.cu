@@ -101,6 +101,12 @@ typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> frag_b
 typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> frag_b_cols;
 typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> frag_acc;
 
+/* Four staged values, stored at once (tile rows and every fourth column
+ * are 8-byte aligned). */
+struct alignas(8) bf16_quad {
+    bf16 v[4];
+};
+
 struct wmma_dims {
     int64_t batch, seq, heads, groups;
     int64_t per_group;  /* query heads per group */
@@ -203,11 +209,12 @@ static __device__ __forceinline__ void stage_tile(bf16 *dst, const float *src, i
         } else {
             v.x = v.y = v.z = v.w = 0.0f;
         }
-        bf16 *d = dst + r * L::ld + c;
-        d[0] = __float2bfloat16(v.x);
-        d[1] = __float2bfloat16(v.y);
-        d[2] = __float2bfloat16(v.z);
-        d[3] = __float2bfloat16(v.w);
+        bf16_quad q;
+        q.v[0] = __float2bfloat16(v.x);
+        q.v[1] = __float2bfloat16(v.y);
+        q.v[2] = __float2bfloat16(v.z);
+        q.v[3] = __float2bfloat16(v.w);
+        *reinterpret_cast<bf16_quad *>(dst + r * L::ld + c) = q;  /* one 8-byte store */
     }
 }
 
