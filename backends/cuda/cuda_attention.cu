@@ -413,23 +413,36 @@ static int64_t items_per_launch(int64_t blocks_per_item)
     return blocks_per_item > INT_MAX ? 0 : INT_MAX / blocks_per_item;
 }
 
-/* scores_kernel over every (batch, head) pair. */
-static cudaError_t launch_scores(cudaStream_t s, float *c, const float *a, head_view av,
-                                 const float *b, head_view bv, const attn_dims &dm, float alpha)
+/* Cover `items` work items of `blocks_per_item` blocks each in as few
+ * launches as the grid limit allows: launch(first item, item count, grid
+ * blocks) issues one. cudaErrorInvalidValue when one item alone exceeds
+ * the limit; otherwise the first launch error. */
+template <class Launch>
+static cudaError_t launch_in_chunks(int64_t items, int64_t blocks_per_item, Launch launch)
 {
-    const int64_t n_tiles = ceil_div(dm.seq, PROBS_TILE), pairs = dm.batch * dm.heads;
-    const int64_t per = items_per_launch(n_tiles * n_tiles);
+    const int64_t per = items_per_launch(blocks_per_item);
     if (per == 0)
         return cudaErrorInvalidValue;
-    for (int64_t p0 = 0; p0 < pairs; p0 += per) {
-        const int64_t n = pairs - p0 < per ? pairs - p0 : per;
-        MHUB_LAUNCH(scores_kernel, (unsigned)(n * n_tiles * n_tiles), PROBS_THREADS, 0, s)(
-            c, a, av, b, bv, dm, p0, n, alpha);
+    for (int64_t i0 = 0; i0 < items; i0 += per) {
+        const int64_t n = items - i0 < per ? items - i0 : per;
+        launch(i0, n, (unsigned)(n * blocks_per_item));
         cudaError_t err = cudaGetLastError();
         if (err != cudaSuccess)
             return err;
     }
     return cudaSuccess;
+}
+
+/* scores_kernel over every (batch, head) pair. */
+static cudaError_t launch_scores(cudaStream_t s, float *c, const float *a, head_view av,
+                                 const float *b, head_view bv, const attn_dims &dm, float alpha)
+{
+    const int64_t n_tiles = ceil_div(dm.seq, PROBS_TILE);
+    return launch_in_chunks(dm.batch * dm.heads, n_tiles * n_tiles,
+                            [&](int64_t p0, int64_t n, unsigned grid) {
+                                MHUB_LAUNCH(scores_kernel, grid, PROBS_THREADS, 0, s)(
+                                    c, a, av, b, bv, dm, p0, n, alpha);
+                            });
 }
 
 static cudaError_t launch_rows_times_heads(cudaStream_t s, float *c, head_view cv,
@@ -437,18 +450,11 @@ static cudaError_t launch_rows_times_heads(cudaStream_t s, float *c, head_view c
                                            const attn_dims &dm, float alpha)
 {
     const int64_t blocks = ceil_div(dm.seq, PROBS_TILE) * ceil_div(dm.head_dim, PROBS_TILE);
-    const int64_t pairs = dm.batch * dm.heads, per = items_per_launch(blocks);
-    if (per == 0)
-        return cudaErrorInvalidValue;
-    for (int64_t p0 = 0; p0 < pairs; p0 += per) {
-        const int64_t n = pairs - p0 < per ? pairs - p0 : per;
-        MHUB_LAUNCH(rows_times_heads_kernel, (unsigned)(n * blocks), PROBS_THREADS, 0, s)(
-            c, cv, m, b, bv, dm, p0, n, alpha);
-        cudaError_t err = cudaGetLastError();
-        if (err != cudaSuccess)
-            return err;
-    }
-    return cudaSuccess;
+    return launch_in_chunks(dm.batch * dm.heads, blocks,
+                            [&](int64_t p0, int64_t n, unsigned grid) {
+                                MHUB_LAUNCH(rows_times_heads_kernel, grid, PROBS_THREADS, 0, s)(
+                                    c, cv, m, b, bv, dm, p0, n, alpha);
+                            });
 }
 
 static cudaError_t launch_grouped_transposed(cudaStream_t s, float *c, head_view cv,
@@ -456,18 +462,11 @@ static cudaError_t launch_grouped_transposed(cudaStream_t s, float *c, head_view
                                              const attn_dims &dm, float alpha)
 {
     const int64_t blocks = ceil_div(dm.seq, PROBS_TILE) * ceil_div(dm.head_dim, PROBS_TILE);
-    const int64_t units = dm.batch * dm.groups, per = items_per_launch(blocks);
-    if (per == 0)
-        return cudaErrorInvalidValue;
-    for (int64_t u0 = 0; u0 < units; u0 += per) {
-        const int64_t n = units - u0 < per ? units - u0 : per;
-        MHUB_LAUNCH(grouped_transposed_kernel, (unsigned)(n * blocks), PROBS_THREADS, 0, s)(
-            c, cv, m, b, bv, dm, u0, n, alpha);
-        cudaError_t err = cudaGetLastError();
-        if (err != cudaSuccess)
-            return err;
-    }
-    return cudaSuccess;
+    return launch_in_chunks(dm.batch * dm.groups, blocks,
+                            [&](int64_t u0, int64_t n, unsigned grid) {
+                                MHUB_LAUNCH(grouped_transposed_kernel, grid, PROBS_THREADS, 0,
+                                            s)(c, cv, m, b, bv, dm, u0, n, alpha);
+                            });
 }
 
 extern "C" cudaError_t mhub_cuda_causal_attention_forward(cudaStream_t s, float *out,
@@ -963,20 +962,11 @@ static cudaError_t flash_forward(cudaStream_t s, float *out, float *lse, const f
     cudaError_t err = allow_shared_bytes(flash_forward_kernel<D, B>, T::forward_bytes);
     if (err != cudaSuccess)
         return err;
-    const int64_t n_tiles = ceil_div(dm.seq, B), pairs = dm.batch * dm.heads;
-    const int64_t per = items_per_launch(n_tiles);
-    if (per == 0)
-        return cudaErrorInvalidValue;
-    for (int64_t p0 = 0; p0 < pairs; p0 += per) {
-        const int64_t n = pairs - p0 < per ? pairs - p0 : per;
-        MHUB_LAUNCH((flash_forward_kernel<D, B>), (unsigned)(n * n_tiles), FLASH_THREADS,
-                    T::forward_bytes, s)(
-            out, lse, qkv, dm, p0, n);
-        err = cudaGetLastError();
-        if (err != cudaSuccess)
-            return err;
-    }
-    return cudaSuccess;
+    return launch_in_chunks(dm.batch * dm.heads, ceil_div(dm.seq, B),
+                            [&](int64_t p0, int64_t n, unsigned grid) {
+                                MHUB_LAUNCH((flash_forward_kernel<D, B>), grid, FLASH_THREADS,
+                                            T::forward_bytes, s)(out, lse, qkv, dm, p0, n);
+                            });
 }
 
 /* How the backward's D_t (one float per (batch, head, row)) fits in
