@@ -8,7 +8,8 @@
 #      communicator's suite;
 #   3. GPT-2 124M training steps, sequence 1024, bf16 GEMMs: ms/step,
 #      tokens/s and model FLOP utilisation against the card's dense bf16
-#      peak (and the same in tf32 and f32 for comparison);
+#      peak (and the same in tf32 and f32, and each attention path, for
+#      comparison);
 #   4. all-reduce bus bandwidth through mhub_comm over NCCL.
 # Prints one table at the end; the whole log also goes to $OUT/gpu.log
 # when OUT is set (the device tool's output folder).
@@ -96,6 +97,16 @@ for matmul in bf16 tf32 f32; do
     else
         record "GPT-2 124M T=1024 B=16 $matmul" "FAILED"
     fi
+done
+
+# the attention paths side by side, with bf16 GEMMs (the default picks wmma)
+for path in wmma gemm tiled; do
+    say "GPT-2 124M, bf16 GEMMs, attention path $path"
+    line=$(MHUB_CUDA_ATTENTION=$path timeout 150 "$build/bench/bench_gpt" --backend cuda \
+        --shape 124m --seq 1024 --batch 16 --steps 10 --matmul bf16 --peak-tflops "$peak" --json)
+    echo "$line"
+    ms=$(printf '%s' "$line" | sed -n 's/.*"ms_per_step":\([0-9.]*\).*/\1/p')
+    record "GPT-2 124M bf16, attention $path" "${ms:-FAILED} ms/step"
 done
 
 # ---- 4. NCCL all-reduce ----
