@@ -67,6 +67,7 @@
 #include <stdint.h>
 
 #include "backends/cuda/cuda_kernels.h"
+#include "backends/cuda/cuda_attention_common.cuh"
 #include "backends/cuda/cuda_launch.h"
 
 namespace {
@@ -84,14 +85,6 @@ struct head_cols {
 struct head_view {
     int64_t row_stride;
     head_cols cols;
-};
-
-struct attn_dims {
-    int64_t batch, seq, heads, groups, head_dim;
-    int64_t per_group;  /* query heads per group */
-    int64_t width;      /* a qkv row: (heads + 2 groups) * head_dim */
-    int64_t out_width;  /* an output row: heads * head_dim */
-    float scale;        /* 1/sqrt(head_dim) */
 };
 
 /* A slice of the flash backward: (batch, group) units [unit0, unit0 +
@@ -134,22 +127,6 @@ static __host__ __device__ __forceinline__ head_cols output_cols(const attn_dims
     return {dm.per_group * dm.head_dim, dm.head_dim, 0, dm.per_group};
 }
 
-static attn_dims make_dims(int64_t batch, int64_t seq, int64_t heads, int64_t groups,
-                           int64_t head_dim)
-{
-    attn_dims dm;
-    dm.batch = batch;
-    dm.seq = seq;
-    dm.heads = heads;
-    dm.groups = groups;
-    dm.head_dim = head_dim;
-    dm.per_group = heads / groups;
-    dm.width = (heads + 2 * groups) * head_dim;
-    dm.out_width = heads * head_dim;
-    dm.scale = (float)(1.0 / sqrt((double)head_dim));  /* as the CPU backend rounds it */
-    return dm;
-}
-
 /* Every size positive: otherwise qkv is empty and there is nothing to do
  * (heads == 0 comes with groups == 0, checked before the launcher). */
 static bool has_work(int64_t batch, int64_t seq, int64_t heads, int64_t head_dim)
@@ -157,26 +134,7 @@ static bool has_work(int64_t batch, int64_t seq, int64_t heads, int64_t head_dim
     return batch > 0 && seq > 0 && heads > 0 && head_dim > 0;
 }
 
-static __host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b)
-{
-    return (a + b - 1) / b;
-}
-
-/* ---- warp reductions (butterflies: every lane ends with the same bits) ---- */
-
-static __device__ __forceinline__ float warp_sum(float v)
-{
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-static __device__ __forceinline__ float warp_max(float v)
-{
-    for (int o = 16; o > 0; o >>= 1)
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
+/* ---- half-warp reductions (butterflies: every lane ends with the same bits) ---- */
 
 /* Over the 16 lanes of a half warp (lanes 0-15 and 16-31 apart). */
 static __device__ __forceinline__ float half_warp_sum(float v)
@@ -201,10 +159,6 @@ static __device__ __forceinline__ float half_warp_max(float v)
 #define PROBS_THREADS (PROBS_TILE * PROBS_ROW_STEP)
 #define PROBS_ROWS_PER_THREAD (PROBS_TILE / PROBS_ROW_STEP)
 
-/* Row kernels: one warp per row, 8 warps per block. */
-#define ROW_THREADS 256
-#define ROW_WARPS (ROW_THREADS / 32)
-#define ROW_MAX_BLOCKS 65536
 
 /* c[pair][t][j] = alpha * a_t . b_j for j <= t and 0 above the diagonal,
  * where a_t and b_j are head h's rows of a and b (b's head mapped as its
@@ -216,7 +170,7 @@ scores_kernel(float *c, const float *a, head_view av, const float *b, head_view 
     __shared__ float a_s[PROBS_TILE][PROBS_TILE + 1];
     __shared__ float b_s[PROBS_TILE][PROBS_TILE + 1];
     const int tx = (int)(threadIdx.x % PROBS_TILE), ty = (int)(threadIdx.x / PROBS_TILE);
-    const int64_t seq = dm.seq, n_tiles = ceil_div(seq, PROBS_TILE);
+    const int64_t seq = dm.seq, n_tiles = ceil_div64(seq, PROBS_TILE);
     int64_t blk = blockIdx.x;
     const int64_t pair = pair0 + blk % n_pairs;
     blk /= n_pairs;
@@ -268,7 +222,7 @@ rows_times_heads_kernel(float *c, head_view cv, const float *m, const float *b, 
     __shared__ float m_s[PROBS_TILE][PROBS_TILE + 1];
     __shared__ float b_s[PROBS_TILE][PROBS_TILE + 1];
     const int tx = (int)(threadIdx.x % PROBS_TILE), ty = (int)(threadIdx.x / PROBS_TILE);
-    const int64_t seq = dm.seq, d = dm.head_dim, n_col_tiles = ceil_div(d, PROBS_TILE);
+    const int64_t seq = dm.seq, d = dm.head_dim, n_col_tiles = ceil_div64(d, PROBS_TILE);
     int64_t blk = blockIdx.x;
     const int64_t pair = pair0 + blk % n_pairs;
     blk /= n_pairs;
@@ -315,7 +269,7 @@ grouped_transposed_kernel(float *c, head_view cv, const float *m, const float *b
     __shared__ float m_s[PROBS_TILE][PROBS_TILE + 1];
     __shared__ float b_s[PROBS_TILE][PROBS_TILE + 1];
     const int tx = (int)(threadIdx.x % PROBS_TILE), ty = (int)(threadIdx.x / PROBS_TILE);
-    const int64_t seq = dm.seq, d = dm.head_dim, n_col_tiles = ceil_div(d, PROBS_TILE);
+    const int64_t seq = dm.seq, d = dm.head_dim, n_col_tiles = ceil_div64(d, PROBS_TILE);
     int64_t blk = blockIdx.x;
     const int64_t unit = unit0 + blk % n_units;
     blk /= n_units;
@@ -400,12 +354,6 @@ softmax_causal_backward_rows_kernel(float *ds, const float *p, int64_t rows, int
     }
 }
 
-static unsigned row_blocks(int64_t rows)
-{
-    int64_t blocks = ceil_div(rows, ROW_WARPS);
-    return (unsigned)(blocks < ROW_MAX_BLOCKS ? blocks : ROW_MAX_BLOCKS);
-}
-
 /* Items of a 1-D grid launched per pass: the grid stays within INT_MAX
  * blocks. 0 when even one item's blocks exceed it. */
 static int64_t items_per_launch(int64_t blocks_per_item)
@@ -437,7 +385,7 @@ static cudaError_t launch_in_chunks(int64_t items, int64_t blocks_per_item, Laun
 static cudaError_t launch_scores(cudaStream_t s, float *c, const float *a, head_view av,
                                  const float *b, head_view bv, const attn_dims &dm, float alpha)
 {
-    const int64_t n_tiles = ceil_div(dm.seq, PROBS_TILE);
+    const int64_t n_tiles = ceil_div64(dm.seq, PROBS_TILE);
     return launch_in_chunks(dm.batch * dm.heads, n_tiles * n_tiles,
                             [&](int64_t p0, int64_t n, unsigned grid) {
                                 MHUB_LAUNCH(scores_kernel, grid, PROBS_THREADS, 0, s)(
@@ -449,7 +397,7 @@ static cudaError_t launch_rows_times_heads(cudaStream_t s, float *c, head_view c
                                            const float *m, const float *b, head_view bv,
                                            const attn_dims &dm, float alpha)
 {
-    const int64_t blocks = ceil_div(dm.seq, PROBS_TILE) * ceil_div(dm.head_dim, PROBS_TILE);
+    const int64_t blocks = ceil_div64(dm.seq, PROBS_TILE) * ceil_div64(dm.head_dim, PROBS_TILE);
     return launch_in_chunks(dm.batch * dm.heads, blocks,
                             [&](int64_t p0, int64_t n, unsigned grid) {
                                 MHUB_LAUNCH(rows_times_heads_kernel, grid, PROBS_THREADS, 0, s)(
@@ -461,7 +409,7 @@ static cudaError_t launch_grouped_transposed(cudaStream_t s, float *c, head_view
                                              const float *m, const float *b, head_view bv,
                                              const attn_dims &dm, float alpha)
 {
-    const int64_t blocks = ceil_div(dm.seq, PROBS_TILE) * ceil_div(dm.head_dim, PROBS_TILE);
+    const int64_t blocks = ceil_div64(dm.seq, PROBS_TILE) * ceil_div64(dm.head_dim, PROBS_TILE);
     return launch_in_chunks(dm.batch * dm.groups, blocks,
                             [&](int64_t u0, int64_t n, unsigned grid) {
                                 MHUB_LAUNCH(grouped_transposed_kernel, grid, PROBS_THREADS, 0,
@@ -477,7 +425,7 @@ extern "C" cudaError_t mhub_cuda_causal_attention_forward(cudaStream_t s, float 
 {
     if (!has_work(batch, seq, heads, head_dim))
         return cudaSuccess;
-    const attn_dims dm = make_dims(batch, seq, heads, groups, head_dim);
+    const attn_dims dm = make_attn_dims(batch, seq, heads, groups, head_dim);
     const head_view q = {dm.width, query_cols(dm)}, k = {dm.width, key_cols(dm)},
                     v = {dm.width, value_cols(dm)}, o = {dm.out_width, output_cols(dm)};
     /* S = scale Q K^T, then P = softmax(S) in place, then O = P V. */
@@ -501,7 +449,7 @@ extern "C" cudaError_t mhub_cuda_causal_attention_backward(cudaStream_t s, float
 {
     if (!has_work(batch, seq, heads, head_dim))
         return cudaSuccess;
-    const attn_dims dm = make_dims(batch, seq, heads, groups, head_dim);
+    const attn_dims dm = make_attn_dims(batch, seq, heads, groups, head_dim);
     const head_view q = {dm.width, query_cols(dm)}, k = {dm.width, key_cols(dm)},
                     v = {dm.width, value_cols(dm)}, o = {dm.out_width, output_cols(dm)};
     /* dP = dO V^T into scratch, then dS in place. */
@@ -528,8 +476,6 @@ extern "C" cudaError_t mhub_cuda_causal_attention_backward(cudaStream_t s, float
 /* ==== the flash path ==== */
 
 #define FLASH_THREADS 256
-#define LOG2E 1.4426950408889634f
-#define LN2 0.6931471805599453f
 
 /* A tile of B rows by head_dim columns, compiled for head_dim <= D. */
 template <int D, int B>
@@ -675,7 +621,7 @@ flash_forward_kernel(float *out, float *lse, const float *qkv, attn_dims dm, int
     float *q_s = smem, *kv_s = smem + T::tile, *p_s = smem + 2 * T::tile;
     const int tx = (int)(threadIdx.x & 15), ty = (int)(threadIdx.x >> 4);
     const int d = (int)dm.head_dim;
-    const int64_t seq = dm.seq, n_tiles = ceil_div(seq, B);
+    const int64_t seq = dm.seq, n_tiles = ceil_div64(seq, B);
     const int64_t pair = pair0 + blockIdx.x % n_pairs;
     const int64_t qt = n_tiles - 1 - blockIdx.x / n_pairs, q0 = qt * B;
     const int64_t bi = pair / dm.heads, h = pair % dm.heads;
@@ -816,7 +762,7 @@ flash_dkdv_kernel(float *dqkv, const float *dout, const float *qkv, const float 
     float *p_s = do_s + T::tile, *lse_s = p_s + T::ptile, *dsum_s = lse_s + B;
     const int tx = (int)(threadIdx.x & 15), ty = (int)(threadIdx.x >> 4);
     const int d = (int)dm.head_dim;
-    const int64_t seq = dm.seq, n_tiles = ceil_div(seq, B);
+    const int64_t seq = dm.seq, n_tiles = ceil_div64(seq, B);
     const int64_t item = blockIdx.x % sl.n_units, unit = sl.unit0 + item;
     const int64_t kt = blockIdx.x / sl.n_units, k0 = kt * B;
     const int64_t bi = unit / dm.groups, g = unit % dm.groups;
@@ -892,7 +838,7 @@ flash_dq_kernel(float *dqkv, const float *dout, const float *qkv, const float *l
     float *p_s = v_s + T::tile, *lse_s = p_s + T::ptile, *dsum_s = lse_s + B;
     const int tx = (int)(threadIdx.x & 15), ty = (int)(threadIdx.x >> 4);
     const int d = (int)dm.head_dim;
-    const int64_t seq = dm.seq, n_tiles = ceil_div(seq, B);
+    const int64_t seq = dm.seq, n_tiles = ceil_div64(seq, B);
     const int64_t n_items = sl.n_units * sl.n_heads, item = blockIdx.x % n_items;
     const int64_t qt = n_tiles - 1 - blockIdx.x / n_items, q0 = qt * B;
     const int64_t unit = sl.unit0 + item / sl.n_heads;
@@ -940,20 +886,6 @@ flash_dq_kernel(float *dqkv, const float *dout, const float *qkv, const float *l
     }
 }
 
-/* Kernels needing more than the default 48 KB of dynamic shared memory
- * must say so first; a GPU with less than `bytes` per block refuses. */
-template <typename Kernel>
-static cudaError_t allow_shared_bytes(Kernel *kernel, size_t bytes)
-{
-    if (bytes <= 48 * 1024)
-        return cudaSuccess;
-    cudaError_t err =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
-    if (err != cudaSuccess)
-        (void)cudaGetLastError();  /* returned here; not left for the next launch */
-    return err;
-}
-
 template <int D, int B>
 static cudaError_t flash_forward(cudaStream_t s, float *out, float *lse, const float *qkv,
                                  const attn_dims &dm)
@@ -962,7 +894,7 @@ static cudaError_t flash_forward(cudaStream_t s, float *out, float *lse, const f
     cudaError_t err = allow_shared_bytes(flash_forward_kernel<D, B>, T::forward_bytes);
     if (err != cudaSuccess)
         return err;
-    return launch_in_chunks(dm.batch * dm.heads, ceil_div(dm.seq, B),
+    return launch_in_chunks(dm.batch * dm.heads, ceil_div64(dm.seq, B),
                             [&](int64_t p0, int64_t n, unsigned grid) {
                                 MHUB_LAUNCH((flash_forward_kernel<D, B>), grid, FLASH_THREADS,
                                             T::forward_bytes, s)(out, lse, qkv, dm, p0, n);
@@ -1003,7 +935,7 @@ static cudaError_t flash_backward(cudaStream_t s, float *dsum, float *dqkv, cons
     err = allow_shared_bytes(flash_dq_kernel<D, B>, T::backward_bytes);
     if (err != cudaSuccess)
         return err;
-    const int64_t n_tiles = ceil_div(dm.seq, B), units = dm.batch * dm.groups;
+    const int64_t n_tiles = ceil_div64(dm.seq, B), units = dm.batch * dm.groups;
     int64_t units_per, heads_per;
     if (!plan_backward(dm, n_tiles, &units_per, &heads_per))
         return cudaErrorInvalidValue;
@@ -1048,7 +980,7 @@ extern "C" cudaError_t mhub_cuda_flash_attention_forward(cudaStream_t s, float *
 {
     if (!has_work(batch, seq, heads, head_dim))
         return cudaSuccess;
-    const attn_dims dm = make_dims(batch, seq, heads, groups, head_dim);
+    const attn_dims dm = make_attn_dims(batch, seq, heads, groups, head_dim);
     if (head_dim <= 64)
         return flash_forward<64, 64>(s, out, lse, qkv, dm);
     if (head_dim <= 128)
@@ -1067,7 +999,7 @@ extern "C" cudaError_t mhub_cuda_flash_attention_backward(cudaStream_t s, void *
 {
     if (!has_work(batch, seq, heads, head_dim))
         return cudaSuccess;
-    const attn_dims dm = make_dims(batch, seq, heads, groups, head_dim);
+    const attn_dims dm = make_attn_dims(batch, seq, heads, groups, head_dim);
     float *dsum = (float *)work;
     if (head_dim <= 64)
         return flash_backward<64, 64>(s, dsum, dqkv, dout, out, qkv, lse, dm);

@@ -24,11 +24,9 @@
 #include <stdint.h>
 
 #include "backends/cuda/cuda_kernels.h"
+#include "backends/cuda/cuda_attention_common.cuh"
 #include "backends/cuda/cuda_launch.h"
 
-#define ROW_THREADS 256
-#define ROW_WARPS (ROW_THREADS / 32)
-#define ROW_MAX_BLOCKS 65536
 #define TABLE_THREADS 128
 
 namespace {
@@ -51,26 +49,6 @@ static __host__ __device__ __forceinline__ entry_at chunk_entry(const mhub_cuda_
     e.hh = c.head0 + i / c.n_units;
     e.h = e.g * (c.heads / c.groups) + e.hh;
     return e;
-}
-
-static __device__ __forceinline__ float row_sum(float v)
-{
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-static __device__ __forceinline__ float row_max(float v)
-{
-    for (int o = 16; o > 0; o >>= 1)
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
-static unsigned row_blocks(int64_t rows)
-{
-    const int64_t blocks = (rows + ROW_WARPS - 1) / ROW_WARPS;
-    return (unsigned)(blocks < ROW_MAX_BLOCKS ? blocks : ROW_MAX_BLOCKS);
 }
 
 static __host__ __device__ __forceinline__ int64_t chunk_rows(const mhub_cuda_attn_chunk &c)
@@ -153,11 +131,11 @@ softmax_rows_kernel(float *scores, float *lse, mhub_cuda_attn_chunk c)
         float m = -INFINITY;
         for (int64_t j = lane; j <= t; j += 32)
             m = fmaxf(m, r[j]);
-        m = row_max(m);
+        m = warp_max(m);
         float l = 0.0f;
         for (int64_t j = lane; j <= t; j += 32)
             l += expf(r[j] - m);
-        l = row_sum(l);  /* >= 1: the max contributes e^0 */
+        l = warp_sum(l);  /* >= 1: the max contributes e^0 */
         const float inv = 1.0f / l;
         for (int64_t j = lane; j < seq; j += 32)
             r[j] = j <= t ? expf(r[j] - m) * inv : 0.0f;
@@ -183,7 +161,7 @@ probs_dscores_rows_kernel(float *scores, float *dp, const float *lse, const floa
         float dsum = 0.0f;
         for (int64_t k = lane; k < d; k += 32)
             dsum = fmaf(dout[at + k], out[at + k], dsum);
-        dsum = row_sum(dsum);
+        dsum = warp_sum(dsum);
         const float shift = lse[(e.b * c.heads + e.h) * seq + t];
         float *p = scores + row_at(c, row), *ds = dp + row_at(c, row);
         for (int64_t j = lane; j < seq; j += 32) {

@@ -66,6 +66,7 @@
 #include <mma.h>
 
 #include "backends/cuda/cuda_kernels.h"
+#include "backends/cuda/cuda_attention_common.cuh"
 #include "backends/cuda/cuda_launch.h"
 
 namespace wmma = nvcuda::wmma;
@@ -86,11 +87,6 @@ typedef __nv_bfloat16 bf16;
 #else
 #define WMMA_MIN_BLOCKS(D) ((D) == 64 ? 3 : 1)
 #endif
-#define WMMA_ROW_THREADS 256
-#define WMMA_ROW_WARPS (WMMA_ROW_THREADS / 32)
-#define WMMA_ROW_MAX_BLOCKS 65536
-#define WMMA_LOG2E 1.4426950408889634f
-#define WMMA_LN2 0.6931471805599453f
 
 namespace {
 
@@ -105,14 +101,6 @@ typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> frag_acc;
  * are 8-byte aligned). */
 struct alignas(8) bf16_quad {
     bf16 v[4];
-};
-
-struct wmma_dims {
-    int64_t batch, seq, heads, groups;
-    int64_t per_group;  /* query heads per group */
-    int64_t width;      /* a qkv row: (heads + 2 groups) * head_dim */
-    int64_t out_width;  /* an output row: heads * head_dim */
-    float scale;        /* 1/sqrt(head_dim) */
 };
 
 /* Shared memory of the kernels for head_dim D. Row strides are multiples
@@ -145,20 +133,15 @@ struct wmma_layout {
 
 /* ---- layout of qkv: per group, its query heads, then its key and value heads ---- */
 
-static __host__ __device__ __forceinline__ int64_t query_col(const wmma_dims &dm, int64_t h,
+static __host__ __device__ __forceinline__ int64_t query_col(const attn_dims &dm, int64_t h,
                                                              int d)
 {
     return h / dm.per_group * (dm.per_group + 2) * d + h % dm.per_group * d;
 }
 
-static __host__ __device__ __forceinline__ int64_t key_col(const wmma_dims &dm, int64_t g, int d)
+static __host__ __device__ __forceinline__ int64_t key_col(const attn_dims &dm, int64_t g, int d)
 {
     return g * (dm.per_group + 2) * d + dm.per_group * d;
-}
-
-static __host__ __device__ __forceinline__ int64_t ceil_div64(int64_t a, int64_t b)
-{
-    return (a + b - 1) / b;
 }
 
 /* ---- the lanes' share of a warp's 16 x 64 block ---- */
@@ -300,7 +283,7 @@ static __device__ __forceinline__ void warp_write_rows(float *dst, int64_t strid
  * the diagonal, so every row has a finite max from the first tile on. */
 template <int D>
 static __global__ void __launch_bounds__(WMMA_THREADS, WMMA_MIN_BLOCKS(D))
-wmma_forward_kernel(float *out, float *lse, const float *qkv, wmma_dims dm, int64_t pair0,
+wmma_forward_kernel(float *out, float *lse, const float *qkv, attn_dims dm, int64_t pair0,
                     int64_t n_pairs)
 {
     using L = wmma_layout<D>;
@@ -317,7 +300,7 @@ wmma_forward_kernel(float *out, float *lse, const float *qkv, wmma_dims dm, int6
     const int64_t bi = pair / dm.heads, h = pair % dm.heads;
     const float *rows = qkv + bi * seq * dm.width;
     const float *k_g = rows + key_col(dm, h / dm.per_group, D), *v_g = k_g + D;
-    const float scale_log2 = dm.scale * WMMA_LOG2E;
+    const float scale_log2 = dm.scale * LOG2E;
     /* the lane's row of the warp's 16, and its columns of a 64-column block */
     const int r = lane / 2, off = lane_col_offset(lane), qi = warp * 16 + r;
 
@@ -414,7 +397,7 @@ wmma_forward_kernel(float *out, float *lse, const float *qkv, wmma_dims dm, int6
         for (int j = 0; j < 32; j++)
             orow[cb * 64 + block_col(j, off)] = o[cb][j] * inv;
     if (lane % 2 == 0)
-        lse[pair * seq + t] = m * WMMA_LN2 + logf(l);
+        lse[pair * seq + t] = m * LN2 + logf(l);
 }
 
 /* ==== backward ==== */
@@ -422,14 +405,14 @@ wmma_forward_kernel(float *out, float *lse, const float *qkv, wmma_dims dm, int6
 /* D_t = do_t . o_t of the (batch, group) units [unit0, unit0 + n_units),
  * every query head of each, one warp per row, into dsum[((unit - unit0) *
  * per_group + head in group) * seq + t]. */
-static __global__ void __launch_bounds__(WMMA_ROW_THREADS)
-wmma_dsum_kernel(float *dsum, const float *dout, const float *out, wmma_dims dm, int d,
+static __global__ void __launch_bounds__(ROW_THREADS)
+wmma_dsum_kernel(float *dsum, const float *dout, const float *out, attn_dims dm, int d,
                  int64_t unit0, int64_t n_units)
 {
     const int lane = (int)(threadIdx.x % 32);
     const int64_t rows = n_units * dm.per_group * dm.seq;
-    const int64_t stride = (int64_t)gridDim.x * WMMA_ROW_WARPS;
-    for (int64_t row = (int64_t)blockIdx.x * WMMA_ROW_WARPS + threadIdx.x / 32; row < rows;
+    const int64_t stride = (int64_t)gridDim.x * ROW_WARPS;
+    for (int64_t row = (int64_t)blockIdx.x * ROW_WARPS + threadIdx.x / 32; row < rows;
          row += stride) {
         const int64_t item = row / dm.seq, t = row % dm.seq;
         const int64_t unit = unit0 + item / dm.per_group;
@@ -453,7 +436,7 @@ wmma_dsum_kernel(float *dsum, const float *dout, const float *out, wmma_dims dm,
 template <int D>
 static __global__ void __launch_bounds__(WMMA_THREADS, WMMA_MIN_BLOCKS(D))
 wmma_dkdv_kernel(float *dqkv, const float *dout, const float *qkv, const float *lse,
-                 const float *dsum, wmma_dims dm, int64_t unit0, int64_t n_units)
+                 const float *dsum, attn_dims dm, int64_t unit0, int64_t n_units)
 {
     using L = wmma_layout<D>;
     extern __shared__ float smem[];
@@ -473,7 +456,7 @@ wmma_dkdv_kernel(float *dqkv, const float *dout, const float *qkv, const float *
     const int64_t bi = unit / dm.groups, g = unit % dm.groups;
     const float *rows = qkv + bi * seq * dm.width;
     const int64_t kcol = key_col(dm, g, D);
-    const float scale_log2 = dm.scale * WMMA_LOG2E;
+    const float scale_log2 = dm.scale * LOG2E;
     const int r = lane / 2, off = lane_col_offset(lane), kj = warp * 16 + r;
     const bf16 *k_w = k_s + warp * 16 * L::ld, *v_w = v_s + warp * 16 * L::ld;
 
@@ -496,7 +479,7 @@ wmma_dkdv_kernel(float *dqkv, const float *dout, const float *qkv, const float *
             __syncthreads();  /* the previous tile's Q, dO, lse and D are used up */
             stage_tile<D>(q_s, q_g, dm.width, q0, seq);
             stage_tile<D>(do_s, do_g, dm.out_width, q0, seq);
-            stage_row_values(lse_s, lse_g, q0, seq, WMMA_LOG2E);
+            stage_row_values(lse_s, lse_g, q0, seq, LOG2E);
             stage_row_values(dsum_s, dsum_g, q0, seq, 1.0f);
             __syncthreads();
             warp_rows_dot_rows<D>(scores_w, k_w, q_s);  /* S^T */
@@ -534,7 +517,7 @@ wmma_dkdv_kernel(float *dqkv, const float *dout, const float *qkv, const float *
 template <int D>
 static __global__ void __launch_bounds__(WMMA_THREADS, WMMA_MIN_BLOCKS(D))
 wmma_dq_kernel(float *dqkv, const float *dout, const float *qkv, const float *lse,
-               const float *dsum, wmma_dims dm, int64_t unit0, int64_t n_units)
+               const float *dsum, attn_dims dm, int64_t unit0, int64_t n_units)
 {
     using L = wmma_layout<D>;
     extern __shared__ float smem[];
@@ -556,13 +539,13 @@ wmma_dq_kernel(float *dqkv, const float *dout, const float *qkv, const float *ls
     const float *rows = qkv + bi * seq * dm.width;
     const int64_t qcol = query_col(dm, h, D);
     const float *k_g = rows + key_col(dm, g, D), *v_g = k_g + D;
-    const float scale_log2 = dm.scale * WMMA_LOG2E;
+    const float scale_log2 = dm.scale * LOG2E;
     const int r = lane / 2, off = lane_col_offset(lane), qi = warp * 16 + r;
     const bf16 *q_w = q_s + warp * 16 * L::ld, *do_w = do_s + warp * 16 * L::ld;
 
     stage_tile<D>(q_s, rows + qcol, dm.width, q0, seq);
     stage_tile<D>(do_s, dout + bi * seq * dm.out_width + h * D, dm.out_width, q0, seq);
-    stage_row_values(lse_s, lse + (bi * dm.heads + h) * seq, q0, seq, WMMA_LOG2E);
+    stage_row_values(lse_s, lse + (bi * dm.heads + h) * seq, q0, seq, LOG2E);
     stage_row_values(dsum_s, dsum + item * seq, q0, seq, 1.0f);
     frag_acc dq[D / 16];
 #pragma unroll
@@ -602,35 +585,6 @@ wmma_dq_kernel(float *dqkv, const float *dout, const float *qkv, const float *ls
 
 /* ==== launchers ==== */
 
-/* Kernels needing more than the default 48 KB of dynamic shared memory
- * must say so first; a GPU with less than `bytes` per block refuses. */
-template <typename Kernel>
-static cudaError_t allow_shared(Kernel *kernel, size_t bytes)
-{
-    if (bytes <= 48 * 1024)
-        return cudaSuccess;
-    cudaError_t err =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
-    if (err != cudaSuccess)
-        (void)cudaGetLastError();  /* returned here; not left for the next launch */
-    return err;
-}
-
-static wmma_dims make_dims(int64_t batch, int64_t seq, int64_t heads, int64_t groups,
-                           int64_t head_dim)
-{
-    wmma_dims dm;
-    dm.batch = batch;
-    dm.seq = seq;
-    dm.heads = heads;
-    dm.groups = groups;
-    dm.per_group = heads / groups;
-    dm.width = (heads + 2 * groups) * head_dim;
-    dm.out_width = heads * head_dim;
-    dm.scale = (float)(1.0 / sqrt((double)head_dim));  /* as the CPU backend rounds it */
-    return dm;
-}
-
 /* (batch, group) units per backward pass: as many as whose D_t rows fit
  * `work`, and as keep each grid within INT_MAX blocks. 0: not one. */
 static int64_t backward_units_per_pass(int64_t seq, int64_t per_group)
@@ -657,10 +611,10 @@ extern "C" const char *mhub_cuda_attention_wmma_refusal(int64_t seq, int64_t hea
 
 template <int D>
 static cudaError_t wmma_forward(cudaStream_t s, float *out, float *lse, const float *qkv,
-                                const wmma_dims &dm)
+                                const attn_dims &dm)
 {
     using L = wmma_layout<D>;
-    cudaError_t err = allow_shared(wmma_forward_kernel<D>, L::forward_bytes);
+    cudaError_t err = allow_shared_bytes(wmma_forward_kernel<D>, L::forward_bytes);
     if (err != cudaSuccess)
         return err;
     const int64_t n_tiles = ceil_div64(dm.seq, WMMA_TILE), pairs = dm.batch * dm.heads;
@@ -679,13 +633,13 @@ static cudaError_t wmma_forward(cudaStream_t s, float *out, float *lse, const fl
 template <int D>
 static cudaError_t wmma_backward(cudaStream_t s, float *dsum, float *dqkv, const float *dout,
                                  const float *out, const float *qkv, const float *lse,
-                                 const wmma_dims &dm)
+                                 const attn_dims &dm)
 {
     using L = wmma_layout<D>;
-    cudaError_t err = allow_shared(wmma_dkdv_kernel<D>, L::dkdv_bytes);
+    cudaError_t err = allow_shared_bytes(wmma_dkdv_kernel<D>, L::dkdv_bytes);
     if (err != cudaSuccess)
         return err;
-    err = allow_shared(wmma_dq_kernel<D>, L::dq_bytes);
+    err = allow_shared_bytes(wmma_dq_kernel<D>, L::dq_bytes);
     if (err != cudaSuccess)
         return err;
     const int64_t n_tiles = ceil_div64(dm.seq, WMMA_TILE), units = dm.batch * dm.groups;
@@ -695,10 +649,10 @@ static cudaError_t wmma_backward(cudaStream_t s, float *dsum, float *dqkv, const
     for (int64_t u0 = 0; u0 < units; u0 += per) {
         const int64_t n = units - u0 < per ? units - u0 : per;
         const int64_t rows = n * dm.per_group * dm.seq;
-        const int64_t row_blocks = ceil_div64(rows, WMMA_ROW_WARPS);
+        const int64_t row_blocks = ceil_div64(rows, ROW_WARPS);
         MHUB_LAUNCH(wmma_dsum_kernel,
-                    (unsigned)(row_blocks < WMMA_ROW_MAX_BLOCKS ? row_blocks : WMMA_ROW_MAX_BLOCKS),
-                    WMMA_ROW_THREADS, 0, s)(dsum, dout, out, dm, D, u0, n);
+                    (unsigned)(row_blocks < ROW_MAX_BLOCKS ? row_blocks : ROW_MAX_BLOCKS),
+                    ROW_THREADS, 0, s)(dsum, dout, out, dm, D, u0, n);
         err = cudaGetLastError();
         if (err != cudaSuccess)
             return err;
@@ -725,7 +679,7 @@ extern "C" cudaError_t mhub_cuda_wmma_attention_forward(cudaStream_t s, float *o
         return cudaSuccess;
     if (mhub_cuda_attention_wmma_refusal(seq, heads, groups, head_dim))
         return cudaErrorInvalidValue;
-    const wmma_dims dm = make_dims(batch, seq, heads, groups, head_dim);
+    const attn_dims dm = make_attn_dims(batch, seq, heads, groups, head_dim);
     return head_dim == 64 ? wmma_forward<64>(s, out, lse, qkv, dm)
                           : wmma_forward<128>(s, out, lse, qkv, dm);
 }
@@ -741,7 +695,7 @@ extern "C" cudaError_t mhub_cuda_wmma_attention_backward(cudaStream_t s, void *w
         return cudaSuccess;
     if (mhub_cuda_attention_wmma_refusal(seq, heads, groups, head_dim))
         return cudaErrorInvalidValue;
-    const wmma_dims dm = make_dims(batch, seq, heads, groups, head_dim);
+    const attn_dims dm = make_attn_dims(batch, seq, heads, groups, head_dim);
     float *dsum = (float *)work;
     return head_dim == 64 ? wmma_backward<64>(s, dsum, dqkv, dout, out, qkv, lse, dm)
                           : wmma_backward<128>(s, dsum, dqkv, dout, out, qkv, lse, dm);
