@@ -200,6 +200,16 @@ static void set_matmul(mhub_matmul_precision p)
 #endif
 }
 
+/* Create another backend of the kind under test (CUDA, real or emulated). */
+static mhub_status create_cuda_like(const mhub_cuda_options *o, mhub_backend **out)
+{
+#ifdef MHUB_TEST_CUDA_EMU
+    if (strcmp(dut_name, "cuda-emu") == 0)
+        return mhub_cuda_emu_backend_create(o, out);
+#endif
+    return mhub_cuda_backend_create(o, out);
+}
+
 static void teardown(void)
 {
     set_matmul(MHUB_MATMUL_F32);
@@ -254,6 +264,50 @@ START_TEST(test_suite_detects_differences)
     h[500] = NAN;
     upload(dut, p.d, h, sizeof h);
     ck_assert(isinf(pair_relerr(p)));
+}
+END_TEST
+
+/* The CUDA backend's bad input: an allocation beyond its pool, more
+ * ranks on the node than GPUs, a pool larger than the device, a precision
+ * that does not exist. Each a clear error, nothing created. */
+START_TEST(test_cuda_bad_input)
+{
+    if (!dut_is_cuda())
+        return;
+    void *p = NULL;
+    mhub_clear_error();
+    ck_assert_int_eq(dut->ops->alloc(dut, (size_t)3 << 30, &p), MHUB_ERR_NO_MEMORY);
+    ck_assert_ptr_null(p);
+    ck_assert_msg(strstr(mhub_last_error(), "device pool") && strstr(mhub_last_error(), "device"),
+                  "message: %s", mhub_last_error());
+    mhub_backend *be = NULL;
+    mhub_clear_error();
+    ck_assert_int_eq(create_cuda_like(&(mhub_cuda_options){.device = -1, .local_rank = 0,
+                                                           .local_ranks = 4096},
+                                      &be),
+                     MHUB_ERR_UNSUPPORTED);
+    ck_assert_ptr_null(be);
+    ck_assert_msg(strstr(mhub_last_error(), "for 4096 ranks") &&
+                      strstr(mhub_last_error(), "local rank 0"),
+                  "message: %s", mhub_last_error());
+    mhub_clear_error();
+    ck_assert_int_eq(create_cuda_like(&(mhub_cuda_options){.device = -1,
+                                                           .pool_bytes = (size_t)1 << 50},
+                                      &be),
+                     MHUB_ERR_NO_MEMORY);
+    ck_assert_msg(strstr(mhub_last_error(), "does not fit"), "message: %s", mhub_last_error());
+    ck_assert_int_eq(create_cuda_like(&(mhub_cuda_options){.device = -1,
+                                                           .matmul = (mhub_matmul_precision)7},
+                                      &be),
+                     MHUB_ERR_INVALID_ARG);
+    ck_assert_int_eq(create_cuda_like(&(mhub_cuda_options){.device = 99}, &be),
+                     MHUB_ERR_INVALID_ARG);
+    ck_assert_ptr_null(be);
+    /* the backend under test still works after all that */
+    pair x = pair_random(1000, 5, -1, 1);
+    CK_OK(dut->ops->scale(dut, x.d, 1000, 2.0f));
+    CK_OK(ref->ops->scale(ref, x.r, 1000, 2.0f));
+    expect_same_bits(x.r, x.d, 1000 * sizeof(float), "scale after failed creates");
 }
 END_TEST
 
@@ -988,6 +1042,7 @@ static Suite *make_suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_suite_detects_differences);
     tcase_add_test(tc, test_memory);
+    tcase_add_test(tc, test_cuda_bad_input);
     tcase_add_test(tc, test_gemm_f32);
     tcase_add_test(tc, test_gemm_tf32_bf16);
     tcase_add_test(tc, test_bias_gelu);
