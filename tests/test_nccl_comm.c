@@ -2,7 +2,10 @@
  *
  * Runs under mpiexec with one GPU per rank (CI runs it at 1 rank). On a
  * machine without a CUDA device it prints "SKIP: no CUDA device: <why>"
- * and exits 77, which automake counts as a skipped test.
+ * and exits 77, which automake counts as a skipped test. Built with
+ * MHUB_TEST_CUDA_EMU (tests/test_nccl_comm_emu) it runs on the CPU
+ * emulator of tests/cuda_emu/ instead: the communicator's own code over
+ * an emulated NCCL of one rank, at 1 rank, in every build.
  *
  * Every result is computed on the host from the same inputs and compared
  * after copying the device buffer back: inputs are small integers that
@@ -20,10 +23,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <cuda_runtime.h>
 #include <mpi.h>
 
 #include "testutil.h"
+#ifdef MHUB_TEST_CUDA_EMU
+#include "cuda_emu/cuda_emu.h"
+#define create_cuda_backend mhub_cuda_emu_backend_create
+#define create_nccl mhub_cuda_emu_comm_create_nccl
+#else
+#include <cuda_runtime.h>
+#define create_cuda_backend mhub_cuda_backend_create
+#define create_nccl mhub_comm_create_nccl
+#endif
 
 #define SKIP_EXIT 77
 #define SMALL 1001
@@ -45,9 +56,9 @@ static void setup(void)
     MPI_Comm_free(&node);
     mhub_cuda_options o = {.device = -1, .local_rank = local_rank, .local_ranks = local_ranks,
                            .pool_bytes = (size_t)256 << 20, .matmul = MHUB_MATMUL_F32};
-    CK_OK(mhub_cuda_backend_create(&o, &be));
+    CK_OK(create_cuda_backend(&o, &be));
     MPI_Comm w = MPI_COMM_WORLD;
-    CK_OK(mhub_comm_create_nccl(&w, be, "world", &world));
+    CK_OK(create_nccl(&w, be, "world", &world));
     rank = world->rank;
     nranks = world->size;
 }
@@ -569,20 +580,20 @@ START_TEST(test_bad_arguments)
      * every rank fails alike and none is left waiting) */
     MPI_Comm w = MPI_COMM_WORLD;
     mhub_comm *c = NULL;
-    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_comm_create_nccl(&w, NULL, "x", &c));
-    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_comm_create_nccl(NULL, be, "x", &c));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, create_nccl(&w, NULL, "x", &c));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, create_nccl(NULL, be, "x", &c));
     CK_FAILS(MHUB_ERR_INVALID_ARG,
-             mhub_comm_create_nccl(&w, be, "a name longer than thirty-one chars", &c));
+             create_nccl(&w, be, "a name longer than thirty-one chars", &c));
     mhub_backend *cpu = NULL;
     CK_OK(mhub_cpu_backend_create(&(mhub_cpu_options){.blas_threads = 1}, &cpu));
-    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_comm_create_nccl(&w, cpu, "cpu", &c));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, create_nccl(&w, cpu, "cpu", &c));
     ck_assert_ptr_nonnull(strstr(mhub_last_error(), "not a CUDA backend"));
     ck_assert_ptr_null(c);
     mhub_backend_free(cpu);
 
     /* a bad timeout fails creation on every rank */
     setenv("MHUB_NCCL_TIMEOUT_S", "soon", 1);
-    CK_FAILS(MHUB_ERR_INVALID_ARG, mhub_comm_create_nccl(&w, be, "timeout", &c));
+    CK_FAILS(MHUB_ERR_INVALID_ARG, create_nccl(&w, be, "timeout", &c));
     unsetenv("MHUB_NCCL_TIMEOUT_S");
     ck_assert_ptr_nonnull(strstr(mhub_last_error(), "MHUB_NCCL_TIMEOUT_S"));
     ck_assert_ptr_null(c);
@@ -592,6 +603,56 @@ START_TEST(test_bad_arguments)
     be->ops->free(be, dev);
 }
 END_TEST
+
+#ifdef MHUB_TEST_CUDA_EMU
+/* ---- failures one rank cannot cause (the emulator's NCCL makes them) --- */
+
+/* A device send with no receive to match: the group fails at its issue,
+ * the send's wait reports it, and the communicator goes on working. (On
+ * a GPU this send would wait for its receive forever.) */
+START_TEST(test_unmatched_send_fails_at_wait)
+{
+    int64_t count = 16;
+    float *dev = dev_alloc((size_t)count * sizeof(float));
+    mhub_request req = {0};
+    CK_OK(mhub_comm_isend(world, dev, count, MHUB_F32, 0, 0, &req));
+    CK_FAILS(MHUB_ERR_COMM, mhub_request_wait(&req));
+    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "ncclGroupEnd"));
+    ck_assert(!req.active);
+    CK_OK(mhub_comm_allreduce(world, dev, dev, count, MHUB_F32, MHUB_SUM));
+    be->ops->free(be, dev);
+}
+END_TEST
+
+/* A peer that fails: the wait that finds NCCL's asynchronous error aborts
+ * the communicator, every later device operation says so at once, host
+ * buffers still go through MPI, and freeing it releases everything. */
+START_TEST(test_async_error_aborts)
+{
+    MPI_Comm w = MPI_COMM_WORLD;
+    mhub_comm *c = NULL;
+    CK_OK(create_nccl(&w, be, "doomed", &c));
+    int64_t count = 16;
+    float *dev = dev_alloc((size_t)count * sizeof(float));
+    mhub_emu_nccl_fail_peer();
+    CK_FAILS(MHUB_ERR_COMM, mhub_comm_allreduce(c, dev, dev, count, MHUB_F32, MHUB_SUM));
+    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "asynchronous error"));
+    ck_assert_ptr_nonnull(strstr(mhub_last_error(), "aborted"));
+    CK_FAILS(MHUB_ERR_STATE, mhub_comm_allreduce(c, dev, dev, count, MHUB_F32, MHUB_SUM));
+    mhub_request req = {0};
+    CK_FAILS(MHUB_ERR_STATE, mhub_comm_isend(c, dev, count, MHUB_F32, 0, 0, &req));
+    ck_assert(!req.active);
+    CK_FAILS(MHUB_ERR_STATE, mhub_comm_barrier(c));
+    float host = 2, sum = 0;
+    CK_OK(mhub_comm_allreduce(c, &host, &sum, 1, MHUB_F32, MHUB_SUM));
+    ck_assert(sum == 2);
+    mhub_comm_free(c);
+    /* the other communicator never saw the failure */
+    CK_OK(mhub_comm_allreduce(world, dev, dev, count, MHUB_F32, MHUB_SUM));
+    be->ops->free(be, dev);
+}
+END_TEST
+#endif
 
 static Suite *make_suite(void)
 {
@@ -616,12 +677,25 @@ static Suite *make_suite(void)
     tcase_add_test(mixed, test_split);
     tcase_add_test(mixed, test_bad_arguments);
     suite_add_tcase(s, mixed);
+#ifdef MHUB_TEST_CUDA_EMU
+    TCase *faults = tcase_create("failures");
+    tcase_add_unchecked_fixture(faults, setup, teardown);
+    tcase_add_test(faults, test_unmatched_send_fails_at_wait);
+    tcase_add_test(faults, test_async_error_aborts);
+    suite_add_tcase(s, faults);
+#endif
     return s;
 }
 
-/* The reason this rank cannot run the suite, or NULL when it can. */
+/* The reason this rank cannot run the suite, or NULL when it can (always,
+ * on the emulator, whose device is present). */
 static const char *no_device_reason(char *why, size_t len)
 {
+#ifdef MHUB_TEST_CUDA_EMU
+    (void)why;
+    (void)len;
+    return NULL;
+#else
     int count = 0;
     cudaError_t err = cudaGetDeviceCount(&count);
     if (err != cudaSuccess)
@@ -631,6 +705,7 @@ static const char *no_device_reason(char *why, size_t len)
     else
         return NULL;
     return why;
+#endif
 }
 
 int main(int argc, char **argv)

@@ -88,6 +88,18 @@ bool is_stream(cudaStream_t s)
     return false;
 }
 
+/* ---- events: a set of live handles, complete once recorded ---- */
+
+std::vector<cudaEvent_t> events;
+
+bool is_event(cudaEvent_t e)
+{
+    for (cudaEvent_t t : events)
+        if (t == e)
+            return true;
+    return false;
+}
+
 /* ---- fibers ---- */
 
 const size_t fiber_stack_bytes = (size_t)256 << 10;
@@ -495,6 +507,83 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream)
     return sticky_error;
 }
 
+cudaError_t cudaDeviceGetStreamPriorityRange(int *least, int *greatest)
+{
+    *least = 0;
+    *greatest = 0;
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamCreateWithPriority(cudaStream_t *stream, unsigned flags, int priority)
+{
+    if (priority != 0)
+        return fail(cudaErrorInvalidValue, "cudaStreamCreateWithPriority: a priority outside "
+                    "cudaDeviceGetStreamPriorityRange's [0, 0]");
+    return cudaStreamCreateWithFlags(stream, flags);
+}
+
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned flags)
+{
+    if (!is_stream(stream))
+        return fail(cudaErrorInvalidResourceHandle, "cudaStreamWaitEvent: no such stream");
+    if (!is_event(event))
+        return fail(cudaErrorInvalidResourceHandle, "cudaStreamWaitEvent: no such event");
+    if (flags != 0)
+        return fail(cudaErrorInvalidValue, "cudaStreamWaitEvent: flags other than 0");
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned flags)
+{
+    if ((flags & ~(cudaEventBlockingSync | cudaEventDisableTiming)) != 0)
+        return fail(cudaErrorInvalidValue, "cudaEventCreateWithFlags: flags it does not know");
+    *event = reinterpret_cast<cudaEvent_t>(new char);
+    events.push_back(*event);
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream)
+{
+    if (!is_event(event))
+        return fail(cudaErrorInvalidResourceHandle, "cudaEventRecord: no such event");
+    if (!is_stream(stream))
+        return fail(cudaErrorInvalidResourceHandle, "cudaEventRecord: no such stream");
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventQuery(cudaEvent_t event)
+{
+    if (!is_event(event))
+        return fail(cudaErrorInvalidResourceHandle, "cudaEventQuery: no such event");
+    return sticky_error;
+}
+
+cudaError_t cudaEventSynchronize(cudaEvent_t event)
+{
+    return cudaEventQuery(event);
+}
+
+cudaError_t cudaEventDestroy(cudaEvent_t event)
+{
+    for (size_t i = 0; i < events.size(); i++)
+        if (events[i] == event) {
+            events.erase(events.begin() + (long)i);
+            delete reinterpret_cast<char *>(event);
+            return cudaSuccess;
+        }
+    return fail(cudaErrorInvalidResourceHandle, "cudaEventDestroy: no such event");
+}
+
+cudaError_t cudaPointerGetAttributes(struct cudaPointerAttributes *attributes, const void *ptr)
+{
+    bool device = is_device_range(ptr, 1);
+    attributes->type = device ? cudaMemoryTypeDevice : cudaMemoryTypeUnregistered;
+    attributes->device = device ? 0 : -2; /* CUDA's "no device" */
+    attributes->devicePointer = device ? const_cast<void *>(ptr) : nullptr;
+    attributes->hostPointer = device ? nullptr : const_cast<void *>(ptr);
+    return cudaSuccess;
+}
+
 cudaError_t cudaGetLastError(void)
 {
     cudaError_t err = last_error;
@@ -511,6 +600,7 @@ const char *cudaGetErrorName(cudaError_t err)
     case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
     case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorNotReady: return "cudaErrorNotReady";
     case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
     }
     return "cudaErrorUnknown";
@@ -525,11 +615,16 @@ const char *cudaGetErrorString(cudaError_t err)
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorNotReady: return "device not ready";
     case cudaErrorLaunchFailure: return "unspecified launch failure";
     }
     return "unknown error";
 }
 
 int mhub_emu_is_device_range(const void *ptr, size_t bytes) { return is_device_range(ptr, bytes); }
+
+int mhub_emu_is_stream(cudaStream_t stream) { return is_stream(stream); }
+
+cudaError_t mhub_emu_sticky_error(void) { return sticky_error; }
 
 } /* extern "C" */

@@ -18,6 +18,9 @@
 #define mhub_cuda_backend_stream mhub_cuda_emu_backend_stream
 #define mhub_cuda_error mhub_cuda_emu_error
 
+/* include/mhub/comm.h: the NCCL communicator (nccl_comm.c) */
+#define mhub_comm_create_nccl mhub_cuda_emu_comm_create_nccl
+
 /* the kernel launchers of cuda_kernels.h */
 #define mhub_cuda_bias_add mhub_cuda_emu_bias_add
 #define mhub_cuda_bias_backward mhub_cuda_emu_bias_backward

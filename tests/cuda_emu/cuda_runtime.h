@@ -45,6 +45,7 @@ typedef enum cudaError {
     cudaErrorInvalidConfiguration = 9,
     cudaErrorInvalidDevice = 101,
     cudaErrorInvalidResourceHandle = 400,
+    cudaErrorNotReady = 600,
     cudaErrorLaunchFailure = 719
 } cudaError_t;
 
@@ -62,6 +63,29 @@ enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
 
 typedef struct mhub_emu_stream *cudaStream_t;
 #define cudaStreamNonBlocking 0x01u
+
+/* Work runs when it is issued, so an event is complete once recorded:
+ * events here check their handles and the streams they name. */
+typedef struct mhub_emu_event *cudaEvent_t;
+#define cudaEventDefault 0x00u
+#define cudaEventBlockingSync 0x01u
+#define cudaEventDisableTiming 0x02u
+
+/* What cudaPointerGetAttributes says: cudaMalloc blocks are the device's
+ * (device 0), every other address the host's, unregistered. */
+enum cudaMemoryType {
+    cudaMemoryTypeUnregistered = 0,
+    cudaMemoryTypeHost = 1,
+    cudaMemoryTypeDevice = 2,
+    cudaMemoryTypeManaged = 3
+};
+
+struct cudaPointerAttributes {
+    enum cudaMemoryType type;
+    int device;
+    void *devicePointer;
+    void *hostPointer;
+};
 
 #ifdef __cplusplus
 extern "C" {
@@ -82,6 +106,16 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaM
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned flags);
 cudaError_t cudaStreamDestroy(cudaStream_t stream);
 cudaError_t cudaStreamSynchronize(cudaStream_t stream);
+/* One priority only (0): the emulator runs streams in call order. */
+cudaError_t cudaDeviceGetStreamPriorityRange(int *least, int *greatest);
+cudaError_t cudaStreamCreateWithPriority(cudaStream_t *stream, unsigned flags, int priority);
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned flags);
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned flags);
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream);
+cudaError_t cudaEventQuery(cudaEvent_t event);
+cudaError_t cudaEventSynchronize(cudaEvent_t event);
+cudaError_t cudaEventDestroy(cudaEvent_t event);
+cudaError_t cudaPointerGetAttributes(struct cudaPointerAttributes *attributes, const void *ptr);
 cudaError_t cudaGetLastError(void);
 const char *cudaGetErrorString(cudaError_t err);
 const char *cudaGetErrorName(cudaError_t err);
@@ -89,6 +123,11 @@ const char *cudaGetErrorName(cudaError_t err);
 /* The emulator's own: whether [ptr, ptr + bytes) lies in one live
  * cudaMalloc block (the emulated cuBLAS checks its operands with it). */
 int mhub_emu_is_device_range(const void *ptr, size_t bytes);
+/* Whether `stream` is the default stream or a live one (the emulated
+ * NCCL checks its streams with it), and the error a faulted device
+ * leaves behind (cudaSuccess while it works). */
+int mhub_emu_is_stream(cudaStream_t stream);
+cudaError_t mhub_emu_sticky_error(void);
 
 #ifdef __cplusplus
 }
