@@ -633,11 +633,20 @@ START_TEST(test_async_error_aborts)
     mhub_comm *c = NULL;
     CK_OK(create_nccl(&w, be, "doomed", &c));
     int64_t count = 16;
-    float *dev = dev_alloc((size_t)count * sizeof(float));
+    float *dev = dev_alloc(2 * (size_t)count * sizeof(float));
+    mhub_request first = {0}, second = {0}, third = {0};
+    CK_OK(mhub_comm_iallreduce(c, dev, dev, count, MHUB_F32, MHUB_SUM, &first));
+    CK_OK(mhub_comm_iallreduce(c, dev + count, dev + count, count, MHUB_F32, MHUB_SUM, &second));
+    CK_OK(mhub_comm_iallreduce(c, dev + count, dev + count, count, MHUB_F32, MHUB_SUM, &third));
     mhub_emu_nccl_fail_peer();
-    CK_FAILS(MHUB_ERR_COMM, mhub_comm_allreduce(c, dev, dev, count, MHUB_F32, MHUB_SUM));
+    CK_FAILS(MHUB_ERR_COMM, mhub_request_wait(&first));
     ck_assert_ptr_nonnull(strstr(mhub_last_error(), "asynchronous error"));
     ck_assert_ptr_nonnull(strstr(mhub_last_error(), "aborted"));
+    /* the abort cut the operations still pending short: none succeeds */
+    CK_FAILS(MHUB_ERR_STATE, mhub_request_wait(&second));
+    bool done = false;
+    CK_FAILS(MHUB_ERR_STATE, mhub_request_test(&third, &done));
+    ck_assert(!third.active);
     CK_FAILS(MHUB_ERR_STATE, mhub_comm_allreduce(c, dev, dev, count, MHUB_F32, MHUB_SUM));
     mhub_request req = {0};
     CK_FAILS(MHUB_ERR_STATE, mhub_comm_isend(c, dev, count, MHUB_F32, 0, 0, &req));

@@ -43,7 +43,9 @@
  * others waiting in NCCL's initialisation. Waits on the host (barrier,
  * destroy) poll the stream's progress and NCCL's asynchronous error and
  * give up after MHUB_NCCL_TIMEOUT_S seconds (default 600), aborting the
- * NCCL communicator; every later operation on it then fails at once.
+ * NCCL communicator; every later operation on it then fails at once, and
+ * so does the wait or test of one still pending (the abort may have cut
+ * it short).
  * Errors name the group, the rank, the call and NCCL's or CUDA's text. */
 #include <errno.h>
 #include <math.h>
@@ -708,10 +710,15 @@ static mhub_status nccl_wait(mhub_comm *c, mhub_request *req)
     case SLOT_HOST: st = mhub_request_wait(&s->host_req); break;
     case SLOT_FAILED: st = slot_failure(n, req, s); break;
     case SLOT_DEVICE: {
+        /* the abort may have cut this transfer short: its result is not
+         * one to compute with */
+        st = check_usable(n, req->what);
+        if (st != MHUB_OK)
+            break;
         cudaError_t err = cudaStreamWaitEvent(n->compute, s->done, 0);
         if (err != cudaSuccess)
             st = cuda_fail(n, req->what, "cudaStreamWaitEvent", err);
-        else if (!n->aborted)
+        else
             st = check_async(n, req->what);
         break;
     }
@@ -729,6 +736,12 @@ static mhub_status nccl_wait(mhub_comm *c, mhub_request *req)
 
 static mhub_status test_device(nccl_comm *n, const mhub_request *req, const slot *s, bool *done)
 {
+    /* as at a wait: an aborted transfer is over, and failed */
+    mhub_status st = check_usable(n, req->what);
+    if (st != MHUB_OK) {
+        *done = true;
+        return st;
+    }
     cudaError_t err = cudaEventQuery(s->done);
     if (err == cudaSuccess) {
         *done = true;
@@ -738,7 +751,7 @@ static mhub_status test_device(nccl_comm *n, const mhub_request *req, const slot
         *done = true;
         return cuda_fail(n, req->what, "cudaEventQuery", err);
     }
-    mhub_status st = n->aborted ? MHUB_OK : check_async(n, req->what);
+    st = check_async(n, req->what);
     *done = st != MHUB_OK;
     return st;
 }
