@@ -177,37 +177,7 @@ static bool still_poisoned(const void *buf, size_t bytes)
     return true;
 }
 
-/* ---- verdicts ----------------------------------------------------------- */
-
-/* One case's outcome on this rank: its first failure, if any. A case does
- * not abort at its first wrong element: the ranks first agree on the
- * outcome (settle), so a result wrong on one rank fails the test on every
- * rank instead of leaving the others waiting in the next collective. */
-typedef struct verdict {
-    bool failed;
-    char msg[512];
-} verdict;
-
-__attribute__((format(printf, 2, 3)))
-static void flunk(verdict *v, const char *fmt, ...)
-{
-    if (v->failed)
-        return;
-    v->failed = true;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(v->msg, sizeof v->msg, fmt, ap);
-    va_end(ap);
-}
-
-/* Record a failed call; returns whether it succeeded. */
-static bool expect_ok(verdict *v, mhub_status s, const char *what)
-{
-    if (s != MHUB_OK)
-        flunk(v, "%s (rank %d of %d): %s: %s", what, rank, nranks, mhub_status_name(s),
-             mhub_last_error());
-    return s == MHUB_OK;
-}
+/* ---- verdicts (testutil_mpi.h holds the machinery) ------------------------ */
 
 /* buf[0, count) must match t from `offset`. */
 static void expect_table(verdict *v, const void *buf, const table *t, int64_t offset,
@@ -222,20 +192,6 @@ static void expect_table(verdict *v, const void *buf, const table *t, int64_t of
          (double)decode(t->dt, t->bits[(offset + bad) % PERIOD]));
 }
 
-/* Agree on the outcome with raw MPI, not the code under test, yielding
- * while waiting (a blocking MPI call costs ~10 ms at 4 ranks on 2 cores). */
-static void settle(verdict *v)
-{
-    int mine = v->failed, any = 0;
-    MPI_Request r;
-    int rc = MPI_Iallreduce(&mine, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD, &r);
-    for (int done = 0; rc == MPI_SUCCESS && !done; sched_yield())
-        rc = MPI_Test(&r, &done, MPI_STATUS_IGNORE);
-    ck_assert_msg(rc == MPI_SUCCESS, "settling the verdict failed: MPI error %d", rc);
-    if (v->failed)
-        ck_abort_msg("%s", v->msg);
-    ck_assert_msg(!any, "failed on another rank (see its message)");
-}
 
 static int64_t large_count(mhub_dtype dt)
 {

@@ -26,6 +26,7 @@
 #include <mpi.h>
 
 #include "testutil.h"
+#include "testutil_mpi.h"
 #ifdef MHUB_TEST_CUDA_EMU
 #include "cuda_emu/cuda_emu.h"
 #define create_cuda_backend mhub_cuda_emu_backend_create
@@ -154,32 +155,7 @@ static void *host_alloc(size_t bytes)
     return p;
 }
 
-/* ---- verdicts ----------------------------------------------------------- */
-
-typedef struct verdict {
-    bool failed;
-    char msg[512];
-} verdict;
-
-__attribute__((format(printf, 2, 3)))
-static void flunk(verdict *v, const char *fmt, ...)
-{
-    if (v->failed)
-        return;
-    v->failed = true;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(v->msg, sizeof v->msg, fmt, ap);
-    va_end(ap);
-}
-
-static bool expect_ok(verdict *v, mhub_status s, const char *what)
-{
-    if (s != MHUB_OK)
-        flunk(v, "%s (rank %d of %d): %s: %s", what, rank, nranks, mhub_status_name(s),
-              mhub_last_error());
-    return s == MHUB_OK;
-}
+/* ---- verdicts (testutil_mpi.h holds the machinery) ------------------------ */
 
 /* got[0, count) against want(j) for j from `first`, within the dtype's
  * rounding for averages and exactly otherwise. */
@@ -200,16 +176,6 @@ static void expect_values(verdict *v, const void *got, mhub_dtype dt, int64_t co
     }
 }
 
-/* Agree on the outcome with raw MPI, not the code under test. */
-static void settle(verdict *v)
-{
-    int mine = v->failed, any = 0;
-    ck_assert_int_eq(MPI_Allreduce(&mine, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD),
-                     MPI_SUCCESS);
-    if (v->failed)
-        ck_abort_msg("%s", v->msg);
-    ck_assert_msg(!any, "failed on another rank (see its message)");
-}
 
 /* ---- expected values ---------------------------------------------------- */
 

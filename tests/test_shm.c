@@ -9,7 +9,7 @@
  * that every rank and every run gets the same bits. Results are compared
  * across ranks by hashing them and reducing the hash with MIN and MAX.
  * As in test_comm, a check records its first failure and the ranks agree
- * on the outcome before going on, so a wrong result on one rank fails the
+ * on the verdict before going on, so a wrong result on one rank fails the
  * test everywhere instead of hanging the others in the next collective. */
 #include <limits.h>
 #include <sched.h>
@@ -38,32 +38,7 @@ static void teardown(void)
     world = NULL;
 }
 
-/* ---- agreeing on outcomes ----------------------------------------------- */
-
-typedef struct outcome {
-    bool failed;
-    char msg[512];
-} outcome;
-
-__attribute__((format(printf, 2, 3)))
-static void record_failure(outcome *o, const char *fmt, ...)
-{
-    if (o->failed)
-        return;
-    o->failed = true;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(o->msg, sizeof o->msg, fmt, ap);
-    va_end(ap);
-}
-
-static bool expect_ok(outcome *o, mhub_status s, const char *what)
-{
-    if (s != MHUB_OK)
-        record_failure(o, "%s (rank %d of %d): %s: %s", what, rank, nranks, mhub_status_name(s),
-             mhub_last_error());
-    return s == MHUB_OK;
-}
+/* ---- agreeing on outcomes (verdicts: testutil_mpi.h) ---------------------- */
 
 /* Raw MPI, not the code under test, and yielding (blocking MPI spins for a
  * scheduler tick per call at 4 ranks on 2 cores). */
@@ -72,17 +47,6 @@ static void mpi_done(MPI_Request *req)
     int done = 0;
     while (MPI_Test(req, &done, MPI_STATUS_IGNORE) == MPI_SUCCESS && !done)
         sched_yield();
-}
-
-static void settle(const outcome *o)
-{
-    int mine = o->failed, any = 0;
-    MPI_Request req;
-    MPI_Iallreduce(&mine, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD, &req);
-    mpi_done(&req);
-    if (o->failed)
-        ck_abort_msg("%s", o->msg);
-    ck_assert_msg(!any, "failed on another rank (see its message)");
 }
 
 /* FNV-1a over the bits of x[0, n). */
@@ -161,18 +125,18 @@ static void fill_sentinel(float *x, size_t n)
         x[i] = sentinel(rank);
 }
 
-static void expect_sentinel(outcome *o, const float *x, size_t n, const char *what)
+static void expect_sentinel(verdict *o, const float *x, size_t n, const char *what)
 {
     for (size_t i = 0; i < n; i++)
         if (!bits_equal(x[i], sentinel(rank))) {
-            record_failure(o, "%s (rank %d): element %zu outside the range changed to %g", what, rank, i,
+            flunk(o, "%s (rank %d): element %zu outside the range changed to %g", what, rank, i,
                  (double)x[i]);
             return;
         }
 }
 
 /* buf[i] = small_int sums (divided by n for AVG), for i in [0, count). */
-static void expect_small_int_result(outcome *o, const float *buf, size_t count, int n, int call,
+static void expect_small_int_result(verdict *o, const float *buf, size_t count, int n, int call,
                                     mhub_reduce_op op, const char *what)
 {
     for (size_t j = 0; j < count; j++) {
@@ -180,7 +144,7 @@ static void expect_small_int_result(outcome *o, const float *buf, size_t count, 
         if (op == MHUB_AVG)
             want /= (float)n;
         if (!bits_equal(buf[j], want)) {
-            record_failure(o, "%s (rank %d of %d): element %zu of %zu is %.9g, expected %.9g", what, rank,
+            flunk(o, "%s (rank %d of %d): element %zu of %zu is %.9g, expected %.9g", what, rank,
                  n, j, count, (double)buf[j], (double)want);
             return;
         }
@@ -197,15 +161,15 @@ static void fill_small_int(float *buf, size_t count, int r, int call)
 
 START_TEST(test_alloc_is_zeroed_slot)
 {
-    outcome o = {0};
+    verdict o = {0};
     size_t bytes = 4096 * sizeof(float) + 3; /* not a multiple of anything */
     unsigned char *p = NULL;
     if (expect_ok(&o, mhub_comm_alloc(world, bytes, (void **)&p), "alloc")) {
         if (((uintptr_t)p & 63) != 0)
-            record_failure(&o, "slot %p is not 64-byte aligned", (void *)p);
+            flunk(&o, "slot %p is not 64-byte aligned", (void *)p);
         for (size_t i = 0; i < bytes; i++)
             if (p[i] != 0) {
-                record_failure(&o, "byte %zu of the new slot is %d, not 0", i, p[i]);
+                flunk(&o, "byte %zu of the new slot is %d, not 0", i, p[i]);
                 break;
             }
         memset(p, 0xAB, bytes); /* every byte is ours to write */
@@ -222,7 +186,7 @@ static void exact_case(float *slot, size_t count, mhub_reduce_op op, bool blocki
     char what[128];
     snprintf(what, sizeof what, "shm allreduce %s count %zu %s", mhub_reduce_op_name(op), count,
              blocking ? "blocking" : "nonblocking");
-    outcome o = {0};
+    verdict o = {0};
     int call = (int)(count % 97);
     fill_small_int(slot, count, rank, call);
     fill_sentinel(slot + count, 64);
@@ -238,7 +202,7 @@ static void exact_case(float *slot, size_t count, mhub_reduce_op op, bool blocki
         if (s == MHUB_OK)
             s = mhub_request_test(&req, &done);
         if (s == MHUB_OK && count > 0 && !done)
-            record_failure(&o, "%s: not done at the first test", what);
+            flunk(&o, "%s: not done at the first test", what);
         if (s == MHUB_OK)
             s = mhub_request_wait(&req);
     }
@@ -246,7 +210,7 @@ static void exact_case(float *slot, size_t count, mhub_reduce_op op, bool blocki
         expect_small_int_result(&o, slot, count, nranks, call, op, what);
         expect_sentinel(&o, slot + count, 64, what);
         if (!same_on_all_ranks(MPI_COMM_WORLD, hash_floats(slot, count)))
-            record_failure(&o, "%s: the ranks' results differ", what);
+            flunk(&o, "%s: the ranks' results differ", what);
     }
     settle(&o);
 }
@@ -267,7 +231,7 @@ END_TEST
 
 /* ---- random floats: order and reproducibility --------------------------- */
 
-static uint64_t random_run(float *slot, size_t count, uint64_t seed, outcome *o)
+static uint64_t random_run(float *slot, size_t count, uint64_t seed, verdict *o)
 {
     for (size_t j = 0; j < count; j++)
         slot[j] = random_float(seed, rank, j);
@@ -277,7 +241,7 @@ static uint64_t random_run(float *slot, size_t count, uint64_t seed, outcome *o)
     for (size_t j = 0; j < count; j++) {
         float want = random_rank_order_sum(seed, nranks, j);
         if (!bits_equal(slot[j], want)) {
-            record_failure(o, "random allreduce (rank %d of %d): element %zu is %.9g, the rank-order sum "
+            flunk(o, "random allreduce (rank %d of %d): element %zu is %.9g, the rank-order sum "
                     "is %.9g",
                  rank, nranks, j, (double)slot[j], (double)want);
             break;
@@ -291,13 +255,13 @@ START_TEST(test_random_bitwise_reproducible)
     size_t count = 1000003;
     float *slot = NULL;
     CK_OK(mhub_comm_alloc(world, count * sizeof(float), (void **)&slot));
-    outcome o = {0};
+    verdict o = {0};
     uint64_t first = random_run(slot, count, 42, &o);
     uint64_t second = random_run(slot, count, 42, &o);
     if (first != second)
-        record_failure(&o, "two runs on the same input gave different bits on rank %d", rank);
+        flunk(&o, "two runs on the same input gave different bits on rank %d", rank);
     if (!same_on_all_ranks(MPI_COMM_WORLD, first))
-        record_failure(&o, "the ranks' results differ");
+        flunk(&o, "the ranks' results differ");
     settle(&o);
     mhub_comm_free_mem(world, slot);
 }
@@ -314,7 +278,7 @@ START_TEST(test_back_to_back)
     enum { CALLS = 200, MAX_COUNT = 300, MAX_OFFSET = 5 };
     float *slot = NULL;
     CK_OK(mhub_comm_alloc(world, (MAX_COUNT + MAX_OFFSET) * sizeof(float), (void **)&slot));
-    outcome o = {0};
+    verdict o = {0};
     for (int i = 0; i < CALLS && !o.failed; i++) {
         size_t count = 1 + (size_t)(i * 37) % MAX_COUNT, off = (size_t)i % MAX_OFFSET;
         float *buf = slot + off;
@@ -347,7 +311,7 @@ START_TEST(test_sub_range)
     size_t total = 2048, off = 3, count = 1001;
     float *slot = NULL;
     CK_OK(mhub_comm_alloc(world, total * sizeof(float), (void **)&slot));
-    outcome o = {0};
+    verdict o = {0};
     fill_sentinel(slot, total);
     fill_small_int(slot + off, count, rank, 5);
     if (expect_ok(&o, mhub_comm_allreduce(world, slot + off, slot + off, (int64_t)count, MHUB_F32,
@@ -372,7 +336,7 @@ START_TEST(test_other_calls_use_mpi)
     float *slot = NULL, *priv = malloc(count * sizeof(float));
     ck_assert_ptr_nonnull(priv);
     CK_OK(mhub_comm_alloc(world, 2 * count * sizeof(float), (void **)&slot));
-    outcome o = {0};
+    verdict o = {0};
 
     fill_small_int(priv, count, rank, 1);
     if (expect_ok(&o, mhub_comm_allreduce(world, priv, priv, (int64_t)count, MHUB_F32, MHUB_SUM),
@@ -394,7 +358,7 @@ START_TEST(test_other_calls_use_mpi)
             for (int r = 1; r < nranks; r++)
                 want = small_int(r, j, 3) > want ? small_int(r, j, 3) : want;
             if (!bits_equal(slot[j], want)) {
-                record_failure(&o, "max in a slot: element %zu is %g, expected %g", j, (double)slot[j],
+                flunk(&o, "max in a slot: element %zu is %g, expected %g", j, (double)slot[j],
                      (double)want);
                 break;
             }
@@ -407,7 +371,7 @@ START_TEST(test_other_calls_use_mpi)
                   "bf16 in a slot"))
         for (size_t j = 0; j < count; j++)
             if (mhub_bf16_to_f32(h[j]) != small_int_sum(nranks, j, 4)) {
-                record_failure(&o, "bf16 in a slot: element %zu is %g", j, (double)mhub_bf16_to_f32(h[j]));
+                flunk(&o, "bf16 in a slot: element %zu is %g", j, (double)mhub_bf16_to_f32(h[j]));
                 break;
             }
     settle(&o);
@@ -418,7 +382,7 @@ END_TEST
 
 /* ---- several windows, freeing, and sub-communicators -------------------- */
 
-static void small_sum_in(mhub_comm *c, float *buf, size_t count, int call, outcome *o,
+static void small_sum_in(mhub_comm *c, float *buf, size_t count, int call, verdict *o,
                          const char *what)
 {
     fill_small_int(buf, count, c->rank, call);
@@ -428,7 +392,7 @@ static void small_sum_in(mhub_comm *c, float *buf, size_t count, int call, outco
 
 START_TEST(test_free_and_realloc)
 {
-    outcome o = {0};
+    verdict o = {0};
     float *a = NULL, *b = NULL, *d = NULL;
     CK_OK(mhub_comm_alloc(world, 1 << 20, (void **)&a));
     CK_OK(mhub_comm_alloc(world, 100 * sizeof(float), (void **)&b));
@@ -473,7 +437,7 @@ START_TEST(test_split_communicator)
     CK_OK(mhub_comm_split(world, rank % 2, rank, "half", &half));
     float *slot = NULL;
     CK_OK(mhub_comm_alloc(half, 512 * sizeof(float), (void **)&slot));
-    outcome o = {0};
+    verdict o = {0};
     small_sum_in(half, slot, 512, 6, &o, "half-world allreduce");
     settle(&o);
     mhub_comm_free_mem(half, slot);
@@ -569,7 +533,7 @@ START_TEST(test_free_foreign_pointer)
     mhub_comm_free_mem(NULL, slot);  /* no communicator: nothing freed */
     ck_assert(mhub_last_error()[0] != '\0');
 
-    outcome o = {0};
+    verdict o = {0};
     small_sum_in(world, slot, 256, 7, &o, "window after foreign frees");
     settle(&o);
     mhub_comm_free_mem(world, slot);
@@ -591,7 +555,7 @@ START_TEST(test_mismatched_ranges)
     CK_FAILS(MHUB_ERR_INVALID_ARG,
              mhub_comm_allreduce(world, slot + rank, slot + rank, 100, MHUB_F32, MHUB_SUM));
     ck_assert(strstr(mhub_last_error(), "different ranges") != NULL);
-    outcome o = {0};
+    verdict o = {0};
     small_sum_in(world, slot, 256, 8, &o, "allreduce after mismatched ranges");
     settle(&o);
     mhub_comm_free_mem(world, slot);
