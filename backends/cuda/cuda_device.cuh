@@ -397,9 +397,9 @@ template <int K> struct column_targets {
 };
 
 template <int K, class Term>
-__global__ void column_chunk_kernel(Term term, column_targets<K> dst, float *partials, int64_t rows,
-                                    int64_t c0, int64_t width, int64_t rows_per_chunk,
-                                    int64_t chunks)
+__global__ void __launch_bounds__(MHUB_THREADS)
+column_chunk_kernel(Term term, column_targets<K> dst, float *partials, int64_t rows, int64_t c0,
+                    int64_t width, int64_t rows_per_chunk, int64_t chunks)
 {
     int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= width)
@@ -425,8 +425,9 @@ __global__ void column_chunk_kernel(Term term, column_targets<K> dst, float *par
 }
 
 template <int K>
-__global__ void column_combine_kernel(column_targets<K> dst, const float *partials, int64_t c0,
-                                      int64_t width, int64_t chunks)
+__global__ void __launch_bounds__(MHUB_THREADS)
+column_combine_kernel(column_targets<K> dst, const float *partials, int64_t c0, int64_t width,
+                      int64_t chunks)
 {
     int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= width)

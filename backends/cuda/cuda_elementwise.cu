@@ -35,8 +35,8 @@ template <class F> static __device__ __forceinline__ float4 apply4(F f, float4 x
 }
 
 template <class F>
-static __global__ void map_kernel(float *out, const float *a, const float *b, int64_t n, bool vec4,
-                                  F f)
+static __global__ void __launch_bounds__(MHUB_THREADS)
+map_kernel(float *out, const float *a, const float *b, int64_t n, bool vec4, F f)
 {
     int64_t start = grid_index(), stride = grid_stride();
     int64_t done = 0;
@@ -99,7 +99,8 @@ static cudaError_t launch_map(cudaStream_t s, float *out, const float *a, const 
 
 /* Grid: x over column tiles of MHUB_THREADS, y strides over rows, each
  * thread MHUB_UNROLL rows at a time; it keeps its bias value. */
-static __global__ void bias_add_kernel(float *out, const float *bias, int64_t rows, int64_t cols)
+static __global__ void __launch_bounds__(MHUB_THREADS)
+bias_add_kernel(float *out, const float *bias, int64_t rows, int64_t cols)
 {
     int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= cols)
@@ -228,6 +229,9 @@ extern "C" cudaError_t mhub_cuda_gelu_backward(cudaStream_t s, float *din, const
  * pass (thread 0 reads the target's logit before it), and a barrier
  * separates the reads of the second pass from the writes of the third. */
 
+/* A row's block grows to 1024 threads for GPT-sized vocabularies; the
+ * kernels' __launch_bounds__ then hold them to 64 registers a thread, or
+ * such a launch would ask for more registers than a multiprocessor has. */
 #define XENT_MAX_THREADS 1024
 /* Elements a thread loads before it uses them (cf. MHUB_UNROLL). */
 #define XENT_UNROLL 8
@@ -238,10 +242,10 @@ static __device__ __forceinline__ float shifted_exp(float x, float m)
 }
 
 template <bool staged>
-static __global__ void softmax_xent_forward_kernel(mhub_cuda_fault *fault, float *probs,
-                                                   float *losses, const float *logits,
-                                                   const int32_t *targets, int64_t rows,
-                                                   int64_t classes)
+static __global__ void __launch_bounds__(XENT_MAX_THREADS)
+softmax_xent_forward_kernel(mhub_cuda_fault *fault, float *probs, float *losses,
+                            const float *logits, const int32_t *targets, int64_t rows,
+                            int64_t classes)
 {
     /* the staged row (classes floats); every kernel calls its dynamic shared
      * memory smem, which is also the name the test emulator provides */
@@ -341,9 +345,9 @@ static size_t xent_staged_bytes(int64_t classes)
 
 /* dlogits = probs * dloss, less dloss at the target; a bad target makes
  * the row NaN. dlogits may be probs. */
-static __global__ void softmax_xent_backward_kernel(mhub_cuda_fault *fault, float *dlogits,
-                                                    const float *probs, const int32_t *targets,
-                                                    int64_t rows, int64_t classes, float dloss)
+static __global__ void __launch_bounds__(XENT_MAX_THREADS)
+softmax_xent_backward_kernel(mhub_cuda_fault *fault, float *dlogits, const float *probs,
+                             const int32_t *targets, int64_t rows, int64_t classes, float dloss)
 {
     for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
         const float *p = probs + row * classes;
@@ -416,10 +420,9 @@ extern "C" cudaError_t mhub_cuda_softmax_xent_backward(cudaStream_t s, mhub_cuda
 
 /* out[r] = table[ids[r]] (or +=), a 2-D grid as bias_add. A bad id
  * records a fault and makes its output row NaN. */
-static __global__ void embedding_forward_kernel(mhub_cuda_fault *fault, float *out,
-                                                const float *table, const int32_t *ids,
-                                                int64_t rows, int64_t vocab, int64_t dim,
-                                                bool accumulate)
+static __global__ void __launch_bounds__(MHUB_THREADS)
+embedding_forward_kernel(mhub_cuda_fault *fault, float *out, const float *table, const int32_t *ids,
+                         int64_t rows, int64_t vocab, int64_t dim, bool accumulate)
 {
     int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= dim)
@@ -588,7 +591,8 @@ static __device__ __forceinline__ sfloat sigmoid(sfloat g)
     return sfloat(1.0f) / (sfloat(1.0f) + dev_expf(-g.v));
 }
 
-static __global__ void swiglu_forward_kernel(float *out, const float *in, int64_t rows, int64_t ffn)
+static __global__ void __launch_bounds__(MHUB_THREADS)
+swiglu_forward_kernel(float *out, const float *in, int64_t rows, int64_t ffn)
 {
     int64_t f = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (f >= ffn)
@@ -613,8 +617,8 @@ static __global__ void swiglu_forward_kernel(float *out, const float *in, int64_
 }
 
 /* d/dgate = dy up s (1 + g (1 - s)), d/dup = dy g s */
-static __global__ void swiglu_backward_kernel(float *din, const float *dout, const float *in,
-                                              int64_t rows, int64_t ffn)
+static __global__ void __launch_bounds__(MHUB_THREADS)
+swiglu_backward_kernel(float *din, const float *dout, const float *in, int64_t rows, int64_t ffn)
 {
     int64_t f = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (f >= ffn)
@@ -667,8 +671,8 @@ extern "C" cudaError_t mhub_cuda_swiglu_backward(cudaStream_t s, float *din, con
 
 /* Through f32 for every pair, as the CPU: widening is exact, so a 16-bit
  * to 16-bit cast rounds once. */
-static __global__ void cast_kernel(void *dst, mhub_dtype dst_dtype, const void *src,
-                                   mhub_dtype src_dtype, int64_t n)
+static __global__ void __launch_bounds__(MHUB_THREADS)
+cast_kernel(void *dst, mhub_dtype dst_dtype, const void *src, mhub_dtype src_dtype, int64_t n)
 {
     int64_t stride = grid_stride();
     for (int64_t i0 = grid_index(); i0 < n; i0 += MHUB_UNROLL * stride) {
@@ -697,7 +701,8 @@ extern "C" cudaError_t mhub_cuda_cast(cudaStream_t s, void *dst, mhub_dtype dst_
     return cudaGetLastError();
 }
 
-static __global__ void divide_16bit_kernel(uint16_t *x, mhub_dtype dt, int64_t n, float divisor)
+static __global__ void __launch_bounds__(MHUB_THREADS)
+divide_16bit_kernel(uint16_t *x, mhub_dtype dt, int64_t n, float divisor)
 {
     int64_t stride = grid_stride();
     for (int64_t i0 = grid_index(); i0 < n; i0 += MHUB_UNROLL * stride) {
@@ -766,7 +771,8 @@ extern "C" cudaError_t mhub_cuda_axpy(cudaStream_t s, float *y, const float *x, 
  * float is exact in double, so only the order of the adds matters. */
 #define SUMSQ_BLOCKS 1024
 
-static __global__ void sum_squares_partial_kernel(const float *x, int64_t n, double *partials)
+static __global__ void __launch_bounds__(MHUB_THREADS)
+sum_squares_partial_kernel(const float *x, int64_t n, double *partials)
 {
     __shared__ double scratch[32];
     sdouble acc = 0.0;
@@ -779,7 +785,8 @@ static __global__ void sum_squares_partial_kernel(const float *x, int64_t n, dou
         partials[blockIdx.x] = total;
 }
 
-static __global__ void sum_squares_final_kernel(const double *partials, int count, double *out)
+static __global__ void __launch_bounds__(SUMSQ_BLOCKS)
+sum_squares_final_kernel(const double *partials, int count, double *out)
 {
     __shared__ double scratch[32];
     double v = (int)threadIdx.x < count ? partials[threadIdx.x] : 0.0;
@@ -802,16 +809,18 @@ extern "C" cudaError_t mhub_cuda_sum_squares(cudaStream_t s, void *work, const f
 
 /* ---- random fills: element i is the RNG's value at offset + i ---- */
 
-static __global__ void fill_normal_kernel(float *dst, int64_t n, uint64_t seed, uint64_t stream,
-                                          uint64_t offset, float mean, float std)
+static __global__ void __launch_bounds__(MHUB_THREADS)
+fill_normal_kernel(float *dst, int64_t n, uint64_t seed, uint64_t stream, uint64_t offset,
+                   float mean, float std)
 {
     for (int64_t i = grid_index(); i < n; i += grid_stride())
         dst[i] =
             (sfloat(mean) + sfloat(std) * dev_rng_normal(seed, stream, offset + (uint64_t)i)).v;
 }
 
-static __global__ void fill_uniform_kernel(float *dst, int64_t n, uint64_t seed, uint64_t stream,
-                                           uint64_t offset, float lo, float hi)
+static __global__ void __launch_bounds__(MHUB_THREADS)
+fill_uniform_kernel(float *dst, int64_t n, uint64_t seed, uint64_t stream, uint64_t offset,
+                    float lo, float hi)
 {
     for (int64_t i = grid_index(); i < n; i += grid_stride())
         dst[i] =
@@ -855,8 +864,9 @@ struct sgd_op {
 
 /* With a momentum buffer (used whenever one is given, as on the CPU):
  * g = grad + wd param, buf = momentum buf + g, param -= lr buf. */
-static __global__ void sgd_momentum_kernel(float *param, const float *grad, float *buf, int64_t n,
-                                           float lr, float momentum, float weight_decay)
+static __global__ void __launch_bounds__(MHUB_THREADS)
+sgd_momentum_kernel(float *param, const float *grad, float *buf, int64_t n, float lr,
+                    float momentum, float weight_decay)
 {
     for (int64_t i = grid_index(); i < n; i += grid_stride()) {
         sfloat p = param[i];
@@ -904,8 +914,9 @@ static __device__ __forceinline__ float adamw_element(float &param, float grad, 
     return param;
 }
 
-static __global__ void adamw_kernel(float *param, const float *grad, float *m, float *v, int64_t n,
-                                    bool vec4, adamw_coef k)
+static __global__ void __launch_bounds__(MHUB_THREADS)
+adamw_kernel(float *param, const float *grad, float *m, float *v, int64_t n, bool vec4,
+             adamw_coef k)
 {
     int64_t start = grid_index(), stride = grid_stride(), done = 0;
     if (vec4) {

@@ -89,10 +89,9 @@ static unsigned norm_blocks(int64_t rows)
 
 /* mean and variance in double by two passes, rstd = 1/sqrt(var + eps),
  * both saved as floats; out = (x - mean) * rstd * w (+ b) on the floats. */
-static __global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd,
-                                                const float *in, const float *weight,
-                                                const float *bias, int64_t rows, int64_t dim,
-                                                float eps)
+static __global__ void __launch_bounds__(MHUB_THREADS)
+layernorm_forward_kernel(float *out, float *mean, float *rstd, const float *in, const float *weight,
+                         const float *bias, int64_t rows, int64_t dim, float eps)
 {
     row_lane rl = this_row_lane(rows);
     const float *x = in + rl.row * dim;
@@ -127,9 +126,9 @@ extern "C" cudaError_t mhub_cuda_layernorm_forward(cudaStream_t s, float *out, f
 
 /* din = rstd * (g - c1 - xhat * c2), g = dy * w, xhat = (x - mean) * rstd,
  * c1 = mean(g), c2 = mean(g * xhat) (the sums in double lanes). */
-static __global__ void layernorm_din_kernel(float *din, const float *dout, const float *in,
-                                            const float *weight, const float *mean,
-                                            const float *rstd, int64_t rows, int64_t dim)
+static __global__ void __launch_bounds__(MHUB_THREADS)
+layernorm_din_kernel(float *din, const float *dout, const float *in, const float *weight,
+                     const float *mean, const float *rstd, int64_t rows, int64_t dim)
 {
     row_lane rl = this_row_lane(rows);
     const float *x = in + rl.row * dim, *dy = dout + rl.row * dim;
@@ -199,9 +198,9 @@ extern "C" cudaError_t mhub_cuda_layernorm_backward(cudaStream_t s, void *work, 
 
 /* rstd = 1/sqrt(mean(x^2) + eps), mean(x^2) in double lanes; out = x *
  * rstd * w. */
-static __global__ void rmsnorm_forward_kernel(float *out, float *rstd, const float *in,
-                                              const float *weight, int64_t rows, int64_t dim,
-                                              float eps)
+static __global__ void __launch_bounds__(MHUB_THREADS)
+rmsnorm_forward_kernel(float *out, float *rstd, const float *in, const float *weight, int64_t rows,
+                       int64_t dim, float eps)
 {
     row_lane rl = this_row_lane(rows);
     const float *x = in + rl.row * dim;
@@ -229,9 +228,9 @@ extern "C" cudaError_t mhub_cuda_rmsnorm_forward(cudaStream_t s, float *out, flo
 
 /* din = rstd * (g - xhat * c), g = dy * w, xhat = x * rstd,
  * c = mean(g * xhat), the sum's terms rounded to float as on the CPU. */
-static __global__ void rmsnorm_din_kernel(float *din, const float *dout, const float *in,
-                                          const float *weight, const float *rstd, int64_t rows,
-                                          int64_t dim)
+static __global__ void __launch_bounds__(MHUB_THREADS)
+rmsnorm_din_kernel(float *din, const float *dout, const float *in, const float *weight,
+                   const float *rstd, int64_t rows, int64_t dim)
 {
     row_lane rl = this_row_lane(rows);
     const float *x = in + rl.row * dim, *dy = dout + rl.row * dim;
@@ -287,8 +286,9 @@ extern "C" cudaError_t mhub_cuda_rmsnorm_backward(cudaStream_t s, void *work, fl
  * double ulps of a float rounding boundary), and rotates the pair
  * (x[i], x[i + d/2]) of every query and key head of its row. Threads of
  * a warp take consecutive i: coalesced within each head. */
-static __global__ void rope_kernel(float *qkv, int64_t rows, int64_t seq, int64_t groups,
-                                   int64_t per_group, int64_t head_dim, float base, float sign)
+static __global__ void __launch_bounds__(MHUB_THREADS)
+rope_kernel(float *qkv, int64_t rows, int64_t seq, int64_t groups, int64_t per_group,
+            int64_t head_dim, float base, float sign)
 {
     int64_t half = head_dim / 2, width = (groups * (per_group + 2)) * head_dim;
     for (int64_t t = grid_index(); t < rows * half; t += grid_stride()) {
