@@ -9,6 +9,14 @@
  * results for any code that never depends on which lane holds which
  * element, the only code the real API allows.
  *
+ * The API's rules the kernels could break unseen are checked: each
+ * operation is a collective that every lane of the warp reaches together
+ * (the emulator's warp barrier, taken after the lane's own memory access,
+ * so a missing __syncwarp before a load still shows), with the same
+ * pointer and stride in every lane, the pointer 32-byte aligned and the
+ * stride a multiple of 16 bytes. A breach stops the test with a message:
+ * on a GPU it is undefined behaviour or a misaligned-address fault.
+ *
  * mma_sync multiplies the bf16 inputs exactly (a product of two bf16
  * values fits an f32) and adds in f32, k in order, to the accumulator's
  * element; the tensor cores add in another order (and may keep more bits
@@ -21,7 +29,11 @@
 #error "tests/cuda_emu/ stands in for the CUDA toolkit only in the emulator build (-DMHUB_CUDA_EMU)"
 #endif
 
+#include <cstdio>
+#include <cstdlib>
+
 #include "cuda_bf16.h"
+#include "cuda_runtime.h"
 
 namespace nvcuda {
 namespace wmma {
@@ -51,6 +63,29 @@ inline T &at(T *p, unsigned r, unsigned c, unsigned ldm, layout_t layout)
     return layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
 }
 
+/* The warp's lanes meet here, each with its pointer and stride in
+ * bytes (0 and 0 for operations on fragments alone). */
+inline void warp_collective(const void *p, unsigned stride_bytes, const char *op)
+{
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    if (a % 32 != 0 || stride_bytes % 16 != 0) {
+        std::fprintf(stderr, "cuda emulator: wmma::%s with pointer %p and a row stride of %u "
+                     "bytes: the pointer must be 32-byte aligned and the stride a multiple of "
+                     "16 bytes\n", op, p, stride_bytes);
+        std::abort(); /* a misaligned-address fault on the GPU */
+    }
+    uint64_t all[32];
+    const uint64_t mine = (uint64_t)a ^ ((uint64_t)stride_bytes << 48);
+    mhub_emu::warp_exchange(0xffffffffu, mine, all);
+    for (unsigned lane = 0; lane < 32; lane++)
+        if (all[lane] != mine) {
+            std::fprintf(stderr, "cuda emulator: wmma::%s: lane %u passes another pointer or "
+                         "stride than lane %u; every lane must pass the same\n", op,
+                         mhub_emu::lane_id(), lane);
+            std::abort();
+        }
+}
+
 } // namespace detail
 
 /* Only 16 x 16 x 16 tiles exist here. */
@@ -67,6 +102,7 @@ inline void fill_fragment(fragment<Use, 16, 16, 16, T, Layout> &f, T value)
 {
     for (int i = 0; i < 256; i++)
         f.x[i] = value;
+    detail::warp_collective(nullptr, 0, "fill_fragment");
 }
 
 /* matrix_a and matrix_b: the layout is the fragment's own. */
@@ -78,6 +114,7 @@ inline void load_matrix_sync(fragment<Use, 16, 16, 16, __nv_bfloat16, Layout> &f
     for (unsigned r = 0; r < 16; r++)
         for (unsigned c = 0; c < 16; c++)
             f.x[r * 16 + c] = detail::at(p, r, c, ldm, layout);
+    detail::warp_collective(p, ldm * (unsigned)sizeof *p, "load_matrix_sync");
 }
 
 inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float> &f, const float *p,
@@ -86,6 +123,7 @@ inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float> &f, const 
     for (unsigned r = 0; r < 16; r++)
         for (unsigned c = 0; c < 16; c++)
             f.x[r * 16 + c] = detail::at(p, r, c, ldm, layout);
+    detail::warp_collective(p, ldm * (unsigned)sizeof *p, "load_matrix_sync");
 }
 
 inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 16, 16, float> &f,
@@ -94,6 +132,7 @@ inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 16, 16, 
     for (unsigned r = 0; r < 16; r++)
         for (unsigned c = 0; c < 16; c++)
             detail::at(p, r, c, ldm, layout) = f.x[r * 16 + c];
+    detail::warp_collective(p, ldm * (unsigned)sizeof *p, "store_matrix_sync");
 }
 
 /* d = a b + c; d may be c. */
@@ -113,6 +152,7 @@ inline void mma_sync(fragment<accumulator, 16, 16, 16, float> &d,
         }
     for (int i = 0; i < 256; i++)
         d.x[i] = out[i];
+    detail::warp_collective(nullptr, 0, "mma_sync");
 }
 
 } // namespace wmma
