@@ -276,9 +276,14 @@ START_TEST(test_cuda_bad_input)
         return;
     void *p = NULL;
     mhub_clear_error();
-    ck_assert_int_eq(dut->ops->alloc(dut, (size_t)3 << 30, &p), MHUB_ERR_NO_MEMORY);
+    /* 3 GiB: more than the 2 GiB pool; 1 PiB when every tensor is its own
+     * cudaMalloc (MHUB_CUDA_ALLOC=each) */
+    const bool each = getenv("MHUB_CUDA_ALLOC") && strcmp(getenv("MHUB_CUDA_ALLOC"), "each") == 0;
+    ck_assert_int_eq(dut->ops->alloc(dut, each ? (size_t)1 << 50 : (size_t)3 << 30, &p),
+                     MHUB_ERR_NO_MEMORY);
     ck_assert_ptr_null(p);
-    ck_assert_msg(strstr(mhub_last_error(), "device pool") && strstr(mhub_last_error(), "device"),
+    ck_assert_msg(strstr(mhub_last_error(), each ? "cudaMalloc" : "device pool") &&
+                      strstr(mhub_last_error(), "device"),
                   "message: %s", mhub_last_error());
     mhub_backend *be = NULL;
     mhub_clear_error();
@@ -308,6 +313,63 @@ START_TEST(test_cuda_bad_input)
     CK_OK(dut->ops->scale(dut, x.d, 1000, 2.0f));
     CK_OK(ref->ops->scale(ref, x.r, 1000, 2.0f));
     expect_same_bits(x.r, x.d, 1000 * sizeof(float), "scale after failed creates");
+}
+END_TEST
+
+/* alloc_each: every tensor its own cudaMalloc (for memory checkers). The
+ * contract holds as with the pool: zero-filled, non-NULL for 0 bytes,
+ * exact accounting, a clear error when the device has no room, and the
+ * kernels run on such blocks. */
+START_TEST(test_cuda_alloc_each)
+{
+    if (!dut_is_cuda())
+        return;
+    mhub_backend *be = NULL;
+    CK_OK(create_cuda_like(&(mhub_cuda_options){.device = -1, .pool_bytes = (size_t)256 << 20,
+                                                .alloc_each = true},
+                           &be));
+    size_t base, now, peak;
+    CK_OK(be->ops->memory_usage(be, &base, NULL));
+    ck_assert_uint_eq(base, 0);
+    void *empty = NULL, *a = NULL, *b = NULL;
+    CK_OK(be->ops->alloc(be, 0, &empty));
+    ck_assert_ptr_nonnull(empty);
+    const int64_t n = 4099;
+    CK_OK(be->ops->alloc(be, (size_t)n * sizeof(float), &a));
+    CK_OK(be->ops->alloc(be, (size_t)n * sizeof(float), &b));
+    CK_OK(be->ops->memory_usage(be, &now, &peak));
+    ck_assert_uint_eq(now, 2 * (size_t)n * sizeof(float));
+    ck_assert_uint_eq(peak, now);
+    float *h = malloc((size_t)n * sizeof *h);
+    download(be, h, a, (size_t)n * sizeof *h);
+    for (int64_t i = 0; i < n; i++)
+        ck_assert_msg(h[i] == 0.0f, "alloc_each left %g at %lld", h[i], (long long)i);
+    for (int64_t i = 0; i < n; i++)
+        h[i] = (float)i;
+    upload(be, a, h, (size_t)n * sizeof *h);
+    CK_OK(be->ops->axpy(be, (float *)b, (const float *)a, n, 2.0f)); /* b += 2 a, from 0 */
+    download(be, h, b, (size_t)n * sizeof *h);
+    for (int64_t i = 0; i < n; i++)
+        ck_assert_msg(h[i] == 2.0f * (float)i, "axpy on alloc_each blocks: %g at %lld", h[i],
+                      (long long)i);
+    be->ops->free(be, a);
+    CK_OK(be->ops->memory_usage(be, &now, &peak));
+    ck_assert_uint_eq(now, (size_t)n * sizeof(float));
+    ck_assert_uint_eq(peak, 2 * (size_t)n * sizeof(float));
+    CK_OK(be->ops->reset_peak(be));
+    CK_OK(be->ops->memory_usage(be, NULL, &peak));
+    ck_assert_uint_eq(peak, now);
+    void *huge = NULL;
+    mhub_clear_error();
+    ck_assert_int_eq(be->ops->alloc(be, (size_t)1 << 50, &huge), MHUB_ERR_NO_MEMORY);
+    ck_assert_ptr_null(huge);
+    ck_assert_msg(strstr(mhub_last_error(), "cudaMalloc"), "message: %s", mhub_last_error());
+    be->ops->free(be, b);
+    be->ops->free(be, empty);
+    CK_OK(be->ops->memory_usage(be, &now, NULL));
+    ck_assert_uint_eq(now, 0);
+    free(h);
+    mhub_backend_free(be);
 }
 END_TEST
 
@@ -1043,6 +1105,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, test_suite_detects_differences);
     tcase_add_test(tc, test_memory);
     tcase_add_test(tc, test_cuda_bad_input);
+    tcase_add_test(tc, test_cuda_alloc_each);
     tcase_add_test(tc, test_gemm_f32);
     tcase_add_test(tc, test_gemm_tf32_bf16);
     tcase_add_test(tc, test_bias_gelu);

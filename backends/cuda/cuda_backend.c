@@ -45,6 +45,9 @@
  * communicator on a large node). */
 #define POOL_RESERVE ((size_t)1536 << 20)
 #define POOL_ENV "MHUB_CUDA_POOL_MB"
+/* mhub_cuda_options.alloc_each, from the environment ("each" or "pool") */
+#define ALLOC_ENV "MHUB_CUDA_ALLOC"
+#define EACH_POOL_BYTES ((size_t)512 << 20)
 /* cuBLAS's workspace: NVIDIA recommends 32 MiB on Hopper. */
 #define CUBLAS_WORKSPACE_BYTES ((size_t)32 << 20)
 /* The GEMM attention path's scratch (cuda_attention_gemm.h): at most 1 GiB
@@ -84,6 +87,13 @@ typedef struct cuda_state {
     size_t attn_scratch_bytes;
     /* the user's peak bytes before internal_bytes last changed */
     size_t user_peak_kept;
+    /* MHUB_CUDA_ALLOC=each: the user's blocks, each its own cudaMalloc */
+    bool alloc_each;
+    struct own_block {
+        void *ptr;
+        size_t bytes;
+    } *own;
+    size_t own_count, own_cap, own_current, own_peak;
 } cuda_state;
 
 static cuda_state *state_of(const mhub_backend *be);
@@ -210,6 +220,8 @@ static mhub_status pool_size(const mhub_cuda_options *o, int device, size_t *out
                               POOL_ENV, env);
         want = (size_t)mb << 20;
     }
+    if (!want && o->alloc_each)
+        want = EACH_POOL_BYTES;
     if (!want) {
         if (free_b <= POOL_RESERVE + ((size_t)256 << 20))
             return MHUB_ERROR(MHUB_ERR_NO_MEMORY,
@@ -228,6 +240,11 @@ static mhub_status pool_size(const mhub_cuda_options *o, int device, size_t *out
 }
 
 /* ---- memory ---- */
+
+/* A failed cudaMalloc leaves the device working but stays the runtime's
+ * last error, which the next launch check (cudaGetLastError) would blame
+ * on its kernel: it is taken off once it has been reported. */
+static void forget_failure(void) { (void)cudaGetLastError(); }
 
 static mhub_status carve(cuda_state *st, size_t bytes, void **out)
 {
@@ -258,30 +275,82 @@ static void keep_user_peak(cuda_state *st)
     mhub_pool_reset_peak(st->pool);
 }
 
+/* alloc_each: a block of its own, remembered with its size for free and
+ * for memory_usage. */
+static mhub_status alloc_own(cuda_state *st, size_t bytes, void **out)
+{
+    if (st->own_count == st->own_cap) {
+        size_t cap = st->own_cap ? 2 * st->own_cap : 64;
+        struct own_block *grown = realloc(st->own, cap * sizeof *grown);
+        if (!grown)
+            return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "no host memory to track device blocks");
+        st->own = grown;
+        st->own_cap = cap;
+    }
+    void *p = NULL;
+    cudaError_t err = cudaMalloc(&p, bytes ? bytes : 1); /* non-NULL even for 0 bytes */
+    if (err != cudaSuccess) {
+        forget_failure();
+        return mhub_error_at(MHUB_ERR_NO_MEMORY, "alloc",
+                             "device %d: cudaMalloc of %zu bytes (a block of its own, "
+                             "alloc_each): %s",
+                             st->device, bytes, cudaGetErrorString(err));
+    }
+    st->own[st->own_count++] = (struct own_block){p, bytes};
+    st->own_current += bytes;
+    if (st->own_current > st->own_peak)
+        st->own_peak = st->own_current;
+    *out = p;
+    return MHUB_OK;
+}
+
+static void free_own(cuda_state *st, void *p)
+{
+    for (size_t i = 0; i < st->own_count; i++)
+        if (st->own[i].ptr == p) {
+            st->own_current -= st->own[i].bytes;
+            st->own[i] = st->own[--st->own_count];
+            cudaFree(p);
+            return;
+        }
+}
+
+static void cuda_free(mhub_backend *be, void *ptr);
+
 static mhub_status cuda_alloc(mhub_backend *be, size_t bytes, void **out)
 {
     cuda_state *st = state_of(be);
     if (!st || !out)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "backend or out is NULL");
     *out = NULL;
-    uintptr_t addr;
-    mhub_status s = mhub_pool_alloc(st->pool, bytes, &addr);
-    if (s != MHUB_OK)
-        return mhub_error_at(s, "alloc", "device %d: %s", st->device, mhub_last_error());
+    void *p = NULL;
+    if (st->alloc_each) {
+        MHUB_TRY(alloc_own(st, bytes, &p));
+    } else {
+        uintptr_t addr;
+        mhub_status s = mhub_pool_alloc(st->pool, bytes, &addr);
+        if (s != MHUB_OK)
+            return mhub_error_at(s, "alloc", "device %d: %s", st->device, mhub_last_error());
+        p = (void *)addr;
+    }
     /* zero-filled, as the contract says; ordered before any later use */
-    cudaError_t err = bytes ? cudaMemsetAsync((void *)addr, 0, bytes, st->stream) : cudaSuccess;
+    cudaError_t err = bytes ? cudaMemsetAsync(p, 0, bytes, st->stream) : cudaSuccess;
     if (err != cudaSuccess) {
-        mhub_pool_free(st->pool, addr);
+        cuda_free(be, p);
         return mhub_cuda_error(err, "cudaMemsetAsync (alloc)", st->device);
     }
-    *out = (void *)addr;
+    *out = p;
     return MHUB_OK;
 }
 
 static void cuda_free(mhub_backend *be, void *ptr)
 {
     cuda_state *st = state_of(be);
-    if (st && ptr)
+    if (!st || !ptr)
+        return;
+    if (st->alloc_each)
+        free_own(st, ptr);
+    else
         mhub_pool_free(st->pool, (uintptr_t)ptr);
 }
 
@@ -326,6 +395,13 @@ static mhub_status cuda_memory_usage(mhub_backend *be, size_t *current_bytes,
     cuda_state *st = state_of(be);
     if (!st)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "backend is NULL");
+    if (st->alloc_each) {
+        if (current_bytes)
+            *current_bytes = st->own_current;
+        if (peak_bytes)
+            *peak_bytes = st->own_peak;
+        return MHUB_OK;
+    }
     mhub_pool_stats ps;
     mhub_pool_get_stats(st->pool, &ps);
     if (current_bytes)
@@ -344,6 +420,7 @@ static mhub_status cuda_reset_peak(mhub_backend *be)
         return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "backend is NULL");
     mhub_pool_reset_peak(st->pool);
     st->user_peak_kept = 0;
+    st->own_peak = st->own_current;
     return MHUB_OK;
 }
 
@@ -832,6 +909,9 @@ static void release(cuda_state *st)
         cublasDestroy(st->blas);
     if (st->stream)
         cudaStreamDestroy(st->stream);
+    for (size_t i = 0; i < st->own_count; i++)
+        cudaFree(st->own[i].ptr);
+    free(st->own);
     mhub_pool_destroy(st->pool);
     if (st->pool_base)
         cudaFree(st->pool_base);
@@ -891,6 +971,20 @@ static cuda_state *state_of(const mhub_backend *be)
     return be && be->ops == &cuda_ops ? (cuda_state *)be->ctx : NULL;
 }
 
+/* MHUB_CUDA_ALLOC, when set, decides o->alloc_each. */
+static mhub_status alloc_mode(mhub_cuda_options *o)
+{
+    const char *env = getenv(ALLOC_ENV);
+    if (!env || !*env)
+        return MHUB_OK;
+    if (strcmp(env, "each") != 0 && strcmp(env, "pool") != 0)
+        return MHUB_ERROR(MHUB_ERR_INVALID_ARG, "%s = '%s': expected each or pool", ALLOC_ENV,
+                          env);
+    if (strcmp(env, "each") == 0)
+        o->alloc_each = true;
+    return MHUB_OK;
+}
+
 /* Stream, cuBLAS handle, pool and the backend's own pieces of it. */
 static mhub_status setup(cuda_state *st, const mhub_cuda_options *o)
 {
@@ -901,6 +995,7 @@ static mhub_status setup(cuda_state *st, const mhub_cuda_options *o)
     MHUB_TRY(pool_size(o, dev, &bytes));
     cudaError_t err = cudaMalloc(&st->pool_base, bytes);
     if (err != cudaSuccess) {
+        forget_failure();
         st->pool_base = NULL;
         return mhub_error_at(MHUB_ERR_NO_MEMORY, "cudaMalloc",
                              "cannot allocate the %zu MiB device pool on device %d: %s",
@@ -947,7 +1042,10 @@ mhub_status mhub_cuda_backend_create(const mhub_cuda_options *opts, mhub_backend
         return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "no host memory for the CUDA backend");
     }
     st->matmul = o.matmul;
-    mhub_status s = pick_device(&o, &st->device);
+    mhub_status s = alloc_mode(&o);
+    st->alloc_each = o.alloc_each;
+    if (s == MHUB_OK)
+        s = pick_device(&o, &st->device);
     if (s == MHUB_OK)
         s = setup(st, &o);
     if (s != MHUB_OK) {

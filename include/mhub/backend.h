@@ -279,6 +279,13 @@ typedef struct mhub_cuda_options {
      * CUDA context (MHUB_CUDA_POOL_MB overrides). */
     size_t pool_bytes;
     mhub_matmul_precision matmul;
+    /* Give every alloc its own cudaMalloc instead of a piece of the pool,
+     * so that a memory checker (compute-sanitizer, or AddressSanitizer on
+     * the test emulator) sees each tensor's bounds. For checking only:
+     * cudaMalloc and cudaFree synchronize the device. The pool then only
+     * holds the backend's own buffers (512 MiB unless pool_bytes is set).
+     * The environment's MHUB_CUDA_ALLOC=each sets it too, =pool not. */
+    bool alloc_each;
 } mhub_cuda_options;
 
 /* true when mhub was built with CUDA and at least one device is usable;
