@@ -10,13 +10,27 @@
 #      tokens/s and model FLOP utilisation against the card's dense bf16
 #      peak (and the same in tf32 and f32, and each attention path, for
 #      comparison);
-#   4. all-reduce bus bandwidth through mhub_comm over NCCL.
+#   4. all-reduce bus bandwidth through mhub_comm over NCCL;
+#   5. with --sanitize, the conformance suite again under compute-sanitizer:
+#      memcheck with every tensor its own cudaMalloc (MHUB_CUDA_ALLOC=each,
+#      so an access past a tensor's end is caught, not just past the pool's),
+#      racecheck (shared-memory hazards), synccheck (barriers) and
+#      initcheck (reads of memory never written), each at most 100 s.
 # Prints one table at the end; the whole log also goes to $OUT/gpu.log
 # when OUT is set (the device tool's output folder).
 #
-#   bench/gpu.sh [--quick]        --quick: conformance only
+#   bench/gpu.sh [--quick] [--sanitize]
+#     --quick: conformance only (with --sanitize: and the checkers)
 set -uo pipefail
 cd "$(dirname "$0")/.."
+quick=0 sanitize=0
+for arg in "$@"; do
+    case $arg in
+        --quick) quick=1 ;;
+        --sanitize) sanitize=1 ;;
+        *) echo "gpu.sh: unknown option '$arg' (expected --quick or --sanitize)"; exit 2 ;;
+    esac
+done
 log=${OUT:-/tmp}/gpu.log
 exec > >(tee "$log") 2>&1
 start=$(date +%s)
@@ -77,8 +91,36 @@ if [ -x "$build/tests/test_nccl_comm" ]; then
     if timeout 120 "$build/tests/test_nccl_comm"; then rc=PASS; else rc="FAIL (rc $?)"; fi
     record "nccl communicator suite" "$rc"
 fi
-if [ "${1:-}" = "--quick" ]; then
-    printf '\n%s\n' "${results[@]}"
+# ---- 5. compute-sanitizer (run last, after the figures, when asked) ----
+sanitize_conformance() {
+    local tool
+    if ! command -v compute-sanitizer >/dev/null; then
+        record "compute-sanitizer" "not on this machine"
+        return
+    fi
+    for tool in memcheck racecheck synccheck initcheck; do
+        say "conformance under compute-sanitizer --tool $tool"
+        local each=pool
+        case $tool in memcheck | initcheck) each=each ;; esac
+        MHUB_CUDA_ALLOC=$each MHUB_TEST_BACKEND=cuda top_srcdir=. timeout 100 \
+            compute-sanitizer --tool "$tool" --error-exitcode 86 --print-limit 20 \
+            --report-api-errors no \
+            "$build/tests/test_conformance"
+        local status=$? rc
+        case $status in
+            0) rc=PASS ;;
+            86) rc="FAIL: $tool reported errors (see the log)" ;;
+            124) rc="TIMEOUT after 100 s (no error reported before)" ;;
+            *) rc="FAIL (rc $status)" ;;
+        esac
+        record "compute-sanitizer $tool (conformance)" "$rc"
+    done
+}
+
+if [ $quick = 1 ]; then
+    [ $sanitize = 1 ] && sanitize_conformance
+    printf '\n'
+    printf '%s\n' "${results[@]}"
     exit 0
 fi
 
@@ -116,6 +158,8 @@ if [ -x "$build/bench/bench_collectives" ]; then
         --max-bytes 268435456 | tee /tmp/coll.txt
     record "nccl all-reduce (1 GPU)" "$(tail -1 /tmp/coll.txt)"
 fi
+
+[ $sanitize = 1 ] && sanitize_conformance
 
 say "summary ($gpu)"
 printf '%s\n' "${results[@]}"
