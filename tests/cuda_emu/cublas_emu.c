@@ -1,7 +1,13 @@
 /* cublas_emu.c - the emulator's cuBLAS subset (see cublas_v2.h): column-
- * major as cuBLAS, argument checks as cuBLAS's, the arithmetic OpenBLAS's. */
+ * major as cuBLAS, argument checks as cuBLAS's, the arithmetic OpenBLAS's.
+ *
+ * A call checks its arguments and queues its arithmetic on the handle's
+ * stream (cublasSetStream), with the arguments copied: the scalars alpha
+ * and beta are read at the call (host pointers, as cuBLAS's default
+ * pointer mode reads them), the matrices when the stream runs it. */
 #include <cblas.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include <cublas_v2.h>
@@ -43,6 +49,16 @@ cublasStatus_t cublasSetWorkspace(cublasHandle_t handle, void *workspace, size_t
     handle->workspace = workspace;
     handle->workspace_bytes = bytes;
     return CUBLAS_STATUS_SUCCESS;
+}
+
+/* What a call returns when its work cannot be queued (a stream that does
+ * not exist, a device that faulted), as cuBLAS does when its launch fails. */
+static cublasStatus_t queued(cudaStream_t stream, void (*run)(void *args), const void *args,
+                             size_t bytes)
+{
+    return mhub_emu_enqueue(stream, run, args, bytes) == cudaSuccess
+               ? CUBLAS_STATUS_SUCCESS
+               : CUBLAS_STATUS_EXECUTION_FAILED;
 }
 
 static bool is_op(cublasOperation_t op) { return op == CUBLAS_OP_N || op == CUBLAS_OP_T; }
@@ -91,14 +107,23 @@ static bool operands_ok(cublasOperation_t transa, cublasOperation_t transb, int 
            matrix_ok(c, m, n, ldc);
 }
 
-static void sgemm(cublasOperation_t transa, cublasOperation_t transb, int m, int n, int k,
-                  const void *alpha, const void *a, int lda, const void *b, int ldb,
-                  const void *beta, void *c, int ldc)
+/* One product, its scalars by value. */
+typedef struct gemm_args {
+    cublasOperation_t transa, transb;
+    int m, n, k, lda, ldb, ldc;
+    float alpha, beta;
+    const void *a, *b;
+    void *c;
+} gemm_args;
+
+static void sgemm(const gemm_args *g)
 {
-    cblas_sgemm(CblasColMajor, transa == CUBLAS_OP_T ? CblasTrans : CblasNoTrans,
-                transb == CUBLAS_OP_T ? CblasTrans : CblasNoTrans, m, n, k, *(const float *)alpha,
-                a, lda, b, ldb, *(const float *)beta, c, ldc);
+    cblas_sgemm(CblasColMajor, g->transa == CUBLAS_OP_T ? CblasTrans : CblasNoTrans,
+                g->transb == CUBLAS_OP_T ? CblasTrans : CblasNoTrans, g->m, g->n, g->k, g->alpha,
+                g->a, g->lda, g->b, g->ldb, g->beta, g->c, g->ldc);
 }
+
+static void run_gemm(void *args) { sgemm(args); }
 
 cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa,
                             cublasOperation_t transb, int m, int n, int k, const void *alpha,
@@ -116,13 +141,45 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa,
         return CUBLAS_STATUS_INVALID_VALUE;
     if (m == 0 || n == 0)
         return CUBLAS_STATUS_SUCCESS;
-    sgemm(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    return CUBLAS_STATUS_SUCCESS;
+    gemm_args g = {transa, transb, m, n, k, lda, ldb, ldc, *(const float *)alpha,
+                   *(const float *)beta, a, b, c};
+    return queued(handle->stream, run_gemm, &g, sizeof g);
+}
+
+/* A batched call: its pointer arrays, read by the device when it runs. */
+typedef struct batched_args {
+    gemm_args shape; /* a, b and c unused */
+    const void *const *a_array, *const *b_array;
+    void *const *c_array;
+    int batch_count;
+} batched_args;
+
+/* Every entry is checked as one GEMM's operands before any is computed;
+ * a bad one is a device fault, as a GPU would fault reading through it. */
+static void run_batched(void *args)
+{
+    const batched_args *ba = args;
+    gemm_args g = ba->shape;
+    for (int e = 0; e < ba->batch_count; e++)
+        if (!operands_ok(g.transa, g.transb, g.m, g.n, g.k, ba->a_array[e], g.lda,
+                         ba->b_array[e], g.ldb, ba->c_array[e], g.ldc)) {
+            char what[160];
+            snprintf(what, sizeof what, "cublasGemmBatchedEx: the operands of entry %d are "
+                     "not device memory of their size", e);
+            mhub_emu_device_fault(cudaErrorIllegalAddress, what);
+            return;
+        }
+    for (int e = 0; e < ba->batch_count; e++) {
+        g.a = ba->a_array[e];
+        g.b = ba->b_array[e];
+        g.c = ba->c_array[e];
+        sgemm(&g);
+    }
 }
 
 /* The arrays of operand addresses are read by the device, so they must
- * lie in device memory themselves; then every entry is checked as one
- * GEMM's operands before any is computed. */
+ * lie in device memory themselves, and their entries (often written by
+ * the kernel just before) are only read when the call runs. */
 cublasStatus_t cublasGemmBatchedEx(cublasHandle_t handle, cublasOperation_t transa,
                                    cublasOperation_t transb, int m, int n, int k,
                                    const void *alpha, const void *const a_array[],
@@ -146,20 +203,37 @@ cublasStatus_t cublasGemmBatchedEx(cublasHandle_t handle, cublasOperation_t tran
         !mhub_emu_is_device_range(b_array, array_bytes) ||
         !mhub_emu_is_device_range(c_array, array_bytes))
         return CUBLAS_STATUS_INVALID_VALUE;
-    for (int e = 0; e < batch_count; e++)
-        if (!operands_ok(transa, transb, m, n, k, a_array[e], lda, b_array[e], ldb, c_array[e],
-                         ldc))
-            return CUBLAS_STATUS_INVALID_VALUE;
-    for (int e = 0; e < batch_count; e++)
-        sgemm(transa, transb, m, n, k, alpha, a_array[e], lda, b_array[e], ldb, beta, c_array[e],
-              ldc);
-    return CUBLAS_STATUS_SUCCESS;
+    batched_args ba = {{transa, transb, m, n, k, lda, ldb, ldc, *(const float *)alpha,
+                        *(const float *)beta, NULL, NULL, NULL},
+                       a_array, b_array, c_array, batch_count};
+    return queued(handle->stream, run_batched, &ba, sizeof ba);
 }
 
 /* op(X)[i, j] of a column-major X. */
 static float element(const float *x, cublasOperation_t op, int ld, int i, int j)
 {
     return op == CUBLAS_OP_N ? x[i + (size_t)j * ld] : x[j + (size_t)i * ld];
+}
+
+typedef struct geam_args {
+    cublasOperation_t transa, transb;
+    int m, n, lda, ldb, ldc;
+    float alpha, beta;
+    const float *a, *b;
+    float *c;
+} geam_args;
+
+static void run_geam(void *args)
+{
+    const geam_args *g = args;
+    bool use_a = g->alpha != 0.0f, use_b = g->beta != 0.0f;
+    for (int j = 0; j < g->n; j++)
+        for (int i = 0; i < g->m; i++) {
+            float v = use_a ? g->alpha * element(g->a, g->transa, g->lda, i, j) : 0.0f;
+            if (use_b)
+                v += g->beta * element(g->b, g->transb, g->ldb, i, j);
+            g->c[i + (size_t)j * g->ldc] = v;
+        }
 }
 
 /* C = alpha op(A) + beta op(B). As in cuBLAS, C may be A or B only when
@@ -182,14 +256,10 @@ cublasStatus_t cublasSgeam(cublasHandle_t handle, cublasOperation_t transa,
     if ((a == c && (transa != CUBLAS_OP_N || lda != ldc)) ||
         (b == c && (transb != CUBLAS_OP_N || ldb != ldc)))
         return CUBLAS_STATUS_INVALID_VALUE;
-    for (int j = 0; j < n; j++)
-        for (int i = 0; i < m; i++) {
-            float v = use_a ? *alpha * element(a, transa, lda, i, j) : 0.0f;
-            if (use_b)
-                v += *beta * element(b, transb, ldb, i, j);
-            c[i + (size_t)j * ldc] = v;
-        }
-    return CUBLAS_STATUS_SUCCESS;
+    if (m == 0 || n == 0)
+        return CUBLAS_STATUS_SUCCESS;
+    geam_args g = {transa, transb, m, n, lda, ldb, ldc, *alpha, *beta, a, b, c};
+    return queued(handle->stream, run_geam, &g, sizeof g);
 }
 
 const char *cublasGetStatusString(cublasStatus_t status)
@@ -199,6 +269,7 @@ const char *cublasGetStatusString(cublasStatus_t status)
     case CUBLAS_STATUS_NOT_INITIALIZED: return "the library was not initialized";
     case CUBLAS_STATUS_ALLOC_FAILED: return "the resource allocation failed";
     case CUBLAS_STATUS_INVALID_VALUE: return "an invalid numeric value was used as an argument";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "the GPU program failed to execute";
     case CUBLAS_STATUS_NOT_SUPPORTED: return "the functionality requested is not supported";
     }
     return "unknown cuBLAS status";

@@ -8,7 +8,10 @@
  * tolerances). What the emulated GEMM checks is the backend's side: the
  * operand order, transposes and leading dimensions of its row-major to
  * column-major mapping, each checked as cuBLAS checks them, and that every
- * operand (and a batched call's pointer arrays) lies in device memory. */
+ * operand (and a batched call's pointer arrays) lies in device memory.
+ * The arithmetic is queued on the handle's stream (see cuda_runtime.h);
+ * a batched call's entries are read, and checked, when it runs: a bad one
+ * faults the device (cudaErrorIllegalAddress). */
 #ifndef MHUB_CUDA_EMU_CUBLAS_V2_H
 #define MHUB_CUDA_EMU_CUBLAS_V2_H
 
@@ -24,6 +27,7 @@ typedef enum cublasStatus_t {
     CUBLAS_STATUS_NOT_INITIALIZED = 1,
     CUBLAS_STATUS_ALLOC_FAILED = 3,
     CUBLAS_STATUS_INVALID_VALUE = 7,
+    CUBLAS_STATUS_EXECUTION_FAILED = 13,
     CUBLAS_STATUS_NOT_SUPPORTED = 15
 } cublasStatus_t;
 

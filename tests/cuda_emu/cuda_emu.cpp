@@ -1,21 +1,36 @@
 /* cuda_emu.cpp - the CPU emulator's runtime: memory, streams, errors and
  * kernel launches (see cuda_runtime.h for what it is and is not).
  *
- * A launch runs its blocks one after another on the calling thread. A
- * block's threads are fibers (ucontext), started in thread order; each runs
- * its CUDA thread until that thread finishes or waits at a barrier
- * (__syncthreads, or a warp intrinsic, which waits for its warp), then
- * hands back to the block's scheduler. A fiber whose thread finished takes
- * the next thread not yet started, so a kernel without barriers runs a
- * whole block on one fiber with no switch at all. Once every thread has
- * started, the scheduler resumes the fibers whose barrier has opened,
- * until all are done; if none can move, the block is stuck (a barrier that
- * not every thread reaches) and the launch fails with a message. */
+ * Streams are queues of work items, run as late as CUDA allows. A stream
+ * numbers its items as they are queued; running it "up to" a number runs
+ * its items in order until that many have run. An event is such a number
+ * in one stream; a cudaStreamWaitEvent is an item that runs the event's
+ * stream up to it. Items run on the calling thread inside the call that
+ * forces them (a synchronization, a device-to-host copy); a stream
+ * reached again while its own item runs means two streams wait for each
+ * other, which hangs a GPU, and is reported as a device fault.
+ *
+ * The legacy NULL stream's order with the blocking streams is kept when
+ * work is queued: an item for the NULL stream is preceded by a wait for
+ * every blocking stream's queued work, an item for a blocking stream by
+ * a wait for the NULL stream's.
+ *
+ * A launch runs its blocks one after another. A block's threads are
+ * fibers (ucontext), started in thread order; each runs its CUDA thread
+ * until that thread finishes or waits at a barrier (__syncthreads, or a
+ * warp intrinsic, which waits for its warp), then hands back to the
+ * block's scheduler. A fiber whose thread finished takes the next thread
+ * not yet started, so a kernel without barriers runs a whole block on one
+ * fiber with no switch at all. Once every thread has started, the
+ * scheduler resumes the fibers whose barrier has opened, until all are
+ * done; if none can move, the block is stuck (a barrier that not every
+ * thread reaches) and the device faults with a message. */
 #include <ucontext.h>
 #include <sys/mman.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
 #include <map>
 #include <vector>
 
@@ -39,7 +54,8 @@ namespace {
 /* What cudaGetLastError returns next (and clears). */
 cudaError_t last_error = cudaSuccess;
 /* A kernel that failed leaves the emulated device unusable, as a real
- * fault does: every later call that waits returns it. */
+ * fault does: every later call that waits returns it, and queued work no
+ * longer runs. */
 cudaError_t sticky_error = cudaSuccess;
 
 cudaError_t fail(cudaError_t err, const char *what)
@@ -74,21 +90,122 @@ cudaError_t check_device(const void *p, size_t bytes, const char *call)
     return fail(cudaErrorInvalidValue, msg);
 }
 
-/* ---- streams: a set of live handles; work runs when it is issued ---- */
+/* Found while queued work runs: the device is done for, and the host
+ * learns it at its next wait. */
+void device_fault(cudaError_t err, const char *what)
+{
+    std::fprintf(stderr, "cuda emulator: %s\n", what);
+    sticky_error = last_error = err;
+}
 
-std::vector<cudaStream_t> streams;
+} // namespace
+
+/* ---- streams: queues of work ---- */
+
+using work_item = std::function<void()>; /* empty: a place an event marks */
+
+struct mhub_emu_stream {
+    unsigned long id; /* never reused: a wait names its stream by it */
+    bool blocking;    /* ordered with the NULL stream */
+    std::deque<work_item> queue;
+    uint64_t queued, ran; /* items queued and run so far */
+    bool running;
+};
+
+namespace {
+
+mhub_emu_stream null_stream{0, true, {}, 0, 0, false};
+unsigned long streams_made = 0;
+std::map<unsigned long, mhub_emu_stream *> live_streams = {{0, &null_stream}};
 
 bool is_stream(cudaStream_t s)
 {
     if (!s)
         return true; /* the default stream */
-    for (cudaStream_t t : streams)
-        if (t == s)
+    for (const auto &live : live_streams)
+        if (live.second == s)
             return true;
     return false;
 }
 
-/* ---- events: a set of live handles, complete once recorded ---- */
+mhub_emu_stream &stream_of(cudaStream_t s) { return s ? *s : null_stream; }
+
+/* Runs s's items until `position` of them have run. */
+void run_until(mhub_emu_stream &s, uint64_t position)
+{
+    if (s.ran >= position)
+        return;
+    if (s.running) {
+        device_fault(cudaErrorLaunchFailure, "two streams wait for each other (each "
+                     "cudaStreamWaitEvent names an event the other stream records later): "
+                     "a GPU would hang");
+        return;
+    }
+    s.running = true;
+    while (s.ran < position) {
+        work_item item = std::move(s.queue.front());
+        s.queue.pop_front();
+        /* a faulted device runs nothing more */
+        if (item && sticky_error == cudaSuccess)
+            item();
+        s.ran++;
+    }
+    s.running = false;
+}
+
+void run_all(mhub_emu_stream &s) { run_until(s, s.queued); }
+
+/* The stream with this id, run up to `position`; a destroyed stream ran
+ * all its work when it was destroyed. */
+void run_stream_until(unsigned long id, uint64_t position)
+{
+    auto it = live_streams.find(id);
+    if (it != live_streams.end())
+        run_until(*it->second, position);
+}
+
+uint64_t push(mhub_emu_stream &s, work_item item)
+{
+    s.queue.push_back(std::move(item));
+    return ++s.queued;
+}
+
+void push_wait(mhub_emu_stream &s, const mhub_emu_stream &on)
+{
+    if (on.queued > on.ran)
+        push(s, [id = on.id, position = on.queued] { run_stream_until(id, position); });
+}
+
+/* Queues `item` on s behind the waits the legacy NULL stream implies;
+ * returns its position. */
+uint64_t enqueue(mhub_emu_stream &s, work_item item)
+{
+    if (&s == &null_stream) {
+        for (const auto &live : live_streams)
+            if (live.second != &null_stream && live.second->blocking)
+                push_wait(s, *live.second);
+    } else if (s.blocking) {
+        push_wait(s, null_stream);
+    }
+    return push(s, std::move(item));
+}
+
+void run_everything()
+{
+    for (const auto &live : live_streams)
+        run_all(*live.second);
+}
+
+} // namespace
+
+/* ---- events: a place in one stream's queue ---- */
+
+struct mhub_emu_event {
+    unsigned long stream_id;
+    uint64_t position; /* 0: never recorded */
+};
+
+namespace {
 
 std::vector<cudaEvent_t> events;
 
@@ -98,6 +215,12 @@ bool is_event(cudaEvent_t e)
         if (t == e)
             return true;
     return false;
+}
+
+bool is_complete(const mhub_emu_event &e)
+{
+    auto it = live_streams.find(e.stream_id);
+    return e.position == 0 || it == live_streams.end() || it->second->ran >= e.position;
 }
 
 /* ---- fibers ---- */
@@ -120,8 +243,7 @@ struct fiber {
 
 /* The block being run and its scheduler. */
 struct block_run {
-    void (*body)(void *);
-    void *arg;
+    const std::function<void()> *body; /* one CUDA thread's work */
     unsigned threads, next_thread;
     barrier whole_block;
     barrier warp[32];
@@ -185,7 +307,7 @@ void fiber_main()
         me->linear = b.next_thread++;
         me->thread = thread_of(me->linear);
         threadIdx = me->thread;
-        b.body(b.arg);
+        (*b.body)();
     }
     me->done = true;
 }
@@ -295,23 +417,13 @@ cudaError_t check_shape(const mhub_emu::launch_config &c)
     return cudaSuccess;
 }
 
-} // namespace
-
-namespace mhub_emu {
-
-void run_grid(const launch_config &c, void (*body)(void *), void *arg)
+/* Runs body as every thread of the grid; a stuck block faults the device. */
+void run_grid(const mhub_emu::launch_config &c, const std::function<void()> &body)
 {
-    if (sticky_error != cudaSuccess) {
-        last_error = sticky_error;
-        return;
-    }
-    if (check_shape(c) != cudaSuccess)
-        return;
     gridDim = c.grid;
     blockDim = c.block;
     block_run b;
-    b.body = body;
-    b.arg = arg;
+    b.body = &body;
     b.threads = c.block.x * c.block.y * c.block.z;
     block_run *outer = running;
     running = &b;
@@ -330,12 +442,28 @@ void run_grid(const launch_config &c, void (*body)(void *), void *arg)
                  * write sees NaN, not the previous block's values */
                 memset(smem, 0xff, c.shared_bytes);
                 if (!run_block(b)) {
-                    sticky_error = last_error = cudaErrorLaunchFailure;
+                    sticky_error = last_error = cudaErrorLaunchFailure; /* said why above */
                     running = outer;
                     return;
                 }
             }
     running = outer;
+}
+
+} // namespace
+
+namespace mhub_emu {
+
+void launch_grid(const launch_config &c, std::function<void()> thread_body)
+{
+    if (sticky_error != cudaSuccess) {
+        last_error = sticky_error;
+        return;
+    }
+    if (check_shape(c) != cudaSuccess)
+        return;
+    enqueue(stream_of(c.stream),
+            [c, body = std::move(thread_body)] { run_grid(c, body); });
 }
 
 void sync_block() { arrive_and_wait(running->whole_block); }
@@ -430,6 +558,8 @@ cudaError_t cudaMalloc(void **ptr, size_t bytes)
     return cudaSuccess;
 }
 
+/* CUDA's cudaFree waits for the whole device first: no queued work may
+ * still use the block. */
 cudaError_t cudaFree(void *ptr)
 {
     if (!ptr)
@@ -437,6 +567,7 @@ cudaError_t cudaFree(void *ptr)
     auto it = blocks.find((uintptr_t)ptr);
     if (it == blocks.end())
         return fail(cudaErrorInvalidValue, "cudaFree: not a cudaMalloc block");
+    run_everything();
     allocated -= it->second;
     blocks.erase(it);
     std::free(ptr);
@@ -449,14 +580,56 @@ cudaError_t cudaMemsetAsync(void *ptr, int value, size_t bytes, cudaStream_t str
         return fail(cudaErrorInvalidResourceHandle, "cudaMemsetAsync: no such stream");
     cudaError_t err = check_device(ptr, bytes, "cudaMemsetAsync");
     if (err == cudaSuccess && bytes)
-        memset(ptr, value, bytes);
+        enqueue(stream_of(stream), [ptr, value, bytes] { memset(ptr, value, bytes); });
     return err;
 }
 
+/* On the legacy NULL stream; the host does not wait for it. */
 cudaError_t cudaMemset(void *ptr, int value, size_t bytes)
 {
     return cudaMemsetAsync(ptr, value, bytes, nullptr);
 }
+
+namespace {
+
+enum cudaMemcpyKind kind_of(const void *dst, const void *src)
+{
+    bool from_device = is_device_range(src, 1), to_device = is_device_range(dst, 1);
+    return from_device ? (to_device ? cudaMemcpyDeviceToDevice : cudaMemcpyDeviceToHost)
+                       : (to_device ? cudaMemcpyHostToDevice : cudaMemcpyHostToHost);
+}
+
+cudaError_t check_copy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind)
+{
+    cudaError_t err = cudaSuccess;
+    if (kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice)
+        err = check_device(src, bytes, "cudaMemcpy (source)");
+    if (err == cudaSuccess && (kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice))
+        err = check_device(dst, bytes, "cudaMemcpy (destination)");
+    return err;
+}
+
+/* CUDA's rules for pageable host memory (the emulator has no other): the
+ * host's bytes are staged at the call, so the caller may reuse its
+ * buffer at once; a copy to the host returns once it has run; a copy
+ * between device buffers is only queued. */
+cudaError_t queue_copy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind,
+                       mhub_emu_stream &s)
+{
+    if (kind == cudaMemcpyHostToDevice) {
+        std::vector<unsigned char> staged((const unsigned char *)src,
+                                          (const unsigned char *)src + bytes);
+        enqueue(s, [dst, staged = std::move(staged)] { memcpy(dst, staged.data(), staged.size()); });
+        return cudaSuccess;
+    }
+    uint64_t position = enqueue(s, [dst, src, bytes] { memmove(dst, src, bytes); });
+    if (kind == cudaMemcpyDeviceToDevice)
+        return cudaSuccess;
+    run_until(s, position);
+    return sticky_error;
+}
+
+} // namespace
 
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind,
                             cudaStream_t stream)
@@ -465,16 +638,16 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaM
         return sticky_error;
     if (!is_stream(stream))
         return fail(cudaErrorInvalidResourceHandle, "cudaMemcpyAsync: no such stream");
-    cudaError_t err = cudaSuccess;
-    if (kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice)
-        err = check_device(src, bytes, "cudaMemcpy (source)");
-    if (err == cudaSuccess && (kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice))
-        err = check_device(dst, bytes, "cudaMemcpy (destination)");
-    if (err == cudaSuccess && bytes)
-        memmove(dst, src, bytes);
-    return err;
+    if (kind == cudaMemcpyDefault)
+        kind = kind_of(dst, src);
+    cudaError_t err = check_copy(dst, src, bytes, kind);
+    if (err != cudaSuccess || bytes == 0)
+        return err;
+    return queue_copy(dst, src, bytes, kind, stream_of(stream));
 }
 
+/* On the legacy NULL stream, with the same rules as the asynchronous
+ * copy for pageable memory. */
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind)
 {
     return cudaMemcpyAsync(dst, src, bytes, kind, nullptr);
@@ -482,28 +655,36 @@ cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, enum cudaMemcpy
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned flags)
 {
-    (void)flags;
-    /* a handle is an address nothing else has: a byte of its own */
-    *stream = reinterpret_cast<cudaStream_t>(new char);
-    streams.push_back(*stream);
+    if ((flags & ~cudaStreamNonBlocking) != 0)
+        return fail(cudaErrorInvalidValue, "cudaStreamCreateWithFlags: flags it does not know");
+    unsigned long id = ++streams_made;
+    *stream = new mhub_emu_stream{id, (flags & cudaStreamNonBlocking) == 0, {}, 0, 0, false};
+    live_streams[id] = *stream;
     return cudaSuccess;
 }
 
+/* As CUDA: the work already queued still runs. */
 cudaError_t cudaStreamDestroy(cudaStream_t stream)
 {
-    for (size_t i = 0; i < streams.size(); i++)
-        if (streams[i] == stream) {
-            streams.erase(streams.begin() + (long)i);
-            delete reinterpret_cast<char *>(stream);
-            return cudaSuccess;
-        }
-    return fail(cudaErrorInvalidResourceHandle, "cudaStreamDestroy: no such stream");
+    if (!stream || !is_stream(stream))
+        return fail(cudaErrorInvalidResourceHandle, "cudaStreamDestroy: no such stream");
+    run_all(*stream);
+    live_streams.erase(stream->id);
+    delete stream;
+    return cudaSuccess;
 }
 
 cudaError_t cudaStreamSynchronize(cudaStream_t stream)
 {
     if (!is_stream(stream))
         return fail(cudaErrorInvalidResourceHandle, "cudaStreamSynchronize: no such stream");
+    run_all(stream_of(stream));
+    return sticky_error;
+}
+
+cudaError_t cudaDeviceSynchronize(void)
+{
+    run_everything();
     return sticky_error;
 }
 
@@ -522,6 +703,8 @@ cudaError_t cudaStreamCreateWithPriority(cudaStream_t *stream, unsigned flags, i
     return cudaStreamCreateWithFlags(stream, flags);
 }
 
+/* The wait is for the event's record as it is now: a later record does
+ * not move it. */
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned flags)
 {
     if (!is_stream(stream))
@@ -530,6 +713,11 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned
         return fail(cudaErrorInvalidResourceHandle, "cudaStreamWaitEvent: no such event");
     if (flags != 0)
         return fail(cudaErrorInvalidValue, "cudaStreamWaitEvent: flags other than 0");
+    mhub_emu_event record = *event;
+    enqueue(stream_of(stream), [record] {
+        if (record.position != 0)
+            run_stream_until(record.stream_id, record.position);
+    });
     return cudaSuccess;
 }
 
@@ -537,7 +725,7 @@ cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned flags)
 {
     if ((flags & ~(cudaEventBlockingSync | cudaEventDisableTiming)) != 0)
         return fail(cudaErrorInvalidValue, "cudaEventCreateWithFlags: flags it does not know");
-    *event = reinterpret_cast<cudaEvent_t>(new char);
+    *event = new mhub_emu_event{0, 0};
     events.push_back(*event);
     return cudaSuccess;
 }
@@ -548,19 +736,32 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream)
         return fail(cudaErrorInvalidResourceHandle, "cudaEventRecord: no such event");
     if (!is_stream(stream))
         return fail(cudaErrorInvalidResourceHandle, "cudaEventRecord: no such stream");
+    mhub_emu_stream &s = stream_of(stream);
+    event->position = enqueue(s, work_item());
+    event->stream_id = s.id;
     return cudaSuccess;
 }
 
+/* An event not yet complete answers cudaErrorNotReady, as on a GPU, and
+ * then runs its stream up to it, so that a polling caller sees it
+ * complete at its next query. */
 cudaError_t cudaEventQuery(cudaEvent_t event)
 {
     if (!is_event(event))
         return fail(cudaErrorInvalidResourceHandle, "cudaEventQuery: no such event");
-    return sticky_error;
+    if (sticky_error != cudaSuccess || is_complete(*event))
+        return sticky_error;
+    run_stream_until(event->stream_id, event->position);
+    return cudaErrorNotReady;
 }
 
 cudaError_t cudaEventSynchronize(cudaEvent_t event)
 {
-    return cudaEventQuery(event);
+    if (!is_event(event))
+        return fail(cudaErrorInvalidResourceHandle, "cudaEventSynchronize: no such event");
+    if (event->position != 0)
+        run_stream_until(event->stream_id, event->position);
+    return sticky_error;
 }
 
 cudaError_t cudaEventDestroy(cudaEvent_t event)
@@ -568,7 +769,7 @@ cudaError_t cudaEventDestroy(cudaEvent_t event)
     for (size_t i = 0; i < events.size(); i++)
         if (events[i] == event) {
             events.erase(events.begin() + (long)i);
-            delete reinterpret_cast<char *>(event);
+            delete event;
             return cudaSuccess;
         }
     return fail(cudaErrorInvalidResourceHandle, "cudaEventDestroy: no such event");
@@ -601,6 +802,7 @@ const char *cudaGetErrorName(cudaError_t err)
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
     case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
     case cudaErrorNotReady: return "cudaErrorNotReady";
+    case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
     case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
     }
     return "cudaErrorUnknown";
@@ -616,6 +818,7 @@ const char *cudaGetErrorString(cudaError_t err)
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorInvalidResourceHandle: return "invalid resource handle";
     case cudaErrorNotReady: return "device not ready";
+    case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
     case cudaErrorLaunchFailure: return "unspecified launch failure";
     }
     return "unknown error";
@@ -626,5 +829,20 @@ int mhub_emu_is_device_range(const void *ptr, size_t bytes) { return is_device_r
 int mhub_emu_is_stream(cudaStream_t stream) { return is_stream(stream); }
 
 cudaError_t mhub_emu_sticky_error(void) { return sticky_error; }
+
+cudaError_t mhub_emu_enqueue(cudaStream_t stream, void (*run)(void *args), const void *args,
+                             size_t bytes)
+{
+    if (sticky_error != cudaSuccess)
+        return sticky_error;
+    if (!is_stream(stream))
+        return fail(cudaErrorInvalidResourceHandle, "work queued on a stream that does not exist");
+    std::vector<unsigned char> copy((const unsigned char *)args,
+                                    (const unsigned char *)args + bytes);
+    enqueue(stream_of(stream), [run, copy = std::move(copy)]() mutable { run(copy.data()); });
+    return cudaSuccess;
+}
+
+void mhub_emu_device_fault(cudaError_t err, const char *what) { device_fault(err, what); }
 
 } /* extern "C" */

@@ -14,16 +14,37 @@
  * too much shared memory and copies outside device memory are reported;
  * a missing barrier usually shows as wrong results (threads run in order,
  * so a thread reads shared values later threads have not written yet).
- * Device memory is host memory; streams run everything at once, in call
- * order.
+ * Device memory is host memory.
+ *
+ * When work runs: as late as CUDA allows. Every stream, the legacy
+ * default (NULL) stream too, is a queue. A launch, an asynchronous copy
+ * or memset, a cuBLAS call or an NCCL operation checks its arguments at
+ * the call (errors there, as CUDA's) and is queued with them captured by
+ * value; it runs only when something makes the host wait for it:
+ * cudaStreamSynchronize, cudaEventSynchronize, cudaEventQuery (which says
+ * cudaErrorNotReady first, then runs up to the event), a device-to-host
+ * copy (which returns once it has run), cudaDeviceSynchronize, cudaFree or
+ * cudaStreamDestroy. A stream that reaches a cudaStreamWaitEvent first
+ * runs the event's stream up to the event's record. The NULL stream waits
+ * for the blocking streams (created without cudaStreamNonBlocking) and
+ * they for it; non-blocking streams have no order with it. A device fault
+ * (a stuck block) happens when its work runs and is reported by the next
+ * call that waits, and by cudaGetLastError after it.
+ *
+ * So ordering mistakes show as wrong results here, as they would on a
+ * GPU: a host read without a wait, a stream that uses another's output
+ * without cudaStreamWaitEvent, work on the NULL stream meant to follow a
+ * non-blocking stream, a cudaErrorNotReady taken for a failure. What runs
+ * is still deterministic: one queue at a time, each in its order.
  *
  * What it cannot check: data races that need threads to interleave
- * (fibers switch only at barriers), timing and occupancy, out-of-bounds
- * accesses inside kernels (plain host memory), static shared memory read
- * before it is written (only the dynamic part is poisoned), and the GPU's
- * own rounding: device math is glibc's (the __CUDA_ARCH__ paths are not
- * compiled), and cuBLAS is OpenBLAS in f32 whatever the compute type (see
- * cublas_v2.h). Only what the kernels use is here. */
+ * (fibers switch only at barriers, streams never overlap), timing and
+ * occupancy, out-of-bounds accesses inside kernels (plain host memory),
+ * static shared memory read before it is written (only the dynamic part
+ * is poisoned), and the GPU's own rounding: device math is glibc's (the
+ * __CUDA_ARCH__ paths are not compiled), and cuBLAS is OpenBLAS in f32
+ * whatever the compute type (see cublas_v2.h). Only what the kernels use
+ * is here. */
 #ifndef MHUB_CUDA_EMU_RUNTIME_H
 #define MHUB_CUDA_EMU_RUNTIME_H
 
@@ -46,6 +67,7 @@ typedef enum cudaError {
     cudaErrorInvalidDevice = 101,
     cudaErrorInvalidResourceHandle = 400,
     cudaErrorNotReady = 600,
+    cudaErrorIllegalAddress = 700,
     cudaErrorLaunchFailure = 719
 } cudaError_t;
 
@@ -64,8 +86,9 @@ enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
 typedef struct mhub_emu_stream *cudaStream_t;
 #define cudaStreamNonBlocking 0x01u
 
-/* Work runs when it is issued, so an event is complete once recorded:
- * events here check their handles and the streams they name. */
+/* An event marks a place in its stream's queue (the latest
+ * cudaEventRecord); it is complete once the stream has run past it, or
+ * when it was never recorded. */
 typedef struct mhub_emu_event *cudaEvent_t;
 #define cudaEventDefault 0x00u
 #define cudaEventBlockingSync 0x01u
@@ -106,7 +129,8 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaM
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned flags);
 cudaError_t cudaStreamDestroy(cudaStream_t stream);
 cudaError_t cudaStreamSynchronize(cudaStream_t stream);
-/* One priority only (0): the emulator runs streams in call order. */
+cudaError_t cudaDeviceSynchronize(void);
+/* One priority only (0): the emulator runs one stream at a time. */
 cudaError_t cudaDeviceGetStreamPriorityRange(int *least, int *greatest);
 cudaError_t cudaStreamCreateWithPriority(cudaStream_t *stream, unsigned flags, int priority);
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned flags);
@@ -128,6 +152,16 @@ int mhub_emu_is_device_range(const void *ptr, size_t bytes);
  * leaves behind (cudaSuccess while it works). */
 int mhub_emu_is_stream(cudaStream_t stream);
 cudaError_t mhub_emu_sticky_error(void);
+/* Queues run(copy of args) on `stream` (the emulated cuBLAS and NCCL
+ * queue their work with it): the `bytes` at args are copied now, as a
+ * launch copies its parameters. Fails as a launch would on a stream that
+ * does not exist or a device that faulted. */
+cudaError_t mhub_emu_enqueue(cudaStream_t stream, void (*run)(void *args), const void *args,
+                             size_t bytes);
+/* What queued work calls when it finds, as it runs, what would fault a
+ * GPU (an operand outside device memory read through a device pointer):
+ * the device is left unusable with `err`, reported by the next wait. */
+void mhub_emu_device_fault(cudaError_t err, const char *what);
 
 #ifdef __cplusplus
 }
@@ -136,6 +170,7 @@ cudaError_t mhub_emu_sticky_error(void);
 /* ---- what kernels see (C++ only) ---- */
 #ifdef __cplusplus
 
+#include <functional>
 #include <tuple>
 #include <utility>
 
@@ -187,9 +222,10 @@ struct launch_config {
     cudaStream_t stream;
 };
 
-/* Runs body(arg) as every thread of the grid, after checking the shape
- * as CUDA does; an error is kept for cudaGetLastError. */
-void run_grid(const launch_config &config, void (*body)(void *), void *arg);
+/* Checks the shape as CUDA does (an error is kept for cudaGetLastError),
+ * then queues the grid on config.stream: when the stream gets there,
+ * thread_body runs as every thread of the grid. */
+void launch_grid(const launch_config &config, std::function<void()> thread_body);
 
 /* A barrier of the whole block, and one of the calling thread's warp
  * that also swaps values: every lane posts `mine` and gets all 32 lanes'
@@ -200,8 +236,9 @@ unsigned lane_id();
 
 /* kernel<<<grid, block, shared_bytes, stream>>>(args...) is
  * launch(kernel, grid, block, shared_bytes, stream)(args...): the
- * arguments are converted to the kernel's parameter types once, as at a
- * real launch, and each thread gets its own copy of them. */
+ * arguments are converted to the kernel's parameter types once, at the
+ * call, as at a real launch (the grid runs later, so the caller may reuse
+ * whatever it passed by value), and each thread gets its own copy. */
 template <class... P> class launcher {
   public:
     launcher(void (*kernel)(P...), dim3 grid, dim3 block, size_t shared_bytes,
@@ -213,20 +250,12 @@ template <class... P> class launcher {
 
     template <class... A> void operator()(A &&...args) const
     {
-        call c{kernel_, std::tuple<P...>(std::forward<A>(args)...)};
-        run_grid(config_, &call::run, &c);
+        void (*kernel)(P...) = kernel_;
+        std::tuple<P...> params(std::forward<A>(args)...);
+        launch_grid(config_, [kernel, params]() { std::apply(kernel, params); });
     }
 
   private:
-    struct call {
-        void (*kernel)(P...);
-        std::tuple<P...> params;
-        static void run(void *self)
-        {
-            call *c = static_cast<call *>(self);
-            std::apply(c->kernel, c->params);
-        }
-    };
     void (*kernel_)(P...);
     launch_config config_;
 };

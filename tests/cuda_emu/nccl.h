@@ -7,8 +7,11 @@
  * A communicator here has exactly one rank: every collective of one rank
  * is a copy (a sum, average or maximum of one value is that value), and a
  * send can only go to the same rank, where ncclGroupEnd pairs it with the
- * receive. Like the rest of the emulator everything runs when it is
- * issued; buffers must be emulated device memory (cudaMalloc).
+ * receive. Like the rest of the emulator's work, a transfer is queued on
+ * its stream and runs when the stream is made to (cuda_runtime.h), so a
+ * communicator that does not order its stream after the one that wrote
+ * the buffer sends stale data; buffers must be emulated device memory
+ * (cudaMalloc).
  *
  * What it cannot check: anything that needs a second rank (real
  * reductions, the order in which peers match their sends and receives,

@@ -2,10 +2,12 @@
  * nccl.h for what it is and is not).
  *
  * A collective checks its communicator, stream, type, operation and
- * buffers as NCCL would, then copies. Sends and receives are kept until
+ * buffers as NCCL would, then queues its copy on its stream (it runs when
+ * the stream does, see cuda_runtime.h). Sends and receives are kept until
  * the outermost ncclGroupEnd, which pairs the i-th send with the i-th
- * receive (NCCL's order between two ranks) and copies; a receive or send
- * left without a partner is an error, as it would hang on a GPU. */
+ * receive (NCCL's order between two ranks) and queues the copies; a
+ * receive or send left without a partner is an error, as it would hang on
+ * a GPU. */
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
@@ -87,6 +89,30 @@ ncclResult_t check_buffer(const char *call, const char *arg, const void *p, size
                 bytes, p);
 }
 
+/* One rank's transfer: queued on its stream, run when the stream is. */
+struct copy_args {
+    void *dst;
+    const void *src;
+    size_t bytes;
+};
+
+void run_copy(void *args)
+{
+    const copy_args *c = static_cast<const copy_args *>(args);
+    std::memmove(c->dst, c->src, c->bytes);
+}
+
+ncclResult_t queue_copy(const char *call, void *dst, const void *src, size_t bytes,
+                        cudaStream_t stream)
+{
+    if (bytes == 0 || dst == src)
+        return ncclSuccess;
+    copy_args c{dst, src, bytes};
+    if (mhub_emu_enqueue(stream, run_copy, &c, sizeof c) != cudaSuccess)
+        return fail(ncclUnhandledCudaError, "%s: its copy could not be queued", call);
+    return ncclSuccess;
+}
+
 /* A collective of one rank: recv gets send's count elements. */
 ncclResult_t copy_collective(const char *call, const void *send, void *recv, size_t count,
                              ncclDataType_t type, ncclComm_t comm, cudaStream_t stream)
@@ -98,9 +124,7 @@ ncclResult_t copy_collective(const char *call, const void *send, void *recv, siz
     if ((rc = check_buffer(call, "sendbuff", send, bytes)) != ncclSuccess ||
         (rc = check_buffer(call, "recvbuff", recv, bytes)) != ncclSuccess)
         return rc;
-    if (bytes != 0 && send != recv)
-        std::memmove(recv, send, bytes);
-    return ncclSuccess;
+    return queue_copy(call, recv, send, bytes, stream);
 }
 
 ncclResult_t check_op(const char *call, ncclRedOp_t op)
@@ -117,6 +141,7 @@ struct p2p {
     size_t count;
     ncclDataType_t type;
     ncclComm_t comm;
+    cudaStream_t stream;
 };
 
 int group_depth = 0;
@@ -135,17 +160,31 @@ ncclResult_t queue_p2p(const char *call, std::vector<p2p> &queue, void *buf, siz
                     "wait forever for its partner", call);
     if ((rc = check_buffer(call, "buffer", buf, count * type_size(type))) != ncclSuccess)
         return rc;
-    queue.push_back(p2p{buf, count, type, comm});
+    queue.push_back(p2p{buf, count, type, comm, stream});
     return ncclSuccess;
 }
 
-/* Pairs the group's sends and receives in order and copies. */
+/* A send and its receive are one transfer, which the emulator queues on
+ * one stream; NCCL would order the two streams itself. */
+ncclResult_t check_streams()
+{
+    for (const std::vector<p2p> *queue : {&sends, &recvs})
+        for (const p2p &op : *queue)
+            if (op.stream != sends.front().stream)
+                return fail(ncclInvalidUsage, "ncclGroupEnd: sends and receives on more than "
+                            "one stream; the emulator runs a group on one stream only");
+    return ncclSuccess;
+}
+
+/* Pairs the group's sends and receives in order and queues the copies. */
 ncclResult_t complete_group()
 {
     ncclResult_t rc = ncclSuccess;
     if (sends.size() != recvs.size())
         rc = fail(ncclInvalidUsage, "ncclGroupEnd: %zu sends and %zu receives to self; each "
                   "needs a partner", sends.size(), recvs.size());
+    else if (!sends.empty())
+        rc = check_streams();
     for (size_t i = 0; rc == ncclSuccess && i < sends.size(); i++) {
         const p2p &s = sends[i], &r = recvs[i];
         if (s.comm != r.comm || s.type != r.type || s.count != r.count) {
@@ -157,8 +196,9 @@ ncclResult_t complete_group()
         if (!is_comm(s.comm))
             rc = fail(ncclInvalidArgument, "ncclGroupEnd: a communicator destroyed inside "
                       "the group");
-        else if (s.count != 0 && s.buf != r.buf)
-            std::memmove(r.buf, s.buf, s.count * type_size(s.type));
+        else
+            rc = queue_copy("ncclGroupEnd", r.buf, s.buf, s.count * type_size(s.type),
+                            s.stream);
     }
     sends.clear();
     recvs.clear();
