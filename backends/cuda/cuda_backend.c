@@ -129,14 +129,20 @@ static mhub_status launched(const cuda_state *st, cudaError_t err, const char *o
 
 /* The device's fault record, read after the stream has been waited for:
  * the first bad value a kernel met since the last check, as an error
- * naming the operation, the row and the value. */
+ * naming the operation, the row and the value. The read and the clearing
+ * go on the compute stream, in order with the kernels that write the
+ * record: the stream is non-blocking, so the legacy default stream would
+ * not order them, and a clearing that landed after a later kernel's fault
+ * would lose that fault. */
 static mhub_status check_fault(cuda_state *st)
 {
     mhub_cuda_fault f;
-    MHUB_CUDA_TRY(cudaMemcpy(&f, st->fault, sizeof f, cudaMemcpyDeviceToHost), st->device);
+    MHUB_CUDA_TRY(cudaMemcpyAsync(&f, st->fault, sizeof f, cudaMemcpyDeviceToHost, st->stream),
+                  st->device);
+    MHUB_CUDA_TRY(cudaStreamSynchronize(st->stream), st->device);
     if (f.code == MHUB_CUDA_FAULT_NONE)
         return MHUB_OK;
-    MHUB_CUDA_TRY(cudaMemset(st->fault, 0, sizeof f), st->device);
+    MHUB_CUDA_TRY(cudaMemsetAsync(st->fault, 0, sizeof f, st->stream), st->device);
     /* the CPU backend's words, with where the device found it */
     if (f.code == MHUB_CUDA_FAULT_TARGET)
         return mhub_error_at(MHUB_ERR_INVALID_ARG, "softmax_xent",
