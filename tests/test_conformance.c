@@ -512,6 +512,35 @@ START_TEST(test_device_faults)
 }
 END_TEST
 
+/* A fault reported, then another before any wait: the second is reported
+ * at the next wait, not lost to the clearing of the first. Every buffer
+ * is ready before the first fault, so that nothing waits in between. */
+START_TEST(test_device_fault_after_fault)
+{
+    const int64_t rows = 4, classes = 9, dim = 5;
+    int32_t bad_targets[4] = {1, 9, 2, 0}, bad_ids[4] = {0, 1, 2, 12};
+    ipair tg = ipair_from(bad_targets, rows), id = ipair_from(bad_ids, rows);
+    pair logits = pair_random(rows * classes, 34, -1, 1);
+    pair probs = pair_zeros(rows * classes), loss = pair_zeros(rows);
+    pair table = pair_random(classes * dim, 35, -1, 1), out = pair_zeros(rows * dim);
+    mhub_clear_error();
+    mhub_status s = dut->ops->softmax_xent_forward(dut, probs.d, loss.d, logits.d, tg.d, rows,
+                                                   classes);
+    if (s == MHUB_OK)
+        s = dut->ops->synchronize(dut);
+    ck_assert_int_eq(s, MHUB_ERR_INVALID_ARG);
+    ck_assert_msg(strstr(mhub_last_error(), "targets[1] = 9 is outside [0, 9)"),
+                  "message: %s", mhub_last_error());
+    s = dut->ops->embedding_forward(dut, out.d, table.d, id.d, rows, classes, dim, false);
+    if (s == MHUB_OK)
+        s = dut->ops->synchronize(dut);
+    ck_assert_int_eq(s, MHUB_ERR_INVALID_ARG);
+    ck_assert_msg(strstr(mhub_last_error(), "ids[3] = 12 is outside [0, vocab = 9)"),
+                  "message: %s", mhub_last_error());
+    CK_OK(dut->ops->synchronize(dut));
+}
+END_TEST
+
 START_TEST(test_embedding)
 {
     const int64_t rows = 517, vocab = 300, dim = 96;
@@ -1111,6 +1140,7 @@ static Suite *make_suite(void)
     tcase_add_test(tc, test_bias_gelu);
     tcase_add_test(tc, test_softmax_xent);
     tcase_add_test(tc, test_device_faults);
+    tcase_add_test(tc, test_device_fault_after_fault);
     tcase_add_test(tc, test_embedding);
     tcase_add_test(tc, test_norms);
     tcase_add_test(tc, test_swiglu);
