@@ -140,6 +140,17 @@ static void to_device(void *dst, const void *src, size_t bytes)
     CK_OK(be->ops->copy(be, dst, src, bytes, MHUB_COPY_HOST_TO_DEVICE));
 }
 
+/* The input as a training step hands it over: still being written on
+ * the compute stream (a device-to-device copy is not waited for), so the
+ * communicator must order its own stream after the compute stream. */
+static void to_device_pending(void *dst, const void *src, size_t bytes)
+{
+    void *staged = dev_alloc(bytes);
+    to_device(staged, src, bytes);
+    CK_OK(be->ops->copy(be, dst, staged, bytes, MHUB_COPY_DEVICE_TO_DEVICE));
+    be->ops->free(be, staged); /* later use of it is ordered after the copy */
+}
+
 /* The copy is issued on the compute stream, after the stream's wait for
  * the collective; synchronize makes it visible to the host. */
 static void to_host(void *dst, const void *src, size_t bytes)
@@ -222,7 +233,7 @@ static void allreduce_case(verdict *v, mhub_dtype dt, mhub_reduce_op op, int64_t
     void *h = host_alloc(bytes);
     void *send = dev_alloc(bytes), *recv = inplace ? send : dev_alloc(bytes);
     fill_input(h, dt, rank, 0, count);
-    to_device(send, h, bytes);
+    to_device_pending(send, h, bytes);
     mhub_request req = {0};
     if (expect_ok(v, mhub_comm_iallreduce(world, send, recv, count, dt, op, &req), "iallreduce"))
         expect_ok(v, mhub_request_wait(&req), "wait");
@@ -342,7 +353,7 @@ START_TEST(test_send_recv_ring)
     void *h = host_alloc(bytes);
     void *out = dev_alloc(bytes), *in = dev_alloc(bytes);
     fill_input(h, dt, rank, 0, count);
-    to_device(out, h, bytes);
+    to_device_pending(out, h, bytes);
     mhub_request sreq = {0}, rreq = {0};
     expect_ok(&v, mhub_comm_isend(world, out, count, dt, next, 7, &sreq), "isend");
     expect_ok(&v, mhub_comm_irecv(world, in, count, dt, prev, 7, &rreq), "irecv");
@@ -394,30 +405,53 @@ END_TEST
 
 /* ---- requests ----------------------------------------------------------- */
 
+/* Test until done, as a host loop that overlaps other work would. */
+static void poll(verdict *v, mhub_request *req, const char *what)
+{
+    bool done = false;
+    for (long polls = 0; !done && !v->failed; polls++) {
+        expect_ok(v, mhub_request_test(req, &done), what);
+        if (polls > 100000000L)
+            flunk(v, "%s never completed", what);
+    }
+    if (req->active)
+        flunk(v, "%s: a completed request is still active", what);
+}
+
+/* Polling waits for the communication stream alone, and these inputs are
+ * still being written on the compute stream when the requests are posted:
+ * the results are right only if the communicator orders its stream after
+ * the compute stream, for a collective and for queued sends alike. */
 START_TEST(test_request_test_polling)
 {
     verdict v = {0};
     int64_t count = LARGE;
+    int next = (rank + 1) % nranks, prev = (rank + nranks - 1) % nranks;
     size_t bytes = (size_t)count * sizeof(float);
     float *h = host_alloc(bytes);
-    float *buf = dev_alloc(bytes);
+    float *send = dev_alloc(bytes), *recv = dev_alloc(bytes);
     fill_input(h, MHUB_F32, rank, 0, count);
-    to_device(buf, h, bytes);
-    mhub_request req = {0};
-    expect_ok(&v, mhub_comm_iallreduce(world, buf, buf, count, MHUB_F32, MHUB_AVG, &req),
+    to_device_pending(send, h, bytes);
+    mhub_request req = {0}, rreq = {0};
+    expect_ok(&v, mhub_comm_iallreduce(world, send, recv, count, MHUB_F32, MHUB_AVG, &req),
               "iallreduce");
-    bool done = false;
-    for (long polls = 0; !done && !v.failed; polls++) {
-        expect_ok(&v, mhub_request_test(&req, &done), "test");
-        if (polls > 100000000L)
-            flunk(&v, "the allreduce never completed");
-    }
-    if (req.active)
-        flunk(&v, "a completed request is still active");
-    to_host(h, buf, bytes);
+    poll(&v, &req, "test of the allreduce");
+    to_host(h, recv, bytes);
     reduction r = {MHUB_AVG, nranks};
     expect_values(&v, h, MHUB_F32, count, want_reduced, &r, 0, true, "polled allreduce avg");
-    be->ops->free(be, buf);
+    /* other values than the allreduce's, into a buffer cleared on the
+     * compute stream: neither stale buffer passes for the result */
+    fill_input(h, MHUB_F32, rank, count, count);
+    to_device_pending(send, h, bytes);
+    CK_OK(be->ops->memset_zero(be, recv, bytes));
+    expect_ok(&v, mhub_comm_irecv(world, recv, count, MHUB_F32, prev, 3, &rreq), "irecv");
+    expect_ok(&v, mhub_comm_isend(world, send, count, MHUB_F32, next, 3, &req), "isend");
+    poll(&v, &rreq, "test of the receive");
+    poll(&v, &req, "test of the send");
+    to_host(h, recv, bytes);
+    expect_values(&v, h, MHUB_F32, count, want_input_of, &prev, count, false, "polled receive");
+    be->ops->free(be, recv);
+    be->ops->free(be, send);
     free(h);
     settle(&v);
 }
