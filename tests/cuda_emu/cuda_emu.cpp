@@ -16,7 +16,10 @@
  * a wait for the NULL stream's.
  *
  * A launch runs its blocks one after another. A block's threads are
- * fibers (ucontext), started in thread order; each runs its CUDA thread
+ * fibers (ucontext), started in thread order (or in reverse with
+ * MHUB_EMU_THREAD_ORDER=reverse: a thread that reads what a lower thread
+ * writes, with no barrier between, reads it too early in one order, and
+ * one that reads what a higher thread writes in the other); each runs its CUDA thread
  * until that thread finishes or waits at a barrier (__syncthreads, or a
  * warp intrinsic, which waits for its warp), then hands back to the
  * block's scheduler. A fiber whose thread finished takes the next thread
@@ -30,6 +33,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <deque>
 #include <map>
 #include <vector>
@@ -291,6 +295,22 @@ fiber *new_fiber()
     return f;
 }
 
+/* Whether a block's threads start from the last (MHUB_EMU_THREAD_ORDER). */
+bool threads_reversed()
+{
+    static const int reversed = [] {
+        const char *order = std::getenv("MHUB_EMU_THREAD_ORDER");
+        if (!order || !*order || std::strcmp(order, "forward") == 0)
+            return 0;
+        if (std::strcmp(order, "reverse") == 0)
+            return 1;
+        std::fprintf(stderr, "cuda emulator: MHUB_EMU_THREAD_ORDER = '%s': expected forward "
+                     "or reverse\n", order);
+        std::abort(); /* a test harness set up wrong cannot judge anything */
+    }();
+    return reversed != 0;
+}
+
 uint3 thread_of(unsigned linear)
 {
     return uint3{linear % blockDim.x, linear / blockDim.x % blockDim.y,
@@ -304,7 +324,8 @@ void fiber_main()
     block_run &b = *running;
     fiber *me = b.current;
     while (b.next_thread < b.threads) {
-        me->linear = b.next_thread++;
+        unsigned k = b.next_thread++;
+        me->linear = threads_reversed() ? b.threads - 1 - k : k;
         me->thread = thread_of(me->linear);
         threadIdx = me->thread;
         (*b.body)();

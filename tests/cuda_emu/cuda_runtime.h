@@ -12,8 +12,11 @@
  * block's `__shared__` variables are plain thread_local statics, shared by
  * its fibers. A barrier that not every thread reaches, a bad launch shape,
  * too much shared memory and copies outside device memory are reported;
- * a missing barrier usually shows as wrong results (threads run in order,
- * so a thread reads shared values later threads have not written yet).
+ * a missing barrier usually shows as wrong results: threads start in
+ * order, so a thread reads shared values later threads have not written
+ * yet, and with MHUB_EMU_THREAD_ORDER=reverse (tests/
+ * test_conformance_emu_reverse.sh) in reverse, so the values of earlier
+ * threads are the ones not written yet.
  * Device memory is host memory.
  *
  * When work runs: as late as CUDA allows. Every stream, the legacy
