@@ -569,9 +569,11 @@ cudaError_t cudaMalloc(void **ptr, size_t bytes)
     *ptr = nullptr;
     if (bytes > total_memory - allocated)
         return fail(cudaErrorMemoryAllocation, "cudaMalloc: more than the emulated 16 GiB");
-    /* untouched pages cost nothing, so a large pool is cheap */
-    void *p = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
-    if (!p)
+    /* Untouched pages cost nothing, so a large pool is cheap. The block
+     * is exactly `bytes` long, so that AddressSanitizer, in a sanitized
+     * build, stops a kernel at the first byte past it. */
+    void *p = nullptr;
+    if (posix_memalign(&p, 256, bytes ? bytes : 1) != 0)
         return fail(cudaErrorMemoryAllocation, "cudaMalloc: the host is out of memory");
     blocks[(uintptr_t)p] = bytes;
     allocated += bytes;
