@@ -480,6 +480,16 @@ START_TEST(test_softmax_xent)
 }
 END_TEST
 
+/* A fault the device finds: reported by the op itself (status s) or, on
+ * an asynchronous backend, by the next wait, as INVALID_ARG with message. */
+static void expect_fault(mhub_status s, const char *message)
+{
+    if (s == MHUB_OK)
+        s = dut->ops->synchronize(dut);
+    ck_assert_int_eq(s, MHUB_ERR_INVALID_ARG);
+    ck_assert_msg(strstr(mhub_last_error(), message), "message: %s", mhub_last_error());
+}
+
 /* A target out of range: the CPU refuses at the call; a GPU finds it in
  * the kernel and reports it by the next call that waits. Either way the
  * error names the target and the row. */
@@ -491,23 +501,16 @@ START_TEST(test_device_faults)
     pair logits = pair_random(rows * classes, 32, -1, 1);
     pair probs = pair_zeros(rows * classes), loss = pair_zeros(rows);
     mhub_clear_error();
-    mhub_status s = dut->ops->softmax_xent_forward(dut, probs.d, loss.d, logits.d, tg.d, rows,
-                                                   classes);
-    if (s == MHUB_OK)
-        s = dut->ops->synchronize(dut);
-    ck_assert_int_eq(s, MHUB_ERR_INVALID_ARG);
-    ck_assert_msg(strstr(mhub_last_error(), "targets[2] = 9 is outside [0, 9)"),
-                  "message: %s", mhub_last_error());
+    expect_fault(dut->ops->softmax_xent_forward(dut, probs.d, loss.d, logits.d, tg.d, rows,
+                                                classes),
+                 "targets[2] = 9 is outside [0, 9)");
     CK_OK(dut->ops->synchronize(dut)); /* reported once, then clear */
     int32_t ids[4] = {0, -1, 3, 4};
     ipair id = ipair_from(ids, rows);
     pair table = pair_random(classes * dim, 33, -1, 1), out = pair_zeros(rows * dim);
-    s = dut->ops->embedding_forward(dut, out.d, table.d, id.d, rows, classes, dim, false);
-    if (s == MHUB_OK)
-        s = dut->ops->synchronize(dut);
-    ck_assert_int_eq(s, MHUB_ERR_INVALID_ARG);
-    ck_assert_msg(strstr(mhub_last_error(), "ids[1] = -1 is outside [0, vocab = 9)"),
-                  "message: %s", mhub_last_error());
+    expect_fault(dut->ops->embedding_forward(dut, out.d, table.d, id.d, rows, classes, dim,
+                                             false),
+                 "ids[1] = -1 is outside [0, vocab = 9)");
     CK_OK(dut->ops->synchronize(dut));
 }
 END_TEST
@@ -524,19 +527,12 @@ START_TEST(test_device_fault_after_fault)
     pair probs = pair_zeros(rows * classes), loss = pair_zeros(rows);
     pair table = pair_random(classes * dim, 35, -1, 1), out = pair_zeros(rows * dim);
     mhub_clear_error();
-    mhub_status s = dut->ops->softmax_xent_forward(dut, probs.d, loss.d, logits.d, tg.d, rows,
-                                                   classes);
-    if (s == MHUB_OK)
-        s = dut->ops->synchronize(dut);
-    ck_assert_int_eq(s, MHUB_ERR_INVALID_ARG);
-    ck_assert_msg(strstr(mhub_last_error(), "targets[1] = 9 is outside [0, 9)"),
-                  "message: %s", mhub_last_error());
-    s = dut->ops->embedding_forward(dut, out.d, table.d, id.d, rows, classes, dim, false);
-    if (s == MHUB_OK)
-        s = dut->ops->synchronize(dut);
-    ck_assert_int_eq(s, MHUB_ERR_INVALID_ARG);
-    ck_assert_msg(strstr(mhub_last_error(), "ids[3] = 12 is outside [0, vocab = 9)"),
-                  "message: %s", mhub_last_error());
+    expect_fault(dut->ops->softmax_xent_forward(dut, probs.d, loss.d, logits.d, tg.d, rows,
+                                                classes),
+                 "targets[1] = 9 is outside [0, 9)");
+    expect_fault(dut->ops->embedding_forward(dut, out.d, table.d, id.d, rows, classes, dim,
+                                             false),
+                 "ids[3] = 12 is outside [0, vocab = 9)");
     CK_OK(dut->ops->synchronize(dut));
 }
 END_TEST
