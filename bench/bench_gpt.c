@@ -4,7 +4,7 @@
  *
  *   bench/bench_gpt [--shape 124m|small] [--batch B] [--seq T] [--threads N]
  *                   [--steps N] [--json] [--backend cpu|cuda]
- *                   [--matmul f32|tf32|bf16] [--peak-tflops P]
+ *                   [--matmul f32|tf32|bf16] [--peak-tflops P] [--profile N]
  *
  * On cuda, parameters and activations stay f32 and --matmul picks the
  * GEMMs' input rounding (bf16: tensor cores with f32 accumulation, as
@@ -15,7 +15,9 @@
  * small: 6 layers, 8 heads, width 512, vocab 256. Prints the median
  * ms/step over --steps timed steps (after 1 warmup), tokens/s, GFLOP/s
  * by llm.c's count (6 per matmul parameter per token plus attention) and
- * the ratio to the GEMM floor. */
+ * the ratio to the GEMM floor. --profile N then runs N more steps on the
+ * profiling backend (mhub_profile_backend_create), each op waited for,
+ * and prints where the time goes: op, calls, ms, share, TFLOP/s. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,7 +47,7 @@ static double median(double *v, int n)
 
 typedef struct opts {
     const char *shape, *backend, *matmul;
-    int batch, seq, threads, steps;
+    int batch, seq, threads, steps, profile;
     double peak_tflops;
     bool json;
 } opts;
@@ -79,12 +81,14 @@ static bool parse(int argc, char **argv, opts *o)
             o->matmul = v;
         else if (!strcmp(a, "--peak-tflops"))
             o->peak_tflops = atof(v);
+        else if (!strcmp(a, "--profile"))
+            o->profile = atoi(v);
         else
             return false;
     }
     if (strcmp(o->backend, "cpu") && strcmp(o->backend, "cuda"))
         return false;
-    return o->batch > 0 && o->seq > 0 && o->threads > 0 && o->steps > 0 &&
+    return o->batch > 0 && o->seq > 0 && o->threads > 0 && o->steps > 0 && o->profile >= 0 &&
            (!strcmp(o->shape, "124m") || !strcmp(o->shape, "small"));
 }
 
@@ -165,59 +169,116 @@ static int32_t *upload_ids(mhub_backend *be, int64_t n, int64_t mul, int64_t add
     return dev;
 }
 
+/* A model on a backend with its AdamW state, tokens and targets. */
+typedef struct trainer {
+    mhub_backend *be;
+    mhub_gpt *m;
+    mhub_param_list *pl;
+    mhub_optim_config oc;
+    float **state;
+    int32_t *tokens, *targets;
+    int64_t n;
+} trainer;
+
+static mhub_status trainer_open(trainer *tr, mhub_backend *be, const mhub_gpt_config *cfg,
+                                const opts *o)
+{
+    *tr = (trainer){.be = be, .n = (int64_t)o->batch * o->seq};
+    mhub_provide_args a = {.pre_process = true, .post_process = true, .vp_stage = -1,
+                           .pp_size = 1, .vp_size = 1, .tp_size = 1, .backend = be, .seed = 1,
+                           .tp_seed = 2, .micro_batch = o->batch};
+    MHUB_TRY(mhub_gpt_create(cfg, &a, &tr->m));
+    tr->pl = mhub_gpt_params(tr->m);
+    tr->tokens = upload_ids(be, tr->n, 7919, 0, cfg->vocab_size);
+    tr->targets = upload_ids(be, tr->n, 104729, 1, cfg->vocab_size);
+    tr->state = calloc((size_t)tr->pl->count * 2, sizeof *tr->state);
+    if (!tr->tokens || !tr->targets || !tr->state)
+        return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "no memory for the tokens, targets or state");
+    mhub_optim_config_init(&tr->oc, MHUB_OPTIM_ADAMW);
+    for (int i = 0; i < 2 * tr->pl->count; i++)
+        MHUB_TRY(be->ops->alloc(be, (size_t)tr->pl->items[i / 2].value.numel * 4,
+                                (void **)&tr->state[i]));
+    return MHUB_OK;
+}
+
+static void trainer_close(trainer *tr)
+{
+    for (int i = 0; tr->state && i < 2 * tr->pl->count; i++)
+        tr->be->ops->free(tr->be, tr->state[i]);
+    free(tr->state);
+    tr->be->ops->free(tr->be, tr->tokens);
+    tr->be->ops->free(tr->be, tr->targets);
+    mhub_gpt_free(tr->m);
+}
+
+/* `steps` training steps (forward, backward, AdamW), each one's seconds
+ * in t[] when t is not NULL. */
+static mhub_status run_steps(trainer *tr, const opts *o, int steps, double *t)
+{
+    mhub_backend *be = tr->be;
+    mhub_param_list *pl = tr->pl;
+    for (int s = 0; s < steps; s++) {
+        double t0 = now();
+        MHUB_TRY(mhub_param_list_zero_grad(pl));
+        MHUB_TRY(mhub_gpt_forward(tr->m, tr->tokens, tr->targets, o->batch, o->seq, NULL));
+        MHUB_TRY(mhub_gpt_backward(tr->m, 1.0f / (float)tr->n));
+        for (int i = 0; i < pl->count; i++)
+            MHUB_TRY(mhub_optim_update(be, &tr->oc, pl->items[i].value.data,
+                                       pl->items[i].grad.data, &tr->state[2 * i],
+                                       pl->items[i].value.numel, s + 1));
+        MHUB_TRY(be->ops->synchronize(be)); /* an asynchronous backend's step ends here */
+        if (t)
+            t[s] = now() - t0;
+    }
+    return MHUB_OK;
+}
+
+/* --profile: the same training on the profiling backend, one step to
+ * warm up, then o->profile steps booked op by op. */
+static mhub_status profile_steps(mhub_backend *be, const mhub_gpt_config *cfg, const opts *o)
+{
+    mhub_backend *p = NULL;
+    MHUB_TRY(mhub_profile_backend_create(be, &p));
+    trainer tr;
+    mhub_status s = trainer_open(&tr, p, cfg, o);
+    if (s == MHUB_OK)
+        s = run_steps(&tr, o, 1, NULL);
+    if (s == MHUB_OK)
+        s = mhub_profile_backend_reset(p);
+    if (s == MHUB_OK)
+        s = run_steps(&tr, o, o->profile, NULL);
+    if (s == MHUB_OK) {
+        printf("profile of %d step(s), each op waited for:\n", o->profile);
+        s = mhub_profile_backend_print(p, stdout);
+    }
+    trainer_close(&tr);
+    mhub_backend_free(p);
+    return s;
+}
+
 int main(int argc, char **argv)
 {
     opts o;
     if (!parse(argc, argv, &o)) {
         fprintf(stderr, "usage: bench_gpt [--shape 124m|small] [--batch B] [--seq T] "
                         "[--threads N] [--steps N] [--json] [--backend cpu|cuda] "
-                        "[--matmul f32|tf32|bf16] [--peak-tflops P]\n");
+                        "[--matmul f32|tf32|bf16] [--peak-tflops P] [--profile N]\n");
         return 2;
     }
     mhub_backend *be;
     mhub_gpt_config *cfg = shape_config(&o);
     if (!cfg || make_backend(&o, &be))
         return fprintf(stderr, "bench_gpt: %s\n", mhub_last_error()), 1;
-    mhub_provide_args a = {.pre_process = true, .post_process = true, .vp_stage = -1,
-                           .pp_size = 1, .vp_size = 1, .tp_size = 1, .backend = be, .seed = 1,
-                           .tp_seed = 2, .micro_batch = o.batch};
-    mhub_gpt *m;
-    if (mhub_gpt_create(cfg, &a, &m) != MHUB_OK)
-        return fprintf(stderr, "bench_gpt: %s\n", mhub_last_error()), 1;
     int64_t n = (int64_t)o.batch * o.seq;
-    int32_t *tokens = upload_ids(be, n, 7919, 0, cfg->vocab_size);
-    int32_t *targets = upload_ids(be, n, 104729, 1, cfg->vocab_size);
-    if (!tokens || !targets)
-        return fprintf(stderr, "bench_gpt: %s\n", mhub_last_error()), 1;
-    mhub_param_list *pl = mhub_gpt_params(m);
-    mhub_optim_config oc;
-    mhub_optim_config_init(&oc, MHUB_OPTIM_ADAMW);
-    float **state = calloc((size_t)pl->count * 2, sizeof *state);
-    for (int i = 0; i < 2 * pl->count; i++)
-        if (be->ops->alloc(be, (size_t)pl->items[i / 2].value.numel * 4, (void **)&state[i]))
-            return fprintf(stderr, "bench_gpt: %s\n", mhub_last_error()), 1;
+    trainer tr;
     double *t = malloc((size_t)(o.steps + 1) * sizeof *t);
-    for (int s = 0; s <= o.steps; s++) {
-        double t0 = now();
-        mhub_status st = mhub_param_list_zero_grad(pl);
-        if (st == MHUB_OK)
-            st = mhub_gpt_forward(m, tokens, targets, o.batch, o.seq, NULL);
-        if (st == MHUB_OK)
-            st = mhub_gpt_backward(m, 1.0f / (float)n);
-        for (int i = 0; st == MHUB_OK && i < pl->count; i++)
-            st = mhub_optim_update(be, &oc, pl->items[i].value.data, pl->items[i].grad.data,
-                                   &state[2 * i], pl->items[i].value.numel, s + 1);
-        if (st == MHUB_OK)
-            st = be->ops->synchronize(be); /* an asynchronous backend's step ends here */
-        if (st != MHUB_OK)
-            return fprintf(stderr, "bench_gpt: %s\n", mhub_last_error()), 1;
-        t[s] = now() - t0;
-    }
+    if (trainer_open(&tr, be, cfg, &o) != MHUB_OK || run_steps(&tr, &o, o.steps + 1, t) != MHUB_OK)
+        return fprintf(stderr, "bench_gpt: %s\n", mhub_last_error()), 1;
+    int64_t params = mhub_param_list_numel(tr.pl);
     double step = median(t + 1, o.steps);
     double floor_s = gemm_floor(be, cfg, n);
     double flops = mhub_gpt_flops_per_step(cfg, o.batch, o.seq);
     double mfu = o.peak_tflops > 0 ? flops / step / (o.peak_tflops * 1e12) : -1;
-    int64_t params = mhub_param_list_numel(pl);
     if (o.json)
         printf("{\"shape\":\"%s\",\"backend\":\"%s\",\"matmul\":\"%s\",\"params\":%lld,"
                "\"batch\":%d,\"seq\":%d,\"threads\":%d,"
@@ -239,5 +300,9 @@ int main(int argc, char **argv)
                o.shape, (long long)params, o.batch, o.seq, o.matmul, 1e3 * step, n / step,
                flops / step / 1e12, mfu_text, 1e3 * floor_s, step / floor_s);
     }
+    trainer_close(&tr);
+    free(t);
+    if (o.profile > 0 && profile_steps(be, cfg, &o) != MHUB_OK)
+        return fprintf(stderr, "bench_gpt: %s\n", mhub_last_error()), 1;
     return 0;
 }

@@ -9,7 +9,8 @@
 #   3. GPT-2 124M training steps, sequence 1024, bf16 GEMMs: ms/step,
 #      tokens/s and model FLOP utilisation against the card's dense bf16
 #      peak (and the same in tf32 and f32, and each attention path, for
-#      comparison);
+#      comparison), and where a bf16 step's time goes, op by op
+#      (bench_gpt --profile: each op waited for; ms and TFLOP/s per op);
 #   4. all-reduce bus bandwidth through mhub_comm over NCCL;
 #   5. with --sanitize, the conformance suite again under compute-sanitizer:
 #      memcheck with every tensor its own cudaMalloc (MHUB_CUDA_ALLOC=each,
@@ -150,6 +151,15 @@ for path in wmma gemm tiled; do
     ms=$(printf '%s' "$line" | sed -n 's/.*"ms_per_step":\([0-9.]*\).*/\1/p')
     record "GPT-2 124M bf16, attention $path" "${ms:-FAILED} ms/step"
 done
+
+# where the bf16 step's time goes: the profiling backend waits for each op
+say "GPT-2 124M, bf16 GEMMs: time per op (3 profiled steps)"
+if timeout 120 "$build/bench/bench_gpt" --backend cuda --shape 124m --seq 1024 --batch 16 \
+    --steps 2 --matmul bf16 --profile 3 | tee /tmp/profile.txt; then
+    record "GPT-2 124M bf16, slowest op" "$(sed -n '/^op /{n;p;q}' /tmp/profile.txt)"
+else
+    record "GPT-2 124M bf16, op profile" "FAILED"
+fi
 
 # ---- 4. NCCL all-reduce ----
 if [ -x "$build/bench/bench_collectives" ]; then

@@ -30,6 +30,7 @@
 #include "backends/cuda/cuda_pool.h"
 #include "mhub/backend.h"
 #include "mhub/comm.h"
+#include "src/backend_wrap.h"
 #include "src/comm_internal.h"
 
 #define GUARD_ALIGN 64
@@ -39,12 +40,13 @@
 #define GUARD_MAX_LIVE 8
 
 typedef struct guard_state {
+    mhub_wrap wrap;       /* first: the CPU backend and the open/close hooks */
     mhub_backend *cpu;
     unsigned char *arena;
     size_t size;
     mhub_pool *pool;
     int open_depth;       /* nested opens: a comm call inside a backend call */
-    mhub_backend_ops ops; /* guard_ops, with the optional ops the CPU backend lacks unset */
+    mhub_backend_ops ops; /* the CPU backend's, wrapped; memory ops of its own */
 } guard_state;
 
 /* The live arenas, for the fault handler's message. */
@@ -146,128 +148,21 @@ static mhub_status guard_reset_peak(mhub_backend *be)
     return MHUB_OK;
 }
 
-/* ---- every other op: open, run the CPU backend's, close ----
- * PARAMS is the op's parameter list, ARGS the call with the CPU backend
- * in place of the guard. */
-#define GUARDED(op, PARAMS, ARGS)                                \
-    static mhub_status guard_##op PARAMS                         \
-    {                                                            \
-        guard_state *g = state_of(be);                           \
-        open_arena(g);                                           \
-        mhub_status s = g->cpu->ops->op ARGS;                    \
-        close_arena(g);                                          \
-        return s;                                                \
-    }
+/* ---- every other op: open, run the CPU backend's, close ---- */
 
-GUARDED(memset_zero, (mhub_backend *be, void *ptr, size_t bytes), (g->cpu, ptr, bytes))
-GUARDED(copy, (mhub_backend *be, void *dst, const void *src, size_t bytes, mhub_copy_kind kind),
-        (g->cpu, dst, src, bytes, kind))
-GUARDED(synchronize, (mhub_backend *be), (g->cpu))
-GUARDED(gemm,
-        (mhub_backend *be, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
-         const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c,
-         int64_t ldc),
-        (g->cpu, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc))
-GUARDED(bias_add, (mhub_backend *be, float *out, const float *bias, int64_t rows, int64_t cols),
-        (g->cpu, out, bias, rows, cols))
-GUARDED(bias_backward,
-        (mhub_backend *be, float *dbias, const float *dout, int64_t rows, int64_t cols),
-        (g->cpu, dbias, dout, rows, cols))
-GUARDED(gelu_forward, (mhub_backend *be, float *out, const float *in, int64_t n),
-        (g->cpu, out, in, n))
-GUARDED(gelu_backward,
-        (mhub_backend *be, float *din, const float *in, const float *dout, int64_t n),
-        (g->cpu, din, in, dout, n))
-GUARDED(softmax_xent_forward,
-        (mhub_backend *be, float *probs, float *losses, const float *logits,
-         const int32_t *targets, int64_t rows, int64_t classes),
-        (g->cpu, probs, losses, logits, targets, rows, classes))
-GUARDED(softmax_xent_backward,
-        (mhub_backend *be, float *dlogits, const float *probs, const int32_t *targets,
-         int64_t rows, int64_t classes, float dloss),
-        (g->cpu, dlogits, probs, targets, rows, classes, dloss))
-GUARDED(embedding_forward,
-        (mhub_backend *be, float *out, const float *table, const int32_t *ids, int64_t rows,
-         int64_t vocab, int64_t dim, bool accumulate),
-        (g->cpu, out, table, ids, rows, vocab, dim, accumulate))
-GUARDED(embedding_backward,
-        (mhub_backend *be, float *dtable, const float *dout, const int32_t *ids, int64_t rows,
-         int64_t vocab, int64_t dim),
-        (g->cpu, dtable, dout, ids, rows, vocab, dim))
-GUARDED(layernorm_forward,
-        (mhub_backend *be, float *out, float *mean, float *rstd, const float *in,
-         const float *weight, const float *bias, int64_t rows, int64_t dim, float eps),
-        (g->cpu, out, mean, rstd, in, weight, bias, rows, dim, eps))
-GUARDED(layernorm_backward,
-        (mhub_backend *be, float *din, float *dweight, float *dbias, const float *dout,
-         const float *in, const float *weight, const float *mean, const float *rstd,
-         int64_t rows, int64_t dim),
-        (g->cpu, din, dweight, dbias, dout, in, weight, mean, rstd, rows, dim))
-GUARDED(rmsnorm_forward,
-        (mhub_backend *be, float *out, float *rstd, const float *in, const float *weight,
-         int64_t rows, int64_t dim, float eps),
-        (g->cpu, out, rstd, in, weight, rows, dim, eps))
-GUARDED(rmsnorm_backward,
-        (mhub_backend *be, float *din, float *dweight, const float *dout, const float *in,
-         const float *weight, const float *rstd, int64_t rows, int64_t dim),
-        (g->cpu, din, dweight, dout, in, weight, rstd, rows, dim))
-GUARDED(swiglu_forward, (mhub_backend *be, float *out, const float *in, int64_t rows, int64_t f),
-        (g->cpu, out, in, rows, f))
-GUARDED(swiglu_backward,
-        (mhub_backend *be, float *din, const float *dout, const float *in, int64_t rows,
-         int64_t f),
-        (g->cpu, din, dout, in, rows, f))
-GUARDED(rope_forward,
-        (mhub_backend *be, float *qkv, int64_t batch, int64_t seq, int64_t heads,
-         int64_t groups, int64_t head_dim, float base),
-        (g->cpu, qkv, batch, seq, heads, groups, head_dim, base))
-GUARDED(rope_backward,
-        (mhub_backend *be, float *dqkv, int64_t batch, int64_t seq, int64_t heads,
-         int64_t groups, int64_t head_dim, float base),
-        (g->cpu, dqkv, batch, seq, heads, groups, head_dim, base))
-GUARDED(causal_attention_forward,
-        (mhub_backend *be, float *out, float *probs, const float *qkv, int64_t batch,
-         int64_t seq, int64_t heads, int64_t groups, int64_t head_dim),
-        (g->cpu, out, probs, qkv, batch, seq, heads, groups, head_dim))
-GUARDED(causal_attention_backward,
-        (mhub_backend *be, float *dqkv, float *scratch, const float *dout, const float *qkv,
-         const float *probs, int64_t batch, int64_t seq, int64_t heads, int64_t groups,
-         int64_t head_dim),
-        (g->cpu, dqkv, scratch, dout, qkv, probs, batch, seq, heads, groups, head_dim))
-GUARDED(flash_attention_forward,
-        (mhub_backend *be, float *out, float *lse, const float *qkv, int64_t batch, int64_t seq,
-         int64_t heads, int64_t groups, int64_t head_dim),
-        (g->cpu, out, lse, qkv, batch, seq, heads, groups, head_dim))
-GUARDED(flash_attention_backward,
-        (mhub_backend *be, float *dqkv, const float *dout, const float *out, const float *qkv,
-         const float *lse, int64_t batch, int64_t seq, int64_t heads, int64_t groups,
-         int64_t head_dim),
-        (g->cpu, dqkv, dout, out, qkv, lse, batch, seq, heads, groups, head_dim))
-GUARDED(cast,
-        (mhub_backend *be, void *dst, mhub_dtype dst_dtype, const void *src,
-         mhub_dtype src_dtype, int64_t n),
-        (g->cpu, dst, dst_dtype, src, src_dtype, n))
-GUARDED(scale, (mhub_backend *be, float *x, int64_t n, float alpha), (g->cpu, x, n, alpha))
-GUARDED(axpy, (mhub_backend *be, float *y, const float *x, int64_t n, float alpha),
-        (g->cpu, y, x, n, alpha))
-GUARDED(sum_squares, (mhub_backend *be, const float *x, int64_t n, double *out),
-        (g->cpu, x, n, out))
-GUARDED(fill_normal,
-        (mhub_backend *be, float *dst, int64_t n, uint64_t seed, uint64_t stream,
-         uint64_t offset, float mean, float std),
-        (g->cpu, dst, n, seed, stream, offset, mean, std))
-GUARDED(fill_uniform,
-        (mhub_backend *be, float *dst, int64_t n, uint64_t seed, uint64_t stream,
-         uint64_t offset, float lo, float hi),
-        (g->cpu, dst, n, seed, stream, offset, lo, hi))
-GUARDED(sgd_step,
-        (mhub_backend *be, float *param, const float *grad, float *momentum_buf, int64_t n,
-         float lr, float momentum, float weight_decay),
-        (g->cpu, param, grad, momentum_buf, n, lr, momentum, weight_decay))
-GUARDED(adamw_step,
-        (mhub_backend *be, float *param, const float *grad, float *m, float *v, int64_t n,
-         float lr, float beta1, float beta2, float eps, float weight_decay, int64_t t),
-        (g->cpu, param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, t))
+static void open_around(mhub_wrap *w, const char *op)
+{
+    (void)op;
+    open_arena((guard_state *)w);
+}
+
+static mhub_status close_after(mhub_wrap *w, const char *op, double flops, mhub_status s)
+{
+    (void)op;
+    (void)flops;
+    close_arena((guard_state *)w);
+    return s;
+}
 
 static void guard_destroy(mhub_backend *be)
 {
@@ -286,45 +181,6 @@ static void guard_destroy(mhub_backend *be)
     free(be);
 }
 
-static const mhub_backend_ops guard_ops = {
-    .alloc = guard_alloc,
-    .free = guard_free,
-    .memset_zero = guard_memset_zero,
-    .copy = guard_copy,
-    .synchronize = guard_synchronize,
-    .memory_usage = guard_memory_usage,
-    .reset_peak = guard_reset_peak,
-    .gemm = guard_gemm,
-    .bias_add = guard_bias_add,
-    .bias_backward = guard_bias_backward,
-    .gelu_forward = guard_gelu_forward,
-    .gelu_backward = guard_gelu_backward,
-    .softmax_xent_forward = guard_softmax_xent_forward,
-    .softmax_xent_backward = guard_softmax_xent_backward,
-    .embedding_forward = guard_embedding_forward,
-    .embedding_backward = guard_embedding_backward,
-    .layernorm_forward = guard_layernorm_forward,
-    .layernorm_backward = guard_layernorm_backward,
-    .rmsnorm_forward = guard_rmsnorm_forward,
-    .rmsnorm_backward = guard_rmsnorm_backward,
-    .swiglu_forward = guard_swiglu_forward,
-    .swiglu_backward = guard_swiglu_backward,
-    .rope_forward = guard_rope_forward,
-    .rope_backward = guard_rope_backward,
-    .causal_attention_forward = guard_causal_attention_forward,
-    .causal_attention_backward = guard_causal_attention_backward,
-    .flash_attention_forward = guard_flash_attention_forward,
-    .flash_attention_backward = guard_flash_attention_backward,
-    .cast = guard_cast,
-    .scale = guard_scale,
-    .axpy = guard_axpy,
-    .sum_squares = guard_sum_squares,
-    .fill_normal = guard_fill_normal,
-    .fill_uniform = guard_fill_uniform,
-    .sgd_step = guard_sgd_step,
-    .adamw_step = guard_adamw_step,
-    .destroy = guard_destroy,
-};
 
 static mhub_status arena_size(size_t *out)
 {
@@ -365,15 +221,20 @@ mhub_status mhub_guard_backend_create(const mhub_cpu_options *opts, mhub_backend
         return MHUB_ERROR(MHUB_ERR_NO_MEMORY, "no memory for the guard backend");
     }
     be->name = "guard";
-    g->ops = guard_ops;
     be->ops = &g->ops;
     be->ctx = g;
+    g->ops.destroy = guard_destroy;
     mhub_status s = arena_size(&g->size);
     if (s == MHUB_OK)
         s = mhub_cpu_backend_create(opts, &g->cpu);
-    if (s == MHUB_OK && !g->cpu->ops->flash_attention_forward) {
-        g->ops.flash_attention_forward = NULL;
-        g->ops.flash_attention_backward = NULL;
+    if (s == MHUB_OK) {
+        g->wrap = (mhub_wrap){.inner = g->cpu, .before = open_around, .after = close_after};
+        mhub_wrap_ops(g->cpu, &g->ops);
+        g->ops.alloc = guard_alloc;
+        g->ops.free = guard_free;
+        g->ops.memory_usage = guard_memory_usage;
+        g->ops.reset_peak = guard_reset_peak;
+        g->ops.destroy = guard_destroy;
     }
     if (s == MHUB_OK) {
         void *p = mmap(NULL, g->size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,

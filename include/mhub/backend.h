@@ -26,6 +26,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "mhub/dtype.h"
 #include "mhub/status.h"
@@ -241,6 +242,30 @@ typedef struct mhub_cpu_options {
 mhub_status mhub_cpu_backend_create(const mhub_cpu_options *opts, mhub_backend **out);
 /* BLAS threads the CPU backend configured (for the progress line). */
 int mhub_cpu_backend_threads(const mhub_backend *be);
+
+/* ---- profiling any backend (src/profile_backend.c) ---- */
+typedef struct mhub_profile_row {
+    const char *op;  /* the table's field name, e.g. "gemm" */
+    int64_t calls;
+    double seconds;  /* wall time, each call waited for */
+    double flops;    /* floating-point operations (gemm, attention), else 0 */
+} mhub_profile_row;
+
+/* A backend that runs inner's ops one at a time: each op is waited for
+ * (inner's synchronize) and its wall time added to the op's row, with the
+ * op's flops where they are counted. The waits take away any overlap
+ * between ops, so the rows show where a step's time goes; their sum is a
+ * little more than an unprofiled step. inner stays the caller's and must
+ * outlive the profiling backend; memory ops pass straight through. */
+mhub_status mhub_profile_backend_create(mhub_backend *inner, mhub_backend **out);
+/* Up to cap rows of the ops called since create or the last reset,
+ * slowest first; *count is how many there are. */
+mhub_status mhub_profile_backend_rows(const mhub_backend *be, mhub_profile_row *rows, int cap,
+                                      int *count);
+mhub_status mhub_profile_backend_reset(mhub_backend *be);
+/* The rows as a table on out: op, calls, ms, share of the total, and
+ * TFLOP/s where flops are counted. */
+mhub_status mhub_profile_backend_print(const mhub_backend *be, FILE *out);
 
 /* ---- the guard backend (backends/cpu/guard_backend.c) ----
  * The CPU backend with its memory closed to the host outside backend
