@@ -13,6 +13,9 @@
  *
  * Exits non-zero unless the config round-trips exactly and the loss at
  * least halves, so `make check` runs it as a test of the public API. */
+/* mkdtemp is POSIX.1-2008, not C11: ask for it when built with -std=c11 */
+#define _POSIX_C_SOURCE 200809L
+
 #include <mpi.h>
 #include <stddef.h>
 #include <stdio.h>
