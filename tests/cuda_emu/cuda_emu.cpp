@@ -16,21 +16,25 @@
  * a wait for the NULL stream's.
  *
  * A launch runs its blocks one after another. A block's threads are
- * fibers (ucontext), started in thread order (or in reverse with
- * MHUB_EMU_THREAD_ORDER=reverse: a thread that reads what a lower thread
- * writes, with no barrier between, reads it too early in one order, and
- * one that reads what a higher thread writes in the other); each runs its CUDA thread
- * until that thread finishes or waits at a barrier (__syncthreads, or a
- * warp intrinsic, which waits for its warp), then hands back to the
- * block's scheduler. A fiber whose thread finished takes the next thread
- * not yet started, so a kernel without barriers runs a whole block on one
- * fiber with no switch at all. Once every thread has started, the
- * scheduler resumes the fibers whose barrier has opened, until all are
- * done; if none can move, the block is stuck (a barrier that not every
- * thread reaches) and the device faults with a message. */
+ * fibers (ucontext), switched only at barriers: __syncthreads, and the
+ * warp intrinsics (shuffles, ballots, __syncwarp), which wait for the
+ * warp. The scheduler runs a block a warp at a time: between two
+ * __syncthreads it takes the first warp as far as it goes (its lanes in
+ * turn, each to its next barrier, until all wait at __syncthreads or have
+ * returned), then the next warp, and so on. So a warp that reads shared
+ * memory another warp writes later in the same stretch reads it too
+ * early, whatever warp-level operations stand between; with
+ * MHUB_EMU_THREAD_ORDER=reverse the warps, and the lanes within each,
+ * run in reverse, so the hazard in the other direction shows too. A
+ * fiber whose thread finished takes the warp's next thread not yet
+ * started, so a kernel without barriers runs a warp on one fiber. If no
+ * fiber can move, the block is stuck (a barrier that not every thread
+ * reaches) and the device faults with a message; so it does when a
+ * warp's lanes made different wmma operations (mma.h). */
 #include <ucontext.h>
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -245,15 +249,32 @@ struct fiber {
     bool done;
 };
 
+/* A warp collective (a wmma operation) as one lane made it: every lane
+ * of the warp must make the same ones, in the same order. */
+struct collective {
+    const char *op;
+    const void *ptr;
+    unsigned stride_bytes;
+    bool operator!=(const collective &o) const
+    {
+        return std::strcmp(op, o.op) != 0 || ptr != o.ptr || stride_bytes != o.stride_bytes;
+    }
+};
+
 /* The block being run and its scheduler. */
 struct block_run {
     const std::function<void()> *body; /* one CUDA thread's work */
-    unsigned threads, next_thread;
+    unsigned threads;
+    /* the threads of the warp being started, in start order, and the next */
+    unsigned starting[32], starting_count, starting_next;
     barrier whole_block;
     barrier warp[32];
     /* warp_exchange's posts, two sets used in turn so a lane's next post
      * cannot overwrite a value another lane has still to read */
     uint64_t posts[2][32][32];
+    /* each thread's collectives since its warp last met */
+    std::vector<collective> collectives[1024];
+    bool diverged; /* a warp's lanes made different collectives */
     fiber *current;
     ucontext_t scheduler;
 };
@@ -317,20 +338,53 @@ uint3 thread_of(unsigned linear)
                  linear / (blockDim.x * blockDim.y)};
 }
 
-/* A fiber's life: CUDA threads, one after another, until none is left to
- * start; returning switches to the scheduler (uc_link). */
+/* A fiber's life: CUDA threads of the warp being started, one after
+ * another, until none is left to start; returning switches to the
+ * scheduler (uc_link). */
 void fiber_main()
 {
     block_run &b = *running;
     fiber *me = b.current;
-    while (b.next_thread < b.threads) {
-        unsigned k = b.next_thread++;
-        me->linear = threads_reversed() ? b.threads - 1 - k : k;
+    while (b.starting_next < b.starting_count) {
+        me->linear = b.starting[b.starting_next++];
         me->thread = thread_of(me->linear);
         threadIdx = me->thread;
         (*b.body)();
     }
     me->done = true;
+}
+
+/* The lanes of warp w made the same collectives since they last met:
+ * checked when they meet again (a warp barrier, __syncthreads, the end
+ * of the block), then forgotten. */
+void check_collectives(block_run &b, unsigned w)
+{
+    unsigned first = 32 * w, last = std::min(b.threads, first + 32);
+    for (unsigned t = first + 1; t < last && !b.diverged; t++) {
+        const std::vector<collective> &a = b.collectives[first], &c = b.collectives[t];
+        for (size_t i = 0; i < std::max(a.size(), c.size()); i++) {
+            if (i < a.size() && i < c.size() && !(a[i] != c[i]))
+                continue;
+            std::fprintf(stderr, "cuda emulator: block (%u, %u, %u), warp %u: lane %u's "
+                         "warp operation %zu is %s (%p, stride %u bytes), lane %u's %s (%p, "
+                         "stride %u bytes); every lane must make the same ones\n",
+                         blockIdx.x, blockIdx.y, blockIdx.z, w, 0u, i,
+                         i < a.size() ? a[i].op : "none", i < a.size() ? a[i].ptr : nullptr,
+                         i < a.size() ? a[i].stride_bytes : 0u, t - first,
+                         i < c.size() ? c[i].op : "none", i < c.size() ? c[i].ptr : nullptr,
+                         i < c.size() ? c[i].stride_bytes : 0u);
+            b.diverged = true;
+            break;
+        }
+    }
+    for (unsigned t = first; t < last; t++)
+        b.collectives[t].clear();
+}
+
+void check_all_collectives(block_run &b)
+{
+    for (unsigned w = 0; 32 * w < b.threads; w++)
+        check_collectives(b, w);
 }
 
 void start(block_run &b, fiber *f)
@@ -353,62 +407,131 @@ void resume(block_run &b, fiber *f)
     swapcontext(&b.scheduler, &f->context);
 }
 
-/* Arrive; the last arrival opens the barrier, the others wait for that. */
+/* Arrive; the last arrival opens the barrier, the others wait for that.
+ * At __syncthreads the last arrival hands back to the scheduler too, so
+ * that the next stretch starts again from the first warp. */
 void arrive_and_wait(barrier &bar)
 {
+    block_run &b = *running;
+    fiber *me = b.current;
     unsigned generation = bar.generation;
     if (++bar.arrived == bar.expected) {
         bar.arrived = 0;
         bar.generation++;
-        return;
+        if (&bar != &b.whole_block) {
+            check_collectives(b, me->linear / 32);
+            return;
+        }
+        check_all_collectives(b);
     }
-    block_run &b = *running;
-    fiber *me = b.current;
     me->waits_on = &bar.generation;
     me->waits_for_change_of = generation;
     swapcontext(&me->context, &b.scheduler);
     me->waits_on = nullptr;
 }
 
-/* Runs one block; false when its threads got stuck. */
-bool run_block(block_run &b)
+/* The block's warps in the order they run (the reverse with
+ * MHUB_EMU_THREAD_ORDER=reverse), and the threads of warp w likewise. */
+unsigned warp_at(const block_run &b, unsigned i)
 {
-    std::vector<fiber *> waiting, still;
-    while (b.next_thread < b.threads) {
+    unsigned warps = (b.threads + 31) / 32;
+    return threads_reversed() ? warps - 1 - i : i;
+}
+
+void start_warp(block_run &b, unsigned w, std::vector<fiber *> &waiting)
+{
+    unsigned first = 32 * w, lanes = std::min(32u, b.threads - first);
+    for (unsigned l = 0; l < lanes; l++)
+        b.starting[l] = first + (threads_reversed() ? lanes - 1 - l : l);
+    b.starting_count = lanes;
+    b.starting_next = 0;
+    while (b.starting_next < b.starting_count && !b.diverged) {
         fiber *f = new_fiber();
         start(b, f);
         (f->done ? idle_fibers : waiting).push_back(f);
     }
-    while (!waiting.empty()) {
-        bool moved = false;
+}
+
+/* Resumes the warp's fibers whose barrier has opened, again and again,
+ * until none can move or __syncthreads opens (the next stretch then
+ * starts from the first warp). True when one moved. */
+bool drive_warp(block_run &b, std::vector<fiber *> &waiting)
+{
+    const unsigned stretch = b.whole_block.generation;
+    bool moved_any = false, moved = true;
+    std::vector<fiber *> still;
+    while (moved && b.whole_block.generation == stretch && !b.diverged) {
+        moved = false;
         still.clear();
         for (fiber *f : waiting) {
-            if (*f->waits_on == f->waits_for_change_of) {
+            if (*f->waits_on == f->waits_for_change_of || b.diverged ||
+                b.whole_block.generation != stretch) {
                 still.push_back(f);
                 continue;
             }
             resume(b, f);
-            moved = true;
+            moved = moved_any = true;
             (f->done ? idle_fibers : still).push_back(f);
         }
         waiting.swap(still);
-        if (!moved && !waiting.empty()) {
-            unsigned at_block = 0;
-            for (fiber *f : waiting)
-                at_block += f->waits_on == &b.whole_block.generation;
-            std::fprintf(stderr,
-                         "cuda emulator: block (%u, %u, %u) is stuck: %u of its %u threads wait "
-                         "at __syncthreads and %zu at a warp intrinsic; the others have "
-                         "returned (a barrier that not every thread reaches)\n",
-                         blockIdx.x, blockIdx.y, blockIdx.z, at_block, b.threads,
-                         waiting.size() - at_block);
-            /* the stuck fibers are abandoned: their stacks are reused */
-            for (fiber *f : waiting)
-                idle_fibers.push_back(f);
+    }
+    return moved_any;
+}
+
+/* Runs one block, a warp at a time: each stretch between two
+ * __syncthreads runs the first warp as far as it goes, then the next, so
+ * a warp that reads what a later warp writes in the same stretch reads it
+ * too early, whatever warp-level operations stand between. False when
+ * the block got stuck or a warp's lanes diverged. */
+void report_stuck(const block_run &b, const std::vector<fiber *> *waiting, unsigned warps)
+{
+    size_t at_block = 0, stuck = 0;
+    for (unsigned w = 0; w < warps; w++)
+        for (const fiber *f : waiting[w]) {
+            stuck++;
+            at_block += f->waits_on == &b.whole_block.generation;
+        }
+    std::fprintf(stderr,
+                 "cuda emulator: block (%u, %u, %u) is stuck: %zu of its %u threads wait at "
+                 "__syncthreads and %zu at a warp intrinsic; the others have returned (a "
+                 "barrier that not every thread reaches)\n",
+                 blockIdx.x, blockIdx.y, blockIdx.z, at_block, b.threads, stuck - at_block);
+}
+
+bool run_block(block_run &b)
+{
+    const unsigned warps = (b.threads + 31) / 32;
+    std::vector<fiber *> waiting[32];
+    b.diverged = false;
+    for (unsigned i = 0; i < warps && !b.diverged; i++) {
+        unsigned w = warp_at(b, i);
+        start_warp(b, w, waiting[w]);
+        drive_warp(b, waiting[w]);
+    }
+    for (;;) {
+        bool moved = false, left = false;
+        for (unsigned i = 0; i < warps && !b.diverged; i++) {
+            const unsigned stretch = b.whole_block.generation;
+            moved = drive_warp(b, waiting[warp_at(b, i)]) || moved;
+            if (b.whole_block.generation != stretch)
+                break; /* __syncthreads opened: the next stretch starts at the first warp */
+        }
+        for (unsigned w = 0; w < warps; w++)
+            left = left || !waiting[w].empty();
+        if (!left && !b.diverged)
+            check_all_collectives(b);
+        if (!left && !b.diverged)
+            return true;
+        if (b.diverged || !moved) {
+            if (!b.diverged)
+                report_stuck(b, waiting, warps);
+            /* the fibers are abandoned: their stacks are reused */
+            for (unsigned w = 0; w < warps; w++)
+                for (fiber *f : waiting[w])
+                    idle_fibers.push_back(f);
             return false;
         }
     }
-    return true;
 }
 
 /* ---- launches ---- */
@@ -452,7 +575,6 @@ void run_grid(const mhub_emu::launch_config &c, const std::function<void()> &bod
         for (unsigned y = 0; y < c.grid.y; y++)
             for (unsigned x = 0; x < c.grid.x; x++) {
                 blockIdx = uint3{x, y, z};
-                b.next_thread = 0;
                 b.whole_block = barrier{b.threads, 0, 0};
                 for (unsigned w = 0; w < 32; w++) {
                     unsigned first = 32 * w;
@@ -490,6 +612,11 @@ void launch_grid(const launch_config &c, std::function<void()> thread_body)
 void sync_block() { arrive_and_wait(running->whole_block); }
 
 unsigned lane_id() { return running->current->linear % 32; }
+
+void warp_collective(const char *op, const void *ptr, unsigned stride_bytes)
+{
+    running->collectives[running->current->linear].push_back(collective{op, ptr, stride_bytes});
+}
 
 void warp_exchange(unsigned mask, uint64_t mine, uint64_t all[32])
 {

@@ -12,11 +12,12 @@
  * block's `__shared__` variables are plain thread_local statics, shared by
  * its fibers. A barrier that not every thread reaches, a bad launch shape,
  * too much shared memory and copies outside device memory are reported;
- * a missing barrier usually shows as wrong results: threads start in
- * order, so a thread reads shared values later threads have not written
- * yet, and with MHUB_EMU_THREAD_ORDER=reverse (tests/
- * test_conformance_emu_reverse.sh) in reverse, so the values of earlier
- * threads are the ones not written yet.
+ * a missing barrier usually shows as wrong results: a block runs a warp
+ * at a time between two __syncthreads, so a warp reads shared values a
+ * later warp has not written yet, and with MHUB_EMU_THREAD_ORDER=reverse
+ * (tests/test_conformance_emu_reverse.sh) the other way round; a wmma
+ * store writes only the lane's share, so a lane that reads the tile
+ * without a __syncwarp after the store reads stale values.
  * Device memory is host memory.
  *
  * When work runs: as late as CUDA allows. Every stream, the legacy
@@ -41,8 +42,11 @@
  * is still deterministic: one queue at a time, each in its order.
  *
  * What it cannot check: data races that need threads to interleave
- * (fibers switch only at barriers, streams never overlap), timing and
- * occupancy, out-of-bounds accesses inside kernels (plain host memory),
+ * (fibers switch only at barriers, streams never overlap), a missing
+ * __syncwarp between lanes whose only other meeting is a shuffle (a real
+ * barrier here, not a memory fence on a GPU), timing and occupancy,
+ * out-of-bounds accesses inside kernels (plain host memory; .ci/run's
+ * AddressSanitizer with alloc_each finds those past a device tensor),
  * static shared memory read before it is written (only the dynamic part
  * is poisoned), and the GPU's own rounding: device math is glibc's (the
  * __CUDA_ARCH__ paths are not compiled), and cuBLAS is OpenBLAS in f32
@@ -236,6 +240,11 @@ void launch_grid(const launch_config &config, std::function<void()> thread_body)
 void sync_block();
 void warp_exchange(unsigned mask, uint64_t mine, uint64_t all[32]);
 unsigned lane_id();
+/* A warp-wide operation (wmma) made by the calling lane: not a barrier,
+ * but every lane of the warp must make the same ones, with the same
+ * pointer and stride, by the time the warp next meets; otherwise the
+ * block fails with a message (the operations' rule on a GPU). */
+void warp_collective(const char *op, const void *ptr, unsigned stride_bytes);
 
 /* kernel<<<grid, block, shared_bytes, stream>>>(args...) is
  * launch(kernel, grid, block, shared_bytes, stream)(args...): the

@@ -9,13 +9,18 @@
  * results for any code that never depends on which lane holds which
  * element, the only code the real API allows.
  *
- * The API's rules the kernels could break unseen are checked: each
- * operation is a collective that every lane of the warp reaches together
- * (the emulator's warp barrier, taken after the lane's own memory access,
- * so a missing __syncwarp before a load still shows), with the same
- * pointer and stride in every lane, the pointer 32-byte aligned and the
- * stride a multiple of 16 bytes. A breach stops the test with a message:
- * on a GPU it is undefined behaviour or a misaligned-address fault.
+ * store_matrix_sync writes only the calling lane's share of the tile
+ * (elements i with i % 32 == lane), as on a GPU each lane stores its own
+ * part: a lane that reads the stored tile before the others have stored
+ * theirs, with no __syncwarp between, reads stale values here too. No
+ * operation is a barrier (on a GPU none orders memory between lanes).
+ *
+ * The API's rules the kernels could break unseen are checked: every lane
+ * of the warp makes the same operations with the same pointer and stride
+ * (compared when the warp next meets: mhub_emu::warp_collective), the
+ * pointer 32-byte aligned and the stride a multiple of 16 bytes. A
+ * misaligned operand stops the test with a message (a misaligned-address
+ * fault on a GPU); diverging lanes fail the launch.
  *
  * mma_sync multiplies the bf16 inputs exactly (a product of two bf16
  * values fits an f32) and adds in f32, k in order, to the accumulator's
@@ -63,8 +68,8 @@ inline T &at(T *p, unsigned r, unsigned c, unsigned ldm, layout_t layout)
     return layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
 }
 
-/* The warp's lanes meet here, each with its pointer and stride in
- * bytes (0 and 0 for operations on fragments alone). */
+/* The lane's record of a warp operation on memory at p (stride bytes
+ * apart); a misaligned operand stops the test. */
 inline void warp_collective(const void *p, unsigned stride_bytes, const char *op)
 {
     const uintptr_t a = reinterpret_cast<uintptr_t>(p);
@@ -74,16 +79,7 @@ inline void warp_collective(const void *p, unsigned stride_bytes, const char *op
                      "16 bytes\n", op, p, stride_bytes);
         std::abort(); /* a misaligned-address fault on the GPU */
     }
-    uint64_t all[32];
-    const uint64_t mine = (uint64_t)a ^ ((uint64_t)stride_bytes << 48);
-    mhub_emu::warp_exchange(0xffffffffu, mine, all);
-    for (unsigned lane = 0; lane < 32; lane++)
-        if (all[lane] != mine) {
-            std::fprintf(stderr, "cuda emulator: wmma::%s: lane %u passes another pointer or "
-                         "stride than lane %u; every lane must pass the same\n", op,
-                         mhub_emu::lane_id(), lane);
-            std::abort();
-        }
+    mhub_emu::warp_collective(op, p, stride_bytes);
 }
 
 } // namespace detail
@@ -102,7 +98,6 @@ inline void fill_fragment(fragment<Use, 16, 16, 16, T, Layout> &f, T value)
 {
     for (int i = 0; i < 256; i++)
         f.x[i] = value;
-    detail::warp_collective(nullptr, 0, "fill_fragment");
 }
 
 /* matrix_a and matrix_b: the layout is the fragment's own. */
@@ -131,7 +126,8 @@ inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 16, 16, 
 {
     for (unsigned r = 0; r < 16; r++)
         for (unsigned c = 0; c < 16; c++)
-            detail::at(p, r, c, ldm, layout) = f.x[r * 16 + c];
+            if ((r * 16 + c) % 32 == mhub_emu::lane_id())
+                detail::at(p, r, c, ldm, layout) = f.x[r * 16 + c];
     detail::warp_collective(p, ldm * (unsigned)sizeof *p, "store_matrix_sync");
 }
 
@@ -152,7 +148,7 @@ inline void mma_sync(fragment<accumulator, 16, 16, 16, float> &d,
         }
     for (int i = 0; i < 256; i++)
         d.x[i] = out[i];
-    detail::warp_collective(nullptr, 0, "mma_sync");
+    mhub_emu::warp_collective("mma_sync", nullptr, 0);
 }
 
 } // namespace wmma
