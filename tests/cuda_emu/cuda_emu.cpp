@@ -73,20 +73,60 @@ cudaError_t fail(cudaError_t err, const char *what)
     return err;
 }
 
+/* ---- devices: several, each process with its own ---- */
+
+/* A node's worth of devices, so that ranks sharing a machine each take
+ * their local rank's, as on a GPU node (MHUB_EMU_DEVICES sets how many).
+ * They are names only: every process emulates one memory and one set of
+ * queues whichever device is current, and a process sees only its own. */
+const int default_device_count = 8;
+const int max_device_count = 1024;
+int current_device = 0;
+
+int device_count()
+{
+    static int count = 0;
+    if (count == 0) {
+        const char *v = std::getenv("MHUB_EMU_DEVICES");
+        char *end = nullptr;
+        long n = v != nullptr ? std::strtol(v, &end, 10) : 0;
+        bool valid = v != nullptr && end != v && *end == '\0' && n >= 1 && n <= max_device_count;
+        if (v != nullptr && !valid)
+            std::fprintf(stderr, "cuda emulator: MHUB_EMU_DEVICES=\"%s\" is not a count in "
+                         "[1, %d]; using %d\n", v, max_device_count, default_device_count);
+        count = valid ? (int)n : default_device_count;
+    }
+    return count;
+}
+
 /* ---- memory: host memory, with the blocks remembered ---- */
 
 const size_t total_memory = (size_t)16 << 30;
 size_t allocated = 0;
-std::map<uintptr_t, size_t> blocks; /* base -> size of each cudaMalloc */
+/* What a cudaMalloc block is: its size and the device current when it
+ * was made (the device cudaPointerGetAttributes names). */
+struct block_info {
+    size_t bytes;
+    int device;
+};
+std::map<uintptr_t, block_info> blocks; /* by base address */
 
-bool is_device_range(const void *p, size_t bytes)
+/* The block holding [p, p + bytes), or null. */
+const block_info *block_holding(const void *p, size_t bytes)
 {
     uintptr_t a = (uintptr_t)p;
     auto it = blocks.upper_bound(a);
     if (it == blocks.begin())
-        return false;
+        return nullptr;
     --it;
-    return a - it->first <= it->second && bytes <= it->second - (a - it->first);
+    size_t size = it->second.bytes;
+    bool inside = a - it->first <= size && bytes <= size - (a - it->first);
+    return inside ? &it->second : nullptr;
+}
+
+bool is_device_range(const void *p, size_t bytes)
+{
+    return block_holding(p, bytes) != nullptr;
 }
 
 cudaError_t check_device(const void *p, size_t bytes, const char *call)
@@ -659,24 +699,28 @@ extern "C" {
 
 cudaError_t cudaGetDeviceCount(int *count)
 {
-    *count = 1;
+    *count = device_count();
     return cudaSuccess;
 }
 
 cudaError_t cudaSetDevice(int device)
 {
-    return device == 0 ? cudaSuccess : fail(cudaErrorInvalidDevice, "cudaSetDevice: no such device");
+    if (device < 0 || device >= device_count())
+        return fail(cudaErrorInvalidDevice, "cudaSetDevice: no such device");
+    current_device = device;
+    return cudaSuccess;
 }
 
 cudaError_t cudaGetDevice(int *device)
 {
-    *device = 0;
+    *device = current_device;
     return cudaSuccess;
 }
 
+/* Every emulated device is the same device. */
 cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int device)
 {
-    if (device != 0)
+    if (device < 0 || device >= device_count())
         return fail(cudaErrorInvalidDevice, "cudaDeviceGetAttribute: no such device");
     if (attr != cudaDevAttrMaxSharedMemoryPerBlockOptin)
         return fail(cudaErrorInvalidValue, "cudaDeviceGetAttribute: an attribute it does not know");
@@ -702,7 +746,7 @@ cudaError_t cudaMalloc(void **ptr, size_t bytes)
     void *p = nullptr;
     if (posix_memalign(&p, 256, bytes ? bytes : 1) != 0)
         return fail(cudaErrorMemoryAllocation, "cudaMalloc: the host is out of memory");
-    blocks[(uintptr_t)p] = bytes;
+    blocks[(uintptr_t)p] = block_info{bytes, current_device};
     allocated += bytes;
     *ptr = p;
     return cudaSuccess;
@@ -718,7 +762,7 @@ cudaError_t cudaFree(void *ptr)
     if (it == blocks.end())
         return fail(cudaErrorInvalidValue, "cudaFree: not a cudaMalloc block");
     run_everything();
-    allocated -= it->second;
+    allocated -= it->second.bytes;
     blocks.erase(it);
     std::free(ptr);
     return cudaSuccess;
@@ -927,9 +971,10 @@ cudaError_t cudaEventDestroy(cudaEvent_t event)
 
 cudaError_t cudaPointerGetAttributes(struct cudaPointerAttributes *attributes, const void *ptr)
 {
-    bool device = is_device_range(ptr, 1);
+    const block_info *block = block_holding(ptr, 1);
+    bool device = block != nullptr;
     attributes->type = device ? cudaMemoryTypeDevice : cudaMemoryTypeUnregistered;
-    attributes->device = device ? 0 : -2; /* CUDA's "no device" */
+    attributes->device = device ? block->device : -2; /* CUDA's "no device" */
     attributes->devicePointer = device ? const_cast<void *>(ptr) : nullptr;
     attributes->hostPointer = device ? nullptr : const_cast<void *>(ptr);
     return cudaSuccess;

@@ -20,6 +20,11 @@
  * without a __syncwarp after the store reads stale values.
  * Device memory is host memory.
  *
+ * Devices: cudaGetDeviceCount reports 8 (MHUB_EMU_DEVICES sets another
+ * count), so that several ranks on one machine each take the device of
+ * their local rank; the ordinals are names only, each process emulating
+ * one memory and one set of streams, and seeing only its own.
+ *
  * When work runs: as late as CUDA allows. Every stream, the legacy
  * default (NULL) stream too, is a queue. A launch, an asynchronous copy
  * or memset, a cuBLAS call or an NCCL operation checks its arguments at
@@ -101,8 +106,9 @@ typedef struct mhub_emu_event *cudaEvent_t;
 #define cudaEventBlockingSync 0x01u
 #define cudaEventDisableTiming 0x02u
 
-/* What cudaPointerGetAttributes says: cudaMalloc blocks are the device's
- * (device 0), every other address the host's, unregistered. */
+/* What cudaPointerGetAttributes says: a cudaMalloc block is memory of the
+ * device current when it was made, every other address the host's,
+ * unregistered. */
 enum cudaMemoryType {
     cudaMemoryTypeUnregistered = 0,
     cudaMemoryTypeHost = 1,
