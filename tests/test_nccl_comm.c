@@ -4,8 +4,9 @@
  * machine without a CUDA device it prints "SKIP: no CUDA device: <why>"
  * and exits 77, which automake counts as a skipped test. Built with
  * MHUB_TEST_CUDA_EMU (tests/test_nccl_comm_emu) it runs on the CPU
- * emulator of tests/cuda_emu/ instead: the communicator's own code over
- * an emulated NCCL of one rank, at 1 rank, in every build.
+ * emulator of tests/cuda_emu/ instead, at 1, 2 and 4 ranks in every
+ * build: the communicator's own code over an emulated NCCL that moves the
+ * data through MPI, the only place its behaviour across ranks is tested.
  *
  * Every result is computed on the host from the same inputs and compared
  * after copying the device buffer back: inputs are small integers that
@@ -607,20 +608,58 @@ END_TEST
 #ifdef MHUB_TEST_CUDA_EMU
 /* ---- failures one rank cannot cause (the emulator's NCCL makes them) --- */
 
-/* A device send with no receive to match: the group fails at its issue,
- * the send's wait reports it, and the communicator goes on working. (On
- * a GPU this send would wait for its receive forever.) */
+/* A device send to this rank itself with no receive to match: the group
+ * fails at its issue, the send's wait reports it, and the communicator
+ * goes on working. (On a GPU this send would wait for its receive
+ * forever.) */
 START_TEST(test_unmatched_send_fails_at_wait)
 {
     int64_t count = 16;
     float *dev = dev_alloc((size_t)count * sizeof(float));
     mhub_request req = {0};
-    CK_OK(mhub_comm_isend(world, dev, count, MHUB_F32, 0, 0, &req));
+    CK_OK(mhub_comm_isend(world, dev, count, MHUB_F32, rank, 0, &req));
     CK_FAILS(MHUB_ERR_COMM, mhub_request_wait(&req));
     ck_assert_ptr_nonnull(strstr(mhub_last_error(), "ncclGroupEnd"));
     ck_assert(!req.active);
     CK_OK(mhub_comm_allreduce(world, dev, dev, count, MHUB_F32, MHUB_SUM));
     be->ops->free(be, dev);
+}
+END_TEST
+
+/* A device send to another rank that never posts the receive: nothing on
+ * the sending rank can tell when the send is issued, and on a GPU it
+ * waits forever. The emulator gives up after MHUB_EMU_NCCL_TIMEOUT_S and
+ * reports NCCL's asynchronous error, which the next wait on that
+ * communicator finds, and aborts it. (Two ranks or more.) */
+START_TEST(test_unanswered_send_aborts)
+{
+    verdict v = {0};
+    MPI_Comm w = MPI_COMM_WORLD;
+    mhub_comm *c = NULL;
+    CK_OK(create_nccl(&w, be, "unanswered", &c));
+    int64_t count = 16;
+    float *dev = dev_alloc((size_t)count * sizeof(float));
+    /* the emulator runs a collective when its rank waits for it: run
+     * every one still queued now, on all ranks, not in rank 0's part */
+    CK_OK(be->ops->synchronize(be));
+    if (rank == 0) {
+        setenv("MHUB_EMU_NCCL_TIMEOUT_S", "1", 1);
+        mhub_request req = {0};
+        expect_ok(&v, mhub_comm_isend(c, dev, count, MHUB_F32, 1, 0, &req), "isend");
+        /* the wait orders the compute stream after the send; running the
+         * stream runs the send, which times out */
+        expect_ok(&v, mhub_request_wait(&req), "wait for the send");
+        expect_ok(&v, be->ops->synchronize(be), "synchronize");
+        unsetenv("MHUB_EMU_NCCL_TIMEOUT_S");
+        mhub_status st = mhub_comm_allreduce(c, dev, dev, count, MHUB_F32, MHUB_SUM);
+        if (st != MHUB_ERR_COMM || !strstr(mhub_last_error(), "asynchronous error") ||
+            !strstr(mhub_last_error(), "aborted"))
+            flunk(&v, "the allreduce after an unanswered send gave %s: %s",
+                  mhub_status_name(st), mhub_last_error());
+    }
+    mhub_comm_free(c);
+    be->ops->free(be, dev);
+    settle(&v);
 }
 END_TEST
 
@@ -654,7 +693,7 @@ START_TEST(test_async_error_aborts)
     CK_FAILS(MHUB_ERR_STATE, mhub_comm_barrier(c));
     float host = 2, sum = 0;
     CK_OK(mhub_comm_allreduce(c, &host, &sum, 1, MHUB_F32, MHUB_SUM));
-    ck_assert(sum == 2);
+    ck_assert(sum == 2.0f * (float)nranks);
     mhub_comm_free(c);
     /* the other communicator never saw the failure */
     CK_OK(mhub_comm_allreduce(world, dev, dev, count, MHUB_F32, MHUB_SUM));
@@ -691,6 +730,10 @@ static Suite *make_suite(void)
     tcase_add_unchecked_fixture(faults, setup, teardown);
     tcase_add_test(faults, test_unmatched_send_fails_at_wait);
     tcase_add_test(faults, test_async_error_aborts);
+    int world_size = 1;
+    MPI_Comm_size(MPI_COMM_WORLD, &world_size);
+    if (world_size > 1)
+        tcase_add_test(faults, test_unanswered_send_aborts);
     suite_add_tcase(s, faults);
 #endif
     return s;

@@ -16,7 +16,7 @@
 mhub_status mhub_cuda_emu_backend_create(const mhub_cuda_options *opts, mhub_backend **out);
 mhub_status mhub_cuda_emu_backend_set_matmul(mhub_backend *be, mhub_matmul_precision p);
 /* mhub_comm_create_nccl over the emulated NCCL (tests/cuda_emu/nccl.h):
- * communicators of one rank, on an emulated CUDA backend. */
+ * one rank per MPI process, on an emulated CUDA backend. */
 mhub_status mhub_cuda_emu_comm_create_nccl(const void *mpi_comm, mhub_backend *be,
                                            const char *name, mhub_comm **out);
 /* The next ncclCommGetAsyncError of the emulated NCCL reports a peer that

@@ -1,23 +1,41 @@
-/* tests/cuda_emu/nccl.h - NCCL for the CPU emulator: one rank.
+/* tests/cuda_emu/nccl.h - NCCL for the CPU emulator, across MPI ranks.
  *
  * The test build compiles backends/cuda/nccl_comm.c against this header
  * instead of NCCL's, so `make check` runs the NCCL communicator's own
  * logic (where buffers live, the request pool, queued sends and receives
- * issued as one group, ordering events, errors) on machines without a GPU.
- * A communicator here has exactly one rank: every collective of one rank
- * is a copy (a sum, average or maximum of one value is that value), and a
- * send can only go to the same rank, where ncclGroupEnd pairs it with the
- * receive. Like the rest of the emulator's work, a transfer is queued on
- * its stream and runs when the stream is made to (cuda_runtime.h), so a
- * communicator that does not order its stream after the one that wrote
- * the buffer sends stale data; buffers must be emulated device memory
- * (cudaMalloc).
+ * issued as one group, ordering events, split groups, errors) on
+ * machines without a GPU, at one rank and across several: each MPI
+ * process is one rank with its own emulated device, and the data moves
+ * through MPI (nccl_emu.cpp). MPI must be initialised before a
+ * communicator of more than one rank is made, and outlive it; ranks find
+ * each other over MPI_COMM_WORLD, on tags in the upper half of
+ * MPI_TAG_UB, which the program must not receive with MPI_ANY_TAG there.
+ * The emulator also needs NCCL rank 0 to be the process that made the id
+ * (as nccl_comm.c does). Like the rest of the emulator's work, an
+ * operation is queued on its stream and runs when the stream is made to
+ * (cuda_runtime.h), so a communicator that does not order its stream
+ * after the one that wrote the buffer sends stale data; buffers must be
+ * emulated device memory (cudaMalloc).
  *
- * What it cannot check: anything that needs a second rank (real
- * reductions, the order in which peers match their sends and receives,
- * hangs and NCCL's asynchronous errors), and NCCL's own arithmetic
- * (ncclAvg's scaling and rounding). The values are NCCL's own, so
- * messages read the same. */
+ * What it checks: real reductions across ranks with NCCL's rounding in
+ * each datatype (ncclAvg premultiplies by 1/nranks, every step rounds to
+ * the type), every rank getting the same bits, sends and receives
+ * matched between two ranks in the order issued, a send or receive to
+ * the same rank without its partner in the group (an error at
+ * ncclGroupEnd), and a peer that never takes part: after
+ * MHUB_EMU_NCCL_TIMEOUT_S seconds (default 60) the communicator reports
+ * ncclSystemError as its asynchronous error and runs nothing more.
+ *
+ * What it cannot check: timing and overlap; NCCL's order of additions
+ * (its ring's; here rank order, so sums of non-integers may round
+ * otherwise than on GPUs); progress on its own: a collective runs only
+ * when its rank waits for it, so rank-dependent code that leaves one
+ * queued on one rank while it waits for something the other ranks do
+ * later stalls here (and times out) where GPUs would go on. A timed-out
+ * operation leaves its stream able to run on, where a GPU's would hang;
+ * the failure shows at the next ncclCommGetAsyncError. A dead process
+ * (mhub_emu_nccl_fail_peer stands in for one). The values are NCCL's
+ * own, so messages read the same. */
 #ifndef MHUB_CUDA_EMU_NCCL_H
 #define MHUB_CUDA_EMU_NCCL_H
 
@@ -53,7 +71,8 @@ extern "C" {
 #endif
 
 ncclResult_t ncclGetUniqueId(ncclUniqueId *id);
-/* nranks must be 1 and id one that ncclGetUniqueId made. */
+/* Joins the processes that pass the same id (one ncclGetUniqueId made);
+ * blocks until all nranks have joined, or fails after the timeout. */
 ncclResult_t ncclCommInitRank(ncclComm_t *comm, int nranks, ncclUniqueId id, int rank);
 ncclResult_t ncclCommDestroy(ncclComm_t comm);
 ncclResult_t ncclCommAbort(ncclComm_t comm);
@@ -73,8 +92,7 @@ ncclResult_t ncclAllGather(const void *sendbuff, void *recvbuff, size_t sendcoun
 ncclResult_t ncclBroadcast(const void *sendbuff, void *recvbuff, size_t count,
                            ncclDataType_t datatype, int root, ncclComm_t comm,
                            cudaStream_t stream);
-/* Only inside ncclGroupStart/End, as with one rank a lone send or receive
- * would wait forever for its partner; ncclGroupEnd pairs them in order. */
+/* Outside ncclGroupStart/End each is a group of its own, as in NCCL. */
 ncclResult_t ncclSend(const void *sendbuff, size_t count, ncclDataType_t datatype, int peer,
                       ncclComm_t comm, cudaStream_t stream);
 ncclResult_t ncclRecv(void *recvbuff, size_t count, ncclDataType_t datatype, int peer,
