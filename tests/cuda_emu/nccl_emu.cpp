@@ -148,21 +148,35 @@ double now_s()
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* Poll until every request has completed (true) or the deadline passes
- * (false), yielding the core between polls: ranks oversubscribe the
- * cores in tests, and a spinning rank would starve the peer it waits for. */
-bool wait_all(std::vector<MPI_Request> &reqs, double deadline)
+enum class outcome { done, failed, timed_out };
+
+/* Poll until every request has completed, MPI reports an error, or the
+ * deadline passes, yielding the core between polls: ranks oversubscribe
+ * the cores in tests, and a spinning rank would starve the peer it waits
+ * for. */
+outcome wait_all(std::vector<MPI_Request> &reqs, double deadline)
 {
     for (;;) {
         int done = 0;
         if (MPI_Testall((int)reqs.size(), reqs.data(), &done, MPI_STATUSES_IGNORE) !=
-                MPI_SUCCESS ||
-            done)
-            return done != 0;
+            MPI_SUCCESS)
+            return outcome::failed;
+        if (done)
+            return outcome::done;
         if (now_s() > deadline)
-            return false;
+            return outcome::timed_out;
         sched_yield();
     }
+}
+
+/* The outcome of the nonblocking collective `req`, which returned `start`
+ * when it was started. */
+outcome finish(int start, MPI_Request req)
+{
+    if (start != MPI_SUCCESS)
+        return outcome::failed;
+    std::vector<MPI_Request> reqs{req};
+    return wait_all(reqs, now_s() + timeout_s());
 }
 
 /* Give up on point-to-point requests that never completed: receives are
@@ -177,13 +191,19 @@ void abandon_p2p(std::vector<MPI_Request> &reqs, const std::vector<bool> &is_rec
         }
 }
 
-/* A communicator whose work could not finish: it runs nothing more, and
- * its next ncclCommGetAsyncError reports it. */
-void fail_comm(ncclComm_t c, const char *call, const char *why)
+/* A communicator whose work could not finish (`o`, while waiting for
+ * `awaited`): it runs nothing more, and its next ncclCommGetAsyncError
+ * reports it. */
+void fail_comm(ncclComm_t c, const char *call, outcome o, const char *awaited)
 {
     c->async_error = ncclSystemError;
-    fail(ncclSystemError, "%s: rank %d of %d: %s within %.0f s (MHUB_EMU_NCCL_TIMEOUT_S); on "
-         "a GPU it would wait forever", call, c->rank, c->nranks, why, timeout_s());
+    if (o == outcome::timed_out)
+        fail(ncclSystemError, "%s: rank %d of %d waited %.0f s (MHUB_EMU_NCCL_TIMEOUT_S) for "
+             "%s; on a GPU it would wait forever", call, c->rank, c->nranks, timeout_s(),
+             awaited);
+    else
+        fail(ncclSystemError, "%s: rank %d of %d: MPI failed moving the data (do the ranks "
+             "agree on counts and types?)", call, c->rank, c->nranks);
 }
 
 /* ---- joining a communicator ---- */
@@ -251,7 +271,7 @@ ncclResult_t lead_rendezvous(std::vector<int> &roster, unsigned long count)
     for (size_t i = 0; i < joined.size(); i++)
         MPI_Isend(answer.data(), (int)answer.size(), MPI_INT, joined[i],
                   rendezvous_tag(count, TAG_ANSWER), MPI_COMM_WORLD, &reqs[i]);
-    if (!wait_all(reqs, deadline)) {
+    if (wait_all(reqs, deadline) != outcome::done) {
         abandon_p2p(reqs, std::vector<bool>(reqs.size(), false));
         return fail(ncclSystemError, "ncclCommInitRank: the members did not take rank 0's "
                     "answer within %.0f s", timeout_s());
@@ -271,7 +291,7 @@ ncclResult_t join_rendezvous(std::vector<int> &roster, int rank, int maker, unsi
               &reqs[0]);
     MPI_Irecv(answer.data(), nranks + 1, MPI_INT, maker, rendezvous_tag(count, TAG_ANSWER),
               MPI_COMM_WORLD, &reqs[1]);
-    if (!wait_all(reqs, now_s() + timeout_s())) {
+    if (wait_all(reqs, now_s() + timeout_s()) != outcome::done) {
         abandon_p2p(reqs, {false, true});
         return fail(ncclSystemError, "ncclCommInitRank: rank %d of %d had no answer from rank 0 "
                     "(world rank %d) within %.0f s (MHUB_EMU_NCCL_TIMEOUT_S)", rank, nranks,
@@ -487,45 +507,48 @@ struct collective {
 };
 
 /* Every rank's `bytes` at `mine`, in rank order. */
-bool gather(ncclComm_t c, const void *mine, size_t bytes, std::vector<char> &all)
+outcome gather(ncclComm_t c, const void *mine, size_t bytes, std::vector<char> &all)
 {
     all.resize(bytes * (size_t)c->nranks);
     if (c->nranks == 1) {
         std::memcpy(all.data(), mine, bytes);
-        return true;
+        return outcome::done;
     }
-    std::vector<MPI_Request> req(1);
-    MPI_Iallgather(mine, (int)bytes, MPI_BYTE, all.data(), (int)bytes, MPI_BYTE, c->mpi,
-                   req.data());
-    /* a collective's request cannot be cancelled: it is left behind */
-    return wait_all(req, now_s() + timeout_s());
+    MPI_Request req = MPI_REQUEST_NULL;
+    int rc = MPI_Iallgather(mine, (int)bytes, MPI_BYTE, all.data(), (int)bytes, MPI_BYTE, c->mpi,
+                            &req);
+    return finish(rc, req);
 }
 
 /* Block r of every rank's send (blocks of `bytes`) arrives at rank r, in
  * rank order. */
-bool exchange_blocks(ncclComm_t c, const void *send, size_t bytes, std::vector<char> &mine)
+outcome exchange_blocks(ncclComm_t c, const void *send, size_t bytes, std::vector<char> &mine)
 {
     mine.resize(bytes * (size_t)c->nranks);
     if (c->nranks == 1) {
         std::memcpy(mine.data(), send, bytes);
-        return true;
+        return outcome::done;
     }
-    std::vector<MPI_Request> req(1);
-    MPI_Ialltoall(send, (int)bytes, MPI_BYTE, mine.data(), (int)bytes, MPI_BYTE, c->mpi,
-                  req.data());
-    return wait_all(req, now_s() + timeout_s());
+    MPI_Request req = MPI_REQUEST_NULL;
+    int rc = MPI_Ialltoall(send, (int)bytes, MPI_BYTE, mine.data(), (int)bytes, MPI_BYTE, c->mpi,
+                           &req);
+    return finish(rc, req);
 }
 
-bool broadcast(ncclComm_t c, const collective &w, size_t bytes)
+outcome broadcast(ncclComm_t c, const collective &w, size_t bytes)
 {
     if (c->rank == w.root && w.send != w.recv)
         std::memmove(w.recv, w.send, bytes);
     if (c->nranks == 1)
-        return true;
-    std::vector<MPI_Request> req(1);
-    MPI_Ibcast(w.recv, (int)bytes, MPI_BYTE, w.root, c->mpi, req.data());
-    return wait_all(req, now_s() + timeout_s());
+        return outcome::done;
+    MPI_Request req = MPI_REQUEST_NULL;
+    int rc = MPI_Ibcast(w.recv, (int)bytes, MPI_BYTE, w.root, c->mpi, &req);
+    return finish(rc, req);
 }
+
+/* The buffers of collectives given up on: MPI may still write into them
+ * (a collective's request cannot be cancelled), so they are never freed. */
+std::vector<std::vector<char>> abandoned_buffers;
 
 /* Every rank's data is read before any is written, so the in-place forms
  * need no care. */
@@ -537,27 +560,26 @@ void run_collective(void *args)
         return;
     const size_t bytes = w.count * type_size(w.type);
     std::vector<char> all;
-    bool finished = false;
+    outcome o = outcome::done;
     switch (w.kind) {
     case ALL_REDUCE:
-        finished = gather(c, w.send, bytes, all);
-        if (finished)
+        if ((o = gather(c, w.send, bytes, all)) == outcome::done)
             reduce_blocks(all.data(), bytes, c->nranks, w.recv, w.count, w.type, w.op);
         break;
     case REDUCE_SCATTER:
-        finished = exchange_blocks(c, w.send, bytes, all);
-        if (finished)
+        if ((o = exchange_blocks(c, w.send, bytes, all)) == outcome::done)
             reduce_blocks(all.data(), bytes, c->nranks, w.recv, w.count, w.type, w.op);
         break;
     case ALL_GATHER:
-        finished = gather(c, w.send, bytes, all);
-        if (finished)
+        if ((o = gather(c, w.send, bytes, all)) == outcome::done)
             std::memcpy(w.recv, all.data(), all.size());
         break;
-    case BROADCAST: finished = broadcast(c, w, bytes); break;
+    case BROADCAST: o = broadcast(c, w, bytes); break;
     }
-    if (!finished)
-        fail_comm(c, w.call, "a peer did not take part");
+    if (o != outcome::done) {
+        abandoned_buffers.push_back(std::move(all));
+        fail_comm(c, w.call, o, "a peer that never took part");
+    }
 }
 
 /* Check a collective's arguments and queue it: `send_count` elements are
@@ -625,6 +647,7 @@ void run_group(void *args)
     std::vector<MPI_Request> reqs;
     std::vector<bool> is_recv;
     std::vector<ncclComm_t> involved;
+    bool all_started = true;
     for (queued_op &q : ops) {
         ncclComm_t c = live_comm(q.comm_serial);
         if (!can_run(c))
@@ -638,22 +661,26 @@ void run_group(void *args)
         }
         /* synchronous: like NCCL's, a send is done only once its receive
          * has started, so one with no receive cannot pass for done */
-        if (q.op.is_send)
-            MPI_Issend(q.op.buf, bytes, MPI_BYTE, q.op.peer, p2p_tag, c->mpi, &reqs.emplace_back());
-        else
-            MPI_Irecv(q.op.buf, bytes, MPI_BYTE, q.op.peer, p2p_tag, c->mpi, &reqs.emplace_back());
+        MPI_Request &req = reqs.emplace_back(MPI_REQUEST_NULL);
+        int rc = q.op.is_send
+                     ? MPI_Issend(q.op.buf, bytes, MPI_BYTE, q.op.peer, p2p_tag, c->mpi, &req)
+                     : MPI_Irecv(q.op.buf, bytes, MPI_BYTE, q.op.peer, p2p_tag, c->mpi, &req);
+        all_started = all_started && rc == MPI_SUCCESS;
         is_recv.push_back(!q.op.is_send);
     }
     for (size_t i = 0; i < self_sends.size() && i < self_recvs.size(); i++)
         std::memmove(self_recvs[i]->buf, self_sends[i]->buf,
                      self_sends[i]->count * type_size(self_sends[i]->type));
-    if (reqs.empty() || wait_all(reqs, now_s() + timeout_s()))
+    outcome o = !all_started  ? outcome::failed
+                : reqs.empty() ? outcome::done
+                               : wait_all(reqs, now_s() + timeout_s());
+    if (o == outcome::done)
         return;
     abandon_p2p(reqs, is_recv);
     for (ncclComm_t c : involved)
         if (c->async_error == ncclSuccess)
-            fail_comm(c, "ncclSend/ncclRecv", "a peer did not post the partner of a send or "
-                      "receive");
+            fail_comm(c, "ncclSend/ncclRecv", o, "the partner of a send or receive, which a "
+                      "peer never posted");
 }
 
 ncclResult_t queue_p2p(const char *call, bool is_send, void *buf, size_t count,
