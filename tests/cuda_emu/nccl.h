@@ -22,9 +22,11 @@
  * the type), every rank getting the same bits, sends and receives
  * matched between two ranks in the order issued, a send or receive to
  * the same rank without its partner in the group (an error at
- * ncclGroupEnd), and a peer that never takes part: after
- * MHUB_EMU_NCCL_TIMEOUT_S seconds (default 60) the communicator reports
- * ncclSystemError as its asynchronous error and runs nothing more.
+ * ncclGroupEnd), ranks missing at ncclCommInitRank or disagreeing on the
+ * group (an error on every rank that came), and a peer that never takes
+ * part in an operation: after MHUB_EMU_NCCL_TIMEOUT_S seconds (default
+ * 60) the communicator reports ncclSystemError as its asynchronous error
+ * and runs nothing more.
  *
  * What it cannot check: timing and overlap; NCCL's order of additions
  * (its ring's; here rank order, so sums of non-integers may round

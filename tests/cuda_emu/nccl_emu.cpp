@@ -11,9 +11,12 @@
  * communicator of exactly themselves with MPI_Comm_create_group, which is
  * collective over the members only. So groups that other ranks are
  * forming at the same moment, or ranks that form none, are never
- * involved, and nothing outlives a crash (no files). A rank that is
- * missing makes the others fail with ncclSystemError after the timeout
- * instead of waiting forever. One rank needs no MPI at all.
+ * involved, and nothing outlives a crash (no files). Instead of waiting
+ * forever: rank 0 gives up after the timeout (MHUB_EMU_NCCL_TIMEOUT_S)
+ * when a rank has not joined, or at once when the joins disagree on the
+ * size or on who is which, and its answer tells every member that joined;
+ * a member gives up by itself only when rank 0 never answers, after twice
+ * the timeout. One rank needs no MPI at all.
  *
  * Running. A collective checks its communicator, stream, type, operation
  * and buffers as NCCL would, then queues itself on its stream; when the
@@ -229,26 +232,26 @@ int rendezvous_tag(unsigned long count, int which)
 
 enum { TAG_JOIN = 0, TAG_ANSWER = 1 };
 
-/* Rank 0: collect every other member's join (its NCCL rank and the size
- * it expects), then answer each with {1, roster...}, or {0} when the
- * joins disagree, so that nobody waits for a group that cannot form. */
-ncclResult_t lead_rendezvous(std::vector<int> &roster, unsigned long count)
+/* Rank 0: receive the other members' joins (each its NCCL rank and the
+ * size it expects) into the roster until all have come or the timeout
+ * passes; `joined` lists who sent one. One that does not fit is an error,
+ * but the rest are still awaited, so that all of them hear of it. */
+ncclResult_t collect_joins(std::vector<int> &roster, unsigned long count, std::vector<int> &joined)
 {
     const int nranks = (int)roster.size();
     const double deadline = now_s() + timeout_s();
-    roster.assign(roster.size(), -1);
-    roster[0] = world_rank();
-    std::vector<int> joined;
     ncclResult_t rc = ncclSuccess;
     for (int missing = nranks - 1; missing > 0;) {
         int arrived = 0;
         MPI_Status st;
         MPI_Iprobe(MPI_ANY_SOURCE, rendezvous_tag(count, TAG_JOIN), MPI_COMM_WORLD, &arrived, &st);
+        if (!arrived && now_s() > deadline)
+            return rc != ncclSuccess
+                       ? rc
+                       : fail(ncclSystemError, "ncclCommInitRank: %d of the %d ranks did not "
+                              "join within %.0f s (MHUB_EMU_NCCL_TIMEOUT_S)", missing, nranks,
+                              timeout_s());
         if (!arrived) {
-            if (now_s() > deadline)
-                return fail(ncclSystemError, "ncclCommInitRank: %d of the %d ranks did not join "
-                            "within %.0f s (MHUB_EMU_NCCL_TIMEOUT_S)", missing, nranks,
-                            timeout_s());
             sched_yield();
             continue;
         }
@@ -256,25 +259,37 @@ ncclResult_t lead_rendezvous(std::vector<int> &roster, unsigned long count)
         MPI_Recv(join, 2, MPI_INT, st.MPI_SOURCE, st.MPI_TAG, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
         joined.push_back(st.MPI_SOURCE);
         missing--;
-        bool fits = join[1] == nranks && join[0] > 0 && join[0] < nranks && roster[join[0]] < 0;
-        if (fits)
+        if (join[1] == nranks && join[0] > 0 && join[0] < nranks && roster[join[0]] < 0)
             roster[join[0]] = st.MPI_SOURCE;
         else if (rc == ncclSuccess)
             rc = fail(ncclInvalidUsage, "ncclCommInitRank: world rank %d joined as rank %d of "
                       "%d, but rank 0 forms %d ranks and expects each of ranks 1 to %d once",
                       st.MPI_SOURCE, join[0], join[1], nranks, nranks - 1);
     }
-    std::vector<int> answer{rc == ncclSuccess ? 1 : 0};
+    return rc;
+}
+
+/* Rank 0: collect the joins, then answer everyone who joined with
+ * {ncclSuccess, roster...} or, when the group cannot form, {the reason},
+ * so that nobody waits for it any longer. */
+ncclResult_t lead_rendezvous(std::vector<int> &roster, unsigned long count)
+{
+    roster.assign(roster.size(), -1);
+    roster[0] = world_rank();
+    std::vector<int> joined;
+    ncclResult_t rc = collect_joins(roster, count, joined);
+    std::vector<int> answer{(int)rc};
     if (rc == ncclSuccess)
         answer.insert(answer.end(), roster.begin(), roster.end());
     std::vector<MPI_Request> reqs(joined.size());
     for (size_t i = 0; i < joined.size(); i++)
         MPI_Isend(answer.data(), (int)answer.size(), MPI_INT, joined[i],
                   rendezvous_tag(count, TAG_ANSWER), MPI_COMM_WORLD, &reqs[i]);
-    if (wait_all(reqs, deadline) != outcome::done) {
+    if (wait_all(reqs, now_s() + timeout_s()) != outcome::done) {
         abandon_p2p(reqs, std::vector<bool>(reqs.size(), false));
-        return fail(ncclSystemError, "ncclCommInitRank: the members did not take rank 0's "
-                    "answer within %.0f s", timeout_s());
+        if (rc == ncclSuccess)
+            rc = fail(ncclSystemError, "ncclCommInitRank: the members did not take rank 0's "
+                      "answer within %.0f s", timeout_s());
     }
     return rc;
 }
@@ -291,16 +306,19 @@ ncclResult_t join_rendezvous(std::vector<int> &roster, int rank, int maker, unsi
               &reqs[0]);
     MPI_Irecv(answer.data(), nranks + 1, MPI_INT, maker, rendezvous_tag(count, TAG_ANSWER),
               MPI_COMM_WORLD, &reqs[1]);
-    if (wait_all(reqs, now_s() + timeout_s()) != outcome::done) {
+    /* rank 0 answers within the timeout of its own start, even when it
+     * gives up; twice that leaves its answer, with the reason, time to
+     * come, so that only a rank 0 that never came is reported as such */
+    if (wait_all(reqs, now_s() + 2 * timeout_s()) != outcome::done) {
         abandon_p2p(reqs, {false, true});
         return fail(ncclSystemError, "ncclCommInitRank: rank %d of %d had no answer from rank 0 "
-                    "(world rank %d) within %.0f s (MHUB_EMU_NCCL_TIMEOUT_S)", rank, nranks,
-                    maker, timeout_s());
+                    "(world rank %d) within %.0f s (twice MHUB_EMU_NCCL_TIMEOUT_S)", rank,
+                    nranks, maker, 2 * timeout_s());
     }
-    if (answer[0] != 1)
-        return fail(ncclInvalidUsage, "ncclCommInitRank: rank 0 (world rank %d) refused the "
-                    "group: its ranks disagree on its size or on who is which (see rank 0's "
-                    "error)", maker);
+    if (answer[0] != ncclSuccess)
+        return fail((ncclResult_t)answer[0], "ncclCommInitRank: rank 0 (world rank %d) gave up "
+                    "on the group: a rank did not join, or the ranks disagree on its size or "
+                    "on who is which (see rank 0's error)", maker);
     roster.assign(answer.begin() + 1, answer.end());
     return ncclSuccess;
 }
