@@ -97,6 +97,9 @@ START_TEST(test_rows_and_results)
     p->ops->free(p, out);
     CK_OK(c->ops->memory_usage(c, &used, NULL));
     ck_assert_uint_eq(used, 0);
+    pf->ops->free(pf, qkv);
+    pf->ops->free(pf, att);
+    pf->ops->free(pf, lse);
     mhub_backend_free(pf); /* the profilers first: they do not own their backends */
     mhub_backend_free(p);
     mhub_backend_free(cf);
