@@ -397,7 +397,7 @@ template <int K> struct column_targets {
 };
 
 template <int K, class Term>
-__global__ void __launch_bounds__(MHUB_THREADS)
+static __global__ void __launch_bounds__(MHUB_THREADS)
 column_chunk_kernel(Term term, column_targets<K> dst, float *partials, int64_t rows, int64_t c0,
                     int64_t width, int64_t rows_per_chunk, int64_t chunks)
 {
@@ -425,7 +425,7 @@ column_chunk_kernel(Term term, column_targets<K> dst, float *partials, int64_t r
 }
 
 template <int K>
-__global__ void __launch_bounds__(MHUB_THREADS)
+static __global__ void __launch_bounds__(MHUB_THREADS)
 column_combine_kernel(column_targets<K> dst, const float *partials, int64_t c0, int64_t width,
                       int64_t chunks)
 {
@@ -445,8 +445,8 @@ column_combine_kernel(column_targets<K> dst, const float *partials, int64_t c0, 
 #define MHUB_MAX_GRID_Y 65535
 
 template <int K, class Term>
-inline cudaError_t column_sums(cudaStream_t s, void *work, Term term, column_targets<K> dst,
-                               int64_t rows, int64_t cols)
+static inline cudaError_t column_sums(cudaStream_t s, void *work, Term term, column_targets<K> dst,
+                                      int64_t rows, int64_t cols)
 {
     if (rows == 0 || cols == 0)
         return cudaSuccess;

@@ -15,6 +15,18 @@
 #ifndef MHUB_CUDA_EMU_CUBLAS_V2_H
 #define MHUB_CUDA_EMU_CUBLAS_V2_H
 
+/* The emulator's functions answer to names of their own, so a program can
+ * link the emulator next to the real library (a static libmhub built
+ * --with-cuda) without one taking the other's calls. */
+#define cublasCreate mhub_emu_cublasCreate
+#define cublasDestroy mhub_emu_cublasDestroy
+#define cublasGemmBatchedEx mhub_emu_cublasGemmBatchedEx
+#define cublasGemmEx mhub_emu_cublasGemmEx
+#define cublasGetStatusString mhub_emu_cublasGetStatusString
+#define cublasSetStream mhub_emu_cublasSetStream
+#define cublasSetWorkspace mhub_emu_cublasSetWorkspace
+#define cublasSgeam mhub_emu_cublasSgeam
+
 #include <cuda_runtime.h>
 
 #ifdef __cplusplus

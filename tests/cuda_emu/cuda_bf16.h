@@ -18,7 +18,7 @@ struct __nv_bfloat16 {
     uint16_t bits;
 };
 
-inline __nv_bfloat16 __float2bfloat16(float f)
+static inline __nv_bfloat16 __float2bfloat16(float f)
 {
     uint32_t u;
     memcpy(&u, &f, sizeof u);
@@ -34,7 +34,7 @@ inline __nv_bfloat16 __float2bfloat16(float f)
     return b;
 }
 
-inline float __bfloat162float(__nv_bfloat16 b)
+static inline float __bfloat162float(__nv_bfloat16 b)
 {
     uint32_t u = (uint32_t)b.bits << 16;
     float f;

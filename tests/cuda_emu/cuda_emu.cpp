@@ -784,16 +784,17 @@ cudaError_t cudaMemset(void *ptr, int value, size_t bytes)
     return cudaMemsetAsync(ptr, value, bytes, nullptr);
 }
 
+/* static: inside extern "C" an unnamed namespace does not hide a name */
 namespace {
 
-enum cudaMemcpyKind kind_of(const void *dst, const void *src)
+static enum cudaMemcpyKind kind_of(const void *dst, const void *src)
 {
     bool from_device = is_device_range(src, 1), to_device = is_device_range(dst, 1);
     return from_device ? (to_device ? cudaMemcpyDeviceToDevice : cudaMemcpyDeviceToHost)
                        : (to_device ? cudaMemcpyHostToDevice : cudaMemcpyHostToHost);
 }
 
-cudaError_t check_copy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind)
+static cudaError_t check_copy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind)
 {
     cudaError_t err = cudaSuccess;
     if (kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice)
@@ -807,7 +808,7 @@ cudaError_t check_copy(void *dst, const void *src, size_t bytes, enum cudaMemcpy
  * host's bytes are staged at the call, so the caller may reuse its
  * buffer at once; a copy to the host returns once it has run; a copy
  * between device buffers is only queued. */
-cudaError_t queue_copy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind,
+static cudaError_t queue_copy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind,
                        mhub_emu_stream &s)
 {
     if (kind == cudaMemcpyHostToDevice) {

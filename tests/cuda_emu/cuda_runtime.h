@@ -64,6 +64,38 @@
 #error "tests/cuda_emu/ stands in for the CUDA toolkit only in the emulator build (-DMHUB_CUDA_EMU)"
 #endif
 
+/* The emulator's functions answer to names of their own, so a program can
+ * link the emulator next to the real library (a static libmhub built
+ * --with-cuda) without one taking the other's calls. */
+#define cudaDeviceGetAttribute mhub_emu_cudaDeviceGetAttribute
+#define cudaDeviceGetStreamPriorityRange mhub_emu_cudaDeviceGetStreamPriorityRange
+#define cudaDeviceSynchronize mhub_emu_cudaDeviceSynchronize
+#define cudaEventCreateWithFlags mhub_emu_cudaEventCreateWithFlags
+#define cudaEventDestroy mhub_emu_cudaEventDestroy
+#define cudaEventQuery mhub_emu_cudaEventQuery
+#define cudaEventRecord mhub_emu_cudaEventRecord
+#define cudaEventSynchronize mhub_emu_cudaEventSynchronize
+#define cudaFree mhub_emu_cudaFree
+#define cudaFuncSetAttribute mhub_emu_cudaFuncSetAttribute
+#define cudaGetDevice mhub_emu_cudaGetDevice
+#define cudaGetDeviceCount mhub_emu_cudaGetDeviceCount
+#define cudaGetErrorName mhub_emu_cudaGetErrorName
+#define cudaGetErrorString mhub_emu_cudaGetErrorString
+#define cudaGetLastError mhub_emu_cudaGetLastError
+#define cudaMalloc mhub_emu_cudaMalloc
+#define cudaMemGetInfo mhub_emu_cudaMemGetInfo
+#define cudaMemcpy mhub_emu_cudaMemcpy
+#define cudaMemcpyAsync mhub_emu_cudaMemcpyAsync
+#define cudaMemset mhub_emu_cudaMemset
+#define cudaMemsetAsync mhub_emu_cudaMemsetAsync
+#define cudaPointerGetAttributes mhub_emu_cudaPointerGetAttributes
+#define cudaSetDevice mhub_emu_cudaSetDevice
+#define cudaStreamCreateWithFlags mhub_emu_cudaStreamCreateWithFlags
+#define cudaStreamCreateWithPriority mhub_emu_cudaStreamCreateWithPriority
+#define cudaStreamDestroy mhub_emu_cudaStreamDestroy
+#define cudaStreamSynchronize mhub_emu_cudaStreamSynchronize
+#define cudaStreamWaitEvent mhub_emu_cudaStreamWaitEvent
+
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>

@@ -41,6 +41,25 @@
 #ifndef MHUB_CUDA_EMU_NCCL_H
 #define MHUB_CUDA_EMU_NCCL_H
 
+/* The emulator's functions answer to names of their own, so a program can
+ * link the emulator next to the real library (a static libmhub built
+ * --with-cuda) without one taking the other's calls. */
+#define ncclAllGather mhub_emu_ncclAllGather
+#define ncclAllReduce mhub_emu_ncclAllReduce
+#define ncclBroadcast mhub_emu_ncclBroadcast
+#define ncclCommAbort mhub_emu_ncclCommAbort
+#define ncclCommDestroy mhub_emu_ncclCommDestroy
+#define ncclCommGetAsyncError mhub_emu_ncclCommGetAsyncError
+#define ncclCommInitRank mhub_emu_ncclCommInitRank
+#define ncclGetErrorString mhub_emu_ncclGetErrorString
+#define ncclGetLastError mhub_emu_ncclGetLastError
+#define ncclGetUniqueId mhub_emu_ncclGetUniqueId
+#define ncclGroupEnd mhub_emu_ncclGroupEnd
+#define ncclGroupStart mhub_emu_ncclGroupStart
+#define ncclRecv mhub_emu_ncclRecv
+#define ncclReduceScatter mhub_emu_ncclReduceScatter
+#define ncclSend mhub_emu_ncclSend
+
 #include <stddef.h>
 
 #include "cuda_runtime.h"
