@@ -57,11 +57,14 @@ if [ -n "${MHUB_GPU_PACK:-}" ]; then
     rm -rf /tmp/gpu-pack && tar xJf "$MHUB_GPU_PACK" -C /tmp || exit 1
     build=/tmp/gpu-pack
     libs=$build/deps
-    # cuBLAS and NCCL come from this machine: the toolkit, or Python's wheels
+    # cuBLAS and NCCL come from this machine: the toolkit, or the nvidia-*
+    # wheels of its Python (the toolkit has no NCCL; PyTorch's wheels do)
+    roots="/usr/local/cuda*/lib* /usr/lib/x86_64-linux-gnu /usr/local/lib /usr/lib/python3*"
+    roots="$roots $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null) /opt"
     for lib in libcublas.so.13 libnccl.so.2 libcudart.so.13; do
-        dir=$(find /usr/local/cuda*/lib* /usr/lib/x86_64-linux-gnu /usr/local/lib /usr/lib/python3* \
-              -name "$lib" -printf '%h\n' 2>/dev/null | head -1)
-        [ -n "$dir" ] && libs="$libs:$dir"
+        # shellcheck disable=SC2086
+        dir=$(find $roots -name "$lib" -printf '%h\n' 2>/dev/null | head -1)
+        [ -n "$dir" ] && libs="$libs:$dir" && echo "$lib from $dir"
     done
     export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     ldd "$build/tests/test_conformance" | grep 'not found' && { echo "gpu.sh: libraries missing"; exit 1; }
