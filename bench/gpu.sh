@@ -16,7 +16,9 @@
 #      memcheck with every tensor its own cudaMalloc (MHUB_CUDA_ALLOC=each,
 #      so an access past a tensor's end is caught, not just past the pool's),
 #      racecheck (shared-memory hazards), synccheck (barriers) and
-#      initcheck (reads of memory never written), each at most 100 s.
+#      initcheck (reads of memory never written), each at most
+#      MHUB_GPU_SANITIZE_S seconds (default 60, so that the whole run fits
+#      one 10-minute device call).
 # Prints one table at the end; the whole log also goes to $OUT/gpu.log
 # when OUT is set (the device tool's output folder).
 #
@@ -97,7 +99,7 @@ if [ -x "$build/tests/test_nccl_comm" ]; then
 fi
 # ---- 5. compute-sanitizer (run last, after the figures, when asked) ----
 sanitize_conformance() {
-    local tool
+    local tool limit=${MHUB_GPU_SANITIZE_S:-60}
     if ! command -v compute-sanitizer >/dev/null; then
         record "compute-sanitizer" "not on this machine"
         return
@@ -106,15 +108,16 @@ sanitize_conformance() {
         say "conformance under compute-sanitizer --tool $tool"
         local each=pool
         case $tool in memcheck | initcheck) each=each ;; esac
-        MHUB_CUDA_ALLOC=$each MHUB_TEST_BACKEND=cuda top_srcdir=. timeout 100 \
+        MHUB_CUDA_ALLOC=$each MHUB_TEST_BACKEND=cuda top_srcdir=. timeout "$limit" \
             compute-sanitizer --tool "$tool" --error-exitcode 86 --print-limit 20 \
             --report-api-errors no \
             "$build/tests/test_conformance"
         local status=$? rc
         case $status in
             0) rc=PASS ;;
+            77) rc="SKIP (the suite found no usable GPU)" ;;
             86) rc="FAIL: $tool reported errors (see the log)" ;;
-            124) rc="TIMEOUT after 100 s (no error reported before)" ;;
+            124) rc="TIMEOUT after $limit s (no error reported before)" ;;
             *) rc="FAIL (rc $status)" ;;
         esac
         record "compute-sanitizer $tool (conformance)" "$rc"
