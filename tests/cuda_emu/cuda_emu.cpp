@@ -518,11 +518,6 @@ bool drive_warp(block_run &b, std::vector<fiber *> &waiting)
     return moved_any;
 }
 
-/* Runs one block, a warp at a time: each stretch between two
- * __syncthreads runs the first warp as far as it goes, then the next, so
- * a warp that reads what a later warp writes in the same stretch reads it
- * too early, whatever warp-level operations stand between. False when
- * the block got stuck or a warp's lanes diverged. */
 void report_stuck(const block_run &b, const std::vector<fiber *> *waiting, unsigned warps)
 {
     size_t at_block = 0, stuck = 0;
@@ -538,6 +533,11 @@ void report_stuck(const block_run &b, const std::vector<fiber *> *waiting, unsig
                  blockIdx.x, blockIdx.y, blockIdx.z, at_block, b.threads, stuck - at_block);
 }
 
+/* Runs one block, a warp at a time: each stretch between two
+ * __syncthreads runs the first warp as far as it goes, then the next, so
+ * a warp that reads what a later warp writes in the same stretch reads it
+ * too early, whatever warp-level operations stand between. False when
+ * the block got stuck or a warp's lanes diverged. */
 bool run_block(block_run &b)
 {
     const unsigned warps = (b.threads + 31) / 32;
@@ -558,10 +558,11 @@ bool run_block(block_run &b)
         }
         for (unsigned w = 0; w < warps; w++)
             left = left || !waiting[w].empty();
-        if (!left && !b.diverged)
-            check_all_collectives(b);
-        if (!left && !b.diverged)
-            return true;
+        if (!left && !b.diverged) {
+            check_all_collectives(b); /* the lanes that returned last */
+            if (!b.diverged)
+                return true;
+        }
         if (b.diverged || !moved) {
             if (!b.diverged)
                 report_stuck(b, waiting, warps);

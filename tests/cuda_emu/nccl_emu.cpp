@@ -52,6 +52,7 @@
 #include <vector>
 
 #include "cuda_bf16.h"
+#include "mhub/dtype.h"
 #include "nccl.h"
 
 /* A handle is checked against the live ones, so a destroyed one is caught. */
@@ -371,37 +372,6 @@ size_t type_size(ncclDataType_t t)
     return 0;
 }
 
-float half_to_float(uint16_t h)
-{
-    int exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
-    float magnitude = exponent == 0    ? std::ldexp((float)mantissa, -24)
-                      : exponent == 31 ? (mantissa ? NAN : INFINITY)
-                                       : std::ldexp((float)(mantissa | 0x400), exponent - 25);
-    return (h & 0x8000) ? -magnitude : magnitude;
-}
-
-/* IEEE binary16, rounded to nearest, ties to even (as __float2half). */
-uint16_t float_to_half(float f)
-{
-    uint16_t sign = std::signbit(f) ? 0x8000 : 0;
-    float a = std::fabs(f);
-    if (std::isnan(f))
-        return (uint16_t)(sign | 0x7e00);
-    if (a >= 65520.0f) /* halfway past the largest half, 65504, and beyond */
-        return (uint16_t)(sign | 0x7c00);
-    if (a < std::ldexp(1.0f, -14)) /* subnormal: a multiple of 2^-24 */
-        return (uint16_t)(sign | (uint16_t)std::nearbyint(std::ldexp(a, 24)));
-    int e = 0;
-    std::frexp(a, &e); /* a = m * 2^e, m in [0.5, 1) */
-    int exponent = e - 1;
-    long significand = std::lrint(std::ldexp(a, 10 - exponent)); /* [1024, 2048] */
-    if (significand == 2048) {
-        significand = 1024;
-        exponent++;
-    }
-    return (uint16_t)(sign | (uint16_t)((exponent + 15) << 10) | (uint16_t)(significand - 1024));
-}
-
 float load(const void *buf, ncclDataType_t t, size_t i)
 {
     uint16_t bits = 0;
@@ -412,7 +382,7 @@ float load(const void *buf, ncclDataType_t t, size_t i)
         return __bfloat162float(__nv_bfloat16{bits});
     case ncclFloat16:
         std::memcpy(&bits, static_cast<const char *>(buf) + 2 * i, 2);
-        return half_to_float(bits);
+        return mhub_f16_to_f32(bits); /* IEEE binary16, as NCCL's half */
     }
     return NAN;
 }
@@ -424,7 +394,7 @@ void store(void *buf, ncclDataType_t t, size_t i, float v)
     switch (t) {
     case ncclFloat32: static_cast<float *>(buf)[i] = v; return;
     case ncclBfloat16: bits = __float2bfloat16(v).bits; break;
-    case ncclFloat16: bits = float_to_half(v); break;
+    case ncclFloat16: bits = mhub_f32_to_f16(v); break; /* nearest, ties to even */
     }
     std::memcpy(static_cast<char *>(buf) + 2 * i, &bits, 2);
 }
