@@ -366,6 +366,25 @@ START_TEST(test_cuda_alloc_each)
     ck_assert_msg(strstr(mhub_last_error(), "cudaMalloc"), "message: %s", mhub_last_error());
     be->ops->free(be, b);
     be->ops->free(be, empty);
+    /* the environment's switch takes each or pool, and says so otherwise */
+    const char *was = getenv("MHUB_CUDA_ALLOC");
+    char saved[16] = "";
+    if (was)
+        snprintf(saved, sizeof saved, "%s", was);
+    setenv("MHUB_CUDA_ALLOC", "bogus", 1);
+    mhub_backend *refused = NULL;
+    ck_assert_int_eq(create_cuda_like(&(mhub_cuda_options){.device = -1,
+                                                           .pool_bytes = (size_t)256 << 20},
+                                      &refused),
+                     MHUB_ERR_INVALID_ARG);
+    ck_assert_ptr_null(refused);
+    ck_assert_msg(strstr(mhub_last_error(), "MHUB_CUDA_ALLOC") &&
+                      strstr(mhub_last_error(), "bogus"),
+                  "message: %s", mhub_last_error());
+    if (was)
+        setenv("MHUB_CUDA_ALLOC", saved, 1);
+    else
+        unsetenv("MHUB_CUDA_ALLOC");
     CK_OK(be->ops->memory_usage(be, &now, NULL));
     ck_assert_uint_eq(now, 0);
     free(h);
